@@ -1,0 +1,210 @@
+"""Command-line interface: a thin typer layer over :mod:`scalelab.api`.
+
+Exit codes: 0 success, 1 some runs failed, 2 bad input (one-line error), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import api
+from .analysis import Summary
+from .errors import ScalelabError
+from .output import Output
+from .registry import FAMILIES
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Declare a study in YAML; scalelab trains every cell, stores the results and analyses them.",
+)
+
+
+class Fmt(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class ExportFmt(str, Enum):
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+FormatOption = typer.Option(Fmt.text, "--format", help="text tables, or one JSON document")
+
+
+def command(fn):
+    """Register ``fn`` as a command; user errors become one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        output = Output(kwargs["fmt"].value if "fmt" in kwargs else "text")
+        try:
+            code = fn(*args, output=output, **kwargs)
+        except ScalelabError as exc:
+            output.error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            output.error("interrupted; finished runs are stored, rerun the same command to "
+                         "train the rest")
+            raise typer.Exit(130) from None
+        raise typer.Exit(code or 0)
+
+    # typer reads the signature: hide the injected ``output`` parameter from it.
+    sig = inspect.signature(fn)
+    wrapper.__signature__ = sig.replace(
+        parameters=[p for n, p in sig.parameters.items() if n != "output"]
+    )
+    return app.command(fn.__name__.rstrip("_"))(wrapper)
+
+
+@command
+def run(
+    study: Path = typer.Argument(..., help="study YAML file"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output directory [default: runs/<study name>]"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="parallel worker processes [default: cores, or one per GPU]"),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N|mps (auto takes a GPU when there is one)"),
+    set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable), e.g. train.lr=0.01 or grid.model.width=[16,32]"),
+    quick: bool = typer.Option(False, "--quick", help="apply the study's own `quick:` overrides for a fast first look"),
+    shard: Optional[str] = typer.Option(None, "--shard", help="run only slice i of k (i/k, 0 <= i < k) for job arrays"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their state; train and write nothing"),
+    fmt: Fmt = FormatOption,
+    output: Output = None,
+) -> int:
+    """Train every run of a study that is not stored yet, then print a summary."""
+    if dry_run:
+        planned = api.dry_run(study, out=out, overrides=set_, quick=quick, shard=shard)
+        axes = list(planned[0][0].point) if planned else []
+        output.table(f"{len(planned)} runs", ["run_id", "state", *axes],
+                     [[r.run_id, state, *r.point.values()] for r, state in planned])
+        output.emit([{"run_id": r.run_id, "state": state, "point": r.point, "config": r.config}
+                     for r, state in planned])
+        return 0
+    result = api.run(study, out=out, workers=workers, device=device, overrides=set_,
+                     quick=quick, shard=shard, output=output)
+    if result.already_done == len(result.selected):
+        output.info(f"all {len(result.selected)} runs are already stored in {result.out_dir}; "
+                    "nothing to train")
+    summary = api.summary(result.out_dir)
+    _print_summary(output, summary)
+    output.info(f"results: {result.out_dir / 'results.sqlite'}  (scalelab status {result.out_dir})")
+    for r, message in result.failed:
+        output.error(f"run {r.run_id} ({_point(r.point)}) failed: {message}")
+    if result.failed:
+        output.error(f"{len(result.failed)} run(s) failed; their tracebacks are stored "
+                     f"(scalelab status {result.out_dir}); rerun to retry them")
+    output.emit({
+        "study": result.study.name, "out_dir": str(result.out_dir),
+        "runs": len(result.selected), "already_done": result.already_done,
+        "trained": dict(result.trained),
+        "failed": [{"run_id": r.run_id, "point": r.point, "error": m} for r, m in result.failed],
+        "summary": summary.to_dict(),
+    })
+    return 1 if result.failed else 0
+
+
+@command
+def status(
+    out_dir: Path = typer.Argument(..., help="a study output directory"),
+    top: int = typer.Option(5, "--top", min=1, help="best runs to show (by validation loss)"),
+    fmt: Fmt = FormatOption,
+    output: Output = None,
+) -> int:
+    """Counts by status, the best runs (chosen by validation loss) and any failures."""
+    rows = api.records(out_dir)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    output.table(f"{out_dir}: {len(rows)} runs", ["status", "runs"], sorted(counts.items()))
+    done = sorted((r for r in rows if r["status"] == "completed"), key=lambda r: r["val_loss"])
+    axes = list(api.study_axes(out_dir)) + ["seed"]
+    columns = ["run_id", *axes, "n_params", "val_loss", "test_loss", "test_acc", "wall_time"]
+    output.table(f"best {min(top, len(done))} by validation loss", columns,
+                 [[r.get(c) for c in columns] for r in done[:top]])
+    failed = [r for r in rows if r["status"] == "failed"]
+    for r in failed:
+        last = (r["error"] or "").strip().splitlines()[-1:] or [""]
+        output.error(f"run {r['run_id']} failed: {last[0]}")
+    output.emit({"counts": counts, "best": done[:top],
+                 "failed": [{"run_id": r["run_id"], "error": r["error"]} for r in failed]})
+    return 0
+
+
+@command
+def list_(
+    family: Optional[str] = typer.Argument(None, help="task, model or method [default: all]"),
+    pattern: str = typer.Option("*", "--match", help="shell-style wildcard on names"),
+    settings: bool = typer.Option(False, "--settings", help="also list each plug-in's settings"),
+    fmt: Fmt = FormatOption,
+    output: Output = None,
+) -> int:
+    """What is registered: tasks, model families and methods, with a line each."""
+    if family is not None and family not in FAMILIES:
+        raise ScalelabError(f"list: unknown family {family!r} (allowed: {', '.join(FAMILIES)})")
+    chosen = [family] if family else list(FAMILIES)
+    listing = []
+    for kind in chosen:
+        registry = FAMILIES[kind]
+        for name, description in registry.describe(pattern):
+            fields = registry.get(name).Config.model_fields
+            options = {f: {"default": info.default, "description": info.description}
+                       for f, info in fields.items()}
+            listing.append({"family": kind, "name": name, "description": description,
+                            "settings": options})
+    output.table("registered plug-ins", ["family", "name", "description"],
+                 [[e["family"], e["name"], e["description"]] for e in listing])
+    if settings:
+        for e in listing:
+            output.table(f"{e['family']} {e['name']}", ["setting", "default", "meaning"],
+                         [[k, v["default"], v["description"]] for k, v in e["settings"].items()])
+    output.emit(listing)
+    return 0
+
+
+@command
+def export(
+    out_dir: Path = typer.Argument(..., help="a study output directory"),
+    to: ExportFmt = typer.Option(ExportFmt.csv, "--format", help="file format (parquet needs pyarrow)"),
+    path: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write [default: DIR/results.FORMAT]"),
+    curves: bool = typer.Option(False, "--curves", help="export the learning curves instead of the runs"),
+    output: Output = None,
+) -> int:
+    """Write the stored runs (or curves) as csv, json or parquet."""
+    written = api.export(out_dir, to.value, path, curves=curves)
+    output.info(f"wrote {written}")
+    return 0
+
+
+def _print_summary(output: Output, summary: Summary) -> None:
+    if not summary.n_params:
+        output.info("no completed runs to summarise")
+        return
+    rows = []
+    for n, label in zip(summary.n_params, summary.row_labels):
+        cells = []
+        for column in summary.column_labels:
+            cell = summary.cells.get((n, column))
+            cells.append(f"{cell[0]:.4f} ± {cell[1]:.4f}" if cell else "—")
+        rows.append([f"{n:,}" + (f" ({label})" if label else ""), *cells])
+    output.table(f"mean {summary.metric} (± std over seeds) by parameter count",
+                 ["parameters", *summary.column_labels], rows)
+    if summary.fits:
+        output.table(f"first fit: {summary.metric} ≈ A · N^(−α), least squares in log-log",
+                     ["data", "A", "α", "R²", "points"],
+                     [[c, f.coefficient, f.exponent, f.r_squared, f.points]
+                      for c, f in summary.fits.items()])
+
+
+def _point(point: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in point.items())
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

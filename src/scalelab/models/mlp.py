@@ -1,0 +1,33 @@
+"""Multi-layer perceptron over the flattened input."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field
+from torch import nn
+
+from ..plugin import PluginConfig
+from ..registry import models
+from ._base import ACTIVATIONS, ModelFamily
+
+
+@models.register("mlp")
+class MLP(ModelFamily):
+    """Multi-layer perceptron: `depth` hidden layers of `width` units on the flattened input."""
+
+    class Config(PluginConfig):
+        width: int = Field(64, ge=1, description="units per hidden layer")
+        depth: int = Field(2, ge=0, description="hidden layers (0 = a linear classifier)")
+        activation: Literal["relu", "gelu", "tanh"] = Field("relu", description="nonlinearity")
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        c = self.config
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = math.prod(input_shape)
+        for _ in range(c.depth):
+            layers += [nn.Linear(fan_in, c.width), ACTIVATIONS[c.activation]()]
+            fan_in = c.width
+        layers.append(nn.Linear(fan_in, num_classes))
+        return nn.Sequential(*layers)

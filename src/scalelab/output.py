@@ -1,0 +1,121 @@
+"""The one object that owns all printing: messages, tables, progress and JSON.
+
+``text`` mode prints rich tables to stdout and messages to stderr; ``json`` mode prints one
+JSON document to stdout and nothing else there, so output can be piped into other tools.
+Progress bars appear only on a terminal; elsewhere each finished run is one plain line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any, Literal, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+Format = Literal["text", "json"]
+
+
+class Output:
+    def __init__(self, fmt: Format = "text", stdout: TextIO | None = None,
+                 stderr: TextIO | None = None):
+        self.format = fmt
+        self.out = Console(file=stdout or sys.stdout, highlight=False, soft_wrap=True)
+        self.err = Console(file=stderr or sys.stderr, highlight=False, soft_wrap=True)
+
+    @property
+    def is_json(self) -> bool:
+        return self.format == "json"
+
+    def info(self, message: str) -> None:
+        """A human message (stderr, so stdout stays clean for tables or JSON)."""
+        if not self.is_json:
+            self.err.print(message)
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"[yellow]warning:[/] {message}")
+
+    def error(self, message: str) -> None:
+        self.err.print(f"[red]error:[/] {message}", markup=True)
+
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self.is_json:
+            return
+        table = Table(title=title, title_justify="left")
+        for i, column in enumerate(columns):
+            table.add_column(column, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*(fmt_value(v) for v in row))
+        self.out.print(table)
+
+    def emit(self, payload: Any) -> None:
+        """The machine-readable result of a command (json mode only)."""
+        if self.is_json:
+            self.out.file.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+    @contextmanager
+    def progress(self, total: int, description: str):
+        tracker = _Tracker(self, total, description)
+        try:
+            yield tracker
+        finally:
+            tracker.close()
+
+
+class _Tracker:
+    """Counts finished runs by status; drives a rich bar or prints one line per run."""
+
+    def __init__(self, output: Output, total: int, description: str):
+        self.output, self.total, self.done = output, total, 0
+        self.counts: Counter = Counter()
+        self.bar: Progress | None = None
+        if not output.is_json and output.err.is_terminal:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                TextColumn("{task.fields[issues]}"), console=output.err, transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(description, total=total, issues="")
+
+    def advance(self, status: str, label: str = "") -> None:
+        self.done += 1
+        self.counts[status] += 1
+        if self.bar is not None:
+            issues = " ".join(f"[red]{s}: {self.counts[s]}[/]"
+                              for s in ("failed", "diverged") if self.counts[s])
+            self.bar.update(self.task, advance=1, issues=issues)
+        else:
+            self.output.info(f"[{self.done}/{self.total}] {status:9} {label}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def fmt_value(value: Any) -> str:
+    """Compact cell text: 4 significant digits for floats, thousands separators for ints."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,32 @@
+"""The base every plug-in (task, model family, method) derives from.
+
+A plug-in declares its settings as a nested pydantic ``Config``: every field has a default
+and a description, unknown keys are rejected, and the validated config is what enters a
+run's identity hash. Work happens in the plug-in's own methods, never in ``__init__``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class PluginConfig(BaseModel):
+    """Settings of one plug-in; strict so that a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Plugin:
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+
+    def __init__(self, config: PluginConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+
+def instantiate(registry, section: dict) -> Plugin:
+    """The plug-in named by a resolved config section (``{"name": ..., **settings}``)."""
+    settings = dict(section)
+    cls = registry.get(settings.pop("name"))
+    return cls(cls.Config.model_validate(settings))

@@ -1,0 +1,405 @@
+"""Study specs: YAML in, validated, expanded into runs with stable ids.
+
+A study file names a task, a model family and a method (each a registered plug-in plus its
+settings), the training settings, ``grid`` axes over any of those settings, and ``seeds``.
+Expansion is the cartesian product of the axes (in file order) times the seeds. Each run's
+config is *fully resolved* — every default filled in by the plug-in's own config class — and
+its id is a hash of that config, so an edited study reruns only the cells that changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import StudyError
+from .registry import FAMILIES, UnknownNameError
+
+PLUGIN_SECTIONS = ("task", "model", "method")
+SECTIONS = (*PLUGIN_SECTIONS, "train")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EarlyStopping(StrictModel):
+    patience: int = Field(ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0, description="smallest val-loss drop that counts")
+
+
+class TrainConfig(StrictModel):
+    """Optimisation settings shared by every run of a study (each can be a grid axis)."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("adam", description="optimizer")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam/AdamW beta1")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam/AdamW beta2")
+    weight_decay: float = Field(0.0, ge=0, description="L2 (sgd/adam) or decoupled (adamw)")
+    batch_size: int = Field(128, ge=1, description="examples per step (capped at num_train)")
+    max_steps: int | None = Field(None, ge=1, description="budget in optimizer steps")
+    epochs: float | None = Field(None, gt=0, description="budget in passes over the train set")
+    schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="decay")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup from 0 to lr")
+    final_lr_ratio: float = Field(0.0, ge=0, le=1, description="lr at the end / peak lr")
+    eval_every: int = Field(100, ge=1, description="steps between validation evaluations")
+    early_stopping: EarlyStopping | None = Field(None, description="stop on val-loss plateau")
+    restore_best: bool = Field(True, description="return the best-validation weights")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm")
+    eval_batch_size: int = Field(4096, ge=1, description="examples per evaluation forward")
+    eval_train_samples: int = Field(10_000, ge=1, description="train examples in train metrics")
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one budget: max_steps or epochs")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer: sgd with momentum > 0")
+        return self
+
+
+class StudySpec(StrictModel):
+    """The top level of a study file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="study name")
+    description: str = ""
+    task: dict[str, Any]
+    model: dict[str, Any]
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "standard"})
+    train: dict[str, Any]
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    save_checkpoints: bool = False
+    quick: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("task", "model", "method", mode="before")
+    @classmethod
+    def _name_shorthand(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_count(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError("a seed count must be at least 1")
+            return list(range(value))
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]):
+        if not value:
+            raise ValueError("at least one seed is needed")
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must be distinct")
+        return value
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_axes(cls, grid: dict[str, list[Any]]):
+        for axis, values in grid.items():
+            if not values:
+                raise ValueError(f"axis {axis!r} is empty; give at least one value")
+        return grid
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the study: a fully resolved config and its stable id."""
+
+    run_id: str
+    config: dict[str, Any]
+    point: dict[str, Any]  # display name of each grid axis -> value, plus the seed
+
+
+@dataclass
+class Study:
+    """A validated study, ready to expand into runs."""
+
+    spec: StudySpec
+    source: str
+    axes: dict[str, list[Any]] = field(default_factory=dict)  # dotted path -> values
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def axis_labels(self) -> dict[str, str]:
+        """Short column names: the last path segment unless two axes share it."""
+        last = [p.rsplit(".", 1)[-1] for p in self.axes]
+        return {p: (s if last.count(s) == 1 else p) for p, s in zip(self.axes, last)}
+
+    @cached_property
+    def runs(self) -> list[RunSpec]:
+        """Every cell in a deterministic order: axes in file order, seeds innermost."""
+        labels = self.axis_labels()
+        paths = list(self.axes)
+        runs = []
+        for values in itertools.product(*self.axes.values()):
+            assignment = dict(zip(paths, values))
+            for seed in self.spec.seeds:
+                where = "grid: cell " + ", ".join(f"{labels[p]}={v!r}" for p, v in assignment.items())
+                config = resolve(self.spec, assignment, seed, self.source, where)
+                point = {labels[p]: v for p, v in assignment.items()} | {"seed": seed}
+                runs.append(RunSpec(run_id(config), config, point))
+        return runs
+
+
+def run_id(config: Mapping[str, Any]) -> str:
+    """Hash of the canonical JSON of a fully resolved config."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_study(
+    path: str | Path, overrides: Sequence[str] = (), quick: bool = False
+) -> Study:
+    """Read, override and validate a study file; raises :class:`StudyError` on bad input."""
+    source = str(path)
+    raw = _read_yaml(Path(path))
+    for section in PLUGIN_SECTIONS:
+        if isinstance(raw.get(section), str):
+            raw[section] = {"name": raw[section]}
+    if quick:
+        block = raw.get("quick") or {}
+        if not isinstance(block, dict):
+            raise StudyError(source, "quick", "must be a mapping of settings to override")
+        if not block:
+            raise StudyError(source, "quick", "--quick needs a `quick:` block in the study")
+        raw = deep_merge(raw, block)
+    for text in overrides:
+        raw = apply_override(raw, text)
+    return validate_study(raw, source)
+
+
+def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
+    """Validate a study given as a mapping (the shape of the YAML file)."""
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _from_validation(source, (), exc, StudySpec) from None
+    for section in PLUGIN_SECTIONS:
+        if "name" not in getattr(spec, section):
+            allowed = ", ".join(FAMILIES[section].names())
+            raise StudyError(source, f"{section}.name", f"required (one of: {allowed})")
+    axes = {_axis_path(spec, axis, source): values for axis, values in spec.grid.items()}
+    if len(axes) != len(spec.grid):
+        raise StudyError(source, "grid", "two axes name the same setting")
+    study = Study(spec, source, axes)
+    # The base config (first value of every axis), then every axis value on its own, so an
+    # error names the axis and value that caused it; then every cell.
+    first = {p: v[0] for p, v in axes.items()}
+    resolve(spec, {}, spec.seeds[0], source, "", skip=set(axes))
+    for path, values in axes.items():
+        for i, value in enumerate(values):
+            resolve(spec, first | {path: value}, spec.seeds[0], source, f"grid.{path}[{i}]")
+    study.runs  # resolves every cell now, so a bad combination fails before anything runs
+    return study
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    source = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise StudyError(source, "", "no such study file") from None
+    except OSError as exc:
+        raise StudyError(source, "", f"cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise StudyError(source, "", f"not valid YAML: {problem}{where}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(source, "", "a study must be a YAML mapping (name:, task:, model:, ...)")
+    return raw
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in; nested mappings merge, everything else replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_override(raw: Mapping[str, Any], text: str) -> dict[str, Any]:
+    """Apply one ``--set key=value``; the value is parsed as YAML (``[16, 32]``, ``1e-3``)."""
+    key, sep, value_text = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise StudyError("--set", text, "expected key=value, e.g. train.lr=0.01")
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError:
+        raise StudyError("--set", key, f"value {value_text!r} is not valid YAML") from None
+    # Grid axis names contain dots themselves: grid.model.width is the axis "model.width".
+    keys = ["grid", key[5:]] if key.startswith("grid.") else key.split(".")
+    update: dict[str, Any] = {keys[-1]: value}
+    for k in reversed(keys[:-1]):
+        update = {k: update}
+    return deep_merge(raw, update)
+
+
+# ------------------------------------------------------------------------- resolution
+
+
+def resolve(
+    spec: StudySpec,
+    assignment: Mapping[str, Any],
+    seed: int,
+    source: str,
+    where: str,
+    skip: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The fully resolved config of one run: every plug-in default filled in.
+
+    ``where`` prefixes error locations (e.g. ``grid.model.width[2]``); ``skip`` names axis
+    paths whose base values are not checked because the grid always replaces them.
+    """
+    sections: dict[str, dict[str, Any]] = {s: copy.deepcopy(getattr(spec, s)) for s in SECTIONS}
+    for path, value in assignment.items():
+        _set_path(sections, path, value)
+    for path in skip:
+        _drop_path(sections, path)
+    resolved: dict[str, Any] = {}
+    for section in PLUGIN_SECTIONS:
+        settings = dict(sections[section])
+        name = settings.pop("name")
+        try:
+            plugin = FAMILIES[section].get(name)
+        except UnknownNameError as exc:
+            raise StudyError(source, where or f"{section}.name", str(exc)) from None
+        try:
+            config = plugin.Config.model_validate(settings)
+        except ValidationError as exc:
+            raise _from_validation(
+                source, (where or section,), exc, plugin.Config, also_allowed=("name",)
+            ) from None
+        resolved[section] = {"name": name, **config.model_dump(mode="json")}
+    try:
+        train = TrainConfig.model_validate(sections["train"])
+    except ValidationError as exc:
+        raise _from_validation(source, (where or "train",), exc, TrainConfig) from None
+    resolved["train"] = train.model_dump(mode="json")
+    resolved["seed"] = seed
+    return resolved
+
+
+def _set_path(sections: dict[str, dict[str, Any]], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node: dict[str, Any] = sections
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[leaf] = value
+
+
+def _drop_path(sections: dict[str, dict[str, Any]], path: str) -> None:
+    *parents, leaf = path.split(".")
+    node: Any = sections
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf != "name":
+        node.pop(leaf, None)
+
+
+def _section_fields(spec: StudySpec, section: str) -> dict[str, Any]:
+    if section == "train":
+        return TrainConfig.model_fields
+    name = getattr(spec, section).get("name")
+    if name not in FAMILIES[section]:
+        return {}
+    return {"name": None, **FAMILIES[section].get(name).Config.model_fields}
+
+
+def _axis_path(spec: StudySpec, axis: str, source: str) -> str:
+    """Full dotted path of a grid axis; a bare name (``width``) is looked up in every section."""
+    head, dot, _ = axis.partition(".")
+    if dot:
+        if head not in SECTIONS:
+            raise StudyError(source, f"grid.{axis}",
+                             f"unknown section {head!r} (allowed: {', '.join(SECTIONS)})")
+        return axis
+    owners = [s for s in SECTIONS if axis in _section_fields(spec, s)]
+    if len(owners) == 1:
+        return f"{owners[0]}.{axis}"
+    if owners:
+        paths = " or ".join(f"{s}.{axis}" for s in owners)
+        raise StudyError(source, f"grid.{axis}", f"ambiguous; write {paths}")
+    described = ", ".join(
+        f"{s} {getattr(spec, s).get('name')}" if s != "train" else "train" for s in SECTIONS
+    )
+    raise StudyError(source, f"grid.{axis}", f"no setting of that name in {described}")
+
+
+def _from_validation(
+    source: str,
+    prefix: tuple[str, ...],
+    exc: ValidationError,
+    model: type[BaseModel],
+    also_allowed: tuple[str, ...] = (),
+) -> StudyError:
+    """One-line StudyError from the first pydantic error, with the allowed keys for typos."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = tuple(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        keys = _allowed_keys(model, loc[:-1])
+        allowed = ", ".join([*also_allowed, *keys] if len(loc) == 1 else keys)
+        message = f"unknown key (allowed: {allowed})"
+    elif err["type"] == "missing":
+        message = "required"
+    else:
+        message = err["msg"].removeprefix("Value error, ")
+        if loc and not isinstance(err.get("input"), dict | list):
+            message += f" (got {err.get('input')!r})"
+    if len(errors) > 1:
+        message += f" (+{len(errors) - 1} more)"
+    return StudyError(source, ".".join(p for p in (*prefix, *loc) if p), message)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+    for part in loc:
+        info = model.model_fields.get(part)
+        nested = _model_in(info.annotation) if info else None
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found:
+                return found
+    return None

@@ -1,0 +1,197 @@
+"""The results store: one SQLite file (WAL) per study output directory.
+
+Only the runner's parent process writes. Each finished run is one transaction (its row and
+its curves together), so a kill at any moment leaves every stored run whole; a run that was
+in flight stays ``running`` and is trained again by the next ``scalelab run``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import ScalelabError
+from .spec import RunSpec
+from .train import COMPLETED, DIVERGED, RunResult
+
+SCHEMA_VERSION = 1
+FILENAME = "results.sqlite"
+RUNNING = "running"
+#: Runs in these states are never trained again; ``failed`` and ``running`` ones are retried.
+FINISHED = frozenset({COMPLETED, DIVERGED})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    status      TEXT NOT NULL,
+    config      TEXT NOT NULL,   -- fully resolved config (JSON); the id is its hash
+    point       TEXT NOT NULL,   -- grid coordinates and seed (JSON)
+    metrics     TEXT,            -- JSON object
+    error       TEXT,            -- traceback of a failed run
+    provenance  TEXT,            -- versions and device (JSON)
+    started_at  REAL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS curves (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    step   INTEGER NOT NULL,
+    name   TEXT NOT NULL,
+    value  REAL,
+    PRIMARY KEY (run_id, name, step)
+);
+"""
+
+
+class Store:
+    """Read and write one study's results."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        version = self.meta().get("schema_version")
+        if version is None:
+            self.set_meta(schema_version=SCHEMA_VERSION)
+        elif int(version) > SCHEMA_VERSION:
+            raise ScalelabError(f"{self.path}: written by a newer scalelab (schema {version})")
+
+    @classmethod
+    def open(cls, out_dir: str | Path, create: bool = False) -> Store:
+        out = Path(out_dir)
+        path = out / FILENAME
+        if not path.exists():
+            if not create:
+                raise ScalelabError(
+                    f"{out}: no results store ({FILENAME}); run `scalelab run STUDY --out {out}` first"
+                )
+            out.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- meta
+
+    def meta(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT key, value FROM meta"))
+
+    def set_meta(self, **values: Any) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in values.items()],
+            )
+
+    # ---------------------------------------------------------------- writing
+
+    def mark_running(self, runs: Iterable[RunSpec]) -> None:
+        """Record runs as started; never touches a run that already finished."""
+        now = time.time()
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO runs (run_id, status, config, point, started_at) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(run_id) DO UPDATE SET status=excluded.status, "
+                "started_at=excluded.started_at, point=excluded.point "
+                f"WHERE runs.status NOT IN ({_placeholders(FINISHED)})",
+                [(r.run_id, RUNNING, json.dumps(r.config), json.dumps(r.point), now, *FINISHED)
+                 for r in runs],
+            )
+
+    def write_result(self, run: RunSpec, result: RunResult) -> None:
+        """Store a run's row and curves in one transaction (replacing any earlier attempt)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM curves WHERE run_id = ?", (run.run_id,))
+            self._db.execute(
+                "INSERT INTO runs (run_id, status, config, point, metrics, error, provenance, "
+                "started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE "
+                "SET status=excluded.status, config=excluded.config, point=excluded.point, "
+                "metrics=excluded.metrics, error=excluded.error, provenance=excluded.provenance, "
+                "finished_at=excluded.finished_at, "
+                "started_at=COALESCE(runs.started_at, excluded.started_at)",
+                (run.run_id, result.status, json.dumps(run.config), json.dumps(run.point),
+                 json.dumps(result.metrics), result.error, json.dumps(result.provenance),
+                 time.time(), time.time()),
+            )
+            self._db.executemany(
+                "INSERT INTO curves VALUES (?,?,?,?)",
+                [(run.run_id, step, name, value) for step, name, value in result.curves],
+            )
+
+    # ---------------------------------------------------------------- reading
+
+    def statuses(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT run_id, status FROM runs"))
+
+    def counts(self) -> Counter:
+        return Counter(self.statuses().values())
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat dict per run: id, status, grid point, metrics, dotted config, provenance."""
+        rows = self._db.execute(
+            "SELECT run_id, status, point, metrics, config, provenance, error, started_at, "
+            "finished_at FROM runs ORDER BY rowid"
+        )
+        out = []
+        for run_id, status, point, metrics, config, prov, error, started, finished in rows:
+            record: dict[str, Any] = {"run_id": run_id, "status": status}
+            record.update(json.loads(point))
+            record.update(json.loads(metrics or "{}"))
+            record.update(_flatten(json.loads(config)))
+            record.update(json.loads(prov or "{}"))
+            record.update(error=error, started_at=started, finished_at=finished)
+            out.append(record)
+        return out
+
+    def curves(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT run_id, step, name, value FROM curves"
+        args: tuple = ()
+        if run_id is not None:
+            query, args = query + " WHERE run_id = ?", (run_id,)
+        rows = self._db.execute(query + " ORDER BY run_id, name, step", args)
+        return [dict(zip(("run_id", "step", "name", "value"), row)) for row in rows]
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _placeholders(values: Iterable) -> str:
+    return ",".join("?" for _ in values)
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,71 @@
+"""Task base class: a task turns its config into fixed train/validation/test tensors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..plugin import Plugin
+
+
+@dataclass
+class TaskData:
+    """Tensors for one run. The test split never depends on the training-set size."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str) -> TaskData:
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                 for k, v in self.__dict__.items()}
+        return TaskData(**moved)
+
+
+class Task(Plugin):
+    """A data source. Subclasses implement :meth:`load`."""
+
+    def load(self) -> TaskData:
+        raise NotImplementedError
+
+
+def cache_dir() -> Path:
+    """Where generated datasets are kept (``$SCALELAB_CACHE`` or ``~/.cache/scalelab``)."""
+    root = os.environ.get("SCALELAB_CACHE") or Path.home() / ".cache" / "scalelab"
+    return Path(root)
+
+
+def cached_arrays(
+    name: str, key: dict, build: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Arrays from ``build()``, generated once per ``key`` and kept as an ``.npz`` file.
+
+    The file is written to a temporary name and renamed, so concurrent workers and a killed
+    process never leave a truncated cache behind.
+    """
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / name / f"{digest}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    arrays = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return arrays

@@ -1,0 +1,229 @@
+"""The training loop: one resolved run config in, one :class:`RunResult` out.
+
+A run reads nothing but its config, and returns everything it produced; the runner stores
+it. Same config and seed on the CPU give bitwise-identical results.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..errors import ScalelabError
+from ..models import count_parameters
+from ..plugin import instantiate
+from ..registry import methods, models, tasks
+from ..spec import TrainConfig
+from ..tasks import TaskData
+from .flops import count_flops, step_flops
+from .optim import make_optimizer, make_schedule
+
+COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
+
+
+@dataclass
+class RunResult:
+    """What one run produced. ``curves`` rows are (step, metric name, value)."""
+
+    status: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    curves: list[tuple[int, str, float]] = field(default_factory=list)
+    error: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Versions and hardware, stored with every result."""
+    name = str(device)
+    if device.type == "cuda":
+        name += f" ({torch.cuda.get_device_name(device)})"
+    return {
+        "scalelab_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": name,
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "pid": os.getpid(),
+    }
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` takes a CUDA GPU, then Apple's MPS, then the CPU; a named device must exist."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if has_mps else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ScalelabError(f"--device: unknown device {device!r} (allowed: auto, cpu, cuda, cuda:N, mps)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ScalelabError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+    if dev.type == "mps" and not has_mps:
+        raise ScalelabError("--device mps: Apple's MPS backend is not available; use --device cpu")
+    return dev
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over (x, y)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start:start + batch_size])
+        target = y[start:start + batch_size]
+        loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
+        correct += (logits.argmax(1) == target).sum()
+    model.train(was_training)
+    return loss_sum.item() / len(y), correct.item() / len(y)
+
+
+def train_run(
+    config: dict[str, Any], device: str = "cpu", checkpoint: Path | None = None
+) -> RunResult:
+    """Train one run; exceptions become a ``failed`` result with the traceback."""
+    dev = resolve_device(device)
+    try:
+        return _train(config, dev, checkpoint)
+    except Exception:
+        return RunResult(FAILED, error=traceback.format_exc(), provenance=provenance(dev))
+
+
+def build(config: dict[str, Any], data: TaskData) -> nn.Module:
+    """The run's model, initialised from its seed."""
+    torch.manual_seed(config["seed"])
+    return instantiate(models, config["model"]).build(data.input_shape, data.num_classes)
+
+
+def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -> RunResult:
+    started = time.perf_counter()
+    cfg = TrainConfig.model_validate(config["train"])
+    data = instantiate(tasks, config["task"]).load().to(dev)
+    method = instantiate(methods, config["method"])
+    model = build(config, data).to(dev)
+    result = RunResult(COMPLETED, provenance=provenance(dev))
+
+    n = len(data.y_train)
+    batch = min(cfg.batch_size, n)
+    steps_per_epoch = n // batch
+    total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
+    x, y = data.x_train, data.y_train
+    flops_per_step = step_flops(lambda: method.training_loss(model, x[:batch], y[:batch]), model)
+    forward_flops_per_sample = count_flops(lambda: model(x[:batch])) / batch
+    optimizer = make_optimizer(model.parameters(), cfg)
+    schedule = make_schedule(optimizer, cfg, total_steps)
+    generator = torch.Generator().manual_seed(config["seed"])
+    # A per-step finiteness check costs a device sync; on the CPU it is free, so it is exact there.
+    check_every = 1 if dev.type == "cpu" else cfg.eval_every
+
+    m = result.metrics
+    m.update(n_params=count_parameters(model), batch_size=batch, flops_per_step=flops_per_step)
+    best_val, best_step, best_state, evals_without_gain = math.inf, 0, None, 0
+    running, running_count, evaluated_samples = torch.zeros((), device=dev), 0, 0
+    order, cursor, step = torch.empty(0, dtype=torch.long), n, 0
+    train_started = time.perf_counter()
+    model.train()
+    for step in range(1, total_steps + 1):
+        if cursor + batch > n:
+            order, cursor = torch.randperm(n, generator=generator).to(dev), 0
+        index = order[cursor:cursor + batch]
+        cursor += batch
+        loss = method.training_loss(model, x[index], y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        schedule.step()
+        running += loss.detach()
+        running_count += 1
+        if step % check_every == 0 and not math.isfinite(running.item()):
+            result.status, m["diverged_step"] = DIVERGED, step
+            break
+        if step % cfg.eval_every and step != total_steps:
+            continue
+        train_loss = running.item() / running_count
+        running.zero_()
+        running_count = 0
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, cfg.eval_batch_size)
+        evaluated_samples += len(data.y_val)
+        lr = optimizer.param_groups[0]["lr"]
+        result.curves += [(step, "train_loss", train_loss), (step, "val_loss", val_loss),
+                          (step, "val_acc", val_acc), (step, "lr", lr)]
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            result.status, m["diverged_step"] = DIVERGED, step
+            break
+        if val_loss < best_val - (cfg.early_stopping.min_delta if cfg.early_stopping else 0.0):
+            best_val, best_step, evals_without_gain = val_loss, step, 0
+            if cfg.restore_best and step != total_steps:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            evals_without_gain += 1
+            if cfg.early_stopping and evals_without_gain >= cfg.early_stopping.patience:
+                m["stopped_early"] = True
+                break
+    train_time = time.perf_counter() - train_started
+
+    m.update(
+        steps=step, samples_seen=step * batch, epochs_seen=step * batch / n,
+        train_flops=flops_per_step * step, wall_time=train_time,
+        stopped_early=m.get("stopped_early", False), best_step=best_step,
+    )
+    if result.status == COMPLETED:
+        splits = {"train": (x[: cfg.eval_train_samples], y[: cfg.eval_train_samples]),
+                  "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}
+        split_samples = sum(len(labels) for _, labels in splits.values())
+        final = _evaluate_splits(model, splits, cfg.eval_batch_size)
+        evaluated_samples += split_samples
+        m.update({f"final_{k}": v for k, v in final.items()})
+        if cfg.restore_best and best_state is not None and best_step != step:
+            model.load_state_dict(best_state)
+            final = _evaluate_splits(model, splits, cfg.eval_batch_size)
+            evaluated_samples += split_samples
+        m.update(final)
+        if checkpoint is not None:
+            _save_checkpoint(model, checkpoint)
+    m["eval_flops"] = int(forward_flops_per_sample * evaluated_samples)
+    m["total_time"] = time.perf_counter() - started
+    return result
+
+
+def _evaluate_splits(model, splits, batch_size) -> dict[str, float]:
+    out = {}
+    for name, (xs, ys) in splits.items():
+        out[f"{name}_loss"], out[f"{name}_acc"] = evaluate(model, xs, ys, batch_size)
+    return out
+
+
+def _save_checkpoint(model: nn.Module, path: Path) -> None:
+    """Best weights, written under a temporary name and renamed so a kill leaves no torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(config: dict[str, Any], path: Path, device: str = "cpu") -> nn.Module:
+    """Rebuild a run's model from its config and load its saved weights (weights only)."""
+    data = instantiate(tasks, config["task"]).load()
+    model = build(config, data)
+    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    return model.to(device).eval()

@@ -9,7 +9,6 @@ import functools
 import inspect
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -68,12 +67,12 @@ def command(fn):
 @command
 def run(
     study: Path = typer.Argument(..., help="study YAML file"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output directory [default: runs/<study name>]"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="parallel worker processes [default: cores, or one per GPU]"),
+    out: Path | None = typer.Option(None, "--out", help="output directory [default: runs/<study name>]"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="parallel worker processes [default: cores, or one per GPU]"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N|mps (auto takes a GPU when there is one)"),
     set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable), e.g. train.lr=0.01 or grid.model.width=[16,32]"),
     quick: bool = typer.Option(False, "--quick", help="apply the study's own `quick:` overrides for a fast first look"),
-    shard: Optional[str] = typer.Option(None, "--shard", help="run only slice i of k (i/k, 0 <= i < k) for job arrays"),
+    shard: str | None = typer.Option(None, "--shard", help="run only slice i of k (i/k, 0 <= i < k) for job arrays"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their state; train and write nothing"),
     fmt: Fmt = FormatOption,
     output: Output = None,
@@ -139,7 +138,7 @@ def status(
 
 @command
 def list_(
-    family: Optional[str] = typer.Argument(None, help="task, model or method [default: all]"),
+    family: str | None = typer.Argument(None, help="task, model or method [default: all]"),
     pattern: str = typer.Option("*", "--match", help="shell-style wildcard on names"),
     settings: bool = typer.Option(False, "--settings", help="also list each plug-in's settings"),
     fmt: Fmt = FormatOption,
@@ -172,7 +171,7 @@ def list_(
 def export(
     out_dir: Path = typer.Argument(..., help="a study output directory"),
     to: ExportFmt = typer.Option(ExportFmt.csv, "--format", help="file format (parquet needs pyarrow)"),
-    path: Optional[Path] = typer.Option(None, "--output", "-o", help="file to write [default: DIR/results.FORMAT]"),
+    path: Path | None = typer.Option(None, "--output", "-o", help="file to write [default: DIR/results.FORMAT]"),
     curves: bool = typer.Option(False, "--curves", help="export the learning curves instead of the runs"),
     output: Output = None,
 ) -> int:

@@ -33,8 +33,8 @@ class Output:
     def __init__(self, fmt: Format = "text", stdout: TextIO | None = None,
                  stderr: TextIO | None = None):
         self.format = fmt
-        self.out = Console(file=stdout or sys.stdout, highlight=False, soft_wrap=True)
-        self.err = Console(file=stderr or sys.stderr, highlight=False, soft_wrap=True)
+        self.out = _console(stdout or sys.stdout)
+        self.err = _console(stderr or sys.stderr)
 
     @property
     def is_json(self) -> bool:
@@ -73,6 +73,12 @@ class Output:
             yield tracker
         finally:
             tracker.close()
+
+
+def _console(file: TextIO) -> Console:
+    # Off a terminal (logs, pipes, CI) tables get room instead of rich's 80-column default.
+    width = None if file.isatty() else 200
+    return Console(file=file, highlight=False, soft_wrap=True, width=width)
 
 
 class _Tracker:

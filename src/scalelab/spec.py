@@ -15,7 +15,7 @@ import itertools
 import json
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -195,11 +195,16 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as exc:
-        raise _from_validation(source, (), exc, StudySpec) from None
+        raise _from_validation(source, "", exc, StudySpec) from None
     for section in PLUGIN_SECTIONS:
-        if "name" not in getattr(spec, section):
+        name = getattr(spec, section).get("name")
+        if name is None:
             allowed = ", ".join(FAMILIES[section].names())
             raise StudyError(source, f"{section}.name", f"required (one of: {allowed})")
+        try:
+            FAMILIES[section].get(name)
+        except UnknownNameError as exc:
+            raise StudyError(source, f"{section}.name", str(exc)) from None
     axes = {_axis_path(spec, axis, source): values for axis, values in spec.grid.items()}
     if len(axes) != len(spec.grid):
         raise StudyError(source, "grid", "two axes name the same setting")
@@ -207,11 +212,16 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
     # The base config (first value of every axis), then every axis value on its own, so an
     # error names the axis and value that caused it; then every cell.
     first = {p: v[0] for p, v in axes.items()}
-    resolve(spec, {}, spec.seeds[0], source, "", skip=set(axes))
+    try:
+        resolve(spec, first, spec.seeds[0], source, "")
+    except StudyError as exc:
+        if exc.field in axes:  # the first value of an axis, not the base setting, is wrong
+            raise StudyError(source, f"grid.{exc.field}[0]", exc.message) from None
+        raise
     for path, values in axes.items():
-        for i, value in enumerate(values):
+        for i, value in enumerate(values[1:], start=1):
             resolve(spec, first | {path: value}, spec.seeds[0], source, f"grid.{path}[{i}]")
-    study.runs  # resolves every cell now, so a bad combination fails before anything runs
+    _ = study.runs  # resolve every cell now, so a bad combination fails before anything runs
     return study
 
 
@@ -273,18 +283,14 @@ def resolve(
     seed: int,
     source: str,
     where: str,
-    skip: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The fully resolved config of one run: every plug-in default filled in.
 
-    ``where`` prefixes error locations (e.g. ``grid.model.width[2]``); ``skip`` names axis
-    paths whose base values are not checked because the grid always replaces them.
+    ``where`` names the grid value or cell being resolved, for error messages.
     """
     sections: dict[str, dict[str, Any]] = {s: copy.deepcopy(getattr(spec, s)) for s in SECTIONS}
     for path, value in assignment.items():
         _set_path(sections, path, value)
-    for path in skip:
-        _drop_path(sections, path)
     resolved: dict[str, Any] = {}
     for section in PLUGIN_SECTIONS:
         settings = dict(sections[section])
@@ -297,13 +303,13 @@ def resolve(
             config = plugin.Config.model_validate(settings)
         except ValidationError as exc:
             raise _from_validation(
-                source, (where or section,), exc, plugin.Config, also_allowed=("name",)
+                source, section, exc, plugin.Config, where, also_allowed=("name",)
             ) from None
         resolved[section] = {"name": name, **config.model_dump(mode="json")}
     try:
         train = TrainConfig.model_validate(sections["train"])
     except ValidationError as exc:
-        raise _from_validation(source, (where or "train",), exc, TrainConfig) from None
+        raise _from_validation(source, "train", exc, TrainConfig, where) from None
     resolved["train"] = train.model_dump(mode="json")
     resolved["seed"] = seed
     return resolved
@@ -318,15 +324,6 @@ def _set_path(sections: dict[str, dict[str, Any]], path: str, value: Any) -> Non
             child = node[part] = {}
         node = child
     node[leaf] = value
-
-
-def _drop_path(sections: dict[str, dict[str, Any]], path: str) -> None:
-    *parents, leaf = path.split(".")
-    node: Any = sections
-    for part in parents:
-        node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict) and leaf != "name":
-        node.pop(leaf, None)
 
 
 def _section_fields(spec: StudySpec, section: str) -> dict[str, Any]:
@@ -360,12 +357,17 @@ def _axis_path(spec: StudySpec, axis: str, source: str) -> str:
 
 def _from_validation(
     source: str,
-    prefix: tuple[str, ...],
+    section: str,
     exc: ValidationError,
     model: type[BaseModel],
+    where: str = "",
     also_allowed: tuple[str, ...] = (),
 ) -> StudyError:
-    """One-line StudyError from the first pydantic error, with the allowed keys for typos."""
+    """One-line StudyError from the first pydantic error, with the allowed keys for typos.
+
+    ``where`` names a grid value or cell the error came from; the field inside the section
+    is then part of the message (for a cell) or implied by the axis (for a value).
+    """
     errors = exc.errors()
     err = errors[0]
     loc = tuple(str(p) for p in err["loc"])
@@ -381,7 +383,10 @@ def _from_validation(
             message += f" (got {err.get('input')!r})"
     if len(errors) > 1:
         message += f" (+{len(errors) - 1} more)"
-    return StudyError(source, ".".join(p for p in (*prefix, *loc) if p), message)
+    field = ".".join(p for p in (section, *loc) if p)
+    if where.startswith("grid:"):
+        return StudyError(source, where, f"{field}: {message}")
+    return StudyError(source, where or field, message)
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:

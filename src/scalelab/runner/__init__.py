@@ -34,7 +34,9 @@ class StudyRun:
         return not self.failed
 
 
-def plan(study: Study, store_statuses: dict[str, str], shard: str | None) -> tuple[list[RunSpec], list[RunSpec]]:
+def plan(
+    study: Study, store_statuses: dict[str, str], shard: str | None
+) -> tuple[list[RunSpec], list[RunSpec]]:
     """(selected runs, those still to train) for this invocation."""
     runs = study.runs
     if shard:
@@ -52,6 +54,7 @@ def execute_study(
     output: Output | None = None,
 ) -> StudyRun:
     output = output or Output()
+    dev = resolve_device(device)  # before anything is written: a bad --device writes nothing
     with Store.open(out_dir, create=True) as store:
         store.set_meta(study=study.name, source=study.source,
                        axes={label: path for path, label in study.axis_labels().items()})
@@ -59,7 +62,6 @@ def execute_study(
         result = StudyRun(study, Path(out_dir), selected, len(selected) - len(todo))
         if not todo:
             return result
-        dev = resolve_device(device)
         devices = [str(dev)]
         if dev.type == "cuda" and dev.index is None:
             devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from ..plugin import PluginConfig
 from ..registry import tasks
 from ._base import Task, TaskData, cached_arrays
-from ..plugin import PluginConfig
 
 
 def _generate(num_samples: int, seed: int) -> dict[str, np.ndarray]:

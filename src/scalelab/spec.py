@@ -266,12 +266,27 @@ def apply_override(raw: Mapping[str, Any], text: str) -> dict[str, Any]:
         value = yaml.safe_load(value_text)
     except yaml.YAMLError:
         raise StudyError("--set", key, f"value {value_text!r} is not valid YAML") from None
-    # Grid axis names contain dots themselves: grid.model.width is the axis "model.width".
-    keys = ["grid", key[5:]] if key.startswith("grid.") else key.split(".")
+    if key.startswith("grid."):
+        # Axis names contain dots themselves: grid.model.width is the axis "model.width", and
+        # it replaces an axis the file spells as bare "width" rather than adding a twin.
+        axis = key[5:]
+        grid = {k: v for k, v in (raw.get("grid") or {}).items()
+                if not _same_axis_spelling(k, axis)}
+        return deep_merge({**raw, "grid": grid}, {"grid": {axis: value}})
+    keys = key.split(".")
     update: dict[str, Any] = {keys[-1]: value}
     for k in reversed(keys[:-1]):
         update = {k: update}
     return deep_merge(raw, update)
+
+
+def _same_axis_spelling(a: str, b: str) -> bool:
+    """``width`` and ``model.width`` name one axis; ``task.x`` and ``model.x`` do not."""
+    if a == b:
+        return True
+    if "." in a and "." in b:
+        return False
+    return a.rsplit(".", 1)[-1] == b.rsplit(".", 1)[-1]
 
 
 # ------------------------------------------------------------------------- resolution

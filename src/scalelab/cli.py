@@ -205,5 +205,5 @@ def _point(point: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in point.items())
 
 
-def main() -> None:  # pragma: no cover - console entry point
+if __name__ == "__main__":
     app()

@@ -40,3 +40,19 @@ def tiny_study():
         return path
 
     return make
+
+
+@pytest.fixture
+def exploding_model(monkeypatch):
+    """A model family registered as ``_explodes`` for one test, whose build raises."""
+    from scalelab.models import ModelFamily
+    from scalelab.registry import models
+
+    class Explodes(ModelFamily):
+        """Raises when built (exercises the failed-run path)."""
+
+        def build(self, input_shape, num_classes):
+            raise RuntimeError("boom at build")
+
+    monkeypatch.setitem(models._entries, "_explodes", Explodes)
+    return Explodes

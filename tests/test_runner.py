@@ -85,9 +85,7 @@ def test_diverged_run_is_stored_and_the_study_goes_on(tmp_path, tiny_study):
     assert rows[1e12]["diverged_step"] >= 1
 
 
-def test_failed_run_exits_1_and_names_it(tmp_path, tiny_study):
-    from .test_trainer import Explodes  # noqa: F401  (registers the _explodes model)
-
+def test_failed_run_exits_1_and_names_it(tmp_path, tiny_study, exploding_model):
     study = tiny_study(tmp_path, grid={"model.name": ["mlp", "_explodes"]}, seeds=[0],
                        model={"name": "mlp"})
     result = invoke("run", study, "--out", tmp_path / "o", "--workers", 1)

@@ -129,5 +129,7 @@ def test_overrides_and_quick(tmp_path):
     assert len(overridden.runs) == 6
     with pytest.raises(StudyError, match="--quick needs a `quick:` block"):
         load_study(write(tmp_path, with_changes(), "noquick.yaml"), quick=True)
+    cleared = load_study(path, ["grid={}", "model={name: cnn, channels: 3}"])
+    assert len(cleared.runs) == 2 and cleared.runs[0].config["model"]["channels"] == 3
     with pytest.raises(StudyError, match="expected key=value"):
         apply_override({}, "train.lr")

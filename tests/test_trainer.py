@@ -4,9 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from scalelab.models import ModelFamily
-from scalelab.plugin import PluginConfig
-from scalelab.registry import models
 from scalelab.spec import TrainConfig, validate_study
 from scalelab.train import COMPLETED, DIVERGED, FAILED, load_checkpoint, train_run
 from scalelab.train.optim import lr_factor, make_optimizer
@@ -99,18 +96,7 @@ def test_optimizers():
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.1
 
 
-@models.register("_explodes")
-class Explodes(ModelFamily):
-    """Raises when built (tests the failed path)."""
-
-    class Config(PluginConfig):
-        pass
-
-    def build(self, input_shape, num_classes):
-        raise RuntimeError("boom at build")
-
-
-def test_a_raising_run_is_failed_with_its_traceback():
+def test_a_raising_run_is_failed_with_its_traceback(exploding_model):
     cfg = {**config(), "model": {"name": "_explodes"}}
     result = train_run(cfg)
     assert result.status == FAILED

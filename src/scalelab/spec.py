@@ -273,11 +273,16 @@ def apply_override(raw: Mapping[str, Any], text: str) -> dict[str, Any]:
         grid = {k: v for k, v in (raw.get("grid") or {}).items()
                 if not _same_axis_spelling(k, axis)}
         return deep_merge({**raw, "grid": grid}, {"grid": {axis: value}})
-    keys = key.split(".")
-    update: dict[str, Any] = {keys[-1]: value}
-    for k in reversed(keys[:-1]):
-        update = {k: update}
-    return deep_merge(raw, update)
+    # The value replaces what is at the path (``--set grid={}`` empties the grid).
+    updated = copy.deepcopy(dict(raw))
+    node = updated
+    *parents, leaf = key.split(".")
+    for k in parents:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[leaf] = value
+    return updated
 
 
 def _same_axis_spelling(a: str, b: str) -> bool:

@@ -70,5 +70,6 @@ def summary(obj: object) -> str:
 tasks: Registry = Registry("task")
 models: Registry = Registry("model")
 methods: Registry = Registry("method")
+laws: Registry = Registry("law")
 
-FAMILIES: dict[str, Registry] = {"task": tasks, "model": models, "method": methods}
+FAMILIES: dict[str, Registry] = {"task": tasks, "model": models, "method": methods, "law": laws}

@@ -83,6 +83,10 @@ class StudySpec(StrictModel):
     train: dict[str, Any]
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0])
+    nuisance: list[str] = Field(
+        default_factory=list,
+        description="grid axes tuned per shape (lr, weight decay, ...); the rest are scientific",
+    )
     save_checkpoints: bool = False
     quick: dict[str, Any] = Field(default_factory=dict)
 
@@ -138,6 +142,11 @@ class Study:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def nuisance_labels(self) -> list[str]:
+        """Labels of the axes tuned per shape; every other axis is scientific."""
+        labels = self.axis_labels()
+        return [labels.get(name, name) for name in self.spec.nuisance]
 
     def axis_labels(self) -> dict[str, str]:
         """Short column names: the last path segment unless two axes share it."""
@@ -209,6 +218,11 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
     if len(axes) != len(spec.grid):
         raise StudyError(source, "grid", "two axes name the same setting")
     study = Study(spec, source, axes)
+    labels = study.axis_labels()
+    for i, name in enumerate(spec.nuisance):
+        if name not in axes and name not in labels.values():
+            raise StudyError(source, f"nuisance[{i}]",
+                             f"{name!r} is not a grid axis (axes: {', '.join(labels.values())})")
     # The base config (first value of every axis), then every axis value on its own, so an
     # error names the axis and value that caused it; then every cell.
     first = {p: v[0] for p, v in axes.items()}

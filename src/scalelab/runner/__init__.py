@@ -56,8 +56,11 @@ def execute_study(
     output = output or Output()
     dev = resolve_device(device)  # before anything is written: a bad --device writes nothing
     with Store.open(out_dir, create=True) as store:
+        labels = study.axis_labels()
         store.set_meta(study=study.name, source=study.source,
-                       axes={label: path for path, label in study.axis_labels().items()})
+                       axes={label: path for path, label in labels.items()},
+                       grid={labels[path]: values for path, values in study.axes.items()},
+                       nuisance=study.nuisance_labels())
         selected, todo = plan(study, store.statuses(), shard)
         result = StudyRun(study, Path(out_dir), selected, len(selected) - len(todo))
         if not todo:

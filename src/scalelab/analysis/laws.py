@@ -1,0 +1,576 @@
+"""Scaling laws: forms, robust fits, bootstrap intervals, backtests and compute-optimal allocation.
+
+Every form is fitted in log space: positive parameters are optimised as logs (A = e^a), the
+prediction is computed with logsumexp, and the objective is the SUM over points of a Huber
+loss (delta = 1e-3) of log prediction - log observation — never a mean, which makes the
+optimiser stop early. Each form supplies an analytic gradient and *conditionally linear*
+starting points: with its exponents fixed on a coarse grid, the remaining coefficients are a
+(non-negative) least-squares problem, so a few hundred cheap solves replace thousands of
+L-BFGS-B runs from a blind initialisation grid; the best few are then refined with L-BFGS-B.
+Fitted values are stored as computed, never rounded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+from scipy import optimize
+from scipy.special import expit, logsumexp
+
+from ..errors import ScalelabError
+from ..plugin import Plugin, PluginConfig, instantiate
+from ..registry import laws
+
+Loss = Literal["huber", "mse"]
+
+
+class LawForm(Plugin):
+    """A parametric law L(x) with positive output, fitted on log L.
+
+    ``params`` are the optimised (raw) parameters; :meth:`natural` maps them to the
+    parameters people quote (E, A, alpha, ...). ``variables`` is the number of inputs.
+    """
+
+    params: ClassVar[tuple[str, ...]]
+    variables: ClassVar[int] = 1
+    formula: ClassVar[str] = ""
+
+    def log_predict(self, theta: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(log L at each row of X, Jacobian d log L / d theta of shape (n, len(params)))."""
+        raise NotImplementedError
+
+    def starts(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Candidate starting points, shape (k, len(params))."""
+        raise NotImplementedError
+
+    def natural(self, theta: np.ndarray) -> dict[str, float]:
+        raise NotImplementedError
+
+    def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        return np.exp(self.log_predict(np.asarray(theta, float), _as_matrix(X, self.variables))[0])
+
+
+def _lse_linear(components: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log sum_k exp(c_k) and its gradient for components c_k (n, K) with d c_k/d theta (n, K, p)."""
+    f = logsumexp(components, axis=1)
+    weights = np.exp(components - f[:, None])
+    return f, np.einsum("nk,nkp->np", weights, grads)
+
+
+def _nnls_starts(design: Callable[[tuple], np.ndarray], y: np.ndarray, exponents: Sequence[tuple],
+                 to_theta: Callable[[tuple, np.ndarray], np.ndarray]) -> np.ndarray:
+    """For each exponent tuple: non-negative least squares of y on its design matrix."""
+    out = []
+    for exps in exponents:
+        coef, _ = optimize.nnls(design(exps), y)
+        out.append(to_theta(exps, np.maximum(coef, 1e-12)))
+    return np.array(out)
+
+
+EXPONENTS = np.round(np.arange(0.0, 2.0001, 0.1), 10)  # the coarse grid for every exponent
+
+
+@laws.register("power")
+class Power(LawForm):
+    """L = A * x^(-alpha)"""
+
+    params = ("a", "alpha")
+    formula = "L = A·x^(−α)"
+
+    def log_predict(self, theta, X):
+        lx = np.log(X[:, 0])
+        return theta[0] - theta[1] * lx, np.stack([np.ones_like(lx), -lx], axis=1)
+
+    def starts(self, X, y):
+        slope, intercept = np.polyfit(np.log(X[:, 0]), np.log(y), 1)
+        return np.array([[intercept, -slope]])
+
+    def natural(self, theta):
+        return {"A": math.exp(theta[0]), "alpha": float(theta[1])}
+
+
+@laws.register("power_offset")
+class PowerOffset(LawForm):
+    """L = E + A * x^(-alpha)  (irreducible loss E)"""
+
+    params = ("e", "a", "alpha")
+    formula = "L = E + A·x^(−α)"
+
+    def log_predict(self, theta, X):
+        e, a, alpha = theta
+        lx = np.log(X[:, 0])
+        n = len(lx)
+        comps = np.stack([np.full(n, e), a - alpha * lx], axis=1)
+        grads = np.zeros((n, 2, 3))
+        grads[:, 0, 0] = 1
+        grads[:, 1, 1] = 1
+        grads[:, 1, 2] = -lx
+        return _lse_linear(comps, grads)
+
+    def starts(self, X, y):
+        x = X[:, 0]
+        return _nnls_starts(
+            lambda ex: np.stack([np.ones_like(x), x ** -ex[0]], axis=1), y,
+            [(alpha,) for alpha in EXPONENTS],
+            lambda ex, c: np.array([math.log(c[0]), math.log(c[1]), ex[0]]),
+        )
+
+    def natural(self, theta):
+        return {"E": math.exp(theta[0]), "A": math.exp(theta[1]), "alpha": float(theta[2])}
+
+
+@laws.register("chinchilla")
+class Chinchilla(LawForm):
+    """L(N, D) = E + A/N^alpha + B/D^beta  (joint in parameters N and data D)"""
+
+    params = ("e", "a", "b", "alpha", "beta")
+    variables = 2
+    formula = "L = E + A/N^α + B/D^β"
+
+    def log_predict(self, theta, X):
+        e, a, b, alpha, beta = theta
+        ln, ld = np.log(X[:, 0]), np.log(X[:, 1])
+        n = len(ln)
+        comps = np.stack([np.full(n, e), a - alpha * ln, b - beta * ld], axis=1)
+        grads = np.zeros((n, 3, 5))
+        grads[:, 0, 0] = 1
+        grads[:, 1, 1] = 1
+        grads[:, 1, 3] = -ln
+        grads[:, 2, 2] = 1
+        grads[:, 2, 4] = -ld
+        return _lse_linear(comps, grads)
+
+    def starts(self, X, y):
+        N, D = X[:, 0], X[:, 1]
+        return _nnls_starts(
+            lambda ex: np.stack([np.ones_like(N), N ** -ex[0], D ** -ex[1]], axis=1), y,
+            list(itertools.product(EXPONENTS, EXPONENTS)),
+            lambda ex, c: np.array([*np.log(c), ex[0], ex[1]]),
+        )
+
+    @staticmethod
+    def literature_grid() -> np.ndarray:
+        """The 4,500-start grid of the Chinchilla replication (alpha, beta, e, a, b)."""
+        alphas = betas = np.arange(0, 2.01, 0.5)
+        es = np.arange(-1, 1.01, 0.5)
+        abs_ = np.arange(0, 25.01, 5)
+        return np.array([[e, a, b, al, be] for al, be, e, a, b
+                         in itertools.product(alphas, betas, es, abs_, abs_)])
+
+    def natural(self, theta):
+        e, a, b, alpha, beta = theta
+        return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b),
+                "alpha": float(alpha), "beta": float(beta)}
+
+
+@laws.register("kaplan")
+class Kaplan(LawForm):
+    """L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D  (Kaplan et al. 2020)"""
+
+    params = ("log_nc", "log_dc", "alpha_n", "alpha_d")
+    variables = 2
+    formula = "L = [(N_c/N)^(α_N/α_D) + D_c/D]^α_D"
+
+    def log_predict(self, theta, X):
+        nc, dc, an, ad = theta
+        ln, ld = np.log(X[:, 0]), np.log(X[:, 1])
+        u1, u2 = (an / ad) * (nc - ln), dc - ld
+        s = np.logaddexp(u1, u2)
+        p1 = np.exp(u1 - s)
+        p2 = 1 - p1
+        jac = np.stack([p1 * an, ad * p2, p1 * (nc - ln), s - p1 * (an / ad) * (nc - ln)], axis=1)
+        return ad * s, jac
+
+    def starts(self, X, y):
+        N, D = X[:, 0], X[:, 1]
+        out = []
+        # With alpha_D fixed, L^(1/alpha_D) = C1 N^(-r) + C2 / D is linear in (C1, C2).
+        for ad in (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0):
+            target = y ** (1 / ad)
+            for r in (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0):
+                coef, _ = optimize.nnls(np.stack([N ** -r, 1 / D], axis=1), target)
+                c1, c2 = np.maximum(coef, 1e-12)
+                out.append([math.log(c1) / r, math.log(c2), r * ad, ad])
+        return np.array(out)
+
+    def natural(self, theta):
+        nc, dc, an, ad = theta
+        return {"N_c": math.exp(nc), "D_c": math.exp(dc), "alpha_N": float(an),
+                "alpha_D": float(ad)}
+
+
+@laws.register("broken_power")
+class BrokenPower(LawForm):
+    """L = A x^(-alpha1) (1 + (x/x_b)^(1/s))^(-(alpha2-alpha1) s): slope alpha1, then alpha2"""
+
+    class Config(PluginConfig):
+        smoothness: float = Field(0.1, gt=0, description="width of the break in log-x units")
+
+    params = ("a", "alpha1", "alpha2", "log_xb")
+    formula = "L = A·x^(−α₁)·(1 + (x/x_b)^(1/s))^(−(α₂−α₁)s)"
+
+    def _softplus(self, lx, log_xb):
+        z = (lx - log_xb) / self.config.smoothness
+        return np.logaddexp(0, z), expit(z)
+
+    def log_predict(self, theta, X):
+        a, a1, a2, lb = theta
+        s = self.config.smoothness
+        lx = np.log(X[:, 0])
+        sp, sig = self._softplus(lx, lb)
+        f = a - a1 * lx - (a2 - a1) * s * sp
+        jac = np.stack([np.ones_like(lx), -lx + s * sp, -s * sp, (a2 - a1) * sig], axis=1)
+        return f, jac
+
+    def starts(self, X, y):
+        # With the break fixed, log L is linear in (a, alpha1, alpha2): ordinary least squares.
+        lx, ly = np.log(X[:, 0]), np.log(y)
+        s = self.config.smoothness
+        out = []
+        for lb in np.linspace(lx.min(), lx.max(), 12)[1:-1]:
+            sp, _ = self._softplus(lx, lb)
+            design = np.stack([np.ones_like(lx), -(lx - s * sp), -s * sp], axis=1)
+            coef, *_ = np.linalg.lstsq(design, ly, rcond=None)
+            out.append([*coef, lb])
+        return np.array(out)
+
+    def natural(self, theta):
+        a, a1, a2, lb = theta
+        return {"A": math.exp(a), "alpha1": float(a1), "alpha2": float(a2), "x_b": math.exp(lb)}
+
+
+# ------------------------------------------------------------------------------- fitting
+
+
+def _as_matrix(x, variables: int) -> np.ndarray:
+    X = np.asarray(x, dtype=float)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.shape[1] != variables:
+        raise ScalelabError(f"this law takes {variables} input variable(s), got {X.shape[1]}")
+    return X
+
+
+def objective(theta: np.ndarray, form: LawForm, X: np.ndarray, log_y: np.ndarray,
+              weights: np.ndarray, loss: Loss = "huber", delta: float = 1e-3) -> tuple[float, np.ndarray]:
+    """SUM over points of weight * loss(log prediction - log y), and its gradient."""
+    f, jac = form.log_predict(theta, X)
+    r = f - log_y
+    if loss == "huber":
+        absr = np.abs(r)
+        values = np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta))
+        slope = np.clip(r, -delta, delta)
+    else:
+        values, slope = 0.5 * r * r, r
+    if not np.all(np.isfinite(values)):
+        return math.inf, np.zeros_like(theta)
+    return float(np.sum(weights * values)), jac.T @ (weights * slope)
+
+
+@dataclass
+class LawFit:
+    """A fitted law. ``theta`` are the optimised parameters, ``params`` the quoted ones."""
+
+    form: str
+    formula: str
+    theta: np.ndarray
+    params: dict[str, float]
+    objective: float
+    converged: bool
+    grad_norm: float
+    message: str
+    n_points: int
+    n_starts: int
+    loss: str
+    delta: float
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    backtest: Backtest | None = None
+    selection: list[dict[str, Any]] = field(default_factory=list)
+
+    def predict(self, x) -> np.ndarray:
+        law = get_form(self.form)
+        return law.predict(self.theta, x)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "form": self.form, "formula": self.formula,
+            "params": self.params, "theta": self.theta.tolist(),
+            "intervals": {k: list(v) for k, v in self.intervals.items()},
+            "objective": self.objective, "converged": self.converged,
+            "grad_norm": self.grad_norm, "message": self.message, "points": self.n_points,
+            "starts": self.n_starts, "loss": self.loss, "delta": self.delta,
+            "backtest": self.backtest.to_dict() if self.backtest else None,
+            "selection": self.selection,
+        }
+
+
+def get_form(form: str | LawForm) -> LawForm:
+    return form if isinstance(form, LawForm) else instantiate(laws, {"name": form})
+
+
+def _refine(theta0, form, X, log_y, w, loss, delta):
+    return optimize.minimize(
+        objective, theta0, args=(form, X, log_y, w, loss, delta), jac=True, method="L-BFGS-B",
+        options={"maxiter": 20_000, "maxfun": 50_000, "ftol": 1e-15, "gtol": 1e-10},
+    )
+
+
+def fit_law(
+    x,
+    y,
+    form: str | LawForm = "power",
+    *,
+    weights=None,
+    loss: Loss = "huber",
+    delta: float = 1e-3,
+    starts: Literal["fast", "grid"] | np.ndarray = "fast",
+    refine: int = 8,
+) -> LawFit:
+    """Fit ``form`` to points (x, y); ``x`` is (n,) or (n, variables), ``y`` positive.
+
+    ``starts="fast"`` refines the ``refine`` best conditionally-linear starts;
+    ``starts="grid"`` refines every point of the form's literature grid (slow; for checks).
+    ``form="auto"`` chooses among forms of the right arity by backtest error (see
+    :func:`select_form`).
+    """
+    if form == "auto":
+        return select_form(x, y, weights=weights, loss=loss, delta=delta)
+    law = get_form(form)
+    X = _as_matrix(x, law.variables)
+    y = np.asarray(y, dtype=float)
+    if len(y) != len(X):
+        raise ScalelabError(f"x has {len(X)} points but y has {len(y)}")
+    if np.any(X <= 0) or np.any(y <= 0) or not np.all(np.isfinite(y)):
+        raise ScalelabError("scaling-law fits need positive, finite x and y")
+    if len(y) < len(law.params):
+        raise ScalelabError(f"form {law.__class__.__name__} has {len(law.params)} parameters "
+                            f"but only {len(y)} points were given")
+    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
+    log_y = np.log(y)
+    if isinstance(starts, np.ndarray):
+        candidates, keep = starts, len(starts)
+    elif starts == "grid":
+        grid = getattr(law, "literature_grid", None)
+        candidates = grid() if grid else law.starts(X, y)
+        keep = len(candidates)
+    else:
+        candidates, keep = law.starts(X, y), refine
+    values = np.array([objective(t, law, X, log_y, w, loss, delta)[0] for t in candidates])
+    best_first = candidates[np.argsort(values)[:keep]]
+    best = None
+    for theta0 in best_first:
+        result = _refine(theta0, law, X, log_y, w, loss, delta)
+        if best is None or result.fun < best.fun:
+            best = result
+    return _make_fit(law, best, len(y), len(best_first), loss, delta)
+
+
+def _make_fit(law: LawForm, result, n: int, n_starts: int, loss: str, delta: float) -> LawFit:
+    grad_norm = float(np.max(np.abs(result.jac))) if result.jac is not None else math.inf
+    # Huber's kink makes L-BFGS-B report a failed line search at an optimum; the gradient norm
+    # (relative to the objective's scale) is the real test.
+    converged = bool(np.isfinite(result.fun) and grad_norm <= 1e-6 * max(1.0, n * delta))
+    return LawFit(
+        form=_name_of(law), formula=law.formula, theta=np.asarray(result.x, dtype=float),
+        params=law.natural(result.x), objective=float(result.fun), converged=converged,
+        grad_norm=grad_norm, message=str(result.message), n_points=n, n_starts=n_starts,
+        loss=loss, delta=delta,
+    )
+
+
+def _name_of(law: LawForm) -> str:
+    for name in laws.names():
+        if type(law) is laws.get(name):
+            return name
+    return type(law).__name__
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+@dataclass
+class Bootstrap:
+    """Bootstrap distribution of a fit: resampled parameters, predictions and derived values."""
+
+    samples: list[dict[str, float]]
+    intervals: dict[str, tuple[float, float]]
+    prediction_intervals: np.ndarray | None  # (len(predict_at), 2)
+    derived: dict[str, tuple[float, float]]
+    failed: int
+    level: float
+
+
+def bootstrap(
+    fit: LawFit,
+    x,
+    y,
+    *,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    weights=None,
+    predict_at=None,
+    derived: Mapping[str, Callable[[dict[str, float]], float]] | None = None,
+) -> Bootstrap:
+    """Percentile intervals from refitting on runs resampled with replacement.
+
+    Each resample is refitted with L-BFGS-B from the full-data optimum (a warm start), with
+    the same loss. Intervals for every quoted parameter, for predictions at ``predict_at`` and
+    for each ``derived`` quantity (a function of the quoted parameters). The intervals are
+    also stored on ``fit.intervals``.
+    """
+    law = get_form(fit.form)
+    X = _as_matrix(x, law.variables)
+    y = np.asarray(y, dtype=float)
+    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
+    rng = np.random.default_rng(seed)
+    thetas, failed = [], 0
+    for _ in range(n_resamples):
+        idx = rng.integers(0, len(y), len(y))
+        result = _refine(fit.theta, law, X[idx], np.log(y[idx]), w[idx], fit.loss, fit.delta)
+        if np.all(np.isfinite(result.x)) and np.isfinite(result.fun):
+            thetas.append(result.x)
+        else:
+            failed += 1
+    samples = [law.natural(t) for t in thetas]
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+
+    def interval(values) -> tuple[float, float]:
+        values = np.asarray(values, dtype=float)
+        return float(np.percentile(values, lo)), float(np.percentile(values, hi))
+
+    intervals = {k: interval([s[k] for s in samples]) for k in fit.params}
+    prediction = None
+    if predict_at is not None:
+        P = _as_matrix(predict_at, law.variables)
+        preds = np.array([law.predict(t, P) for t in thetas])
+        prediction = np.stack([np.percentile(preds, lo, axis=0), np.percentile(preds, hi, axis=0)], 1)
+    derived_iv = {name: interval([f(s) for s in samples]) for name, f in (derived or {}).items()}
+    fit.intervals = intervals
+    return Bootstrap(samples, intervals, prediction, derived_iv, failed, level)
+
+
+# ------------------------------------------------------------------------------ backtest
+
+
+@dataclass
+class Backtest:
+    """Error of a fit made on small scales when predicting the held-out largest points."""
+
+    form: str
+    holdout: str
+    train_points: int
+    held_out: np.ndarray  # boolean mask over the input points
+    predicted: np.ndarray
+    observed: np.ndarray
+    relative_errors: np.ndarray
+    rmsle: float
+
+    @property
+    def mean_abs_relative_error(self) -> float:
+        return float(np.mean(np.abs(self.relative_errors)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"form": self.form, "holdout": self.holdout, "train_points": self.train_points,
+                "held_out_points": int(self.held_out.sum()), "rmsle": self.rmsle,
+                "mean_abs_relative_error": self.mean_abs_relative_error,
+                "relative_errors": self.relative_errors.tolist()}
+
+
+def holdout_mask(X: np.ndarray, holdout: str | float) -> np.ndarray:
+    """Points to hold out: ``"largest"`` = the largest value of the first variable;
+    a number k > 1 = points whose scale (product of the variables, ∝ compute for N·D)
+    exceeds max scale / k."""
+    if holdout == "largest":
+        return X[:, 0] == X[:, 0].max()
+    k = float(holdout)
+    if k <= 1:
+        raise ScalelabError(f"holdout: expected 'largest' or a factor k > 1, got {holdout!r}")
+    scale = np.prod(X, axis=1)
+    return scale > scale.max() / k
+
+
+def backtest(x, y, form: str | LawForm = "power", holdout: str | float = "largest",
+             **fit_options) -> Backtest:
+    law = get_form(form)
+    X = _as_matrix(x, law.variables)
+    y = np.asarray(y, dtype=float)
+    mask = holdout_mask(X, holdout)
+    if mask.all() or not mask.any():
+        raise ScalelabError("backtest: the holdout must leave points on both sides")
+    w = fit_options.pop("weights", None)
+    if w is not None:
+        fit_options["weights"] = np.asarray(w)[~mask]
+    fit = fit_law(X[~mask], y[~mask], law, **fit_options)
+    predicted = law.predict(fit.theta, X[mask])
+    observed = y[mask]
+    rel = (predicted - observed) / observed
+    rmsle = float(np.sqrt(np.mean((np.log(predicted) - np.log(observed)) ** 2)))
+    return Backtest(_name_of(law), str(holdout), int((~mask).sum()), mask, predicted, observed,
+                    rel, rmsle)
+
+
+def select_form(x, y, candidates: Sequence[str] | None = None, holdout: str | float = "largest",
+                **fit_options) -> LawFit:
+    """Fit every candidate form of the right arity, keep the one with the smallest backtest
+    RMSLE (not the best in-sample fit), refit it on all points and attach the comparison."""
+    X = np.asarray(x, dtype=float)
+    arity = 1 if X.ndim == 1 else X.shape[1]
+    names = candidates or [n for n in laws.names() if laws.get(n).variables == arity]
+    table, best = [], None
+    for name in names:
+        law = get_form(name)
+        try:
+            bt = backtest(X, y, law, holdout, **dict(fit_options))
+        except ScalelabError as exc:
+            table.append({"form": name, "error": str(exc)})
+            continue
+        table.append({"form": name, "rmsle": bt.rmsle,
+                      "mean_abs_relative_error": bt.mean_abs_relative_error})
+        if best is None or bt.rmsle < best[1].rmsle:
+            best = (name, bt)
+    if best is None:
+        raise ScalelabError("form=auto: no candidate form could be backtested on these points")
+    fit = fit_law(X, y, best[0], **fit_options)
+    fit.backtest, fit.selection = best[1], table
+    return fit
+
+
+# ---------------------------------------------------------------------------- allocation
+
+
+def compute_optimal(params: Mapping[str, float], budgets,
+                    flops: Callable[[float, float], float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """N_opt(C), D_opt(C) minimising E + A/N^alpha + B/D^beta subject to flops(N, D) = C.
+
+    With the default C = 6·N·D the optimum is closed-form:
+    N_opt = G·(C/6)^(beta/(alpha+beta)), G = (alpha·A / (beta·B))^(1/(alpha+beta)).
+    A user FLOPs model (increasing in N and D) is solved numerically.
+    """
+    A, B, alpha, beta = params["A"], params["B"], params["alpha"], params["beta"]
+    C = np.atleast_1d(np.asarray(budgets, dtype=float))
+    if flops is None:
+        G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
+        n_opt = G * (C / 6) ** (beta / (alpha + beta))
+        return n_opt, C / 6 / n_opt
+    n_out, d_out = [], []
+    for c in C:
+        def d_for(log_n: float) -> float:
+            return math.exp(optimize.brentq(
+                lambda log_d: math.log(flops(math.exp(log_n), math.exp(log_d))) - math.log(c),
+                -50, 100))
+
+        def loss_at(log_n: float) -> float:
+            return A * math.exp(-alpha * log_n) + B * d_for(log_n) ** -beta
+
+        best = optimize.minimize_scalar(loss_at, bounds=(0.0, math.log(c)), method="bounded",
+                                        options={"xatol": 1e-10})
+        n_out.append(math.exp(best.x))
+        d_out.append(d_for(best.x))
+    return np.array(n_out), np.array(d_out)

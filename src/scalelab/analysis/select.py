@@ -1,0 +1,66 @@
+"""Per-shape optimum: for each scientific point, the nuisance setting with the best
+*validation* loss (mean over seeds) — never the test metric."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Real
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Winner:
+    """The nuisance values chosen at one scientific point."""
+
+    point: dict[str, Any]
+    nuisance: dict[str, Any]
+    val_loss: float
+    at_edge: list[str]  # nuisance axes whose winning value is the grid's smallest or largest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"point": self.point, "nuisance": self.nuisance, "val_loss": self.val_loss,
+                "at_edge": self.at_edge}
+
+
+def best_over_nuisance(
+    records: Sequence[dict[str, Any]],
+    scientific: Sequence[str],
+    nuisance: Sequence[str],
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    metric: str = "val_loss",
+) -> tuple[list[dict[str, Any]], list[Winner]]:
+    """(the completed runs of each point's winning nuisance setting, the winners).
+
+    Without nuisance axes every completed run is kept. ``grid`` gives each axis's values, for
+    the edge flag (defaults to the values seen in ``records``).
+    """
+    done = [r for r in records if r.get("status") == "completed" and r.get(metric) is not None]
+    if not nuisance:
+        return done, []
+    seen: dict[str, set] = defaultdict(set)
+    cells: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in done:
+        cells[tuple(r[a] for a in scientific)][tuple(r[a] for a in nuisance)].append(r)
+        for a in nuisance:
+            seen[a].add(r[a])
+    grid = grid or {a: sorted(v) for a, v in seen.items()}
+    selected, winners = [], []
+    for point, options in cells.items():
+        best = min(options, key=lambda key: np.mean([r[metric] for r in options[key]]))
+        selected.extend(options[best])
+        chosen = dict(zip(nuisance, best))
+        edges = [a for a, v in chosen.items() if _at_edge(v, grid.get(a, []))]
+        winners.append(Winner(dict(zip(scientific, point)), chosen,
+                              float(np.mean([r[metric] for r in options[best]])), edges))
+    return selected, winners
+
+
+def _at_edge(value: Any, values: Sequence[Any]) -> bool:
+    numeric = [v for v in values if isinstance(v, Real) and not isinstance(v, bool)]
+    if len(numeric) < 2 or not isinstance(value, Real):
+        return False
+    return value in (min(numeric), max(numeric))

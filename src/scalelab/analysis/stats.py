@@ -1,0 +1,198 @@
+"""Comparisons you can defend: paired and unpaired tests, effect sizes, CIs, Holm, power.
+
+Wherever scipy computes a quantity, scipy computes it here (t-tests, Wilcoxon, bootstrap,
+the noncentral t for power); this module adds the bookkeeping: which units pair up, effect
+sizes, Holm's step-down adjustment across many configs against one baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from ..errors import ScalelabError
+
+
+@dataclass
+class Comparison:
+    """``candidate - baseline`` on one metric."""
+
+    candidate: str
+    baseline: str
+    metric: str
+    paired: bool
+    n_candidate: int
+    n_baseline: int
+    mean_candidate: float
+    mean_baseline: float
+    mean_diff: float
+    ci_low: float             # t-based CI of the mean difference
+    ci_high: float
+    t_statistic: float
+    p_value: float            # paired t-test, or Welch's t-test when unpaired
+    wilcoxon_p: float | None  # Wilcoxon signed-rank (paired only)
+    effect_size: float        # Cohen's d_z (paired) or Hedges' g (unpaired)
+    effect_name: str
+    bootstrap_low: float
+    bootstrap_high: float
+    p_holm: float | None = None
+    level: float = 0.95
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def paired(candidate: Sequence[float], baseline: Sequence[float], *, level: float = 0.95,
+           n_resamples: int = 10_000, seed: int = 0, names=("candidate", "baseline"),
+           metric: str = "") -> Comparison:
+    """Paired comparison over matched units (same seeds, or the same models scored two ways)."""
+    a, b = np.asarray(candidate, float), np.asarray(baseline, float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ScalelabError("a paired comparison needs two equally long 1-D samples")
+    if len(a) < 2:
+        raise ScalelabError(f"a paired comparison needs at least 2 matched units, got {len(a)}")
+    d = a - b
+    test = stats.ttest_rel(a, b)
+    ci = test.confidence_interval(level)
+    sd = d.std(ddof=1)
+    wilcoxon_p = 1.0 if np.all(d == 0) else float(stats.wilcoxon(a, b).pvalue)
+    boot = _bootstrap((d,), np.mean, level, n_resamples, seed)
+    return Comparison(
+        names[0], names[1], metric, True, len(a), len(b), float(a.mean()), float(b.mean()),
+        float(d.mean()), float(ci.low), float(ci.high), float(test.statistic),
+        float(test.pvalue), wilcoxon_p, float(d.mean() / sd) if sd > 0 else math.nan, "cohen_dz",
+        *boot, level=level,
+    )
+
+
+def unpaired(candidate: Sequence[float], baseline: Sequence[float], *, level: float = 0.95,
+             n_resamples: int = 10_000, seed: int = 0, names=("candidate", "baseline"),
+             metric: str = "") -> Comparison:
+    """Welch's t-test and Hedges' g for independent samples."""
+    a, b = np.asarray(candidate, float), np.asarray(baseline, float)
+    if len(a) < 2 or len(b) < 2:
+        raise ScalelabError("an unpaired comparison needs at least 2 values on each side")
+    test = stats.ttest_ind(a, b, equal_var=False)
+    ci = test.confidence_interval(level)
+    boot = _bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), level,
+                      n_resamples, seed)
+    return Comparison(
+        names[0], names[1], metric, False, len(a), len(b), float(a.mean()), float(b.mean()),
+        float(a.mean() - b.mean()), float(ci.low), float(ci.high), float(test.statistic),
+        float(test.pvalue), None, hedges_g(a, b), "hedges_g", *boot, level=level,
+    )
+
+
+def hedges_g(a: np.ndarray, b: np.ndarray) -> float:
+    """Standardised mean difference with the small-sample correction J = 1 - 3/(4(na+nb)-9)."""
+    na, nb = len(a), len(b)
+    pooled = math.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
+    if pooled == 0:
+        return math.nan
+    return float((1 - 3 / (4 * (na + nb) - 9)) * (a.mean() - b.mean()) / pooled)
+
+
+def _bootstrap(samples, statistic, level, n_resamples, seed) -> tuple[float, float]:
+    if all(np.ptp(s) == 0 for s in samples):  # no spread: the interval is the point
+        value = float(statistic(*samples))
+        return value, value
+    result = stats.bootstrap(samples, statistic, confidence_level=level, n_resamples=n_resamples,
+                             method="percentile", rng=np.random.default_rng(seed),
+                             paired=len(samples) == 1, vectorized=True)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm–Bonferroni step-down adjusted p-values (same order as given)."""
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    order = np.argsort(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def power(n: int, delta: float, sd: float, alpha: float = 0.05, is_paired: bool = True) -> float:
+    """Power of a two-sided t-test with n units (paired) or n per group (unpaired)."""
+    if is_paired:
+        df, nc = n - 1, delta / sd * math.sqrt(n)
+    else:
+        df, nc = 2 * n - 2, delta / sd * math.sqrt(n / 2)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+
+def seeds_needed(delta: float, sd: float, target: float = 0.8, alpha: float = 0.05,
+                 is_paired: bool = True, max_n: int = 100_000) -> int:
+    """Smallest number of seeds (per group if unpaired) that detects ``delta`` with ``target`` power.
+
+    ``sd`` is the standard deviation of the paired differences (paired) or of each group.
+    """
+    if delta == 0 or sd <= 0:
+        raise ScalelabError("seeds_needed: delta must be non-zero and sd positive")
+    n = 2
+    while power(n, abs(delta), sd, alpha, is_paired) < target:
+        n += 1
+        if n > max_n:
+            raise ScalelabError(f"more than {max_n} seeds would be needed")
+    return n
+
+
+def compare(records: Sequence[dict[str, Any]], metric: str, by: str, baseline: str,
+            paired_by: str | None = "seed", within: Sequence[str] = (), level: float = 0.95,
+            ) -> list[Comparison]:
+    """Every value of ``by`` against ``baseline`` on ``metric``, within each group of ``within``.
+
+    With ``paired_by`` (e.g. ``seed``), units are matched by that column and only units present
+    on both sides are used; without it the samples are compared unpaired. Holm's adjustment
+    runs over all comparisons returned.
+    """
+    groups: dict[tuple, dict[str, dict[Any, float]]] = defaultdict(lambda: defaultdict(dict))
+    values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.get(metric) is None or (r.get("status", "completed") != "completed"):
+            continue
+        if by not in r:
+            raise ScalelabError(f"compare: no column {by!r} in the results")
+        key = tuple(r.get(w) for w in within)
+        label = str(r[by])
+        if paired_by is not None:
+            unit = r.get(paired_by)
+            if unit in groups[key][label]:
+                raise ScalelabError(f"compare: two results for {by}={label} and "
+                                    f"{paired_by}={unit}; add the other axes to --within")
+            groups[key][label][unit] = float(r[metric])
+        values[key][label].append(float(r[metric]))
+    if not values:
+        raise ScalelabError(f"compare: no completed results with a value for {metric!r}")
+    comparisons = []
+    for key in values:
+        labels = values[key]
+        if baseline not in labels:
+            raise ScalelabError(f"compare: baseline {baseline!r} not found in {by} "
+                                f"(values: {', '.join(sorted(labels))})")
+        for label in labels:
+            if label == baseline:
+                continue
+            name = label + "".join(f" [{w}={k}]" for w, k in zip(within, key))
+            if paired_by is not None:
+                units = sorted(set(groups[key][label]) & set(groups[key][baseline]), key=str)
+                comparisons.append(paired(
+                    [groups[key][label][u] for u in units],
+                    [groups[key][baseline][u] for u in units],
+                    level=level, names=(name, baseline), metric=metric))
+            else:
+                comparisons.append(unpaired(labels[label], labels[baseline], level=level,
+                                            names=(name, baseline), metric=metric))
+    for c, p in zip(comparisons, holm([c.p_value for c in comparisons])):
+        c.p_holm = float(p)
+    return comparisons

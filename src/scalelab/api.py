@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .analysis import Summary, summarize
+from .analysis.select import best_over_nuisance
+from .analysis.stats import Comparison
+from .analysis.stats import compare as compare_records
+from .analysis.study import FitEntry, fit_rows
 from .errors import ScalelabError
 from .output import Output
 from .runner import StudyRun, execute_study, plan
@@ -124,3 +128,96 @@ def export(out_dir: str | Path, fmt: ExportFormat, path: str | Path | None = Non
         pq.write_table(pa.Table.from_pylist(rows), tmp)
     os.replace(tmp, target)
     return target
+
+
+# ------------------------------------------------------------------ analysis entry points
+
+#: Short names accepted wherever a results column is named (``--x params``).
+COLUMN_ALIASES = {"params": "n_params", "data": "task.num_train", "compute": "train_flops",
+                  "method": "method.name", "samples": "samples_seen"}
+
+
+def read_csv_records(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a CSV of results from anywhere (one row per run), numbers parsed."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise ScalelabError(f"{path}: no such CSV file") from None
+    if not rows:
+        raise ScalelabError(f"{path}: no rows")
+    return [{k: _parse_cell(v) for k, v in row.items()} for row in rows]
+
+
+def _parse_cell(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
+
+
+def resolve_column(records: Sequence[dict[str, Any]], name: str) -> str:
+    """The results column a user means by ``name`` (an exact column, an alias, or a setting)."""
+    columns = set().union(*(r.keys() for r in records)) if records else set()
+    for candidate in (name, COLUMN_ALIASES.get(name, ""), f"{name}.name",
+                      *(f"{section}.{name}" for section in ("task", "model", "method", "train"))):
+        if candidate in columns:
+            return candidate
+    raise ScalelabError(f"no column {name!r} in the results (e.g. {', '.join(sorted(columns)[:12])}"
+                        f", ...; aliases: {', '.join(COLUMN_ALIASES)})")
+
+
+def analysis_records(out_dir: str | Path | None = None, csv_path: str | Path | None = None
+                     ) -> list[dict[str, Any]]:
+    """Runs to analyse: a CSV as given, or a store's per-shape optimum over its nuisance axes."""
+    if (out_dir is None) == (csv_path is None):
+        raise ScalelabError("give either a study output directory or --csv FILE")
+    if csv_path is not None:
+        rows = read_csv_records(csv_path)
+        return [r for r in rows if r.get("status", "completed") == "completed"]
+    with Store.open(out_dir) as store:
+        rows, meta = store.records(), store.meta()
+    axes, nuisance = json.loads(meta.get("axes", "{}")), json.loads(meta.get("nuisance", "[]"))
+    grid = json.loads(meta.get("grid", "{}"))
+    scientific = [a for a in axes if a not in nuisance]
+    return best_over_nuisance(rows, scientific, nuisance, grid)[0]
+
+
+def fit(out_dir: str | Path | None = None, *, x: str = "params", y: str = "test_loss",
+        by: str | None = None, form: str = "auto", csv_path: str | Path | None = None,
+        n_resamples: int = 1000, holdout: str | float = "largest") -> list[FitEntry]:
+    """Fit ``y`` against ``x`` (comma-separated for a joint law), one fit per value of ``by``."""
+    rows = analysis_records(out_dir, csv_path)
+    x_names = [resolve_column(rows, name.strip()) for name in x.split(",")]
+    y_name = resolve_column(rows, y)
+    by_name = resolve_column(rows, by) if by else None
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        if all(r.get(n) is not None for n in (*x_names, y_name)):
+            groups.setdefault(r.get(by_name) if by_name else None, []).append(r)
+    if not groups:
+        raise ScalelabError(f"no completed runs with values for {', '.join([*x_names, y_name])}")
+    return [fit_rows(g, x_names, y_name, ((by_name, key),) if by_name else (), n_resamples, form,
+                     holdout) for key, g in groups.items()]
+
+
+def compare(out_dir: str | Path | None = None, *, metric: str, by: str, baseline: str,
+            paired_by: str | None = "seed", within: Sequence[str] = (),
+            csv_path: str | Path | None = None, level: float = 0.95) -> list[Comparison]:
+    """Every value of ``by`` against ``baseline``, paired by ``paired_by`` (None: unpaired)."""
+    rows = analysis_records(out_dir, csv_path)
+    return compare_records(
+        rows, resolve_column(rows, metric), resolve_column(rows, by), baseline,
+        resolve_column(rows, paired_by) if paired_by else None,
+        [resolve_column(rows, w) for w in within], level)
+
+
+def report(out_dir: str | Path, n_resamples: int = 1000):
+    """Write the study report (md, html, json, txt, figures) into ``out_dir``."""
+    from .report import write_report
+
+    return write_report(out_dir, n_resamples=n_resamples)

@@ -74,10 +74,12 @@ def run(
     quick: bool = typer.Option(False, "--quick", help="apply the study's own `quick:` overrides for a fast first look"),
     shard: str | None = typer.Option(None, "--shard", help="run only slice i of k (i/k, 0 <= i < k) for job arrays"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their state; train and write nothing"),
+    report: bool = typer.Option(True, "--report/--no-report", help="write the study report when done"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="bootstrap resamples for the report's intervals"),
     fmt: Fmt = FormatOption,
     output: Output = None,
 ) -> int:
-    """Train every run of a study that is not stored yet, then print a summary."""
+    """Train every run of a study that is not stored yet, print a summary, write the report."""
     if dry_run:
         planned = api.dry_run(study, out=out, overrides=set_, quick=quick, shard=shard)
         axes = list(planned[0][0].point) if planned else []
@@ -94,6 +96,10 @@ def run(
     summary = api.summary(result.out_dir)
     _print_summary(output, summary)
     output.info(f"results: {result.out_dir / 'results.sqlite'}  (scalelab status {result.out_dir})")
+    report_path = None
+    if report and summary.n_params:
+        report_path = api.report(result.out_dir, n_resamples=bootstrap).html
+        output.info(f"report: {report_path}  (and report.md, scaling_law.json beside it)")
     for r, message in result.failed:
         output.error(f"run {r.run_id} ({_point(r.point)}) failed: {message}")
     if result.failed:
@@ -105,6 +111,7 @@ def run(
         "trained": dict(result.trained),
         "failed": [{"run_id": r.run_id, "point": r.point, "error": m} for r, m in result.failed],
         "summary": summary.to_dict(),
+        "report": str(report_path) if report_path else None,
     })
     return 1 if result.failed else 0
 
@@ -164,6 +171,76 @@ def list_(
             output.table(f"{e['family']} {e['name']}", ["setting", "default", "meaning"],
                          [[k, v["default"], v["description"]] for k, v in e["settings"].items()])
     output.emit(listing)
+    return 0
+
+
+@command
+def fit(
+    out_dir: Path | None = typer.Argument(None, help="a study output directory (or use --csv)"),
+    x: str = typer.Option("params", "--x", help="column(s) of the law's input: params, data, compute or any column; 'params,data' fits a joint law"),
+    y: str = typer.Option("test_loss", "--y", help="the column to fit"),
+    by: str | None = typer.Option(None, "--by", help="one fit per value of this column (e.g. method)"),
+    form: str = typer.Option("auto", "--form", help="a registered law form, or auto (chosen by backtest error)"),
+    csv: Path | None = typer.Option(None, "--csv", help="analyse a CSV of results instead of a store"),
+    holdout: str = typer.Option("largest", "--holdout", help="backtest holdout: largest, or k to hold out compute > max/k"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="bootstrap resamples over runs"),
+    fmt: Fmt = FormatOption,
+    output: Output = None,
+) -> int:
+    """Fit a scaling law with bootstrap intervals and a backtest on held-out largest points."""
+    if form != "auto" and form not in FAMILIES["law"]:
+        raise ScalelabError(f"--form: unknown law {form!r} (allowed: auto, {', '.join(FAMILIES['law'].names())})")
+    entries = api.fit(out_dir, x=x, y=y, by=by, form=form, csv_path=csv, n_resamples=bootstrap,
+                      holdout=holdout if holdout == "largest" else float(holdout))
+    for entry in entries:
+        f, bt = entry.fit, entry.fit.backtest
+        output.table(f"{entry.title}: {f.form}  {f.formula}  (converged: {'yes' if f.converged else 'NO'})",
+                     ["parameter", "value", f"{int(entry.boot.level * 100)}% CI low", "CI high"],
+                     [[k, v, *f.intervals.get(k, (None, None))] for k, v in f.params.items()])
+        if bt is not None:
+            output.info(f"backtest ({bt.holdout} held out, {int(bt.held_out.sum())} points): "
+                        f"RMSLE {bt.rmsle:.4g}, mean |relative error| {bt.mean_abs_relative_error:.2%}")
+    output.emit([e.to_dict() for e in entries])
+    return 0
+
+
+@command
+def compare(
+    out_dir: Path | None = typer.Argument(None, help="a study output directory (or use --csv)"),
+    metric: str = typer.Option("test_acc", "--metric", help="the column to compare"),
+    by: str = typer.Option("method", "--by", help="the column whose values are compared"),
+    baseline: str = typer.Option(..., "--baseline", help="the value of --by everything is compared with"),
+    paired_by: str = typer.Option("seed", "--paired-by", help="column that matches units across configs, or 'none' for unpaired tests"),
+    within: list[str] = typer.Option([], "--within", help="compare separately within each value of this column (repeatable)"),
+    csv: Path | None = typer.Option(None, "--csv", help="analyse a CSV of results instead of a store"),
+    fmt: Fmt = FormatOption,
+    output: Output = None,
+) -> int:
+    """Paired (or Welch) tests of every config against a baseline, with effect sizes and Holm."""
+    results = api.compare(out_dir, metric=metric, by=by, baseline=baseline,
+                          paired_by=None if paired_by == "none" else paired_by, within=within,
+                          csv_path=csv)
+    output.table(f"{metric}: each {by} − {baseline}", ["candidate", "n", "mean diff", "95% CI", "p (t)",
+                 "p (Wilcoxon)", "p (Holm)", "effect"],
+                 [[c.candidate, c.n_candidate, c.mean_diff, f"[{c.ci_low:.4g}, {c.ci_high:.4g}]",
+                   c.p_value, c.wilcoxon_p, c.p_holm, f"{c.effect_name} {c.effect_size:.3g}"]
+                  for c in results])
+    output.emit([c.to_dict() for c in results])
+    return 0
+
+
+@command
+def report(
+    out_dir: Path = typer.Argument(..., help="a study output directory"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="bootstrap resamples over runs"),
+    output: Output = None,
+) -> int:
+    """Write report.md, a self-contained report.html, scaling_law.json and comparison_table.txt."""
+    written = api.report(out_dir, n_resamples=bootstrap)
+    for note in written.analysis.notes:
+        output.warn(note)
+    output.info(f"wrote {written.html}, {written.markdown.name}, {written.scaling_law.name}, "
+                f"{written.comparison_table.name} and {len(written.figures)} figure files")
     return 0
 
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 from scipy import optimize
-from scipy.special import expit, logsumexp
+from scipy.special import expit
 
 from ..errors import ScalelabError
 from ..plugin import Plugin, PluginConfig, instantiate
@@ -52,15 +52,20 @@ class LawForm(Plugin):
     def natural(self, theta: np.ndarray) -> dict[str, float]:
         raise NotImplementedError
 
+    def bounds(self, X: np.ndarray, y: np.ndarray) -> list[tuple[float | None, float | None]]:
+        """Box constraints for L-BFGS-B; only where a parameter is otherwise unidentified."""
+        return [(None, None)] * len(self.params)
+
     def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
         return np.exp(self.log_predict(np.asarray(theta, float), _as_matrix(X, self.variables))[0])
 
 
-def _lse_linear(components: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """log sum_k exp(c_k) and its gradient for components c_k (n, K) with d c_k/d theta (n, K, p)."""
-    f = logsumexp(components, axis=1)
-    weights = np.exp(components - f[:, None])
-    return f, np.einsum("nk,nkp->np", weights, grads)
+def _softmax_columns(*components: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """log sum_k exp(c_k) and the weights exp(c_k - lse), computed stably, per point."""
+    top = np.maximum.reduce(components)
+    exps = [np.exp(c - top) for c in components]
+    total = sum(exps)
+    return top + np.log(total), [e / total for e in exps]
 
 
 def _nnls_starts(design: Callable[[tuple], np.ndarray], y: np.ndarray, exponents: Sequence[tuple],
@@ -71,6 +76,12 @@ def _nnls_starts(design: Callable[[tuple], np.ndarray], y: np.ndarray, exponents
         coef, _ = optimize.nnls(design(exps), y)
         out.append(to_theta(exps, np.maximum(coef, 1e-12)))
     return np.array(out)
+
+
+def _irreducible_bounds(y: np.ndarray) -> tuple[float, float]:
+    """log E between 20 e-folds below the smallest loss (E ≈ 0) and the largest loss: without
+    the floor, a fit with no irreducible term drifts along log E -> -inf for thousands of steps."""
+    return float(np.log(y.min()) - 20), float(np.log(y.max()))
 
 
 EXPONENTS = np.round(np.arange(0.0, 2.0001, 0.1), 10)  # the coarse grid for every exponent
@@ -105,13 +116,8 @@ class PowerOffset(LawForm):
     def log_predict(self, theta, X):
         e, a, alpha = theta
         lx = np.log(X[:, 0])
-        n = len(lx)
-        comps = np.stack([np.full(n, e), a - alpha * lx], axis=1)
-        grads = np.zeros((n, 2, 3))
-        grads[:, 0, 0] = 1
-        grads[:, 1, 1] = 1
-        grads[:, 1, 2] = -lx
-        return _lse_linear(comps, grads)
+        f, (p_e, p_a) = _softmax_columns(np.full(len(lx), e), a - alpha * lx)
+        return f, np.stack([p_e, p_a, -p_a * lx], axis=1)
 
     def starts(self, X, y):
         x = X[:, 0]
@@ -120,6 +126,9 @@ class PowerOffset(LawForm):
             [(alpha,) for alpha in EXPONENTS],
             lambda ex, c: np.array([math.log(c[0]), math.log(c[1]), ex[0]]),
         )
+
+    def bounds(self, X, y):
+        return [_irreducible_bounds(y), (None, None), (None, None)]
 
     def natural(self, theta):
         return {"E": math.exp(theta[0]), "A": math.exp(theta[1]), "alpha": float(theta[2])}
@@ -136,15 +145,8 @@ class Chinchilla(LawForm):
     def log_predict(self, theta, X):
         e, a, b, alpha, beta = theta
         ln, ld = np.log(X[:, 0]), np.log(X[:, 1])
-        n = len(ln)
-        comps = np.stack([np.full(n, e), a - alpha * ln, b - beta * ld], axis=1)
-        grads = np.zeros((n, 3, 5))
-        grads[:, 0, 0] = 1
-        grads[:, 1, 1] = 1
-        grads[:, 1, 3] = -ln
-        grads[:, 2, 2] = 1
-        grads[:, 2, 4] = -ld
-        return _lse_linear(comps, grads)
+        f, (p_e, p_a, p_b) = _softmax_columns(np.full(len(ln), e), a - alpha * ln, b - beta * ld)
+        return f, np.stack([p_e, p_a, p_b, -p_a * ln, -p_b * ld], axis=1)
 
     def starts(self, X, y):
         N, D = X[:, 0], X[:, 1]
@@ -162,6 +164,9 @@ class Chinchilla(LawForm):
         abs_ = np.arange(0, 25.01, 5)
         return np.array([[e, a, b, al, be] for al, be, e, a, b
                          in itertools.product(alphas, betas, es, abs_, abs_)])
+
+    def bounds(self, X, y):
+        return [_irreducible_bounds(y)] + [(None, None)] * 4
 
     def natural(self, theta):
         e, a, b, alpha, beta = theta
@@ -240,6 +245,10 @@ class BrokenPower(LawForm):
             out.append([*coef, lb])
         return np.array(out)
 
+    def bounds(self, X, y):
+        lx = np.log(X[:, 0])
+        return [(None, None)] * 3 + [(float(lx.min()), float(lx.max()))]  # a break inside the data
+
     def natural(self, theta):
         a, a1, a2, lb = theta
         return {"A": math.exp(a), "alpha1": float(a1), "alpha2": float(a2), "x_b": math.exp(lb)}
@@ -314,11 +323,17 @@ def get_form(form: str | LawForm) -> LawForm:
     return form if isinstance(form, LawForm) else instantiate(laws, {"name": form})
 
 
-def _refine(theta0, form, X, log_y, w, loss, delta):
+def _refine(theta0, form, X, log_y, w, loss, delta, bounds):
+    theta0 = np.clip(theta0, [lo if lo is not None else -np.inf for lo, _ in bounds],
+                     [hi if hi is not None else np.inf for _, hi in bounds])
     return optimize.minimize(
         objective, theta0, args=(form, X, log_y, w, loss, delta), jac=True, method="L-BFGS-B",
-        options={"maxiter": 20_000, "maxfun": 50_000, "ftol": 1e-15, "gtol": 1e-10},
+        bounds=bounds, options={"maxiter": 20_000, "maxfun": 50_000, "ftol": 1e-15, "gtol": 1e-10},
     )
+
+
+def distinct_points(X: np.ndarray) -> int:
+    return len(np.unique(X, axis=0))
 
 
 def fit_law(
@@ -348,9 +363,9 @@ def fit_law(
         raise ScalelabError(f"x has {len(X)} points but y has {len(y)}")
     if np.any(X <= 0) or np.any(y <= 0) or not np.all(np.isfinite(y)):
         raise ScalelabError("scaling-law fits need positive, finite x and y")
-    if len(y) < len(law.params):
-        raise ScalelabError(f"form {law.__class__.__name__} has {len(law.params)} parameters "
-                            f"but only {len(y)} points were given")
+    if distinct_points(X) < len(law.params):
+        raise ScalelabError(f"form {_name_of(law)} has {len(law.params)} parameters but only "
+                            f"{distinct_points(X)} distinct x values were given")
     w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
     log_y = np.log(y)
     if isinstance(starts, np.ndarray):
@@ -363,9 +378,9 @@ def fit_law(
         candidates, keep = law.starts(X, y), refine
     values = np.array([objective(t, law, X, log_y, w, loss, delta)[0] for t in candidates])
     best_first = candidates[np.argsort(values)[:keep]]
-    best = None
+    best, bounds = None, law.bounds(X, y)
     for theta0 in best_first:
-        result = _refine(theta0, law, X, log_y, w, loss, delta)
+        result = _refine(theta0, law, X, log_y, w, loss, delta, bounds)
         if best is None or result.fun < best.fun:
             best = result
     return _make_fit(law, best, len(y), len(best_first), loss, delta)
@@ -433,7 +448,8 @@ def bootstrap(
     thetas, failed = [], 0
     for _ in range(n_resamples):
         idx = rng.integers(0, len(y), len(y))
-        result = _refine(fit.theta, law, X[idx], np.log(y[idx]), w[idx], fit.loss, fit.delta)
+        result = _refine(fit.theta, law, X[idx], np.log(y[idx]), w[idx], fit.loss, fit.delta,
+                         law.bounds(X[idx], y[idx]))
         if np.all(np.isfinite(result.x)) and np.isfinite(result.fun):
             thetas.append(result.x)
         else:
@@ -443,7 +459,9 @@ def bootstrap(
 
     def interval(values) -> tuple[float, float]:
         values = np.asarray(values, dtype=float)
-        return float(np.percentile(values, lo)), float(np.percentile(values, hi))
+        if np.isnan(values).all():  # undefined in every resample (e.g. no finite optimum)
+            return math.nan, math.nan
+        return float(np.nanpercentile(values, lo)), float(np.nanpercentile(values, hi))
 
     intervals = {k: interval([s[k] for s in samples]) for k in fit.params}
     prediction = None
@@ -504,6 +522,10 @@ def backtest(x, y, form: str | LawForm = "power", holdout: str | float = "larges
     mask = holdout_mask(X, holdout)
     if mask.all() or not mask.any():
         raise ScalelabError("backtest: the holdout must leave points on both sides")
+    if distinct_points(X[~mask]) <= len(law.params):
+        raise ScalelabError(
+            f"backtest of {_name_of(law)}: {distinct_points(X[~mask])} distinct x values left "
+            f"for {len(law.params)} parameters; a backtest needs more points than parameters")
     w = fit_options.pop("weights", None)
     if w is not None:
         fit_options["weights"] = np.asarray(w)[~mask]
@@ -555,6 +577,8 @@ def compute_optimal(params: Mapping[str, float], budgets,
     """
     A, B, alpha, beta = params["A"], params["B"], params["alpha"], params["beta"]
     C = np.atleast_1d(np.asarray(budgets, dtype=float))
+    if alpha <= 0 or beta <= 0:  # loss does not fall with N or D: no finite optimum
+        return np.full(len(C), np.nan), np.full(len(C), np.nan)
     if flops is None:
         G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
         n_opt = G * (C / 6) ** (beta / (alpha + beta))

@@ -1,0 +1,208 @@
+"""Everything the report says about one study, computed from its stored runs.
+
+Fits use each scientific point's per-shape optimum over the nuisance axes (chosen on
+validation loss) and every seed of it as a separate point, so the bootstrap resamples runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ScalelabError
+from .laws import (
+    Bootstrap,
+    LawFit,
+    backtest,
+    bootstrap,
+    compute_optimal,
+    fit_law,
+    holdout_mask,
+    select_form,
+)
+from .select import Winner, best_over_nuisance
+from .stats import Comparison, compare
+
+DATA_PATH, METHOD_PATH = "task.num_train", "method.name"
+
+
+@dataclass
+class FitEntry:
+    """One fitted law with the points it was fitted on and its bootstrap."""
+
+    title: str
+    x_names: list[str]
+    y_name: str
+    x: np.ndarray
+    y: np.ndarray
+    fit: LawFit
+    boot: Bootstrap
+    grid: np.ndarray            # where the curve and band are drawn
+    allocation: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "x": self.x_names, "y": self.y_name,
+                **self.fit.to_dict(), "bootstrap_resamples": len(self.boot.samples),
+                "bootstrap_failed": self.boot.failed, "ci_level": self.boot.level,
+                "derived_intervals": {k: list(v) for k, v in self.boot.derived.items()},
+                "allocation": self.allocation}
+
+
+@dataclass
+class StudyAnalysis:
+    study: str
+    counts: dict[str, int]
+    compute: dict[str, float]
+    scientific: list[str]
+    nuisance: list[str]
+    table: list[dict[str, Any]]
+    winners: list[Winner]
+    fits: list[FitEntry]
+    comparisons: list[Comparison]
+    notes: list[str]
+    selected: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study, "counts": self.counts, "compute": self.compute,
+                "scientific_axes": self.scientific, "nuisance_axes": self.nuisance,
+                "fits": [f.to_dict() for f in self.fits],
+                "winners": [w.to_dict() for w in self.winners],
+                "comparisons": [c.to_dict() for c in self.comparisons], "notes": self.notes}
+
+
+def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str], metric: str = "test_loss",
+                  compare_metric: str = "test_acc", n_resamples: int = 1000) -> StudyAnalysis:
+    axes: dict[str, str] = json.loads(meta.get("axes", "{}"))
+    grid: dict[str, list] = json.loads(meta.get("grid", "{}"))
+    nuisance: list[str] = json.loads(meta.get("nuisance", "[]"))
+    scientific = [a for a in axes if a not in nuisance]
+    selected, winners = best_over_nuisance(records, scientific, nuisance, grid)
+    notes: list[str] = []
+    for w in winners:
+        if w.at_edge:
+            notes.append(f"at {_fmt_point(w.point)} the best {', '.join(w.at_edge)} is at the "
+                         "edge of its grid: widen the grid")
+    model_axes = [a for a in scientific if axes[a].startswith("model.")]
+    data_axis = next((a for a in scientific if axes[a] == DATA_PATH), None)
+    method_axis = next((a for a in scientific if axes[a] == METHOD_PATH), None)
+
+    fits: list[FitEntry] = []
+    if model_axes or data_axis:
+        x_name, fixed = ("n_params", model_axes) if model_axes else (data_axis, [data_axis])
+        for key, rows in _groups(selected, [a for a in scientific if a not in fixed]).items():
+            _try(notes, lambda: fits.append(fit_rows(rows, [x_name], metric, key, n_resamples)))
+    if model_axes and data_axis:
+        for key, rows in _groups(selected, [a for a in scientific
+                                            if a not in model_axes and a != data_axis]).items():
+            _try(notes, lambda: fits.append(
+                fit_rows(rows, ["n_params", data_axis], metric, key, n_resamples, "chinchilla")))
+
+    comparisons: list[Comparison] = []
+    if method_axis:
+        values = [str(v) for v in grid.get(method_axis, [])]
+        baseline = "standard" if "standard" in values else (values[0] if values else "")
+        within = [a for a in scientific if a != method_axis]
+        _try(notes, lambda: comparisons.extend(
+            compare(selected, compare_metric, method_axis, baseline, "seed", within)))
+
+    done = [r for r in records if r.get("status") == "completed"]
+    compute = {"train_flops": float(sum(r.get("train_flops", 0) for r in records)),
+               "wall_time_s": float(sum(r.get("wall_time", 0) for r in records)),
+               "samples_seen": float(sum(r.get("samples_seen", 0) for r in records))}
+    return StudyAnalysis(
+        study=meta.get("study", ""), counts=dict(Counter(r["status"] for r in records)),
+        compute=compute, scientific=scientific, nuisance=nuisance,
+        table=_results_table(selected, scientific, metric, compare_metric),
+        winners=winners, fits=fits, comparisons=comparisons, notes=notes,
+        selected=selected if done else [],
+    )
+
+
+def _try(notes: list[str], action) -> None:
+    try:
+        action()
+    except ScalelabError as exc:
+        notes.append(str(exc))
+
+
+def _groups(rows: Sequence[dict], keys: Sequence[str]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        out[tuple((k, r[k]) for k in keys)].append(r)
+    return dict(out)
+
+
+def _fmt_point(point) -> str:
+    items = point.items() if isinstance(point, dict) else point
+    return ", ".join(f"{k}={v}" for k, v in items) or "all runs"
+
+
+def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str,
+             key: tuple = (), n_resamples: int = 1000, form: str = "auto",
+             holdout: str | float = "largest") -> FitEntry:
+    """Fit ``metric`` against the ``x_names`` columns of ``rows``, with bootstrap and backtest."""
+    rows = [r for r in rows if r.get(metric) is not None]
+    x = np.array([[float(r[n]) for n in x_names] for r in rows])
+    y = np.array([float(r[metric]) for r in rows])
+    title = f"{metric} vs {' & '.join(x_names)}" + (f" [{_fmt_point(key)}]" if key else "")
+    if len(np.unique(x[:, 0])) < 3:
+        raise ScalelabError(f"{title}: needs at least 3 distinct {x_names[0]} values to fit")
+    xs = x if len(x_names) > 1 else x[:, 0]
+    if form == "auto":
+        fit = select_form(xs, y, holdout=holdout)
+    else:
+        fit = fit_law(xs, y, form)
+        try:
+            fit.backtest = backtest(xs, y, form, holdout)
+        except ScalelabError:
+            fit.backtest = None  # too few points to hold any out; the report says so
+    lo, hi = x[:, 0].min(), x[:, 0].max() * 2
+    line = np.geomspace(lo, hi, 60)
+    if len(x_names) == 1:
+        grid = line
+    else:
+        grid = np.array([[n, d] for d in np.unique(x[:, 1]) for n in line])
+    derived, allocation_budgets = {}, []
+    if fit.form == "chinchilla":
+        c_max = float(np.max(6 * x[:, 0] * x[:, 1]))
+        allocation_budgets = [c_max, 10 * c_max, 100 * c_max]
+        for i, c in enumerate(allocation_budgets):
+            derived[f"N_opt[{i}]"] = lambda p, c=c: float(compute_optimal(p, [c])[0][0])
+            derived[f"D_opt[{i}]"] = lambda p, c=c: float(compute_optimal(p, [c])[1][0])
+    boot = bootstrap(fit, xs, y, n_resamples=n_resamples,
+                     predict_at=grid, derived=derived)
+    entry = FitEntry(title, list(x_names), metric, x, y, fit, boot, grid)
+    if allocation_budgets:
+        n_opt, d_opt = compute_optimal(fit.params, allocation_budgets)
+        entry.allocation = [
+            {"flops": c, "N_opt": float(n), "D_opt": float(d),
+             "N_opt_ci": list(boot.derived[f"N_opt[{i}]"]),
+             "D_opt_ci": list(boot.derived[f"D_opt[{i}]"])}
+            for i, (c, n, d) in enumerate(zip(allocation_budgets, n_opt, d_opt))]
+    return entry
+
+
+def held_out(entry: FitEntry) -> np.ndarray:
+    """Mask of the points the backtest held out."""
+    if entry.fit.backtest is None:
+        return np.zeros(len(entry.x), bool)
+    return holdout_mask(entry.x, entry.fit.backtest.holdout)
+
+
+def _results_table(rows, scientific, metric, second) -> list[dict[str, Any]]:
+    out = []
+    for key, group in _groups(rows, scientific).items():
+        entry: dict[str, Any] = dict(key)
+        entry["n_params"] = group[0].get("n_params")
+        for m in (metric, second):
+            vals = [r[m] for r in group if r.get(m) is not None]
+            entry[m] = float(np.mean(vals)) if vals else None
+            entry[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+        entry["runs"] = len(group)
+        out.append(entry)
+    return out

@@ -1,0 +1,164 @@
+"""Figures for the report (matplotlib's object API: no global pyplot state, no display).
+
+One style everywhere; each figure is saved as PNG and SVG.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import ticker
+from matplotlib.figure import Figure
+
+from ..analysis.stats import Comparison
+from ..analysis.study import FitEntry, held_out
+
+STYLE = {"figsize": (6.0, 4.0), "dpi": 120}
+LABELS = {  # axis labels with units
+    "n_params": "parameters N",
+    "num_train": "training examples D",
+    "train_flops": "training compute (FLOPs)",
+    "test_loss": "test loss (nats)",
+    "val_loss": "validation loss (nats)",
+    "train_loss": "training loss (nats)",
+    "test_acc": "test accuracy",
+    "step": "optimizer step",
+}
+
+
+def label(name: str) -> str:
+    return LABELS.get(name, LABELS.get(name.rsplit(".", 1)[-1], name))
+
+
+def _figure() -> tuple[Figure, Any]:
+    fig = Figure(figsize=STYLE["figsize"], dpi=STYLE["dpi"], layout="constrained")
+    ax = fig.subplots()
+    ax.grid(True, which="both", alpha=0.25)
+    return fig, ax
+
+
+def _log_y(ax) -> None:
+    """Log scale with plain numbers (a loss axis spans well under a decade)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
+    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.3g"))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def save(fig: Figure, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        fig.savefig(path)
+    return paths
+
+
+def law_figure(entry: FitEntry) -> Figure:
+    """Points (held-out ones hollow), the fitted curve and its bootstrap band, log-log."""
+    fig, ax = _figure()
+    mask = held_out(entry)
+    band = entry.boot.prediction_intervals
+    if entry.x.shape[1] == 1:
+        groups = [(None, np.ones(len(entry.x), bool), np.ones(len(entry.grid), bool))]
+        grid_x = entry.grid
+    else:
+        grid_x = entry.grid[:, 0]
+        groups = [(d, entry.x[:, 1] == d, entry.grid[:, 1] == d) for d in np.unique(entry.x[:, 1])]
+    colors = [f"C{i}" for i in range(10)]
+    for i, (d, point_sel, grid_sel) in enumerate(groups):
+        color = colors[i % 10]
+        tag = f"{label(entry.x_names[1])} = {d:g}" if d is not None else "fit"
+        curve = entry.fit.predict(entry.grid[grid_sel])
+        ax.plot(grid_x[grid_sel], curve, color=color, lw=1.5, label=tag)
+        if band is not None:
+            ax.fill_between(grid_x[grid_sel], band[grid_sel, 0], band[grid_sel, 1], color=color,
+                            alpha=0.15, lw=0)
+        fit_pts, out_pts = point_sel & ~mask, point_sel & mask
+        ax.scatter(entry.x[fit_pts, 0], entry.y[fit_pts], color=color, s=18, zorder=3)
+        ax.scatter(entry.x[out_pts, 0], entry.y[out_pts], facecolors="none", edgecolors=color,
+                   s=40, zorder=3)
+    ax.scatter([], [], color="gray", s=18, label="fitted points")
+    ax.scatter([], [], facecolors="none", edgecolors="gray", s=40, label="held out in backtest")
+    ax.set_xscale("log")
+    _log_y(ax)
+    ax.set_xlabel(label(entry.x_names[0]))
+    ax.set_ylabel(label(entry.y_name))
+    ax.set_title(f"{entry.fit.form}: {entry.fit.formula}  ({int(entry.boot.level * 100)}% band)",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def axis_figure(table: Sequence[dict[str, Any]], metric: str, x_axis: str,
+                line_axis: str | None) -> Figure:
+    """Mean ± std of ``metric`` against one grid axis, one line per value of another."""
+    fig, ax = _figure()
+    lines: dict[Any, list[tuple]] = defaultdict(list)
+    for row in table:
+        if row.get(metric) is None:
+            continue
+        lines[row.get(line_axis) if line_axis else None].append(
+            (row[x_axis], row[metric], row.get(f"{metric}_std") or 0.0))
+    for i, (value, pts) in enumerate(sorted(lines.items(), key=lambda kv: str(kv[0]))):
+        pts.sort(key=lambda p: p[0])
+        xs, ys, es = zip(*pts)
+        ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=2, color=f"C{i % 10}",
+                    label=f"{line_axis} = {value}" if line_axis else None)
+    if all(isinstance(r.get(x_axis), int | float) and r.get(x_axis) > 0 for r in table):
+        ax.set_xscale("log")
+    ax.set_xlabel(label(x_axis))
+    ax.set_ylabel(label(metric))
+    if line_axis:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def forest_figure(comparisons: Sequence[Comparison]) -> Figure:
+    """Difference to the baseline with its CI, one row per comparison."""
+    fig = Figure(figsize=(6.0, 1.0 + 0.35 * len(comparisons)), dpi=STYLE["dpi"],
+                 layout="constrained")
+    ax = fig.subplots()
+    ys = np.arange(len(comparisons))[::-1]
+    for y, c in zip(ys, comparisons):
+        color = "C3" if (c.p_holm or 1) < 0.05 else "C0"
+        ax.errorbar(c.mean_diff, y, xerr=[[c.mean_diff - c.ci_low], [c.ci_high - c.mean_diff]],
+                    fmt="o", color=color, capsize=3)
+    ax.axvline(0, color="gray", lw=1)
+    ax.set_yticks(ys, [c.candidate for c in comparisons], fontsize=7)
+    metric = comparisons[0].metric if comparisons else ""
+    ax.set_xlabel(f"difference in {label(metric)} vs {comparisons[0].baseline if comparisons else ''}"
+                  f" ({int(100 * (comparisons[0].level if comparisons else 0.95))}% CI; red: Holm p < 0.05)")
+    ax.grid(True, axis="x", alpha=0.25)
+    return fig
+
+
+def curves_figure(curves: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]],
+                  color_axis: str | None, name: str = "val_loss") -> Figure:
+    """Learning curves of every run, coloured by one grid axis."""
+    fig, ax = _figure()
+    by_run: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for c in curves:
+        if c["name"] == name and c["value"] is not None:
+            by_run[c["run_id"]].append((c["step"], c["value"]))
+    values = sorted({str(r.get(color_axis)) for r in records}) if color_axis else [""]
+    color_of = {v: f"C{i % 10}" for i, v in enumerate(values)}
+    shown = set()
+    for r in records:
+        pts = by_run.get(r["run_id"])
+        if not pts:
+            continue
+        key = str(r.get(color_axis)) if color_axis else ""
+        steps, vals = zip(*sorted(pts))
+        ax.plot(steps, vals, color=color_of[key], lw=0.8, alpha=0.7,
+                label=f"{color_axis} = {key}" if color_axis and key not in shown else None)
+        shown.add(key)
+    _log_y(ax)
+    ax.set_xlabel(label("step"))
+    ax.set_ylabel(label(name))
+    if color_axis:
+        ax.legend(fontsize=7)
+    return fig

@@ -1,0 +1,210 @@
+"""The study report: ``report.md``, a self-contained ``report.html`` (figures embedded, no
+external URLs), ``scaling_law.json``, ``comparison_table.txt`` and ``figures/``.
+
+The content is built once as a list of blocks and rendered to both Markdown and HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..analysis.study import StudyAnalysis, analyze_study
+from ..output import fmt_value
+from ..store import Store
+from . import plots
+
+
+@dataclass
+class Report:
+    markdown: Path
+    html: Path
+    scaling_law: Path
+    comparison_table: Path
+    figures: list[Path]
+    analysis: StudyAnalysis
+
+
+def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
+    """Analyse the study stored in ``out_dir`` and write every report file there."""
+    out = Path(out_dir)
+    with Store.open(out) as store:
+        records, meta, curves = store.records(), store.meta(), store.curves()
+    analysis = analyze_study(records, meta, n_resamples=n_resamples)
+    fig_dir = out / "figures"
+    blocks: list[tuple] = []
+    figures: list[Path] = []
+
+    def figure(fig, name: str, caption: str) -> None:
+        paths = plots.save(fig, fig_dir / name)
+        figures.extend(paths)
+        blocks.append(("fig", paths[0], caption))
+
+    a = analysis
+    blocks.append(("h1", f"Study report: {a.study}"))
+    blocks.append(("h2", "Summary"))
+    blocks.append(("table", ["status", "runs"], sorted(a.counts.items())))
+    blocks.append(("p", f"Compute used: {a.compute['train_flops']:.3g} training FLOPs (counted), "
+                        f"{a.compute['wall_time_s']:.1f} s of training wall time, "
+                        f"{a.compute['samples_seen']:.3g} samples seen. Scientific axes: "
+                        f"{', '.join(a.scientific) or 'none'}; nuisance axes (tuned per shape on "
+                        f"validation loss): {', '.join(a.nuisance) or 'none'}."))
+    if a.table:
+        blocks.append(("h2", "Results"))
+        cols = [*a.scientific, "n_params", "test_loss", "test_acc", "runs"]
+        rows = [[r.get(c) if c not in ("test_loss", "test_acc") else _pm(r, c) for c in cols]
+                for r in a.table]
+        blocks.append(("table", cols, rows))
+    if a.winners:
+        blocks.append(("h2", "Per-shape optimum over nuisance axes"))
+        blocks.append(("table", ["point", *a.nuisance, "val_loss", "at grid edge"],
+                       [[_point(w.point), *w.nuisance.values(), w.val_loss,
+                         ", ".join(w.at_edge) or "—"] for w in a.winners]))
+    if a.fits:
+        blocks.append(("h2", "Scaling laws"))
+    for i, entry in enumerate(a.fits):
+        fit, bt = entry.fit, entry.fit.backtest
+        blocks.append(("h3", entry.title))
+        blocks.append(("p", f"Form `{fit.form}`: {fit.formula}. Huber (δ = {fit.delta:g}) on log "
+                            f"loss, summed over {fit.n_points} runs, L-BFGS-B from {fit.n_starts} "
+                            f"starts; converged: {'yes' if fit.converged else 'NO'} (max |gradient| "
+                            f"{fit.grad_norm:.2g}). Intervals: {int(entry.boot.level * 100)}% "
+                            f"percentile bootstrap over runs ({len(entry.boot.samples)} resamples)."))
+        blocks.append(("table", ["parameter", "value", "CI low", "CI high"],
+                       [[k, v, *fit.intervals.get(k, (None, None))] for k, v in fit.params.items()]))
+        if bt is not None:
+            blocks.append(("p", f"Backtest (fit without the held-out points, holdout = {bt.holdout}):"
+                                f" RMSLE {bt.rmsle:.4g}, mean |relative error| "
+                                f"{bt.mean_abs_relative_error:.2%} on {int(bt.held_out.sum())} "
+                                f"held-out points."))
+        if fit.selection:
+            blocks.append(("table", ["candidate form", "backtest RMSLE", "mean |rel. error|"],
+                           [[s["form"], s.get("rmsle"), s.get("mean_abs_relative_error")]
+                            for s in fit.selection]))
+        if entry.allocation:
+            blocks.append(("table", ["budget C (FLOPs, C = 6ND)", "N_opt", "N_opt CI", "D_opt",
+                                     "D_opt CI"],
+                           [[r["flops"], r["N_opt"], _ci(r["N_opt_ci"]), r["D_opt"],
+                             _ci(r["D_opt_ci"])] for r in entry.allocation]))
+        figure(plots.law_figure(entry), f"law_{i}", entry.title)
+    if a.comparisons:
+        blocks.append(("h2", "Comparisons"))
+        blocks.append(("table", *_comparison_rows(a)))
+        figure(plots.forest_figure(a.comparisons), "forest", "difference to the baseline")
+    if a.table and a.scientific:
+        blocks.append(("h2", "Metrics along each axis"))
+        for axis in a.scientific:
+            other = next((o for o in a.scientific if o != axis), None)
+            figure(plots.axis_figure(a.table, "test_loss", axis, other), f"axis_{axis}",
+                   f"test loss vs {axis}" + (f", one line per {other}" if other else ""))
+    if curves:
+        blocks.append(("h2", "Learning curves"))
+        figure(plots.curves_figure(curves, records, a.scientific[0] if a.scientific else None),
+               "curves", "validation loss during training")
+    if a.notes:
+        blocks.append(("h2", "Notes"))
+        for note in a.notes:
+            blocks.append(("p", note))
+
+    report = Report(out / "report.md", out / "report.html", out / "scaling_law.json",
+                    out / "comparison_table.txt", figures, analysis)
+    _write(report.markdown, _markdown(blocks, out))
+    _write(report.html, _html(blocks, a.study))
+    _write(report.scaling_law, json.dumps(analysis.to_dict(), indent=2, default=_json_default))
+    _write(report.comparison_table, comparison_text(analysis))
+    return report
+
+
+def comparison_text(analysis: StudyAnalysis) -> str:
+    if not analysis.comparisons:
+        return "no comparisons in this study (it has no method axis)\n"
+    headers, rows = _comparison_rows(analysis)
+    cells = [headers, *[[fmt_value(v) for v in row] for row in rows]]
+    widths = [max(len(str(row[i])) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in cells) + "\n"
+
+
+def _comparison_rows(a: StudyAnalysis) -> tuple[list[str], list[list[Any]]]:
+    headers = ["candidate", "baseline", "metric", "n", "mean diff", "CI low", "CI high",
+               "p (t)", "p (Wilcoxon)", "p (Holm)", "effect", "effect size"]
+    rows = [[c.candidate, c.baseline, c.metric, c.n_candidate, c.mean_diff, c.ci_low, c.ci_high,
+             c.p_value, c.wilcoxon_p, c.p_holm, c.effect_name, c.effect_size]
+            for c in a.comparisons]
+    return headers, rows
+
+
+def _pm(row: dict, metric: str) -> str:
+    mean, std = row.get(metric), row.get(f"{metric}_std")
+    if mean is None:
+        return "—"
+    return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"
+
+
+def _point(point: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
+
+
+def _ci(pair) -> str:
+    return f"[{pair[0]:.3g}, {pair[1]:.3g}]"
+
+
+def _markdown(blocks: list[tuple], out: Path) -> str:
+    lines: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            lines += ["#" * int(kind[1]) + " " + block[1], ""]
+        elif kind == "p":
+            lines += [block[1], ""]
+        elif kind == "table":
+            headers, rows = block[1], block[2]
+            lines.append("| " + " | ".join(headers) + " |")
+            lines.append("|" + "---|" * len(headers))
+            lines += ["| " + " | ".join(fmt_value(v) for v in row) + " |" for row in rows]
+            lines.append("")
+        elif kind == "fig":
+            lines += [f"![{block[2]}]({block[1].relative_to(out).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+def _html(blocks: list[tuple], title: str) -> str:
+    body: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{html.escape(block[1]).replace('`', '')}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(fmt_value(v))}</td>" for v in row)
+                           + "</tr>" for row in block[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "fig":
+            data = base64.b64encode(block[1].read_bytes()).decode()
+            body.append(f'<figure><img alt="{html.escape(block[2])}" '
+                        f'src="data:image/png;base64,{data}"><figcaption>'
+                        f"{html.escape(block[2])}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+             "th{background:#f3f3f3}img{max-width:100%}figcaption{font-size:0.85em;color:#555}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

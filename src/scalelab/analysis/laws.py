@@ -585,12 +585,12 @@ def compute_optimal(params: Mapping[str, float], budgets,
         return n_opt, C / 6 / n_opt
     n_out, d_out = [], []
     for c in C:
-        def d_for(log_n: float) -> float:
+        def d_for(log_n: float, c: float = c) -> float:
             return math.exp(optimize.brentq(
                 lambda log_d: math.log(flops(math.exp(log_n), math.exp(log_d))) - math.log(c),
                 -50, 100))
 
-        def loss_at(log_n: float) -> float:
+        def loss_at(log_n: float, d_for=d_for) -> float:
             return A * math.exp(-alpha * log_n) + B * d_for(log_n) ** -beta
 
         best = optimize.minimize_scalar(loss_at, bounds=(0.0, math.log(c)), method="bounded",

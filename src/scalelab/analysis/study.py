@@ -95,20 +95,21 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str], metri
     if model_axes or data_axis:
         x_name, fixed = ("n_params", model_axes) if model_axes else (data_axis, [data_axis])
         for key, rows in _groups(selected, [a for a in scientific if a not in fixed]).items():
-            _try(notes, lambda: fits.append(fit_rows(rows, [x_name], metric, key, n_resamples)))
+            fits.append(_attempt(notes, fit_rows, rows, [x_name], metric, key, n_resamples))
     if model_axes and data_axis:
         for key, rows in _groups(selected, [a for a in scientific
                                             if a not in model_axes and a != data_axis]).items():
-            _try(notes, lambda: fits.append(
-                fit_rows(rows, ["n_params", data_axis], metric, key, n_resamples, "chinchilla")))
+            fits.append(_attempt(notes, fit_rows, rows, ["n_params", data_axis], metric, key,
+                                 n_resamples, "chinchilla"))
+    fits = [f for f in fits if f is not None]
 
     comparisons: list[Comparison] = []
     if method_axis:
         values = [str(v) for v in grid.get(method_axis, [])]
         baseline = "standard" if "standard" in values else (values[0] if values else "")
         within = [a for a in scientific if a != method_axis]
-        _try(notes, lambda: comparisons.extend(
-            compare(selected, compare_metric, method_axis, baseline, "seed", within)))
+        comparisons = _attempt(notes, compare, selected, compare_metric, method_axis, baseline,
+                               "seed", within) or []
 
     done = [r for r in records if r.get("status") == "completed"]
     compute = {"train_flops": float(sum(r.get("train_flops", 0) for r in records)),
@@ -123,11 +124,13 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str], metri
     )
 
 
-def _try(notes: list[str], action) -> None:
+def _attempt(notes: list[str], function, *args):
+    """``function(*args)``, or None with the reason noted when the data cannot support it."""
     try:
-        action()
+        return function(*args)
     except ScalelabError as exc:
         notes.append(str(exc))
+        return None
 
 
 def _groups(rows: Sequence[dict], keys: Sequence[str]) -> dict[tuple, list[dict]]:

@@ -1,0 +1,183 @@
+import numpy as np
+import pytest
+from scipy import optimize
+
+from scalelab.analysis.laws import (
+    Chinchilla,
+    backtest,
+    bootstrap,
+    compute_optimal,
+    fit_law,
+    get_form,
+    objective,
+    select_form,
+)
+from scalelab.errors import ScalelabError
+from scalelab.registry import laws
+
+N = np.geomspace(1e6, 1e9, 7)
+D = np.geomspace(1e7, 1e10, 6)
+NN, DD = (g.ravel() for g in np.meshgrid(N, D))
+X_JOINT = np.stack([NN, DD], axis=1)
+X_ONE = np.geomspace(1e3, 1e7, 15)
+
+TRUE = {
+    "power": (X_ONE, {"A": 12.0, "alpha": 0.3}),
+    "power_offset": (X_ONE, {"E": 1.5, "A": 40.0, "alpha": 0.35}),
+    "broken_power": (X_ONE, {"A": 20.0, "alpha1": 0.15, "alpha2": 0.45, "x_b": 3e4}),
+    "chinchilla": (X_JOINT, {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}),
+    "kaplan": (X_JOINT, {"N_c": 8.8e13, "D_c": 5.4e13, "alpha_N": 0.076, "alpha_D": 0.095}),
+}
+
+
+def theta_of(name: str, p: dict) -> np.ndarray:
+    log = np.log
+    return {
+        "power": lambda: [log(p["A"]), p["alpha"]],
+        "power_offset": lambda: [log(p["E"]), log(p["A"]), p["alpha"]],
+        "broken_power": lambda: [log(p["A"]), p["alpha1"], p["alpha2"], log(p["x_b"])],
+        "chinchilla": lambda: [log(p["E"]), log(p["A"]), log(p["B"]), p["alpha"], p["beta"]],
+        "kaplan": lambda: [log(p["N_c"]), log(p["D_c"]), p["alpha_N"], p["alpha_D"]],
+    }[name]()
+
+
+def synthetic(name: str, noise: float = 0.0, seed: int = 0):
+    X, params = TRUE[name]
+    y = get_form(name).predict(theta_of(name, params), X)
+    return X, y * np.exp(np.random.default_rng(seed).normal(0, noise, len(y))), params
+
+
+def test_every_registered_form_has_a_known_answer():
+    assert set(laws.names()) == set(TRUE)
+
+
+@pytest.mark.parametrize("name", sorted(TRUE))
+def test_analytic_gradient_matches_finite_differences(name):
+    X, y, params = synthetic(name, noise=0.05)
+    X = X.reshape(len(X), -1)
+    law = get_form(name)
+    theta = np.asarray(theta_of(name, params)) * 1.03 + 0.01
+    for loss in ("huber", "mse"):
+        args = (law, X, np.log(y), np.ones(len(y)), loss)
+        err = optimize.check_grad(lambda t, a=args: objective(t, *a)[0],
+                                  lambda t, a=args: objective(t, *a)[1], theta)
+        scale = np.linalg.norm(objective(theta, law, X, np.log(y), np.ones(len(y)), loss)[1])
+        assert err <= 1e-5 * max(1.0, scale)
+
+
+@pytest.mark.parametrize("name", sorted(TRUE))
+def test_recovers_parameters_from_noiseless_data(name):
+    X, y, params = synthetic(name)
+    fit = fit_law(X, y, name)
+    assert fit.converged, fit.message
+    for key, value in params.items():
+        assert fit.params[key] == pytest.approx(value, rel=1e-4), key
+
+
+@pytest.mark.parametrize("name", sorted(TRUE))
+def test_recovers_parameters_from_noisy_data(name):
+    X, y, params = synthetic(name, noise=0.01, seed=1)
+    fit = fit_law(X, y, name)
+    predicted = fit.predict(X)
+    truth = get_form(name).predict(theta_of(name, params), X)
+    assert np.max(np.abs(np.log(predicted / truth))) < 0.02  # the law itself is recovered
+    for key in ("alpha", "beta", "alpha1", "alpha_N"):
+        if key in params:
+            assert fit.params[key] == pytest.approx(params[key], rel=0.15), key
+
+
+def test_fast_starts_reach_the_literature_grid_optimum():
+    X, y, _ = synthetic("chinchilla", noise=0.02, seed=3)
+    fast = fit_law(X, y, "chinchilla")
+    grid = Chinchilla.literature_grid()[::25]  # every 25th of the 4,500 starts keeps this quick
+    slow = fit_law(X, y, "chinchilla", starts=grid)
+    assert len(grid) == 180 and fast.n_starts == 8
+    assert fast.objective <= slow.objective * (1 + 1e-9)
+    for key in fast.params:
+        assert fast.params[key] == pytest.approx(slow.params[key], rel=1e-3)
+    assert len(Chinchilla.literature_grid()) == 4500
+
+
+def test_fit_reports_convergence_and_never_rounds():
+    X, y, _ = synthetic("power_offset", noise=0.01)
+    fit = fit_law(X, y, "power_offset")
+    assert fit.converged and fit.grad_norm < 1e-6 and fit.message
+    assert fit.params["E"] == float(np.exp(fit.theta[0]))  # bit-for-bit from the optimiser
+
+
+def test_weights_and_mse_loss_are_options():
+    X, y, _ = synthetic("power", noise=0.05, seed=2)
+    w = np.ones(len(y))
+    w[:5] = 0.0
+    weighted = fit_law(X, y, "power", weights=w, loss="mse")
+    unweighted_tail = fit_law(X[5:], y[5:], "power", loss="mse")
+    assert weighted.params["alpha"] == pytest.approx(unweighted_tail.params["alpha"], rel=1e-6)
+    # MSE in log space with a 2-parameter power law is ordinary least squares:
+    slope, intercept = np.polyfit(np.log(X[5:]), np.log(y[5:]), 1)
+    assert unweighted_tail.params["alpha"] == pytest.approx(-slope, rel=1e-6)
+
+
+def test_too_few_points_and_bad_values_are_errors():
+    with pytest.raises(ScalelabError, match="5 parameters but only 3 distinct"):
+        fit_law(X_JOINT[:3], np.ones(3), "chinchilla")
+    with pytest.raises(ScalelabError, match="positive"):
+        fit_law(X_ONE, -np.ones(len(X_ONE)), "power")
+
+
+def test_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate():
+    rng = np.random.default_rng(7)
+    x = np.repeat(np.geomspace(1e3, 1e6, 8), 3)
+    covered, draws = 0, 60
+    for _ in range(draws):
+        y = 5.0 * x**-0.25 * np.exp(rng.normal(0, 0.05, len(x)))
+        fit = fit_law(x, y, "power", loss="mse")
+        boot = bootstrap(fit, x, y, n_resamples=200, seed=int(rng.integers(1 << 30)))
+        lo, hi = boot.intervals["alpha"]
+        covered += lo <= 0.25 <= hi
+    # nominal 95%; the percentile bootstrap runs a little narrow with 24 points
+    assert 0.82 <= covered / draws <= 1.0
+
+
+def test_bootstrap_predictions_and_derived_quantities():
+    X, y, _ = synthetic("chinchilla", noise=0.02, seed=4)
+    fit = fit_law(X, y, "chinchilla")
+    boot = bootstrap(fit, X, y, n_resamples=40, predict_at=X[:3],
+                     derived={"alpha_over_beta": lambda p: p["alpha"] / p["beta"]})
+    assert boot.prediction_intervals.shape == (3, 2)
+    assert np.all(boot.prediction_intervals[:, 0] <= fit.predict(X[:3]) * 1.05)
+    lo, hi = boot.derived["alpha_over_beta"]
+    assert lo <= fit.params["alpha"] / fit.params["beta"] <= hi
+    assert fit.intervals == boot.intervals and len(boot.samples) + boot.failed == 40
+
+
+def test_backtest_on_a_known_law_extrapolates_accurately():
+    X, y, _ = synthetic("power_offset", noise=0.0)
+    bt = backtest(X, y, "power_offset", "largest")
+    assert bt.held_out.sum() == 1 and bt.train_points == len(X) - 1
+    assert bt.rmsle < 1e-6 and np.all(np.abs(bt.relative_errors) < 1e-6)
+    by_compute = backtest(X_JOINT, synthetic("chinchilla")[1], "chinchilla", 10)
+    assert by_compute.held_out.sum() > 0 and by_compute.rmsle < 1e-5
+
+
+def test_auto_chooses_by_backtest_not_in_sample_fit():
+    X, y, _ = synthetic("power_offset", noise=0.002, seed=5)
+    fit = select_form(X, y)
+    assert fit.form == "power_offset"
+    names = {row["form"] for row in fit.selection}
+    assert names == {"power", "power_offset", "broken_power"}
+    chosen = min((r for r in fit.selection if "rmsle" in r), key=lambda r: r["rmsle"])
+    assert chosen["form"] == fit.form and fit.backtest.form == fit.form
+
+
+def test_compute_optimal_closed_form_matches_a_numeric_flops_model():
+    p = TRUE["chinchilla"][1]
+    budgets = [1e18, 1e21, 1e24]
+    n_closed, d_closed = compute_optimal(p, budgets)
+    n_num, d_num = compute_optimal(p, budgets, flops=lambda n, d: 6 * n * d)
+    assert n_num == pytest.approx(n_closed, rel=1e-5) and d_num == pytest.approx(d_closed, rel=1e-5)
+    assert 6 * n_closed * d_closed == pytest.approx(budgets)
+    # at the optimum the marginal returns of N and D balance: alpha*A/N^alpha = beta*B/D^beta
+    assert p["alpha"] * p["A"] * n_closed ** -p["alpha"] == pytest.approx(
+        p["beta"] * p["B"] * d_closed ** -p["beta"], rel=1e-9)
+    flat = compute_optimal({**p, "alpha": -0.1}, budgets)
+    assert np.isnan(flat[0]).all()

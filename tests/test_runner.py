@@ -26,12 +26,12 @@ def invoke(*args):
 
 def test_run_then_rerun_trains_nothing(tmp_path, tiny_study):
     study, out = tiny_study(tmp_path), tmp_path / "out"
-    first = invoke("run", study, "--out", out, "--workers", 2, "--format", "json")
+    first = invoke("run", study, "--out", out, "--workers", 2, "--no-report", "--format", "json")
     assert first.exit_code == 0, first.output
     payload = json.loads(first.stdout)
     assert payload["trained"] == {"completed": 4} and payload["already_done"] == 0
     assert set(payload["summary"]["fits"]) == {"test_loss"}
-    second = json.loads(invoke("run", study, "--out", out, "--format", "json").stdout)
+    second = json.loads(invoke("run", study, "--out", out, "--no-report", "--format", "json").stdout)
     assert second["trained"] == {} and second["already_done"] == 4
     frame = scalelab.load(out)
     assert len(frame) == 4 and set(frame["status"]) == {"completed"}
@@ -39,9 +39,12 @@ def test_run_then_rerun_trains_nothing(tmp_path, tiny_study):
 
 
 def test_text_output_has_table_and_fit(tmp_path, tiny_study):
-    result = invoke("run", tiny_study(tmp_path), "--out", tmp_path / "o", "--workers", 1)
+    result = invoke("run", tiny_study(tmp_path), "--out", tmp_path / "o", "--workers", 1,
+                    "--bootstrap", 20)
     assert result.exit_code == 0
     assert "mean test_loss" in result.output and "A · N^(−α)" in result.output
+    assert f"report: {tmp_path / 'o' / 'report.html'}" in result.output
+    assert (tmp_path / "o" / "scaling_law.json").exists()
     status = invoke("status", tmp_path / "o")
     assert "completed" in status.output and "best 4 by validation loss" in status.output
 
@@ -68,7 +71,8 @@ def test_shards_partition_the_study(tmp_path, tiny_study):
     ids = {r.run_id for r in load_study(study).runs}
     out = tmp_path / "o"
     for i in range(3):
-        assert invoke("run", study, "--out", out, "--shard", f"{i}/3", "--workers", 1).exit_code == 0
+        result = invoke("run", study, "--out", out, "--shard", f"{i}/3", "--workers", 1)
+        assert result.exit_code == 0 and "no report for one slice" in result.output
     frame = scalelab.load(out)
     assert sorted(frame["run_id"]) == sorted(ids)
     assert invoke("run", study, "--out", out, "--shard", "1/3x").exit_code == 2
@@ -78,7 +82,7 @@ def test_diverged_run_is_stored_and_the_study_goes_on(tmp_path, tiny_study):
     study = tiny_study(tmp_path, grid={"lr": [0.01, 1e12]}, seeds=[0],
                        train={"optimizer": "sgd", "momentum": 0.0, "batch_size": 50,
                               "max_steps": 40, "eval_every": 10})
-    result = invoke("run", study, "--out", tmp_path / "o", "--workers", 1)
+    result = invoke("run", study, "--out", tmp_path / "o", "--workers", 1, "--no-report")
     assert result.exit_code == 0, result.output
     rows = {r["lr"]: r for r in scalelab.api.records(tmp_path / "o")}
     assert rows[0.01]["status"] == "completed" and rows[1e12]["status"] == "diverged"
@@ -88,7 +92,7 @@ def test_diverged_run_is_stored_and_the_study_goes_on(tmp_path, tiny_study):
 def test_failed_run_exits_1_and_names_it(tmp_path, tiny_study, exploding_model):
     study = tiny_study(tmp_path, grid={"model.name": ["mlp", "_explodes"]}, seeds=[0],
                        model={"name": "mlp"})
-    result = invoke("run", study, "--out", tmp_path / "o", "--workers", 1)
+    result = invoke("run", study, "--out", tmp_path / "o", "--workers", 1, "--no-report")
     assert result.exit_code == 1
     assert "failed: RuntimeError: boom at build" in result.output
     assert "1 run(s) failed" in result.output
@@ -98,7 +102,7 @@ def test_failed_run_exits_1_and_names_it(tmp_path, tiny_study, exploding_model):
 
 def test_export_formats_round_trip(tmp_path, tiny_study):
     out = tmp_path / "o"
-    invoke("run", tiny_study(tmp_path), "--out", out, "--workers", 1)
+    invoke("run", tiny_study(tmp_path), "--out", out, "--workers", 1, "--no-report")
     import pandas as pd
 
     frame = scalelab.load(out)
@@ -114,7 +118,8 @@ def test_export_formats_round_trip(tmp_path, tiny_study):
 
 def test_checkpoints_are_saved_when_asked(tmp_path, tiny_study):
     out = tmp_path / "o"
-    invoke("run", tiny_study(tmp_path, save_checkpoints=True), "--out", out, "--workers", 2)
+    invoke("run", tiny_study(tmp_path, save_checkpoints=True), "--out", out, "--workers", 2,
+           "--no-report")
     assert len(list((out / "checkpoints").glob("*.pt"))) == 4
 
 
@@ -131,7 +136,7 @@ def test_sigkill_mid_study_then_rerun_completes_exactly_the_missing_runs(tmp_pat
                        train={**TINY["train"], "max_steps": 300})
     out, db = tmp_path / "o", tmp_path / "o" / "results.sqlite"
     command = [sys.executable, "-m", "scalelab.cli", "run", str(study), "--out", str(out),
-               "--workers", "2"]
+               "--workers", "2", "--no-report"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = 0

@@ -43,6 +43,7 @@ BAD = [
     (with_changes(train__epochs=2), "train", "exactly one budget"),
     (with_changes(train__optimizer="lion"), "train.optimizer", "'sgd', 'adam' or 'adamw'"),
     (with_changes(seeds=[1, 1]), "seeds", "distinct"),
+    (with_changes(nuisance=["lr"]), "nuisance[0]", "'lr' is not a grid axis (axes: width)"),
 ]
 
 
@@ -133,3 +134,10 @@ def test_overrides_and_quick(tmp_path):
     assert len(cleared.runs) == 2 and cleared.runs[0].config["model"]["channels"] == 3
     with pytest.raises(StudyError, match="expected key=value"):
         apply_override({}, "train.lr")
+
+
+def test_nuisance_axes_by_label_or_path(tmp_path):
+    spec = with_changes(grid={"width": [4, 8], "train.lr": [0.01, 0.1]}, nuisance=["lr"])
+    assert load_study(write(tmp_path, spec)).nuisance_labels() == ["lr"]
+    spec["nuisance"] = ["train.lr"]
+    assert load_study(write(tmp_path, spec)).nuisance_labels() == ["lr"]

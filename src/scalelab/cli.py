@@ -97,7 +97,10 @@ def run(
     _print_summary(output, summary)
     output.info(f"results: {result.out_dir / 'results.sqlite'}  (scalelab status {result.out_dir})")
     report_path = None
-    if report and summary.n_params:
+    if report and shard:
+        output.info(f"--shard: no report for one slice; when every shard is done, run "
+                    f"`scalelab report {result.out_dir}`")
+    elif report and summary.n_params:
         report_path = api.report(result.out_dir, n_resamples=bootstrap).html
         output.info(f"report: {report_path}  (and report.md, scaling_law.json beside it)")
     for r, message in result.failed:

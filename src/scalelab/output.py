@@ -56,7 +56,8 @@ class Output:
             return
         table = Table(title=title, title_justify="left")
         for i, column in enumerate(columns):
-            table.add_column(column, justify="left" if i == 0 else "right")
+            numeric = all(isinstance(row[i], int | float) or row[i] is None for row in rows)
+            table.add_column(column, justify="right" if numeric and i > 0 else "left")
         for row in rows:
             table.add_row(*(fmt_value(v) for v in row))
         self.out.print(table)

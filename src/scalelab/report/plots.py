@@ -117,6 +117,26 @@ def axis_figure(table: Sequence[dict[str, Any]], metric: str, x_axis: str,
     return fig
 
 
+def compute_figure(records: Sequence[dict[str, Any]], metric: str, color_axis: str | None) -> Figure:
+    """Every completed run's ``metric`` against its counted training FLOPs, log-log."""
+    fig, ax = _figure()
+    groups: dict[Any, list[tuple[float, float]]] = defaultdict(list)
+    for r in records:
+        if r.get("status") == "completed" and r.get(metric) and r.get("train_flops"):
+            groups[r.get(color_axis) if color_axis else None].append((r["train_flops"], r[metric]))
+    for i, (value, pts) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+        xs, ys = zip(*pts)
+        ax.scatter(xs, ys, s=14, color=f"C{i % 10}",
+                   label=f"{color_axis} = {value}" if color_axis else None)
+    ax.set_xscale("log")
+    _log_y(ax)
+    ax.set_xlabel(label("train_flops"))
+    ax.set_ylabel(label(metric))
+    if color_axis:
+        ax.legend(fontsize=7)
+    return fig
+
+
 def forest_figure(comparisons: Sequence[Comparison]) -> Figure:
     """Difference to the baseline with its CI, one row per comparison."""
     fig = Figure(figsize=(6.0, 1.0 + 0.35 * len(comparisons)), dpi=STYLE["dpi"],

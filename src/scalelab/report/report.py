@@ -102,6 +102,10 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
             other = next((o for o in a.scientific if o != axis), None)
             figure(plots.axis_figure(a.table, "test_loss", axis, other), f"axis_{axis}",
                    f"test loss vs {axis}" + (f", one line per {other}" if other else ""))
+    if any(r.get("train_flops") for r in records):
+        blocks.append(("h2", "Loss against compute"))
+        figure(plots.compute_figure(records, "test_loss", a.scientific[0] if a.scientific else None),
+               "compute", "test loss of every run against its counted training FLOPs")
     if curves:
         blocks.append(("h2", "Learning curves"))
         figure(plots.curves_figure(curves, records, a.scientific[0] if a.scientific else None),

@@ -88,6 +88,9 @@ class StudySpec(StrictModel):
         description="grid axes tuned per shape (lr, weight decay, ...); the rest are scientific",
     )
     save_checkpoints: bool = False
+    batch_runs: Literal["auto", "off"] = Field(
+        "auto", description="train runs that differ only in seed/lr/wd/betas/momentum together")
+    batch_memory_mb: float = Field(1024, gt=0, description="memory limit of one batched group")
     quick: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("task", "model", "method", mode="before")

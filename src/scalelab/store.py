@@ -19,7 +19,7 @@ from .errors import ScalelabError
 from .spec import RunSpec
 from .train import COMPLETED, DIVERGED, RunResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FILENAME = "results.sqlite"
 RUNNING = "running"
 #: Runs in these states are never trained again; ``failed`` and ``running`` ones are retried.
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
     error       TEXT,            -- traceback of a failed run
     provenance  TEXT,            -- versions and device (JSON)
     started_at  REAL,
-    finished_at REAL
+    finished_at REAL,
+    batch_group TEXT             -- runs trained together as one stacked model share this id
 );
 CREATE TABLE IF NOT EXISTS curves (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
@@ -59,10 +60,13 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         version = self.meta().get("schema_version")
-        if version is None:
-            self.set_meta(schema_version=SCHEMA_VERSION)
-        elif int(version) > SCHEMA_VERSION:
+        if version is not None and int(version) > SCHEMA_VERSION:
             raise ScalelabError(f"{self.path}: written by a newer scalelab (schema {version})")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "batch_group" not in columns:  # schema 1 -> 2
+            self._db.execute("ALTER TABLE runs ADD COLUMN batch_group TEXT")
+        if version is None or int(version) < SCHEMA_VERSION:
+            self.set_meta(schema_version=SCHEMA_VERSION)
 
     @classmethod
     def open(cls, out_dir: str | Path, create: bool = False) -> Store:
@@ -118,14 +122,15 @@ class Store:
             self._db.execute("DELETE FROM curves WHERE run_id = ?", (run.run_id,))
             self._db.execute(
                 "INSERT INTO runs (run_id, status, config, point, metrics, error, provenance, "
-                "started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE "
+                "started_at, finished_at, batch_group) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(run_id) DO UPDATE "
                 "SET status=excluded.status, config=excluded.config, point=excluded.point, "
                 "metrics=excluded.metrics, error=excluded.error, provenance=excluded.provenance, "
-                "finished_at=excluded.finished_at, "
+                "finished_at=excluded.finished_at, batch_group=excluded.batch_group, "
                 "started_at=COALESCE(runs.started_at, excluded.started_at)",
                 (run.run_id, result.status, json.dumps(run.config), json.dumps(run.point),
                  json.dumps(result.metrics), result.error, json.dumps(result.provenance),
-                 time.time(), time.time()),
+                 time.time(), time.time(), result.batch_group),
             )
             self._db.executemany(
                 "INSERT INTO curves VALUES (?,?,?,?)",
@@ -144,16 +149,17 @@ class Store:
         """One flat dict per run: id, status, grid point, metrics, dotted config, provenance."""
         rows = self._db.execute(
             "SELECT run_id, status, point, metrics, config, provenance, error, started_at, "
-            "finished_at FROM runs ORDER BY rowid"
+            "finished_at, batch_group FROM runs ORDER BY rowid"
         )
         out = []
-        for run_id, status, point, metrics, config, prov, error, started, finished in rows:
+        for run_id, status, point, metrics, config, prov, error, started, finished, group in rows:
             record: dict[str, Any] = {"run_id": run_id, "status": status}
             record.update(json.loads(point))
             record.update(json.loads(metrics or "{}"))
             record.update(_flatten(json.loads(config)))
             record.update(json.loads(prov or "{}"))
-            record.update(error=error, started_at=started, finished_at=finished)
+            record.update(error=error, started_at=started, finished_at=finished,
+                          batch_group=group)
             out.append(record)
         return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import nn
 
 from ..plugin import Plugin
@@ -9,6 +11,10 @@ from ..plugin import Plugin
 
 class ModelFamily(Plugin):
     """Builds one model of the family from its config. Subclasses implement :meth:`build`."""
+
+    #: True when runs of this family can be stacked and trained together (see train.batched);
+    #: a family with cross-sample state (batch-norm) must leave it False.
+    batchable: ClassVar[bool] = False
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         raise NotImplementedError

@@ -17,6 +17,8 @@ from ._base import ACTIVATIONS, ModelFamily
 class MLP(ModelFamily):
     """Multi-layer perceptron: `depth` hidden layers of `width` units on the flattened input."""
 
+    batchable = True  # no cross-sample state: runs can be stacked and trained together
+
     class Config(PluginConfig):
         width: int = Field(64, ge=1, description="units per hidden layer")
         depth: int = Field(2, ge=0, description="hidden layers (0 = a linear classifier)")

@@ -12,6 +12,7 @@ from ..output import Output
 from ..spec import RunSpec, Study
 from ..store import FINISHED, Store
 from ..train.trainer import resolve_device
+from .grouping import plan_groups
 from .local import LocalExecutor, available_cores
 from .shard import parse_shard, select_shard
 
@@ -70,13 +71,15 @@ def execute_study(
             devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         if workers is None:
             workers = len(devices) if dev.type != "cpu" else available_cores()
-        workers = min(workers, len(todo))
+        groups = plan_groups(todo, study.spec.batch_runs, study.spec.batch_memory_mb)
+        workers = min(workers, len(groups))
         checkpoints = Path(out_dir) / "checkpoints" if study.spec.save_checkpoints else None
         executor = LocalExecutor(workers, devices, checkpoints)
-        output.info(f"training {len(todo)} of {len(selected)} runs on {dev} with {workers} "
-                    f"worker{'s' if workers > 1 else ''} -> {out_dir}")
+        batched = f" as {len(groups)} batched groups" if len(groups) < len(todo) else ""
+        output.info(f"training {len(todo)} of {len(selected)} runs{batched} on {dev} with "
+                    f"{workers} worker{'s' if workers > 1 else ''} -> {out_dir}")
         with output.progress(len(todo), study.name) as progress:
-            for run, run_result in executor.execute(todo, lambda r: store.mark_running([r])):
+            for run, run_result in executor.execute(groups, lambda r: store.mark_running([r])):
                 store.write_result(run, run_result)
                 result.trained[run_result.status] += 1
                 if run_result.error:

@@ -41,6 +41,7 @@ class RunResult:
     curves: list[tuple[int, str, float]] = field(default_factory=list)
     error: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    batch_group: str | None = None  # set when trained together with other runs
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
@@ -187,14 +188,30 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
         train_flops=flops_per_step * step, wall_time=train_time,
         stopped_early=m.get("stopped_early", False), best_step=best_step,
     )
+    finalize(result, model, data, cfg, best_state, best_step, step, checkpoint,
+             forward_flops_per_sample, evaluated_samples)
+    m["total_time"] = time.perf_counter() - started
+    return result
+
+
+def finalize(result: RunResult, model: nn.Module, data: TaskData, cfg: TrainConfig,
+             best_state: dict | None, best_step: int, last_step: int, checkpoint: Path | None,
+             forward_flops_per_sample: float, evaluated_samples: int) -> None:
+    """Final and best-checkpoint metrics on train/val/test, the checkpoint, eval FLOPs.
+
+    ``model`` holds the weights of the last step; ``best_state`` those of the best validation
+    evaluation when it was not the last one.
+    """
+    m = result.metrics
     if result.status == COMPLETED:
+        x, y = data.x_train, data.y_train
         splits = {"train": (x[: cfg.eval_train_samples], y[: cfg.eval_train_samples]),
                   "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}
         split_samples = sum(len(labels) for _, labels in splits.values())
         final = _evaluate_splits(model, splits, cfg.eval_batch_size)
         evaluated_samples += split_samples
         m.update({f"final_{k}": v for k, v in final.items()})
-        if cfg.restore_best and best_state is not None and best_step != step:
+        if cfg.restore_best and best_state is not None and best_step != last_step:
             model.load_state_dict(best_state)
             final = _evaluate_splits(model, splits, cfg.eval_batch_size)
             evaluated_samples += split_samples
@@ -202,8 +219,6 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
         if checkpoint is not None:
             _save_checkpoint(model, checkpoint)
     m["eval_flops"] = int(forward_flops_per_sample * evaluated_samples)
-    m["total_time"] = time.perf_counter() - started
-    return result
 
 
 def _evaluate_splits(model, splits, batch_size) -> dict[str, float]:

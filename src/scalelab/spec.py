@@ -91,12 +91,20 @@ class StudySpec(StrictModel):
     batch_runs: Literal["auto", "off"] = Field(
         "auto", description="train runs that differ only in seed/lr/wd/betas/momentum together")
     batch_memory_mb: float = Field(1024, gt=0, description="memory limit of one batched group")
+    batch_min_runs: int = Field(
+        3, ge=2, description="smallest group worth stacking (pairs measured slower on a CPU)")
     quick: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("task", "model", "method", mode="before")
     @classmethod
     def _name_shorthand(cls, value):
         return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("batch_runs", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        # YAML 1.1 reads a bare `off` as false and `on` as true.
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("seeds", mode="before")
     @classmethod

@@ -27,7 +27,7 @@ from ..registry import methods, models, tasks
 from ..spec import TrainConfig
 from ..tasks import TaskData
 from .flops import count_flops, step_flops
-from .optim import make_optimizer, make_schedule
+from .optim import lr_factor, make_optimizer, make_schedule
 
 COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
 
@@ -166,7 +166,7 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
         running_count = 0
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val, cfg.eval_batch_size)
         evaluated_samples += len(data.y_val)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = cfg.lr * lr_factor(step - 1, total_steps, cfg)  # the rate this step used
         result.curves += [(step, "train_loss", train_loss), (step, "val_loss", val_loss),
                           (step, "val_acc", val_acc), (step, "lr", lr)]
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):

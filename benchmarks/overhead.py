@@ -69,7 +69,7 @@ def plain_run(steps: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     args = parser.parse_args()
     plain_run(10)  # warm up: data generation/cache, torch kernels
     scalelab_run(10)

@@ -1,7 +1,8 @@
 """Run every benchmark in this folder and write BENCHMARKS.md with the machine and figures.
 
 Usage: python benchmarks/run_all.py [--only NAME ...]. Each script runs in its own process;
-its last output line is its JSON result.
+its last output line is its JSON result. With --only, the other rows of an existing
+BENCHMARKS.md are kept.
 """
 
 from __future__ import annotations
@@ -55,13 +56,21 @@ def main() -> None:
         extra = {k: v for k, v in result.items() if k not in ("metric", "value", "goal")}
         rows.append((script.name, result["metric"], result["value"], result["goal"],
                      goal_met(result["value"], result["goal"]), json.dumps(extra)))
+    target = HERE.parent / "BENCHMARKS.md"
+    lines = {row[0]: "| " + " | ".join(str(c) for c in row) + " |" for row in rows}
+    if args.only and target.exists():  # keep the rows of the benchmarks not rerun
+        for line in target.read_text().splitlines():
+            name = line.split("|")[1].strip() if line.startswith("| ") else ""
+            if name.endswith(".py") and name not in lines:
+                lines[name] = line
+    order = [p.name for p in scripts()]
     text = ["# Benchmarks", "",
             f"Written by `python benchmarks/run_all.py` on {datetime.date.today()}.", "",
             "Machine: " + ", ".join(f"{k} = {v}" for k, v in machine.items()), "",
             "| script | metric | value | goal | met | details |", "|---|---|---|---|---|---|"]
-    text += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    (HERE.parent / "BENCHMARKS.md").write_text("\n".join(text) + "\n")
-    print(f"wrote {HERE.parent / 'BENCHMARKS.md'}")
+    text += [lines[name] for name in order if name in lines]
+    target.write_text("\n".join(text) + "\n")
+    print(f"wrote {target}")
 
 
 if __name__ == "__main__":

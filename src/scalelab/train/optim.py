@@ -36,11 +36,3 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "linear":
         return 1 - (1 - floor) * progress
     return 1.0
-
-
-def make_schedule(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, cfg)
-    )

@@ -27,7 +27,7 @@ from ..registry import methods, models, tasks
 from ..spec import TrainConfig
 from ..tasks import TaskData
 from .flops import count_flops, step_flops
-from .optim import lr_factor, make_optimizer, make_schedule
+from .optim import lr_factor, make_optimizer
 
 COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
 
@@ -130,7 +130,6 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
     flops_per_step = step_flops(lambda: method.training_loss(model, x[:batch], y[:batch]), model)
     forward_flops_per_sample = count_flops(lambda: model(x[:batch])) / batch
     optimizer = make_optimizer(model.parameters(), cfg)
-    schedule = make_schedule(optimizer, cfg, total_steps)
     generator = torch.Generator().manual_seed(config["seed"])
     # A per-step finiteness check costs a device sync; on the CPU it is free, so it is exact there.
     check_every = 1 if dev.type == "cpu" else cfg.eval_every
@@ -147,13 +146,15 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
             order, cursor = torch.randperm(n, generator=generator).to(dev), 0
         index = order[cursor:cursor + batch]
         cursor += batch
+        step_lr = cfg.lr * lr_factor(step - 1, total_steps, cfg)
+        for group in optimizer.param_groups:  # the schedule, without LambdaLR's per-step overhead
+            group["lr"] = step_lr
         loss = method.training_loss(model, x[index], y[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        schedule.step()
         running += loss.detach()
         running_count += 1
         if step % check_every == 0 and not math.isfinite(running.item()):
@@ -166,9 +167,8 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
         running_count = 0
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val, cfg.eval_batch_size)
         evaluated_samples += len(data.y_val)
-        lr = cfg.lr * lr_factor(step - 1, total_steps, cfg)  # the rate this step used
         result.curves += [(step, "train_loss", train_loss), (step, "val_loss", val_loss),
-                          (step, "val_acc", val_acc), (step, "lr", lr)]
+                          (step, "val_acc", val_acc), (step, "lr", step_lr)]
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             result.status, m["diverged_step"] = DIVERGED, step
             break

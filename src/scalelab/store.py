@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -141,9 +140,6 @@ class Store:
 
     def statuses(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT run_id, status FROM runs"))
-
-    def counts(self) -> Counter:
-        return Counter(self.statuses().values())
 
     def records(self) -> list[dict[str, Any]]:
         """One flat dict per run: id, status, grid point, metrics, dotted config, provenance."""

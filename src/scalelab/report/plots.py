@@ -49,6 +49,13 @@ def _log_y(ax) -> None:
     ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
+def _finish(ax, x_name: str, y_name: str, legend: bool) -> None:
+    ax.set_xlabel(label(x_name))
+    ax.set_ylabel(label(y_name))
+    if legend:
+        ax.legend(fontsize=7)
+
+
 def save(fig: Figure, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
@@ -110,10 +117,7 @@ def axis_figure(table: Sequence[dict[str, Any]], metric: str, x_axis: str,
                     label=f"{line_axis} = {value}" if line_axis else None)
     if all(isinstance(r.get(x_axis), int | float) and r.get(x_axis) > 0 for r in table):
         ax.set_xscale("log")
-    ax.set_xlabel(label(x_axis))
-    ax.set_ylabel(label(metric))
-    if line_axis:
-        ax.legend(fontsize=7)
+    _finish(ax, x_axis, metric, bool(line_axis))
     return fig
 
 
@@ -130,10 +134,7 @@ def compute_figure(records: Sequence[dict[str, Any]], metric: str, color_axis: s
                    label=f"{color_axis} = {value}" if color_axis else None)
     ax.set_xscale("log")
     _log_y(ax)
-    ax.set_xlabel(label("train_flops"))
-    ax.set_ylabel(label(metric))
-    if color_axis:
-        ax.legend(fontsize=7)
+    _finish(ax, "train_flops", metric, bool(color_axis))
     return fig
 
 
@@ -177,8 +178,5 @@ def curves_figure(curves: Sequence[dict[str, Any]], records: Sequence[dict[str, 
                 label=f"{color_axis} = {key}" if color_axis and key not in shown else None)
         shown.add(key)
     _log_y(ax)
-    ax.set_xlabel(label("step"))
-    ax.set_ylabel(label(name))
-    if color_axis:
-        ax.legend(fontsize=7)
+    _finish(ax, "step", name, bool(color_axis))
     return fig

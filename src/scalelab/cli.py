@@ -101,8 +101,13 @@ def run(
         output.info(f"--shard: no report for one slice; when every shard is done, run "
                     f"`scalelab report {result.out_dir}`")
     elif report and summary.n_params:
-        report_path = api.report(result.out_dir, n_resamples=bootstrap).html
-        output.info(f"report: {report_path}  (and report.md, scaling_law.json beside it)")
+        report_path = result.out_dir / "report.html"
+        if result.trained or not report_path.exists():
+            api.report(result.out_dir, n_resamples=bootstrap)
+            output.info(f"report: {report_path}  (and report.md, scaling_law.json beside it)")
+        else:
+            output.info(f"report: {report_path}  (up to date: nothing new was trained; "
+                        f"`scalelab report {result.out_dir}` rewrites it)")
     for r, message in result.failed:
         output.error(f"run {r.run_id} ({_point(r.point)}) failed: {message}")
     if result.failed:

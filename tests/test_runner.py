@@ -45,6 +45,10 @@ def test_text_output_has_table_and_fit(tmp_path, tiny_study):
     assert "mean test_loss" in result.output and "A · N^(−α)" in result.output
     assert f"report: {tmp_path / 'o' / 'report.html'}" in result.output
     assert (tmp_path / "o" / "scaling_law.json").exists()
+    before = (tmp_path / "o" / "report.html").stat().st_mtime_ns
+    again = invoke("run", tiny_study(tmp_path), "--out", tmp_path / "o", "--bootstrap", 20)
+    assert "up to date: nothing new was trained" in again.output
+    assert (tmp_path / "o" / "report.html").stat().st_mtime_ns == before
     status = invoke("status", tmp_path / "o")
     assert "completed" in status.output and "best 4 by validation loss" in status.output
 

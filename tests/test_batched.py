@@ -40,6 +40,21 @@ def test_batched_runs_match_single_runs(optimizer, extra):
             assert v == pytest.approx(curve[(s, n)], rel=1e-4, abs=1e-6)
 
 
+def test_widths_padded_into_one_group_train_as_at_their_own_width():
+    runs = study(grid={"width": [4, 8, 16], "lr": [0.01, 0.05]}, seeds=[0],
+                 train={"max_steps": 60, "eval_every": 10, "early_stopping": {"patience": 2}}).runs
+    configs = [r.config for r in runs]
+    assert len({group_key(c, pad=True) for c in configs}) == 1
+    assert len({group_key(c) for c in configs}) == 3
+    together = train_group(configs)
+    for config, batched in zip(configs, together):
+        alone = train_run(config)
+        for key in ("n_params", "flops_per_step", "steps", "best_step"):
+            assert batched.metrics[key] == alone.metrics[key], key
+        for key in ("test_loss", "val_loss", "final_test_loss"):
+            assert batched.metrics[key] == pytest.approx(alone.metrics[key], rel=1e-4), key
+
+
 def test_early_stopping_is_per_run():
     runs = study(grid={"lr": [0.3, 0.003]}, seeds=[0],
                  train={"max_steps": 300, "eval_every": 5, "schedule": "constant",
@@ -65,13 +80,19 @@ def test_a_diverged_run_does_not_disturb_its_group_mates():
 
 
 def test_grouping_never_mixes_incompatible_runs():
-    runs = study(grid={"width": [8, 16], "lr": [0.01, 0.02], "batch_size": [25, 50]},
-                 seeds=[0, 1]).runs
-    groups = plan_groups(runs)
-    assert sorted(len(g) for g in groups) == [4] * 4  # width x batch_size groups of lr x seed
+    runs = study(grid={"depth": [1, 2], "width": [8, 16], "lr": [0.01, 0.02],
+                       "batch_size": [25, 50]}, seeds=[0, 1]).runs
+    groups = plan_groups(runs)  # lr and seed are per-run scalars; each shape its own group
+    assert sorted(len(g) for g in groups) == [4] * 8
     for g in groups:
-        shapes = {(r.config["model"]["width"], r.config["train"]["batch_size"]) for r in g}
-        assert len(shapes) == 1
+        shapes = {(r.config["model"]["depth"], r.config["model"]["width"],
+                   r.config["train"]["batch_size"]) for r in g}
+        assert len(shapes) == 1 and len({group_key(r.config) for r in g}) == 1
+    padded = plan_groups(runs, pad=True)  # widths share a group; depth and batch size never
+    assert sorted(len(g) for g in padded) == [8] * 4
+    for g in padded:
+        shapes = {(r.config["model"]["depth"], r.config["train"]["batch_size"]) for r in g}
+        assert len(shapes) == 1 and len({group_key(r.config, pad=True) for r in g}) == 1
     assert all(len(g) == 1 for g in plan_groups(runs, "off"))
     same_shape = study(grid={"lr": [0.01, 0.02]}, seeds=[0, 1, 2, 3]).runs
     per_run = estimate_bytes(same_shape[0].config)

@@ -93,6 +93,8 @@ class StudySpec(StrictModel):
     batch_memory_mb: float = Field(1024, gt=0, description="memory limit of one batched group")
     batch_min_runs: int = Field(
         3, ge=2, description="smallest group worth stacking (pairs measured slower on a CPU)")
+    batch_pad: bool = Field(
+        False, description="zero-pad sizes (MLP width) so runs of different widths share a group")
     quick: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("task", "model", "method", mode="before")

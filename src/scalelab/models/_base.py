@@ -15,6 +15,9 @@ class ModelFamily(Plugin):
     #: True when runs of this family can be stacked and trained together (see train.batched);
     #: a family with cross-sample state (batch-norm) must leave it False.
     batchable: ClassVar[bool] = False
+    #: Size settings whose runs can share one batched group by zero-padding to the group's
+    #: largest value: valid only where a zero-padded unit provably stays zero in training.
+    paddable: ClassVar[tuple[str, ...]] = ()
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         raise NotImplementedError

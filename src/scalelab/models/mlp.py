@@ -18,6 +18,10 @@ class MLP(ModelFamily):
     """Multi-layer perceptron: `depth` hidden layers of `width` units on the flattened input."""
 
     batchable = True  # no cross-sample state: runs can be stacked and trained together
+    # A zero-padded hidden unit (zero weights in and out, zero bias) has activation f(0) = 0
+    # and zero gradients for relu, gelu and tanh, and SGD/Adam/AdamW keep zeros at zero: each
+    # run in a padded group trains exactly as at its own width.
+    paddable = ("width",)
 
     class Config(PluginConfig):
         width: int = Field(64, ge=1, description="units per hidden layer")

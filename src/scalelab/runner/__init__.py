@@ -71,8 +71,9 @@ def execute_study(
             devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         if workers is None:
             workers = len(devices) if dev.type != "cpu" else available_cores()
-        groups = plan_groups(todo, study.spec.batch_runs, study.spec.batch_memory_mb,
-                             study.spec.batch_min_runs)
+        spec = study.spec
+        groups = plan_groups(todo, spec.batch_runs, spec.batch_memory_mb, spec.batch_min_runs,
+                             spec.batch_pad)
         workers = min(workers, len(groups))
         checkpoints = Path(out_dir) / "checkpoints" if study.spec.save_checkpoints else None
         executor = LocalExecutor(workers, devices, checkpoints)

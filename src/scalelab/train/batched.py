@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from ..methods import Method
 from ..models import count_parameters
@@ -45,11 +45,12 @@ from .trainer import (
 PER_RUN_TRAIN = ("lr", "weight_decay", "beta1", "beta2", "momentum")
 
 
-def group_key(config: dict[str, Any]) -> str | None:
+def group_key(config: dict[str, Any], pad: bool = False) -> str | None:
     """Runs with equal keys can be trained together; ``None``: this run is not batchable.
 
     A model family opts in with ``batchable = True`` (no batch-norm style cross-sample state);
-    a method is batchable when it trains with the plain loss.
+    a method is batchable when it trains with the plain loss. With ``pad``, the family's
+    ``paddable`` sizes may differ within a group (they are zero-padded to the largest).
     """
     family = models.get(config["model"]["name"])
     method = methods.get(config["method"]["name"])
@@ -57,7 +58,17 @@ def group_key(config: dict[str, Any]) -> str | None:
         return None
     shared = {k: v for k, v in config.items() if k != "seed"}
     shared["train"] = {k: v for k, v in config["train"].items() if k not in PER_RUN_TRAIN}
+    if pad:
+        shared["model"] = {k: v for k, v in config["model"].items() if k not in family.paddable}
     return run_id(shared)
+
+
+def padded_model_config(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The group's model config with every paddable size at its largest value."""
+    model = dict(configs[0]["model"])
+    for name in models.get(model["name"]).paddable:
+        model[name] = max(c["model"][name] for c in configs)
+    return model
 
 
 def train_group(configs: list[dict[str, Any]], device: str = "cpu",
@@ -94,14 +105,22 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
     batch = min(cfg.batch_size, n)
     total_steps = cfg.max_steps or max(1, round(cfg.epochs * (n // batch)))
     x, y = data.x_train, data.y_train
-    probe = modules[0]
-    flops_per_step = step_flops(lambda: method.training_loss(probe, x[:batch], y[:batch]), probe)
-    forward_flops_per_sample = count_flops(lambda: probe(x[:batch])) / batch
+    # Compute is counted on each run's own model, never on the padded one.
+    counted: dict[str, tuple[int, float]] = {}
+    for module, config in zip(modules, configs):
+        key = run_id(config["model"])
+        if key not in counted:
+            counted[key] = (
+                step_flops(lambda m=module: method.training_loss(m, x[:batch], y[:batch]), module),
+                count_flops(lambda m=module: m(x[:batch])) / batch)
 
-    params, buffers = stack_module_state(modules)
+    padded = instantiate(models, padded_model_config(configs)).build(
+        data.input_shape, data.num_classes).to(dev)
+    params, buffers = _stack_padded(padded, modules)
     names = list(params)
     tensors = [params[k] for k in names]
-    skeleton = copy.deepcopy(modules[0]).to("meta")
+    own_shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in modules]
+    skeleton = copy.deepcopy(padded).to("meta")
 
     def forward_one(p, b, inputs):
         return functional_call(skeleton, (p, b), (inputs,))
@@ -178,7 +197,8 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
                 if val_loss[r] < best_val[r] - min_delta:
                     best_val[r], best_step[r], bad_evals[r] = val_loss[r], step, 0
                     if cfg.restore_best and step != total_steps:
-                        best_state[r] = {k: params[k][r].detach().clone() for k in names}
+                        best_state[r] = {k: v[r][_leading(own_shapes[r][k])].detach().clone()
+                                         for k, v in (*params.items(), *buffers.items())}
                 else:
                     bad_evals[r] += 1
                     if cfg.early_stopping and bad_evals[r] >= cfg.early_stopping.patience:
@@ -190,6 +210,7 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
 
     for r in range(runs):
         steps = last_step[r] if (stopped[r] or results[r].status == DIVERGED) else step
+        flops_per_step, forward_flops_per_sample = counted[run_id(configs[r]["model"])]
         m = results[r].metrics
         m.update(n_params=count_parameters(modules[r]), batch_size=batch,
                  flops_per_step=flops_per_step, steps=steps, samples_seen=steps * batch,
@@ -199,17 +220,39 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
         results[r].batch_group = group
         model = modules[r]
         with torch.no_grad():
-            for k in names:
-                _assign(model, k, params[k][r])
+            for k, v in (*params.items(), *buffers.items()):
+                _assign(model, k, v[r])
         finalize(results[r], model, data, cfgs[r], best_state[r], best_step[r], steps,
                  checkpoints[r], forward_flops_per_sample, evaluated_samples // runs)
         m["total_time"] = (time.perf_counter() - started) / runs
     return results
 
 
+def _leading(shape: torch.Size) -> tuple[slice, ...]:
+    return tuple(slice(0, d) for d in shape)
+
+
+def _stack_padded(padded: nn.Module, modules: list[nn.Module]
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each run's parameters and buffers stacked into zero tensors of the padded shapes."""
+    stacked = []
+    for named in (nn.Module.named_parameters, nn.Module.named_buffers):
+        out = {}
+        for name, ref in named(padded):
+            out[name] = torch.zeros((len(modules), *ref.shape), dtype=ref.dtype, device=ref.device)
+            for r, module in enumerate(modules):
+                own = dict(named(module))[name]
+                out[name][r][_leading(own.shape)] = own.detach()
+        stacked.append(out)
+    params, buffers = stacked
+    return {k: v.requires_grad_() for k, v in params.items()}, buffers
+
+
 def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Copy a run's slice of a (padded) stacked tensor into its own model's parameter."""
     module_name, _, attr = name.rpartition(".")
-    getattr(model.get_submodule(module_name), attr).copy_(value)
+    target = getattr(model.get_submodule(module_name), attr)
+    target.copy_(value[_leading(target.shape)])
 
 
 def _diverge(r, step, results, active, last_step, tensors, initial, state, state2) -> None:

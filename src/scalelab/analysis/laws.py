@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -30,7 +31,7 @@ from ..registry import laws
 Loss = Literal["huber", "mse"]
 
 
-class LawForm(Plugin):
+class LawForm(Plugin, ABC):
     """A parametric law L(x) with positive output, fitted on log L.
 
     ``params`` are the optimised (raw) parameters; :meth:`natural` maps them to the
@@ -41,16 +42,17 @@ class LawForm(Plugin):
     variables: ClassVar[int] = 1
     formula: ClassVar[str] = ""
 
+    @abstractmethod
     def log_predict(self, theta: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(log L at each row of X, Jacobian d log L / d theta of shape (n, len(params)))."""
-        raise NotImplementedError
 
+    @abstractmethod
     def starts(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Candidate starting points, shape (k, len(params))."""
-        raise NotImplementedError
 
+    @abstractmethod
     def natural(self, theta: np.ndarray) -> dict[str, float]:
-        raise NotImplementedError
+        """The parameters people quote (E, A, alpha, ...)."""
 
     def bounds(self, X: np.ndarray, y: np.ndarray) -> list[tuple[float | None, float | None]]:
         """Box constraints for L-BFGS-B; only where a parameter is otherwise unidentified."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from torch import nn
@@ -9,7 +10,7 @@ from torch import nn
 from ..plugin import Plugin
 
 
-class ModelFamily(Plugin):
+class ModelFamily(Plugin, ABC):
     """Builds one model of the family from its config. Subclasses implement :meth:`build`."""
 
     #: True when runs of this family can be stacked and trained together (see train.batched);
@@ -19,8 +20,9 @@ class ModelFamily(Plugin):
     #: largest value: valid only where a zero-padded unit provably stays zero in training.
     paddable: ClassVar[tuple[str, ...]] = ()
 
+    @abstractmethod
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-        raise NotImplementedError
+        """A freshly initialised model for inputs of ``input_shape``."""
 
 
 def count_parameters(module: nn.Module) -> int:

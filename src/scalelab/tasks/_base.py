@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +38,12 @@ class TaskData:
         return TaskData(**moved)
 
 
-class Task(Plugin):
+class Task(Plugin, ABC):
     """A data source. Subclasses implement :meth:`load`."""
 
+    @abstractmethod
     def load(self) -> TaskData:
-        raise NotImplementedError
+        """The fixed train/validation/test tensors this config describes."""
 
 
 def cache_dir() -> Path:

@@ -64,6 +64,7 @@ def test_early_stopping_is_per_run():
     assert [b.metrics["steps"] for b in together] == [a.metrics["steps"] for a in alone]
     assert [b.metrics["best_step"] for b in together] == [a.metrics["best_step"] for a in alone]
     assert together[0].metrics["stopped_early"] and together[0].metrics["steps"] < 300
+    assert [b.metrics["eval_flops"] for b in together] == [a.metrics["eval_flops"] for a in alone]
     for b, a in zip(together, alone):
         assert b.metrics["test_loss"] == pytest.approx(a.metrics["test_loss"], rel=1e-4)
 

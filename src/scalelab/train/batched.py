@@ -145,7 +145,7 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
     stopped = [False] * runs
     running = torch.zeros(runs, device=dev)
     running_count = 0
-    evaluated_samples = 0
+    evaluated_samples = [0] * runs  # validation samples each run was evaluated on
     check_every = 1 if dev.type == "cpu" else cfg.eval_every
     orders, cursor = None, n
     train_started = time.perf_counter()
@@ -185,7 +185,7 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
             for r in range(runs):
                 if not active[r]:
                     continue
-                evaluated_samples += len(data.y_val)
+                evaluated_samples[r] += len(data.y_val)
                 results[r].curves += [(step, "train_loss", train_loss[r]),
                                       (step, "val_loss", val_loss[r]),
                                       (step, "val_acc", val_acc[r]), (step, "lr", lr_now[r])]
@@ -223,7 +223,7 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
             for k, v in (*params.items(), *buffers.items()):
                 _assign(model, k, v[r])
         finalize(results[r], model, data, cfgs[r], best_state[r], best_step[r], steps,
-                 checkpoints[r], forward_flops_per_sample, evaluated_samples // runs)
+                 checkpoints[r], forward_flops_per_sample, evaluated_samples[r])
         m["total_time"] = (time.perf_counter() - started) / runs
     return results
 

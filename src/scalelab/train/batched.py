@@ -28,17 +28,19 @@ from ..models import count_parameters
 from ..plugin import instantiate
 from ..registry import methods, models, tasks
 from ..spec import TrainConfig, run_id
-from .flops import count_flops, step_flops
 from .optim import lr_factor
 from .trainer import (
     COMPLETED,
     DIVERGED,
     FAILED,
     RunResult,
+    budget,
     build,
+    counted_compute,
     finalize,
     provenance,
     resolve_device,
+    step_metrics,
 )
 
 #: Settings that may differ between runs trained together.
@@ -102,17 +104,14 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
     results = [RunResult(COMPLETED, provenance=provenance(dev)) for _ in configs]
 
     n = len(data.y_train)
-    batch = min(cfg.batch_size, n)
-    total_steps = cfg.max_steps or max(1, round(cfg.epochs * (n // batch)))
+    batch, total_steps = budget(cfg, n)
     x, y = data.x_train, data.y_train
     # Compute is counted on each run's own model, never on the padded one.
     counted: dict[str, tuple[int, float]] = {}
     for module, config in zip(modules, configs):
         key = run_id(config["model"])
         if key not in counted:
-            counted[key] = (
-                step_flops(lambda m=module: method.training_loss(m, x[:batch], y[:batch]), module),
-                count_flops(lambda m=module: m(x[:batch])) / batch)
+            counted[key] = counted_compute(method, module, x, y, batch)
 
     padded = instantiate(models, padded_model_config(configs)).build(
         data.input_shape, data.num_classes).to(dev)
@@ -212,11 +211,10 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
         steps = last_step[r] if (stopped[r] or results[r].status == DIVERGED) else step
         flops_per_step, forward_flops_per_sample = counted[run_id(configs[r]["model"])]
         m = results[r].metrics
-        m.update(n_params=count_parameters(modules[r]), batch_size=batch,
-                 flops_per_step=flops_per_step, steps=steps, samples_seen=steps * batch,
-                 epochs_seen=steps * batch / n, train_flops=flops_per_step * steps,
-                 wall_time=train_time / runs, stopped_early=stopped[r], best_step=best_step[r],
-                 group_size=runs)
+        m.update(step_metrics(steps, batch, n, flops_per_step),
+                 n_params=count_parameters(modules[r]), batch_size=batch,
+                 flops_per_step=flops_per_step, wall_time=train_time / runs,
+                 stopped_early=stopped[r], best_step=best_step[r], group_size=runs)
         results[r].batch_group = group
         model = modules[r]
         with torch.no_grad():

@@ -114,6 +114,25 @@ def build(config: dict[str, Any], data: TaskData) -> nn.Module:
     return instantiate(models, config["model"]).build(data.input_shape, data.num_classes)
 
 
+def budget(cfg: TrainConfig, n: int) -> tuple[int, int]:
+    """(batch size capped at the training-set size ``n``, total optimizer steps)."""
+    batch = min(cfg.batch_size, n)
+    return batch, cfg.max_steps or max(1, round(cfg.epochs * (n // batch)))
+
+
+def counted_compute(method, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    batch: int) -> tuple[int, float]:
+    """(FLOPs of one training step, forward FLOPs per sample), counted on the real model."""
+    per_step = step_flops(lambda: method.training_loss(model, x[:batch], y[:batch]), model)
+    return per_step, count_flops(lambda: model(x[:batch])) / batch
+
+
+def step_metrics(steps: int, batch: int, n: int, flops_per_step: int) -> dict[str, Any]:
+    """What follows from the number of steps a run took."""
+    return {"steps": steps, "samples_seen": steps * batch, "epochs_seen": steps * batch / n,
+            "train_flops": flops_per_step * steps}
+
+
 def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -> RunResult:
     started = time.perf_counter()
     cfg = TrainConfig.model_validate(config["train"])
@@ -123,12 +142,9 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
     result = RunResult(COMPLETED, provenance=provenance(dev))
 
     n = len(data.y_train)
-    batch = min(cfg.batch_size, n)
-    steps_per_epoch = n // batch
-    total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
+    batch, total_steps = budget(cfg, n)
     x, y = data.x_train, data.y_train
-    flops_per_step = step_flops(lambda: method.training_loss(model, x[:batch], y[:batch]), model)
-    forward_flops_per_sample = count_flops(lambda: model(x[:batch])) / batch
+    flops_per_step, forward_flops_per_sample = counted_compute(method, model, x, y, batch)
     optimizer = make_optimizer(model.parameters(), cfg)
     generator = torch.Generator().manual_seed(config["seed"])
     # A per-step finiteness check costs a device sync; on the CPU it is free, so it is exact there.
@@ -183,11 +199,8 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
                 break
     train_time = time.perf_counter() - train_started
 
-    m.update(
-        steps=step, samples_seen=step * batch, epochs_seen=step * batch / n,
-        train_flops=flops_per_step * step, wall_time=train_time,
-        stopped_early=m.get("stopped_early", False), best_step=best_step,
-    )
+    m.update(step_metrics(step, batch, n, flops_per_step), wall_time=train_time,
+             stopped_early=m.get("stopped_early", False), best_step=best_step)
     finalize(result, model, data, cfg, best_state, best_step, step, checkpoint,
              forward_flops_per_sample, evaluated_samples)
     m["total_time"] = time.perf_counter() - started

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .analysis import Summary, summarize
-from .analysis.select import best_over_nuisance
 from .analysis.stats import Comparison
 from .analysis.stats import compare as compare_records
-from .analysis.study import FitEntry, fit_rows
+from .analysis.study import FitEntry, fit_rows, per_shape_optimum
 from .errors import ScalelabError
 from .output import Output
 from .runner import StudyRun, execute_study, plan
@@ -181,10 +180,7 @@ def analysis_records(out_dir: str | Path | None = None, csv_path: str | Path | N
         return [r for r in rows if r.get("status", "completed") == "completed"]
     with Store.open(out_dir) as store:
         rows, meta = store.records(), store.meta()
-    axes, nuisance = json.loads(meta.get("axes", "{}")), json.loads(meta.get("nuisance", "[]"))
-    grid = json.loads(meta.get("grid", "{}"))
-    scientific = [a for a in axes if a not in nuisance]
-    return best_over_nuisance(rows, scientific, nuisance, grid)[0]
+    return per_shape_optimum(rows, meta)[0]
 
 
 def fit(out_dir: str | Path | None = None, *, x: str = "params", y: str = "test_loss",

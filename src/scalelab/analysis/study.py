@@ -75,13 +75,24 @@ class StudyAnalysis:
                 "comparisons": [c.to_dict() for c in self.comparisons], "notes": self.notes}
 
 
+def per_shape_optimum(records: Sequence[dict[str, Any]], meta: dict[str, str]
+                      ) -> tuple[list[dict[str, Any]], list[Winner]]:
+    """The runs of each scientific point's best nuisance setting, per the store's meta."""
+    axes, grid, nuisance = _axes(meta)
+    return best_over_nuisance(records, [a for a in axes if a not in nuisance], nuisance, grid)
+
+
+def _axes(meta: dict[str, str]) -> tuple[dict[str, str], dict[str, list], list[str]]:
+    """(axis label -> config path, axis label -> grid values, nuisance labels) from meta."""
+    return (json.loads(meta.get("axes", "{}")), json.loads(meta.get("grid", "{}")),
+            json.loads(meta.get("nuisance", "[]")))
+
+
 def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str], metric: str = "test_loss",
                   compare_metric: str = "test_acc", n_resamples: int = 1000) -> StudyAnalysis:
-    axes: dict[str, str] = json.loads(meta.get("axes", "{}"))
-    grid: dict[str, list] = json.loads(meta.get("grid", "{}"))
-    nuisance: list[str] = json.loads(meta.get("nuisance", "[]"))
+    axes, grid, nuisance = _axes(meta)
     scientific = [a for a in axes if a not in nuisance]
-    selected, winners = best_over_nuisance(records, scientific, nuisance, grid)
+    selected, winners = per_shape_optimum(records, meta)
     notes: list[str] = []
     for w in winners:
         if w.at_edge:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections import Counter
 from enum import Enum
 from pathlib import Path
 
@@ -133,9 +134,7 @@ def status(
 ) -> int:
     """Counts by status, the best runs (chosen by validation loss) and any failures."""
     rows = api.records(out_dir)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    counts = Counter(r["status"] for r in rows)
     output.table(f"{out_dir}: {len(rows)} runs", ["status", "runs"], sorted(counts.items()))
     done = sorted((r for r in rows if r["status"] == "completed"), key=lambda r: r["val_loss"])
     axes = list(api.study_axes(out_dir)) + ["seed"]

@@ -75,7 +75,7 @@ def execute_study(
         groups = plan_groups(todo, spec.batch_runs, spec.batch_memory_mb, spec.batch_min_runs,
                              spec.batch_pad)
         workers = min(workers, len(groups))
-        checkpoints = Path(out_dir) / "checkpoints" if study.spec.save_checkpoints else None
+        checkpoints = Path(out_dir) / "checkpoints" if spec.save_checkpoints else None
         executor = LocalExecutor(workers, devices, checkpoints)
         batched = f" as {len(groups)} batched groups" if len(groups) < len(todo) else ""
         output.info(f"training {len(todo)} of {len(selected)} runs{batched} on {dev} with "

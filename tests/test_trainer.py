@@ -6,7 +6,7 @@ from torch import nn
 
 from scalelab.spec import TrainConfig, validate_study
 from scalelab.train import COMPLETED, DIVERGED, FAILED, load_checkpoint, train_run
-from scalelab.train.optim import lr_factor, make_optimizer
+from scalelab.train.optim import lr_factor, make_optimizer, set_lr
 
 from .conftest import TINY
 
@@ -89,11 +89,31 @@ def test_schedules():
 
 
 def test_optimizers():
-    params = [nn.Parameter(torch.zeros(3))]
-    sgd = make_optimizer(params, TrainConfig(max_steps=1, optimizer="sgd", nesterov=True))
+    model = nn.Linear(3, 2)
+    sgd = make_optimizer(model, TrainConfig(max_steps=1, optimizer="sgd", nesterov=True))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"]
-    adamw = make_optimizer(params, TrainConfig(max_steps=1, optimizer="adamw", weight_decay=0.1))
+    adamw = make_optimizer(model, TrainConfig(max_steps=1, optimizer="adamw", weight_decay=0.1))
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.1
+    assert [g["base_lr"] for g in adamw.param_groups] == [1e-3]
+
+
+def test_muon_takes_hidden_matrices_and_adamw_the_rest():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10))
+    optimizer = make_optimizer(model, TrainConfig(max_steps=1, optimizer="muon", lr=1e-3,
+                                                  muon_lr=0.05))
+    adamw, muon = optimizer.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert [p for g in muon.param_groups for p in g["params"]] == [model[1].weight]
+    adamw_params = {id(p) for g in adamw.param_groups for p in g["params"]}
+    assert adamw_params == {id(model[0].weight), id(model[1].bias), id(model[3].weight),
+                            id(model[3].bias)}
+    assert [g["base_lr"] for g in optimizer.param_groups] == [1e-3, 0.05]
+    set_lr(optimizer, 0.5)
+    assert [g["lr"] for g in optimizer.param_groups] == [5e-4, 0.025]
+    before = model[1].weight.detach().clone()
+    model[3](model[1](model[0](torch.tensor([1, 2])))).sum().backward()
+    optimizer.step()
+    assert not torch.equal(before, model[1].weight)
 
 
 def test_a_raising_run_is_failed_with_its_traceback(exploding_model):

@@ -132,8 +132,9 @@ def export(out_dir: str | Path, fmt: ExportFormat, path: str | Path | None = Non
 # ------------------------------------------------------------------ analysis entry points
 
 #: Short names accepted wherever a results column is named (``--x params``).
-COLUMN_ALIASES = {"params": "n_params", "data": "task.num_train", "compute": "train_flops",
-                  "method": "method.name", "samples": "samples_seen"}
+COLUMN_ALIASES = {"params": ("n_params",), "data": ("task.num_train", "task.num_train_tokens"),
+                  "compute": ("train_flops",), "method": ("method.name",),
+                  "samples": ("samples_seen",)}
 
 
 def read_csv_records(path: str | Path) -> list[dict[str, Any]]:
@@ -162,7 +163,7 @@ def _parse_cell(text: str | None) -> Any:
 def resolve_column(records: Sequence[dict[str, Any]], name: str) -> str:
     """The results column a user means by ``name`` (an exact column, an alias, or a setting)."""
     columns = set().union(*(r.keys() for r in records)) if records else set()
-    for candidate in (name, COLUMN_ALIASES.get(name, ""), f"{name}.name",
+    for candidate in (name, *COLUMN_ALIASES.get(name, ()), f"{name}.name",
                       *(f"{section}.{name}" for section in ("task", "model", "method", "train"))):
         if candidate in columns:
             return candidate

@@ -91,6 +91,8 @@ def run(
         return 0
     result = api.run(study, out=out, workers=workers, device=device, overrides=set_,
                      quick=quick, shard=shard, output=output)
+    if not result.primary:  # a non-zero torchrun rank: rank 0 reports
+        return 0
     if result.already_done == len(result.selected):
         output.info(f"all {len(result.selected)} runs are already stored in {result.out_dir}; "
                     "nothing to train")

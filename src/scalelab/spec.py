@@ -43,14 +43,18 @@ class EarlyStopping(StrictModel):
 class TrainConfig(StrictModel):
     """Optimisation settings shared by every run of a study (each can be a grid axis)."""
 
-    optimizer: Literal["sgd", "adam", "adamw"] = Field("adam", description="optimizer")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    optimizer: Literal["sgd", "adam", "adamw", "muon"] = Field(
+        "adam", description="optimizer (muon: Muon for hidden matrices, AdamW for the rest)")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW's part under muon)")
+    muon_lr: float = Field(0.02, gt=0, description="peak learning rate of Muon's matrices")
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon momentum (Nesterov)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam/AdamW beta1")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam/AdamW beta2")
     weight_decay: float = Field(0.0, ge=0, description="L2 (sgd/adam) or decoupled (adamw)")
-    batch_size: int = Field(128, ge=1, description="examples per step (capped at num_train)")
+    batch_size: int = Field(
+        128, ge=1, description="examples (sequences for a language model) per step; capped at num_train")
     max_steps: int | None = Field(None, ge=1, description="budget in optimizer steps")
     epochs: float | None = Field(None, gt=0, description="budget in passes over the train set")
     schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="decay")
@@ -60,8 +64,13 @@ class TrainConfig(StrictModel):
     early_stopping: EarlyStopping | None = Field(None, description="stop on val-loss plateau")
     restore_best: bool = Field(True, description="return the best-validation weights")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm")
-    eval_batch_size: int = Field(4096, ge=1, description="examples per evaluation forward")
-    eval_train_samples: int = Field(10_000, ge=1, description="train examples in train metrics")
+    eval_batch_size: int = Field(
+        4096, ge=1, description="examples (tokens for a language model) per evaluation forward")
+    eval_train_samples: int = Field(
+        10_000, ge=1, description="train examples (tokens for a language model) in train metrics")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast forward passes to bfloat16 (weights stay fp32)")
+    compile: bool = Field(False, description="torch.compile the model before training")
 
     @model_validator(mode="after")
     def _one_budget(self):
@@ -70,6 +79,27 @@ class TrainConfig(StrictModel):
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs optimizer: sgd with momentum > 0")
         return self
+
+
+class AnalysisConfig(StrictModel):
+    """What the report fits and compares (defaults suit classification studies)."""
+
+    metric: str = Field("test_loss", description="metric fitted against size and data")
+    compare_metric: str = Field("test_acc", description="metric of method comparisons")
+    size: str = Field("n_params", description="model-size column (n_params_nonembed for GPTs)")
+    forms: list[str] = Field(default_factory=lambda: ["auto"],
+                             description="law forms fitted against size (auto: chosen by backtest)")
+
+    @field_validator("forms")
+    @classmethod
+    def _known_forms(cls, forms: list[str]):
+        for form in forms:
+            if form != "auto" and form not in FAMILIES["law"]:
+                raise ValueError(f"unknown law form {form!r} (allowed: auto, "
+                                 f"{', '.join(FAMILIES['law'].names())})")
+        if not forms:
+            raise ValueError("give at least one form (or auto)")
+        return forms
 
 
 class StudySpec(StrictModel):
@@ -95,6 +125,7 @@ class StudySpec(StrictModel):
         3, ge=2, description="smallest group worth stacking (pairs measured slower on a CPU)")
     batch_pad: bool = Field(
         False, description="zero-pad sizes (MLP width) so runs of different widths share a group")
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     quick: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("task", "model", "method", mode="before")
@@ -227,6 +258,12 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
             FAMILIES[section].get(name)
         except UnknownNameError as exc:
             raise StudyError(source, f"{section}.name", str(exc)) from None
+    data_kind = FAMILIES["task"].get(spec.task["name"]).data_kind
+    learns = FAMILIES["model"].get(spec.model["name"]).data_kinds
+    if data_kind not in learns:
+        raise StudyError(source, "model.name",
+                         f"model {spec.model['name']} learns {' or '.join(learns)} data; task "
+                         f"{spec.task['name']} provides {data_kind} data")
     axes = {_axis_path(spec, axis, source): values for axis, values in spec.grid.items()}
     if len(axes) != len(spec.grid):
         raise StudyError(source, "grid", "two axes name the same setting")

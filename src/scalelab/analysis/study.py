@@ -28,7 +28,7 @@ from .laws import (
 from .select import Winner, best_over_nuisance
 from .stats import Comparison, compare
 
-DATA_PATH, METHOD_PATH = "task.num_train", "method.name"
+DATA_PATHS, METHOD_PATH = ("task.num_train", "task.num_train_tokens"), "method.name"
 
 
 @dataclass
@@ -56,6 +56,9 @@ class FitEntry:
 @dataclass
 class StudyAnalysis:
     study: str
+    metric: str             # fitted against size and data
+    compare_metric: str     # of method comparisons
+    size: str               # the model-size column
     counts: dict[str, int]
     compute: dict[str, float]
     scientific: list[str]
@@ -68,7 +71,8 @@ class StudyAnalysis:
     selected: list[dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"study": self.study, "counts": self.counts, "compute": self.compute,
+        return {"study": self.study, "metric": self.metric, "size": self.size,
+                "counts": self.counts, "compute": self.compute,
                 "scientific_axes": self.scientific, "nuisance_axes": self.nuisance,
                 "fits": [f.to_dict() for f in self.fits],
                 "winners": [w.to_dict() for w in self.winners],
@@ -88,8 +92,22 @@ def _axes(meta: dict[str, str]) -> tuple[dict[str, str], dict[str, list], list[s
             json.loads(meta.get("nuisance", "[]")))
 
 
-def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str], metric: str = "test_loss",
-                  compare_metric: str = "test_acc", n_resamples: int = 1000) -> StudyAnalysis:
+def analysis_settings(meta: dict[str, str]) -> dict[str, Any]:
+    """The study's ``analysis:`` block as stored in meta (defaults for older stores)."""
+    settings = {"metric": "test_loss", "compare_metric": "test_acc", "size": "n_params",
+                "forms": ["auto"]}
+    return settings | json.loads(meta.get("analysis", "{}"))
+
+
+def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
+                  metric: str | None = None, compare_metric: str | None = None,
+                  n_resamples: int = 1000) -> StudyAnalysis:
+    """Per-shape optima, scaling-law fits and method comparisons of one stored study;
+    ``metric`` and ``compare_metric`` default to the study's ``analysis:`` settings."""
+    settings = analysis_settings(meta)
+    metric = metric or settings["metric"]
+    compare_metric = compare_metric or settings["compare_metric"]
+    size = settings["size"]
     axes, grid, nuisance = _axes(meta)
     scientific = [a for a in axes if a not in nuisance]
     selected, winners = per_shape_optimum(records, meta)
@@ -99,18 +117,20 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str], metri
             notes.append(f"at {_fmt_point(w.point)} the best {', '.join(w.at_edge)} is at the "
                          "edge of its grid: widen the grid")
     model_axes = [a for a in scientific if axes[a].startswith("model.")]
-    data_axis = next((a for a in scientific if axes[a] == DATA_PATH), None)
+    data_axis = next((a for a in scientific if axes[a] in DATA_PATHS), None)
     method_axis = next((a for a in scientific if axes[a] == METHOD_PATH), None)
 
     fits: list[FitEntry] = []
     if model_axes or data_axis:
-        x_name, fixed = ("n_params", model_axes) if model_axes else (data_axis, [data_axis])
+        x_name, fixed = (size, model_axes) if model_axes else (data_axis, [data_axis])
         for key, rows in _groups(selected, [a for a in scientific if a not in fixed]).items():
-            fits.append(_attempt(notes, fit_rows, rows, [x_name], metric, key, n_resamples))
+            for form in settings["forms"] if model_axes else ["auto"]:
+                fits.append(_attempt(notes, fit_rows, rows, [x_name], metric, key, n_resamples,
+                                     form))
     if model_axes and data_axis:
         for key, rows in _groups(selected, [a for a in scientific
                                             if a not in model_axes and a != data_axis]).items():
-            fits.append(_attempt(notes, fit_rows, rows, ["n_params", data_axis], metric, key,
+            fits.append(_attempt(notes, fit_rows, rows, [size, data_axis], metric, key,
                                  n_resamples, "chinchilla"))
     fits = [f for f in fits if f is not None]
 
@@ -127,9 +147,10 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str], metri
                "wall_time_s": float(sum(r.get("wall_time", 0) for r in records)),
                "samples_seen": float(sum(r.get("samples_seen", 0) for r in records))}
     return StudyAnalysis(
-        study=meta.get("study", ""), counts=dict(Counter(r["status"] for r in records)),
+        study=meta.get("study", ""), metric=metric, compare_metric=compare_metric, size=size,
+        counts=dict(Counter(r["status"] for r in records)),
         compute=compute, scientific=scientific, nuisance=nuisance,
-        table=_results_table(selected, scientific, metric, compare_metric),
+        table=_results_table(selected, scientific, size, metric, compare_metric),
         winners=winners, fits=fits, comparisons=comparisons, notes=notes,
         selected=selected if done else [],
     )
@@ -163,7 +184,8 @@ def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str
     rows = [r for r in rows if r.get(metric) is not None]
     x = np.array([[float(r[n]) for n in x_names] for r in rows])
     y = np.array([float(r[metric]) for r in rows])
-    title = f"{metric} vs {' & '.join(x_names)}" + (f" [{_fmt_point(key)}]" if key else "")
+    title = (f"{metric} vs {' & '.join(x_names)}" + (f", form {form}" if form != "auto" else "")
+             + (f" [{_fmt_point(key)}]" if key else ""))
     if len(np.unique(x[:, 0])) < 3:
         raise ScalelabError(f"{title}: needs at least 3 distinct {x_names[0]} values to fit")
     xs = x if len(x_names) > 1 else x[:, 0]
@@ -208,11 +230,11 @@ def held_out(entry: FitEntry) -> np.ndarray:
     return holdout_mask(entry.x, entry.fit.backtest.holdout)
 
 
-def _results_table(rows, scientific, metric, second) -> list[dict[str, Any]]:
+def _results_table(rows, scientific, size, metric, second) -> list[dict[str, Any]]:
     out = []
     for key, group in _groups(rows, scientific).items():
         entry: dict[str, Any] = dict(key)
-        entry["n_params"] = group[0].get("n_params")
+        entry[size] = group[0].get(size)
         for m in (metric, second):
             vals = [r[m] for r in group if r.get(m) is not None]
             entry[m] = float(np.mean(vals)) if vals else None

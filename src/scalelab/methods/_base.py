@@ -18,4 +18,6 @@ class Method(Plugin):
     """Plain supervised training: mean cross-entropy of the whole batch."""
 
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x), y)
+        """Mean cross-entropy over every prediction: one per example (logits (N, C)), or one
+        per position for a language model (logits (B, T, vocab), targets (B, T))."""
+        return F.cross_entropy(model(x).flatten(0, -2), y.flatten())

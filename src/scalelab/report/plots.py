@@ -20,7 +20,13 @@ from ..analysis.study import FitEntry, held_out
 STYLE = {"figsize": (6.0, 4.0), "dpi": 120}
 LABELS = {  # axis labels with units
     "n_params": "parameters N",
+    "n_params_nonembed": "non-embedding parameters N",
     "num_train": "training examples D",
+    "num_train_tokens": "training tokens D",
+    "test_ppl": "test perplexity",
+    "val_ppl": "validation perplexity",
+    "test_bpb": "test bits per byte",
+    "val_bpb": "validation bits per byte",
     "train_flops": "training compute (FLOPs)",
     "test_loss": "test loss (nats)",
     "val_loss": "validation loss (nats)",

@@ -56,8 +56,8 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
                         f"validation loss): {', '.join(a.nuisance) or 'none'}."))
     if a.table:
         blocks.append(("h2", "Results"))
-        cols = [*a.scientific, "n_params", "test_loss", "test_acc", "runs"]
-        rows = [[r.get(c) if c not in ("test_loss", "test_acc") else _pm(r, c) for c in cols]
+        cols = [*a.scientific, a.size, a.metric, a.compare_metric, "runs"]
+        rows = [[r.get(c) if c not in (a.metric, a.compare_metric) else _pm(r, c) for c in cols]
                 for r in a.table]
         blocks.append(("table", cols, rows))
     if a.winners:
@@ -100,12 +100,14 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
         blocks.append(("h2", "Metrics along each axis"))
         for axis in a.scientific:
             other = next((o for o in a.scientific if o != axis), None)
-            figure(plots.axis_figure(a.table, "test_loss", axis, other), f"axis_{axis}",
-                   f"test loss vs {axis}" + (f", one line per {other}" if other else ""))
+            figure(plots.axis_figure(a.table, a.metric, axis, other), f"axis_{axis}",
+                   f"{plots.label(a.metric)} vs {axis}"
+                   + (f", one line per {other}" if other else ""))
     if any(r.get("train_flops") for r in records):
         blocks.append(("h2", "Loss against compute"))
-        figure(plots.compute_figure(records, "test_loss", a.scientific[0] if a.scientific else None),
-               "compute", "test loss of every run against its counted training FLOPs")
+        figure(plots.compute_figure(records, a.metric, a.scientific[0] if a.scientific else None),
+               "compute", f"{plots.label(a.metric)} of every run against its counted training "
+                          "FLOPs")
     if curves:
         blocks.append(("h2", "Learning curves"))
         figure(plots.curves_figure(curves, records, a.scientific[0] if a.scientific else None),

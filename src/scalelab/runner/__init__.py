@@ -12,6 +12,7 @@ from ..output import Output
 from ..spec import RunSpec, Study
 from ..store import FINISHED, Store
 from ..train.trainer import resolve_device
+from .distributed import execute_distributed, launched_by_torchrun
 from .grouping import plan_groups
 from .local import LocalExecutor, available_cores
 from .shard import parse_shard, select_shard
@@ -29,6 +30,7 @@ class StudyRun:
     already_done: int                          # of those, finished before this invocation
     trained: Counter = field(default_factory=Counter)  # status -> runs trained now
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
+    primary: bool = True  # False on the non-zero ranks of a torchrun job: they write nothing
 
     @property
     def ok(self) -> bool:
@@ -46,6 +48,22 @@ def plan(
     return runs, todo
 
 
+def store_meta(store: Store, study: Study) -> None:
+    """What the analysis needs to know about the study's axes."""
+    labels = study.axis_labels()
+    store.set_meta(study=study.name, source=study.source,
+                   axes={label: path for path, label in labels.items()},
+                   grid={labels[path]: values for path, values in study.axes.items()},
+                   nuisance=study.nuisance_labels(),
+                   analysis=study.spec.analysis.model_dump(mode="json"))
+
+
+def _record(result: StudyRun, run: RunSpec, run_result) -> None:
+    result.trained[run_result.status] += 1
+    if run_result.error:
+        result.failed.append((run, run_result.error.strip().splitlines()[-1]))
+
+
 def execute_study(
     study: Study,
     out_dir: Path,
@@ -56,12 +74,10 @@ def execute_study(
 ) -> StudyRun:
     output = output or Output()
     dev = resolve_device(device)  # before anything is written: a bad --device writes nothing
+    if launched_by_torchrun():
+        return execute_distributed(study, Path(out_dir), dev, shard, output, _record)
     with Store.open(out_dir, create=True) as store:
-        labels = study.axis_labels()
-        store.set_meta(study=study.name, source=study.source,
-                       axes={label: path for path, label in labels.items()},
-                       grid={labels[path]: values for path, values in study.axes.items()},
-                       nuisance=study.nuisance_labels())
+        store_meta(store, study)
         selected, todo = plan(study, store.statuses(), shard)
         result = StudyRun(study, Path(out_dir), selected, len(selected) - len(todo))
         if not todo:
@@ -83,9 +99,7 @@ def execute_study(
         with output.progress(len(todo), study.name) as progress:
             for run, run_result in executor.execute(groups, lambda r: store.mark_running([r])):
                 store.write_result(run, run_result)
-                result.trained[run_result.status] += 1
-                if run_result.error:
-                    result.failed.append((run, run_result.error.strip().splitlines()[-1]))
+                _record(result, run, run_result)
                 progress.advance(run_result.status, _label(run, run_result))
     return result
 

@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,6 +41,10 @@ class TaskData:
 
 class Task(Plugin, ABC):
     """A data source. Subclasses implement :meth:`load`."""
+
+    #: What :meth:`load` returns: ``classification`` (a :class:`TaskData`) or ``language``
+    #: (token streams); a model family declares which kinds it can learn.
+    data_kind: ClassVar[str] = "classification"
 
     @abstractmethod
     def load(self) -> TaskData:

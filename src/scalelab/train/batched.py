@@ -58,6 +58,9 @@ def group_key(config: dict[str, Any], pad: bool = False) -> str | None:
     method = methods.get(config["method"]["name"])
     if not getattr(family, "batchable", False) or method.training_loss is not Method.training_loss:
         return None
+    train = config["train"]
+    if train["optimizer"] == "muon" or train["precision"] != "fp32" or train["compile"]:
+        return None  # the stacked trainer implements fp32 SGD/Adam/AdamW only
     shared = {k: v for k, v in config.items() if k != "seed"}
     shared["train"] = {k: v for k, v in config["train"].items() if k not in PER_RUN_TRAIN}
     if pad:

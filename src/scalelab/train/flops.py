@@ -5,7 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
+
+aten = torch.ops.aten
+
+
+# torch counts the CUDA attention kernels but not the CPU one that scaled_dot_product_attention
+# dispatches to, so attention would count as free on a CPU. Same formulas as torch's (which,
+# like torch's, count causal attention as full).
+@register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+@register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+def _cpu_attention_backward(grad_out_shape, query_shape, key_shape, value_shape, *args,
+                            out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
 def count_flops(fn: Callable[[], object]) -> int:

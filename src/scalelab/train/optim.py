@@ -3,21 +3,84 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
+from torch import nn
 
 from ..spec import TrainConfig
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig):
+    """The study's optimizer over ``model``'s parameters.
+
+    Every parameter group remembers its peak rate as ``base_lr``; the schedule scales that.
+    """
+    params = list(model.parameters())
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    betas = (cfg.beta1, cfg.beta2)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                    nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                     weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                      weight_decay=cfg.weight_decay)
+    else:
+        optimizer = _muon(model, cfg)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
+    return optimizer
+
+
+def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The hidden matrices Muon orthogonalises: every 2-D weight except embedding tables and
+    the output layer (the last ``nn.Linear``), as in the Muon and modded-nanogpt recipes."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    excluded = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
+                for p in m.parameters()}
+    if linears:
+        excluded.add(id(linears[-1].weight))
+    return [m.weight for m in linears if m.weight.ndim == 2 and id(m.weight) not in excluded]
+
+
+class Combined:
+    """Several optimizers stepped as one (Muon for matrices, AdamW for everything else)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+
+def _muon(model: nn.Module, cfg: TrainConfig) -> Combined:
+    matrices = muon_matrices(model)
+    chosen = {id(p) for p in matrices}
+    rest = [p for p in model.parameters() if id(p) not in chosen]
+    parts = [torch.optim.AdamW(rest, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                               weight_decay=cfg.weight_decay)] if rest else []
+    if matrices:
+        # torch's default ("original") step-size rule: lr * sqrt(max(1, rows / cols)).
+        parts.append(torch.optim.Muon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                                      weight_decay=cfg.weight_decay, nesterov=True))
+    return Combined(*parts)
+
+
+def set_lr(optimizer, factor: float) -> float:
+    """Scale every group's peak rate by ``factor`` (the schedule, without LambdaLR's per-step
+    overhead); returns ``factor``."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    return factor
 
 
 def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:

@@ -11,6 +11,7 @@ import os
 import platform
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from ..registry import methods, models, tasks
 from ..spec import TrainConfig
 from ..tasks import TaskData
 from .flops import count_flops, step_flops
-from .optim import lr_factor, make_optimizer
+from .optim import lr_factor, make_optimizer, set_lr
 
 COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
 
@@ -103,6 +104,10 @@ def train_run(
     """Train one run; exceptions become a ``failed`` result with the traceback."""
     dev = resolve_device(device)
     try:
+        if tasks.get(config["task"]["name"]).data_kind == "language":
+            from .lm import train_lm  # imports this module
+
+            return train_lm(config, dev, checkpoint)
         return _train(config, dev, checkpoint)
     except Exception:
         return RunResult(FAILED, error=traceback.format_exc(), provenance=provenance(dev))
@@ -133,6 +138,30 @@ def step_metrics(steps: int, batch: int, n: int, flops_per_step: int) -> dict[st
             "train_flops": flops_per_step * steps}
 
 
+def autocast(device: torch.device, cfg: TrainConfig):
+    """bf16 autocast when the study asks for it (weights and optimizer state stay fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
+class BestWeights:
+    """The best validation loss so far, its step and weights, and early stopping's patience."""
+
+    def __init__(self, cfg: TrainConfig, total_steps: int):
+        self.cfg, self.total_steps = cfg, total_steps
+        self.loss, self.step, self.state, self.evals_without_gain = math.inf, 0, None, 0
+
+    def observe(self, model: nn.Module, val_loss: float, step: int) -> bool:
+        """Record one evaluation; True when early stopping says to stop."""
+        stopping = self.cfg.early_stopping
+        if val_loss < self.loss - (stopping.min_delta if stopping else 0.0):
+            self.loss, self.step, self.evals_without_gain = val_loss, step, 0
+            if self.cfg.restore_best and step != self.total_steps:
+                self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.evals_without_gain += 1
+        return bool(stopping and self.evals_without_gain >= stopping.patience)
+
+
 def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -> RunResult:
     started = time.perf_counter()
     cfg = TrainConfig.model_validate(config["train"])
@@ -145,14 +174,15 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
     batch, total_steps = budget(cfg, n)
     x, y = data.x_train, data.y_train
     flops_per_step, forward_flops_per_sample = counted_compute(method, model, x, y, batch)
-    optimizer = make_optimizer(model.parameters(), cfg)
+    optimizer = make_optimizer(model, cfg)
+    trained = torch.compile(model) if cfg.compile else model
     generator = torch.Generator().manual_seed(config["seed"])
     # A per-step finiteness check costs a device sync; on the CPU it is free, so it is exact there.
     check_every = 1 if dev.type == "cpu" else cfg.eval_every
 
     m = result.metrics
     m.update(n_params=count_parameters(model), batch_size=batch, flops_per_step=flops_per_step)
-    best_val, best_step, best_state, evals_without_gain = math.inf, 0, None, 0
+    best = BestWeights(cfg, total_steps)
     running, running_count, evaluated_samples = torch.zeros((), device=dev), 0, 0
     order, cursor, step = torch.empty(0, dtype=torch.long), n, 0
     train_started = time.perf_counter()
@@ -162,10 +192,9 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
             order, cursor = torch.randperm(n, generator=generator).to(dev), 0
         index = order[cursor:cursor + batch]
         cursor += batch
-        step_lr = cfg.lr * lr_factor(step - 1, total_steps, cfg)
-        for group in optimizer.param_groups:  # the schedule, without LambdaLR's per-step overhead
-            group["lr"] = step_lr
-        loss = method.training_loss(model, x[index], y[index])
+        step_lr = set_lr(optimizer, lr_factor(step - 1, total_steps, cfg)) * cfg.lr
+        with autocast(dev, cfg):
+            loss = method.training_loss(trained, x[index], y[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
@@ -181,28 +210,24 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
         train_loss = running.item() / running_count
         running.zero_()
         running_count = 0
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, cfg.eval_batch_size)
+        with autocast(dev, cfg):
+            val_loss, val_acc = evaluate(model, data.x_val, data.y_val, cfg.eval_batch_size)
         evaluated_samples += len(data.y_val)
         result.curves += [(step, "train_loss", train_loss), (step, "val_loss", val_loss),
                           (step, "val_acc", val_acc), (step, "lr", step_lr)]
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             result.status, m["diverged_step"] = DIVERGED, step
             break
-        if val_loss < best_val - (cfg.early_stopping.min_delta if cfg.early_stopping else 0.0):
-            best_val, best_step, evals_without_gain = val_loss, step, 0
-            if cfg.restore_best and step != total_steps:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            evals_without_gain += 1
-            if cfg.early_stopping and evals_without_gain >= cfg.early_stopping.patience:
-                m["stopped_early"] = True
-                break
+        if best.observe(model, val_loss, step):
+            m["stopped_early"] = True
+            break
     train_time = time.perf_counter() - train_started
 
     m.update(step_metrics(step, batch, n, flops_per_step), wall_time=train_time,
-             stopped_early=m.get("stopped_early", False), best_step=best_step)
-    finalize(result, model, data, cfg, best_state, best_step, step, checkpoint,
-             forward_flops_per_sample, evaluated_samples)
+             stopped_early=m.get("stopped_early", False), best_step=best.step)
+    with autocast(dev, cfg):
+        finalize(result, model, data, cfg, best.state, best.step, step, checkpoint,
+                 forward_flops_per_sample, evaluated_samples)
     m["total_time"] = time.perf_counter() - started
     return result
 
@@ -210,28 +235,43 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
 def finalize(result: RunResult, model: nn.Module, data: TaskData, cfg: TrainConfig,
              best_state: dict | None, best_step: int, last_step: int, checkpoint: Path | None,
              forward_flops_per_sample: float, evaluated_samples: int) -> None:
-    """Final and best-checkpoint metrics on train/val/test, the checkpoint, eval FLOPs.
+    """Final and best-checkpoint metrics on train/val/test, the checkpoint, eval FLOPs."""
+    x, y = data.x_train, data.y_train
+    splits = {"train": (x[: cfg.eval_train_samples], y[: cfg.eval_train_samples]),
+              "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}
+    split_samples = sum(len(labels) for _, labels in splits.values())
 
-    ``model`` holds the weights of the last step; ``best_state`` those of the best validation
-    evaluation when it was not the last one.
+    def evaluate_all(module: nn.Module) -> tuple[dict[str, float], int]:
+        return _evaluate_splits(module, splits, cfg.eval_batch_size), split_samples
+
+    evaluated_samples += final_metrics(result, model, evaluate_all, cfg, best_state, best_step,
+                                       last_step, checkpoint)
+    result.metrics["eval_flops"] = int(forward_flops_per_sample * evaluated_samples)
+
+
+def final_metrics(result: RunResult, model: nn.Module,
+                  evaluate_all: Callable[[nn.Module], tuple[dict[str, float], int]],
+                  cfg: TrainConfig, best_state: dict | None, best_step: int, last_step: int,
+                  checkpoint: Path | None) -> int:
+    """Metrics of the last step's weights (as ``final_*``) and of the best validation weights
+    (unprefixed; the same weights when the last step was the best), and the checkpoint.
+
+    ``model`` holds the last step's weights and ``best_state`` those of the best evaluation
+    when it was not the last one. Returns the units (samples, tokens) evaluated.
     """
+    if result.status != COMPLETED:
+        return 0
     m = result.metrics
-    if result.status == COMPLETED:
-        x, y = data.x_train, data.y_train
-        splits = {"train": (x[: cfg.eval_train_samples], y[: cfg.eval_train_samples]),
-                  "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}
-        split_samples = sum(len(labels) for _, labels in splits.values())
-        final = _evaluate_splits(model, splits, cfg.eval_batch_size)
-        evaluated_samples += split_samples
-        m.update({f"final_{k}": v for k, v in final.items()})
-        if cfg.restore_best and best_state is not None and best_step != last_step:
-            model.load_state_dict(best_state)
-            final = _evaluate_splits(model, splits, cfg.eval_batch_size)
-            evaluated_samples += split_samples
-        m.update(final)
-        if checkpoint is not None:
-            _save_checkpoint(model, checkpoint)
-    m["eval_flops"] = int(forward_flops_per_sample * evaluated_samples)
+    final, evaluated = evaluate_all(model)
+    m.update({f"final_{k}": v for k, v in final.items()})
+    if cfg.restore_best and best_state is not None and best_step != last_step:
+        model.load_state_dict(best_state)
+        final, more = evaluate_all(model)
+        evaluated += more
+    m.update(final)
+    if checkpoint is not None:
+        save_checkpoint(model, checkpoint)
+    return evaluated
 
 
 def _evaluate_splits(model, splits, batch_size) -> dict[str, float]:
@@ -241,7 +281,7 @@ def _evaluate_splits(model, splits, batch_size) -> dict[str, float]:
     return out
 
 
-def _save_checkpoint(model: nn.Module, path: Path) -> None:
+def save_checkpoint(model: nn.Module, path: Path) -> None:
     """Best weights, written under a temporary name and renamed so a kill leaves no torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

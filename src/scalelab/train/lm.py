@@ -98,7 +98,11 @@ def train_lm(config: dict[str, Any], dev: torch.device, checkpoint: Path | None)
     started = time.perf_counter()
     rank, size = world()
     cfg = TrainConfig.model_validate(config["train"])
-    data: TokenData = instantiate(tasks, config["task"]).load().to(dev)
+    data: TokenData = instantiate(tasks, config["task"]).load()
+    train_tokens = data.train  # batches are cut on the host and copied: no per-step GPU sync
+    if dev.type == "cuda":
+        train_tokens = train_tokens.pin_memory()
+    data = data.to(dev)
     method = instantiate(methods, config["method"])
     model = build(config, data).to(dev)
     length = model.context_length
@@ -118,10 +122,14 @@ def train_lm(config: dict[str, Any], dev: torch.device, checkpoint: Path | None)
 
     def draw() -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(highest_start, (batch,), generator=generator)
-        return windows(data.train, starts[mine].to(dev), length)
+        x, y = windows(train_tokens, starts[mine], length)
+        if dev.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
 
     probe = windows(data.train, torch.arange(batch, device=dev) % highest_start, length)
-    flops_per_step, forward_flops_per_window = counted_compute(method, model, *probe, batch)
+    with autocast(dev, cfg):  # counting runs the real kernels once: the warm-up step
+        flops_per_step, forward_flops_per_window = counted_compute(method, model, *probe, batch)
     n_nonembed = non_embedding_parameters(model)
     tokens_per_step = batch * length
     optimizer = make_optimizer(model, cfg)

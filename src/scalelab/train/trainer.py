@@ -173,7 +173,8 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
     n = len(data.y_train)
     batch, total_steps = budget(cfg, n)
     x, y = data.x_train, data.y_train
-    flops_per_step, forward_flops_per_sample = counted_compute(method, model, x, y, batch)
+    with autocast(dev, cfg):  # counting runs the real kernels once: the warm-up step
+        flops_per_step, forward_flops_per_sample = counted_compute(method, model, x, y, batch)
     optimizer = make_optimizer(model, cfg)
     trained = torch.compile(model) if cfg.compile else model
     generator = torch.Generator().manual_seed(config["seed"])

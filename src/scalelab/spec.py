@@ -111,7 +111,9 @@ class StudySpec(StrictModel):
     model: dict[str, Any]
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "standard"})
     train: dict[str, Any]
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = Field(
+        default_factory=dict,
+        description="axes -> values (their product), or a list of such grids (the union)")
     seeds: list[int] = Field(default_factory=lambda: [0])
     nuisance: list[str] = Field(
         default_factory=list,
@@ -125,6 +127,10 @@ class StudySpec(StrictModel):
         3, ge=2, description="smallest group worth stacking (pairs measured slower on a CPU)")
     batch_pad: bool = Field(
         False, description="zero-pad sizes (MLP width) so runs of different widths share a group")
+    baselines: list[Literal["full", "matched_full", "random"]] = Field(
+        default_factory=list,
+        description="for every selection run (a method with a target_rate): full data at the "
+                    "same steps, a compute-matched full run, a random subset at the same rate")
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     quick: dict[str, Any] = Field(default_factory=dict)
 
@@ -159,11 +165,18 @@ class StudySpec(StrictModel):
 
     @field_validator("grid")
     @classmethod
-    def _non_empty_axes(cls, grid: dict[str, list[Any]]):
-        for axis, values in grid.items():
-            if not values:
-                raise ValueError(f"axis {axis!r} is empty; give at least one value")
+    def _non_empty_axes(cls, grid):
+        for sub in grid if isinstance(grid, list) else [grid]:
+            for axis, values in sub.items():
+                if not values:
+                    raise ValueError(f"axis {axis!r} is empty; give at least one value")
+        if isinstance(grid, list) and not grid:
+            raise ValueError("a list of grids needs at least one grid")
         return grid
+
+    @property
+    def grids(self) -> list[dict[str, list[Any]]]:
+        return self.grid if isinstance(self.grid, list) else [self.grid]
 
 
 @dataclass(frozen=True)
@@ -181,7 +194,17 @@ class Study:
 
     spec: StudySpec
     source: str
-    axes: dict[str, list[Any]] = field(default_factory=dict)  # dotted path -> values
+    grids: list[dict[str, list[Any]]] = field(default_factory=lambda: [{}])  # path -> values
+
+    @property
+    def axes(self) -> dict[str, list[Any]]:
+        """Every axis of every grid (dotted path -> the values it takes anywhere)."""
+        union: dict[str, list[Any]] = {}
+        for grid in self.grids:
+            for path, values in grid.items():
+                union.setdefault(path, [])
+                union[path] += [v for v in values if v not in union[path]]
+        return union
 
     @property
     def name(self) -> str:
@@ -201,16 +224,58 @@ class Study:
     def runs(self) -> list[RunSpec]:
         """Every cell in a deterministic order: axes in file order, seeds innermost."""
         labels = self.axis_labels()
-        paths = list(self.axes)
-        runs = []
-        for values in itertools.product(*self.axes.values()):
-            assignment = dict(zip(paths, values))
-            for seed in self.spec.seeds:
-                where = "grid: cell " + ", ".join(f"{labels[p]}={v!r}" for p, v in assignment.items())
-                config = resolve(self.spec, assignment, seed, self.source, where)
-                point = {labels[p]: v for p, v in assignment.items()} | {"seed": seed}
-                runs.append(RunSpec(run_id(config), config, point))
+        runs, seen = [], set()
+        for grid in self.grids:
+            paths = list(grid)
+            for values in itertools.product(*grid.values()):
+                assignment = dict(zip(paths, values))
+                for seed in self.spec.seeds:
+                    where = "grid: cell " + ", ".join(f"{labels[p]}={v!r}"
+                                                      for p, v in assignment.items())
+                    config = resolve(self.spec, assignment, seed, self.source, where)
+                    rid = run_id(config)
+                    if rid in seen:  # the same cell in two grids of a list
+                        continue
+                    seen.add(rid)
+                    point = {label: assignment.get(p) for p, label in labels.items()}
+                    runs.append(RunSpec(rid, config, point | {"seed": seed}))
+        if self.spec.baselines:
+            runs += self._baseline_runs(runs, labels)
         return runs
+
+    def _baseline_runs(self, runs: list[RunSpec], labels: dict[str, str]) -> list[RunSpec]:
+        """The ``baselines`` of every selection run, each once (same seed, same everything
+        else). A point names the baseline's method, the rate it matches and, for a
+        compute-matched run, the method it matches (``matched_to``)."""
+        seen = {r.run_id for r in runs}
+        method_label = labels.get("method.name", "method")
+        rate_label = labels.get("method.target_rate", "target_rate")
+        extra = []
+        for run in runs:
+            method = run.config["method"]
+            if "target_rate" not in FAMILIES["method"].get(method["name"]).Config.model_fields:
+                continue
+            rate = method["target_rate"]
+            wanted = {"full": ({"name": "full"}, None),
+                      "matched_full": ({"name": "full", "match_method": method["name"],
+                                        "match_rate": rate}, rate),
+                      "random": ({"name": "random", "target_rate": rate}, rate)}
+            for kind in self.spec.baselines:
+                settings, point_rate = wanted[kind]
+                plugin = FAMILIES["method"].get(settings["name"])
+                resolved = {"name": settings["name"], **plugin.Config.model_validate(
+                    {k: v for k, v in settings.items() if k != "name"}).model_dump(mode="json")}
+                config = {**run.config, "method": resolved}
+                rid = run_id(config)
+                if rid in seen:
+                    continue
+                seen.add(rid)
+                point = {k: (None if p.startswith("method.") else run.point[k])
+                         for p, k in labels.items()} | {"seed": run.point["seed"]}
+                point |= {method_label: settings["name"], rate_label: point_rate,
+                          "matched_to": method["name"] if kind == "matched_full" else None}
+                extra.append(RunSpec(rid, config, point))
+        return extra
 
 
 def run_id(config: Mapping[str, Any]) -> str:
@@ -264,27 +329,32 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
         raise StudyError(source, "model.name",
                          f"model {spec.model['name']} learns {' or '.join(learns)} data; task "
                          f"{spec.task['name']} provides {data_kind} data")
-    axes = {_axis_path(spec, axis, source): values for axis, values in spec.grid.items()}
-    if len(axes) != len(spec.grid):
-        raise StudyError(source, "grid", "two axes name the same setting")
-    study = Study(spec, source, axes)
+    grids = []
+    for g, grid in enumerate(spec.grids):
+        prefix = f"grid[{g}]" if isinstance(spec.grid, list) else "grid"
+        axes = {_axis_path(spec, axis, source, prefix): values for axis, values in grid.items()}
+        if len(axes) != len(grid):
+            raise StudyError(source, prefix, "two axes name the same setting")
+        grids.append(axes)
+        # The base config (first value of every axis), then every axis value on its own, so
+        # an error names the axis and value that caused it; then every cell.
+        first = {p: v[0] for p, v in axes.items()}
+        try:
+            resolve(spec, first, spec.seeds[0], source, "")
+        except StudyError as exc:
+            if exc.field in axes:  # the first value of an axis, not the base setting, is wrong
+                raise StudyError(source, f"{prefix}.{exc.field}[0]", exc.message) from None
+            raise
+        for path, values in axes.items():
+            for i, value in enumerate(values[1:], start=1):
+                resolve(spec, first | {path: value}, spec.seeds[0], source,
+                        f"{prefix}.{path}[{i}]")
+    study = Study(spec, source, grids)
     labels = study.axis_labels()
     for i, name in enumerate(spec.nuisance):
-        if name not in axes and name not in labels.values():
+        if name not in study.axes and name not in labels.values():
             raise StudyError(source, f"nuisance[{i}]",
                              f"{name!r} is not a grid axis (axes: {', '.join(labels.values())})")
-    # The base config (first value of every axis), then every axis value on its own, so an
-    # error names the axis and value that caused it; then every cell.
-    first = {p: v[0] for p, v in axes.items()}
-    try:
-        resolve(spec, first, spec.seeds[0], source, "")
-    except StudyError as exc:
-        if exc.field in axes:  # the first value of an axis, not the base setting, is wrong
-            raise StudyError(source, f"grid.{exc.field}[0]", exc.message) from None
-        raise
-    for path, values in axes.items():
-        for i, value in enumerate(values[1:], start=1):
-            resolve(spec, first | {path: value}, spec.seeds[0], source, f"grid.{path}[{i}]")
     _ = study.runs  # resolve every cell now, so a bad combination fails before anything runs
     return study
 
@@ -334,6 +404,9 @@ def apply_override(raw: Mapping[str, Any], text: str) -> dict[str, Any]:
         # Axis names contain dots themselves: grid.model.width is the axis "model.width", and
         # it replaces an axis the file spells as bare "width" rather than adding a twin.
         axis = key[5:]
+        if isinstance(raw.get("grid"), list):
+            raise StudyError("--set", key, "this study's grid is a list of grids; set "
+                                           "grid=[...] whole, or edit the file")
         grid = {k: v for k, v in (raw.get("grid") or {}).items()
                 if not _same_axis_spelling(k, axis)}
         return deep_merge({**raw, "grid": grid}, {"grid": {axis: value}})
@@ -419,12 +492,12 @@ def _section_fields(spec: StudySpec, section: str) -> dict[str, Any]:
     return {"name": None, **FAMILIES[section].get(name).Config.model_fields}
 
 
-def _axis_path(spec: StudySpec, axis: str, source: str) -> str:
+def _axis_path(spec: StudySpec, axis: str, source: str, prefix: str = "grid") -> str:
     """Full dotted path of a grid axis; a bare name (``width``) is looked up in every section."""
     head, dot, _ = axis.partition(".")
     if dot:
         if head not in SECTIONS:
-            raise StudyError(source, f"grid.{axis}",
+            raise StudyError(source, f"{prefix}.{axis}",
                              f"unknown section {head!r} (allowed: {', '.join(SECTIONS)})")
         return axis
     owners = [s for s in SECTIONS if axis in _section_fields(spec, s)]
@@ -432,11 +505,11 @@ def _axis_path(spec: StudySpec, axis: str, source: str) -> str:
         return f"{owners[0]}.{axis}"
     if owners:
         paths = " or ".join(f"{s}.{axis}" for s in owners)
-        raise StudyError(source, f"grid.{axis}", f"ambiguous; write {paths}")
+        raise StudyError(source, f"{prefix}.{axis}", f"ambiguous; write {paths}")
     described = ", ".join(
         f"{s} {getattr(spec, s).get('name')}" if s != "train" else "train" for s in SECTIONS
     )
-    raise StudyError(source, f"grid.{axis}", f"no setting of that name in {described}")
+    raise StudyError(source, f"{prefix}.{axis}", f"no setting of that name in {described}")
 
 
 def _from_validation(

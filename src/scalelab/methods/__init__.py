@@ -1,6 +1,6 @@
-"""Training/evaluation methods. Importing this package registers the built-in methods."""
+"""Training methods. Importing this package registers the built-in methods."""
 
-from . import standard  # noqa: F401  (registration)
-from ._base import Method
+from . import selection, standard  # noqa: F401  (registration)
+from ._base import Method, StepLoss
 
-__all__ = ["Method"]
+__all__ = ["Method", "StepLoss"]

@@ -1,11 +1,13 @@
 """Method base class: how one training step turns a batch into the loss to minimise.
 
-Methods that change what is trained on (sample selection) or how a model is evaluated
-(test-time augmentation, test-time training) override the hooks; plain training uses the
-do-nothing defaults.
+Methods that change what is trained on (sample selection) override :meth:`Method.step_loss`
+and the other hooks; plain training uses the do-nothing defaults.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +16,47 @@ from torch import nn
 from ..plugin import Plugin
 
 
+@dataclass
+class StepLoss:
+    """One step's loss and what it cost: samples through the forward-with-gradients and
+    backward (``trained``) and through a no-grad scoring forward (``scored``)."""
+
+    loss: torch.Tensor
+    trained: int
+    scored: int = 0
+    trace: dict[str, float] = field(default_factory=dict)  # per-step values worth plotting
+
+
 class Method(Plugin):
     """Plain supervised training: mean cross-entropy of the whole batch."""
+
+    #: True when the method trains with the plain loss, so runs can be stacked (train.batched).
+    batchable: ClassVar[bool] = True
+
+    @property
+    def stackable(self) -> bool:
+        """Whether this configured method can train in a stacked group."""
+        return self.batchable
+
+    def begin(self, n_train: int, total_steps: int, batch: int, seed: int) -> None:
+        """Called once before the first step."""
+
+    def budget(self, total_steps: int, train_flops_per_sample: float,
+               forward_flops_per_sample: float) -> int:
+        """Optimizer steps this run takes (a compute-matched baseline takes fewer); the
+        learning-rate schedule is built for this number."""
+        return total_steps
+
+    def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  index: torch.Tensor, step: int) -> StepLoss:
+        """The loss of one step on the batch ``x, y`` (training-set rows ``index``)."""
+        return StepLoss(self.training_loss(model, x, y), trained=len(y))
 
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over every prediction: one per example (logits (N, C)), or one
         per position for a language model (logits (B, T, vocab), targets (B, T))."""
         return F.cross_entropy(model(x).flatten(0, -2), y.flatten())
+
+    def summary(self) -> dict[str, Any]:
+        """Metrics the method adds to the run's record at the end."""
+        return {}

@@ -55,8 +55,9 @@ def group_key(config: dict[str, Any], pad: bool = False) -> str | None:
     ``paddable`` sizes may differ within a group (they are zero-padded to the largest).
     """
     family = models.get(config["model"]["name"])
-    method = methods.get(config["method"]["name"])
-    if not getattr(family, "batchable", False) or method.training_loss is not Method.training_loss:
+    method = instantiate(methods, config["method"])
+    if not getattr(family, "batchable", False) or not method.stackable \
+            or type(method).training_loss is not Method.training_loss:
         return None
     train = config["train"]
     if train["optimizer"] == "muon" or train["precision"] != "fp32" or train["compile"]:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ScalelabError
+from ..methods import Method
 from ..models import count_parameters
 from ..models.gpt import non_embedding_parameters
 from ..plugin import instantiate
@@ -104,6 +105,9 @@ def train_lm(config: dict[str, Any], dev: torch.device, checkpoint: Path | None)
         train_tokens = train_tokens.pin_memory()
     data = data.to(dev)
     method = instantiate(methods, config["method"])
+    if type(method).step_loss is not Method.step_loss or not method.stackable:
+        raise ScalelabError(f"method {config['method']['name']} is not supported for language "
+                            "models (they train with the plain next-token loss)")
     model = build(config, data).to(dev)
     length = model.context_length
     result = RunResult(COMPLETED, provenance=provenance(dev) | {"world_size": size})

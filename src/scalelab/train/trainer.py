@@ -175,6 +175,8 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
     x, y = data.x_train, data.y_train
     with autocast(dev, cfg):  # counting runs the real kernels once: the warm-up step
         flops_per_step, forward_flops_per_sample = counted_compute(method, model, x, y, batch)
+    total_steps = method.budget(total_steps, flops_per_step / batch, forward_flops_per_sample)
+    method.begin(n, total_steps, batch, config["seed"])
     optimizer = make_optimizer(model, cfg)
     trained = torch.compile(model) if cfg.compile else model
     generator = torch.Generator().manual_seed(config["seed"])
@@ -185,6 +187,7 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
     m.update(n_params=count_parameters(model), batch_size=batch, flops_per_step=flops_per_step)
     best = BestWeights(cfg, total_steps)
     running, running_count, evaluated_samples = torch.zeros((), device=dev), 0, 0
+    trained_samples = scored_samples = 0
     order, cursor, step = torch.empty(0, dtype=torch.long), n, 0
     train_started = time.perf_counter()
     model.train()
@@ -195,7 +198,11 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
         cursor += batch
         step_lr = set_lr(optimizer, lr_factor(step - 1, total_steps, cfg)) * cfg.lr
         with autocast(dev, cfg):
-            loss = method.training_loss(trained, x[index], y[index])
+            out = method.step_loss(trained, x[index], y[index], index, step)
+        loss = out.loss
+        trained_samples += out.trained
+        scored_samples += out.scored
+        result.curves += [(step, name, value) for name, value in out.trace.items()]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
@@ -226,6 +233,14 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
 
     m.update(step_metrics(step, batch, n, flops_per_step), wall_time=train_time,
              stopped_early=m.get("stopped_early", False), best_step=best.step)
+    if not (trained_samples == step * batch and scored_samples == 0):  # selection: what ran
+        scoring = round(scored_samples * forward_flops_per_sample)
+        training = round(trained_samples * flops_per_step / batch)
+        m.update(train_flops=scoring + training, scoring_flops=scoring,
+                 selected_train_flops=training, samples_trained=trained_samples,
+                 samples_scored=scored_samples, full_batch_flops=flops_per_step * step,
+                 flops_saving=1 - (scoring + training) / (flops_per_step * step))
+    m.update(method.summary())
     with autocast(dev, cfg):
         finalize(result, model, data, cfg, best.state, best.step, step, checkpoint,
                  forward_flops_per_sample, evaluated_samples)
@@ -247,7 +262,24 @@ def finalize(result: RunResult, model: nn.Module, data: TaskData, cfg: TrainConf
 
     evaluated_samples += final_metrics(result, model, evaluate_all, cfg, best_state, best_step,
                                        last_step, checkpoint)
+    if result.status == COMPLETED:  # which classes a method helps or hurts
+        result.metrics["test_acc_by_class"] = class_accuracy(model, data.x_test, data.y_test,
+                                                             data.num_classes, cfg.eval_batch_size)
+        evaluated_samples += len(data.y_test)
     result.metrics["eval_flops"] = int(forward_flops_per_sample * evaluated_samples)
+
+
+@torch.no_grad()
+def class_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                   batch_size: int) -> list[float | None]:
+    """Test accuracy of each class (None for a class absent from the test set)."""
+    was_training = model.training
+    model.eval()
+    pred = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(y), batch_size)])
+    model.train(was_training)
+    total = torch.bincount(y, minlength=num_classes)
+    correct = torch.bincount(y[pred == y], minlength=num_classes)
+    return [c / t if t else None for c, t in zip(correct.tolist(), total.tolist())]
 
 
 def final_metrics(result: RunResult, model: nn.Module,

@@ -1,0 +1,308 @@
+"""Adaptive sample selection: train each step on a subset of the batch.
+
+Scoring methods (``ast``, ``topk_loss``) run a no-grad forward over the batch; only the
+selected samples go through the forward-with-gradients and the backward, so the saving is
+real and the trainer counts it (scored and trained samples times their counted per-sample
+FLOPs). ``random`` and ``infobatch`` score nothing. ``full`` trains on everything and, with
+``match_method``, is the compute-matched baseline of a selection run: the same expected
+training FLOPs in fewer steps, its schedule built for that shorter budget.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..plugin import PluginConfig
+from ..registry import methods
+from ._base import Method, StepLoss
+
+
+class Selection(Method):
+    """Base of the selection methods: choose rows of the batch, train on those."""
+
+    batchable = False
+    #: True when choosing needs a no-grad forward over the whole batch.
+    scores: ClassVar[bool] = False
+
+    class Config(PluginConfig):
+        target_rate: float = Field(0.2, gt=0, le=1, description="fraction of each batch trained on")
+
+    def begin(self, n_train: int, total_steps: int, batch: int, seed: int) -> None:
+        self.total_steps, self.batch = total_steps, batch
+        self.generator = torch.Generator().manual_seed(seed + 7919)  # apart from the data order
+        self.rates: list[float] = []
+
+    def choose(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+               step: int) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
+        """(rows to train on, their loss weights or None, trace values)."""
+        raise NotImplementedError
+
+    def step_loss(self, model, x, y, index, step) -> StepLoss:
+        keep, weights, trace = self.choose(model, x, y, index, step)
+        losses = F.cross_entropy(model(x[keep]), y[keep], reduction="none")
+        self.trained_losses(index[keep], losses.detach())
+        if weights is None:
+            loss = losses.mean()
+        else:  # an unbiased estimate of the whole batch's mean loss
+            loss = (losses * weights).sum() / len(y)
+        rate = len(keep) / len(y)
+        self.rates.append(rate)
+        return StepLoss(loss, trained=len(keep), scored=len(y) if self.scores else 0,
+                        trace={"batch_rate": rate, **trace})
+
+    def trained_losses(self, rows: torch.Tensor, losses: torch.Tensor) -> None:
+        """The per-sample losses of the rows just trained on (InfoBatch keeps them)."""
+
+    def summary(self) -> dict[str, Any]:
+        rates = np.array(self.rates)
+        second = rates[len(rates) // 2:] if len(rates) else rates
+        return {"target_rate": self.config.target_rate,
+                "activation_rate": float(rates.mean()) if len(rates) else None,
+                "activation_rate_2nd_half": float(second.mean()) if len(second) else None,
+                "nominal_saving": 1 - self.config.target_rate}
+
+    def k(self, batch: int) -> int:
+        return max(1, round(self.config.target_rate * batch))
+
+
+@torch.no_grad()
+def scoring_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of the batch without building a graph (the scoring pass)."""
+    return model(x).float()
+
+
+def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+@methods.register("random")
+class Random(Selection):
+    """A uniform random subset at the target rate every step (the 'fewer samples' control)."""
+
+    def choose(self, model, x, y, index, step):
+        order = torch.randperm(len(y), generator=self.generator)[: self.k(len(y))]
+        return order.sort().values.to(x.device), None, {}
+
+
+@methods.register("topk_loss")
+class TopKLoss(Selection):
+    """The highest-loss fraction of each batch (selective backprop), from a no-grad forward."""
+
+    scores = True
+
+    def choose(self, model, x, y, index, step):
+        losses = per_sample_loss(scoring_forward(model, x), y)
+        return losses.topk(self.k(len(y))).indices.sort().values, None, {}
+
+
+SCORING_PRESETS = {  # (loss, intensity, entropy, gradient proxy) weights
+    "loss": (1.0, 0.0, 0.0, 0.0),
+    "loss+intensity": (0.7, 0.3, 0.0, 0.0),
+    "loss+grad": (0.7, 0.0, 0.0, 0.3),
+    "loss+entropy": (0.7, 0.0, 0.3, 0.0),
+}
+
+
+@methods.register("ast")
+class AST(Selection):
+    """Adaptive Sparse Training: significance above a PI-controlled threshold is trained on."""
+
+    scores = True
+
+    class Config(Selection.Config):
+        scoring: Literal["loss", "loss+intensity", "loss+grad", "loss+entropy", "custom"] = Field(
+            "loss+intensity", description="significance mix preset; custom uses the w_* weights")
+        w_loss: float = Field(0.7, ge=0, description="weight of the normalised loss (custom)")
+        w_intensity: float = Field(0.3, ge=0, description="weight of input std (custom)")
+        w_entropy: float = Field(0.0, ge=0, description="weight of prediction entropy (custom)")
+        w_grad: float = Field(0.0, ge=0, description="weight of |softmax - onehot| (custom)")
+        kp: float = Field(2.0, ge=0, description="proportional gain on the rate error")
+        ki: float = Field(0.2, ge=0, description="integral gain on the summed rate error")
+        ema: float = Field(0.9, ge=0, lt=1, description="EMA factor of the activation rate")
+        theta_init: float = Field(1.0, description="threshold with zero error and integral")
+        theta_min: float = Field(0.0, description="lower bound of the threshold")
+        theta_max: float = Field(10.0, description="upper bound of the threshold")
+        integral_limit: float = Field(50.0, gt=0, description="clamp of the integral term")
+        min_active: float = Field(
+            0.5, gt=0, le=1, description="top-k fallback below this fraction of the target")
+
+        @model_validator(mode="after")
+        def _weights(self):
+            if self.theta_min >= self.theta_max:
+                raise ValueError("theta_min must be below theta_max")
+            if self.scoring == "custom" and not (self.w_loss + self.w_intensity + self.w_entropy
+                                                 + self.w_grad):
+                raise ValueError("custom scoring needs at least one positive weight")
+            return self
+
+    def begin(self, n_train, total_steps, batch, seed):
+        super().begin(n_train, total_steps, batch, seed)
+        c = self.config
+        self.controller = PIController(c.target_rate, c.kp, c.ki, c.ema, c.theta_init,
+                                       c.theta_min, c.theta_max, c.integral_limit)
+        weights = SCORING_PRESETS.get(c.scoring) or (c.w_loss, c.w_intensity, c.w_entropy,
+                                                      c.w_grad)
+        self.weights = [w / sum(weights) for w in weights]
+
+    def significance(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Weighted mix of batch-mean-normalised loss, input intensity, entropy and gradient
+        proxy (each averages 1 over the batch, so the threshold is in units of the mean)."""
+        logits = scoring_forward(model, x)
+        probs = logits.softmax(1)
+        parts = []
+        w_loss, w_intensity, w_entropy, w_grad = self.weights
+        if w_loss:
+            parts.append((w_loss, per_sample_loss(logits, y)))
+        if w_intensity:
+            parts.append((w_intensity, x.flatten(1).float().std(1)))
+        if w_entropy:
+            parts.append((w_entropy, -(probs * probs.clamp_min(1e-12).log()).sum(1)))
+        if w_grad:
+            onehot = F.one_hot(y, probs.shape[1]).float()
+            parts.append((w_grad, (probs - onehot).norm(dim=1)))
+        return sum(w * part / part.mean().clamp_min(1e-12) for w, part in parts)
+
+    def choose(self, model, x, y, index, step):
+        score = self.significance(model, x, y)
+        theta = self.controller.theta
+        keep = (score > theta).nonzero().squeeze(1)
+        fallback = len(keep) < math.ceil(self.config.min_active * self.config.target_rate * len(y))
+        if fallback:
+            keep = score.topk(self.k(len(y))).indices.sort().values
+        self.controller.update(len(keep) / len(y))
+        return keep, None, {"theta": theta, "ema_rate": self.controller.ema,
+                            "error": self.controller.error, "fallback": float(fallback)}
+
+    def summary(self):
+        return super().summary() | self.controller.metrics(self.rates)
+
+
+class PIController:
+    """Moves the threshold so the EMA of the activation rate tracks the target.
+
+    Positional PI: theta = theta_init + kp * e + ki * sum(e), with e = EMA rate - target (more
+    samples active than wanted raises the threshold). Anti-windup: the integral is clamped
+    and stops accumulating while the threshold sits at a bound.
+    """
+
+    def __init__(self, target: float, kp: float, ki: float, ema: float, theta_init: float,
+                 theta_min: float, theta_max: float, integral_limit: float):
+        self.target, self.kp, self.ki, self.beta = target, kp, ki, ema
+        self.theta_init, self.bounds, self.limit = theta_init, (theta_min, theta_max), integral_limit
+        self.theta, self.ema, self.integral, self.error = theta_init, target, 0.0, 0.0
+        self.emas: list[float] = []
+
+    def update(self, rate: float) -> float:
+        self.ema = self.beta * self.ema + (1 - self.beta) * rate
+        self.error = self.ema - self.target
+        integral = min(self.limit, max(-self.limit, self.integral + self.error))
+        unclamped = self.theta_init + self.kp * self.error + self.ki * integral
+        lo, hi = self.bounds
+        if lo <= unclamped <= hi:
+            self.integral = integral  # anti-windup: no integration while saturated
+        self.theta = min(hi, max(lo, self.theta_init + self.kp * self.error
+                                 + self.ki * self.integral))
+        self.emas.append(self.ema)
+        return self.theta
+
+    def metrics(self, rates: list[float], band: float = 0.02) -> dict[str, Any]:
+        """Settling step (after it the EMA stays within ``band`` of the target), overshoot
+        (largest excursion past the target after first reaching it, as a fraction of the
+        target) and steady-state error (mean batch rate over the second half - target)."""
+        emas = np.array(self.emas)
+        if not len(emas):
+            return {}
+        outside = np.nonzero(np.abs(emas - self.target) > band)[0]
+        settled = 0 if not len(outside) else int(outside[-1]) + 1
+        side = np.sign(emas[0] - self.target) or 1.0
+        crossed = np.nonzero(np.sign(emas - self.target) != side)[0]
+        overshoot = float(np.max(np.abs(emas[crossed[0]:] - self.target)) / self.target) \
+            if len(crossed) else 0.0
+        second = np.array(rates[len(rates) // 2:])
+        return {"settling_step": settled + 1 if settled < len(emas) else None,
+                "overshoot": overshoot,
+                "steady_state_error": float(second.mean() - self.target)}
+
+
+@methods.register("infobatch")
+class InfoBatch(Selection):
+    """InfoBatch: prune part of the below-mean-loss samples at random, reweight the rest.
+
+    Applied per batch (not per epoch, so every method takes the same steps and differs in
+    samples per step): of the batch's samples whose last loss is below the mean of all seen
+    losses, a random m are pruned, sized to reach the target rate but at most ``max_prune``
+    of them; the kept ones are weighted n_below / (n_below - m), which keeps the batch loss an
+    unbiased estimate. The final ``anneal`` fraction of steps trains on everything.
+    """
+
+    class Config(Selection.Config):
+        max_prune: float = Field(0.9, gt=0, lt=1, description="largest pruned share of the "
+                                                               "below-mean samples")
+        anneal: float = Field(0.125, ge=0, le=1, description="final fraction of steps on all data")
+
+    def begin(self, n_train, total_steps, batch, seed):
+        super().begin(n_train, total_steps, batch, seed)
+        self.last_loss = torch.full((n_train,), math.inf)  # inf: never trained on, never pruned
+
+    def choose(self, model, x, y, index, step):
+        rows = torch.arange(len(y))
+        if step > (1 - self.config.anneal) * self.total_steps:
+            return rows.to(x.device), None, {"prune_ratio": 0.0}
+        last = self.last_loss[index.cpu()]
+        seen = torch.isfinite(self.last_loss)
+        if not seen.any():
+            return rows.to(x.device), None, {"prune_ratio": 0.0}
+        below = (last < self.last_loss[seen].mean()).nonzero().squeeze(1)
+        wanted = len(y) - self.k(len(y))
+        m = min(wanted, math.floor(self.config.max_prune * len(below)))
+        if m <= 0:
+            return rows.to(x.device), None, {"prune_ratio": 0.0}
+        pruned = below[torch.randperm(len(below), generator=self.generator)[:m]]
+        mask = torch.ones(len(y), dtype=torch.bool)
+        mask[pruned] = False
+        keep = rows[mask]
+        weights = torch.ones(len(y))
+        weights[below] = len(below) / (len(below) - m)
+        return keep.to(x.device), weights[keep].to(x.device), {"prune_ratio": m / len(below)}
+
+    def trained_losses(self, rows, losses):
+        self.last_loss[rows.cpu()] = losses.float().cpu()
+
+
+@methods.register("full")
+class Full(Method):
+    """Every sample of every batch; with match_method, the compute-matched baseline of a
+    selection run (its expected FLOPs, in fewer steps with the schedule rebuilt for them)."""
+
+    class Config(PluginConfig):
+        match_method: Literal["ast", "topk_loss", "random", "infobatch"] | None = Field(
+            None, description="selection method whose compute this run matches")
+        match_rate: float | None = Field(None, gt=0, le=1, description="its target rate")
+
+        @model_validator(mode="after")
+        def _both(self):
+            if (self.match_method is None) != (self.match_rate is None):
+                raise ValueError("give match_method and match_rate together")
+            return self
+
+    def budget(self, total_steps, train_flops_per_sample, forward_flops_per_sample):
+        c = self.config
+        if c.match_method is None:
+            return total_steps
+        # A selection step trains rate * batch samples and, if it scores, runs a forward
+        # over the whole batch: that fraction of a full step's FLOPs.
+        fraction = c.match_rate
+        if methods.get(c.match_method).scores:
+            fraction += forward_flops_per_sample / train_flops_per_sample
+        return max(1, round(total_steps * min(1.0, fraction)))
+
+    @property
+    def stackable(self) -> bool:
+        return self.config.match_method is None  # the batched trainer has no step budgets

@@ -217,7 +217,9 @@ class Study:
 
     def axis_labels(self) -> dict[str, str]:
         """Short column names: the last path segment unless two axes share it."""
-        last = [p.rsplit(".", 1)[-1] for p in self.axes]
+        # A plug-in's name axis (method.name) is labelled by its section (method).
+        last = [p.split(".")[0] if p in ("task.name", "model.name", "method.name")
+                else p.rsplit(".", 1)[-1] for p in self.axes]
         return {p: (s if last.count(s) == 1 else p) for p, s in zip(self.axes, last)}
 
     @cached_property
@@ -240,6 +242,7 @@ class Study:
                     point = {label: assignment.get(p) for p, label in labels.items()}
                     runs.append(RunSpec(rid, config, point | {"seed": seed}))
         if self.spec.baselines:
+            runs = [RunSpec(r.run_id, r.config, r.point | {"matched_to": None}) for r in runs]
             runs += self._baseline_runs(runs, labels)
         return runs
 

@@ -26,6 +26,7 @@ from .laws import (
     select_form,
 )
 from .select import Winner, best_over_nuisance
+from .selection import SelectionAnalysis, analyze_selection
 from .stats import Comparison, compare
 
 DATA_PATHS, METHOD_PATH = ("task.num_train", "task.num_train_tokens"), "method.name"
@@ -69,6 +70,7 @@ class StudyAnalysis:
     comparisons: list[Comparison]
     notes: list[str]
     selected: list[dict[str, Any]]
+    selection: SelectionAnalysis | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "metric": self.metric, "size": self.size,
@@ -76,7 +78,8 @@ class StudyAnalysis:
                 "scientific_axes": self.scientific, "nuisance_axes": self.nuisance,
                 "fits": [f.to_dict() for f in self.fits],
                 "winners": [w.to_dict() for w in self.winners],
-                "comparisons": [c.to_dict() for c in self.comparisons], "notes": self.notes}
+                "comparisons": [c.to_dict() for c in self.comparisons], "notes": self.notes,
+                "selection": self.selection.to_dict() if self.selection else None}
 
 
 def per_shape_optimum(records: Sequence[dict[str, Any]], meta: dict[str, str]
@@ -135,7 +138,10 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
     fits = [f for f in fits if f is not None]
 
     comparisons: list[Comparison] = []
-    if method_axis:
+    selection = analyze_selection(records, compare_metric)
+    if selection:  # selection studies compare each cell with its own baselines
+        notes += selection.notes
+    elif method_axis:
         values = [str(v) for v in grid.get(method_axis, [])]
         baseline = "standard" if "standard" in values else (values[0] if values else "")
         within = [a for a in scientific if a != method_axis]
@@ -152,7 +158,7 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
         compute=compute, scientific=scientific, nuisance=nuisance,
         table=_results_table(selected, scientific, size, metric, compare_metric),
         winners=winners, fits=fits, comparisons=comparisons, notes=notes,
-        selected=selected if done else [],
+        selected=selected if done else [], selection=selection,
     )
 
 

@@ -112,7 +112,7 @@ def axis_figure(table: Sequence[dict[str, Any]], metric: str, x_axis: str,
     fig, ax = _figure()
     lines: dict[Any, list[tuple]] = defaultdict(list)
     for row in table:
-        if row.get(metric) is None:
+        if row.get(metric) is None or row.get(x_axis) is None:
             continue
         lines[row.get(line_axis) if line_axis else None].append(
             (row[x_axis], row[metric], row.get(f"{metric}_std") or 0.0))
@@ -185,4 +185,62 @@ def curves_figure(curves: Sequence[dict[str, Any]], records: Sequence[dict[str, 
         shown.add(key)
     _log_y(ax)
     _finish(ax, "step", name, bool(color_axis))
+    return fig
+
+
+def pareto_figure(points: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]],
+                  metric: str) -> Figure:
+    """Mean metric of every selection cell and baseline against its realized training FLOPs,
+    with the Pareto front (no point has both less compute and a better metric)."""
+    fig, ax = _figure()
+    methods = sorted({p["method"] for p in points})
+    for i, method in enumerate(methods):
+        pts = [p for p in points if p["method"] == method and p["flops"] and p["metric"]]
+        ax.scatter([p["flops"] for p in pts], [p["metric"] for p in pts], s=22,
+                   color=f"C{i % 10}", label=method, zorder=3)
+    ax.plot([p["flops"] for p in front], [p["metric"] for p in front], color="gray", lw=1,
+            ls="--", label="Pareto front")
+    ax.set_xscale("log")
+    _finish(ax, "train_flops", metric, True)
+    return fig
+
+
+def traces_figure(curves: Sequence[dict[str, Any]], runs: dict[str, str],
+                  targets: dict[str, float]) -> Figure:
+    """The controller's threshold and EMA activation rate over training, one run per label."""
+    fig = Figure(figsize=(6.0, 5.0), dpi=STYLE["dpi"], layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for i, (run_id, run_label) in enumerate(runs.items()):
+        color = f"C{i % 10}"
+        for ax, name in ((top, "ema_rate"), (bottom, "theta")):
+            pts = sorted((c["step"], c["value"]) for c in curves
+                         if c["run_id"] == run_id and c["name"] == name)
+            if pts:
+                steps, vals = zip(*pts)
+                ax.plot(steps, vals, color=color, lw=0.8, label=run_label)
+        top.axhline(targets[run_id], color=color, lw=0.8, ls=":")
+    top.set_ylabel("EMA activation rate (dotted: target)")
+    bottom.set_ylabel("threshold θ")
+    bottom.set_xlabel(label("step"))
+    top.legend(fontsize=7)
+    for ax in (top, bottom):
+        ax.grid(True, alpha=0.25)
+    return fig
+
+
+def class_figure(rows: Sequence[tuple[str, list[tuple[int, float, float, float]]]]) -> Figure:
+    """Per-class test-accuracy difference to the compute-matched baseline (rows: cells)."""
+    fig = Figure(figsize=(6.0, 1.2 + 0.3 * len(rows)), dpi=STYLE["dpi"], layout="constrained")
+    ax = fig.subplots()
+    classes = max(len(diffs) for _, diffs in rows)
+    grid = np.full((len(rows), classes), np.nan)
+    for i, (_, diffs) in enumerate(rows):
+        for c, d, _lo, _hi in diffs:
+            grid[i, c] = d
+    bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    image = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=7)
+    ax.set_xticks(range(classes))
+    ax.set_xlabel("class")
+    fig.colorbar(image, ax=ax, label="accuracy difference vs compute-matched full")
     return fig

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..analysis.selection import KINDS, SelectionAnalysis, pareto_front
 from ..analysis.study import StudyAnalysis, analyze_study
 from ..output import fmt_value
 from ..store import Store
@@ -54,7 +55,7 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
                         f"{a.compute['samples_seen']:.3g} samples seen. Scientific axes: "
                         f"{', '.join(a.scientific) or 'none'}; nuisance axes (tuned per shape on "
                         f"validation loss): {', '.join(a.nuisance) or 'none'}."))
-    if a.table:
+    if a.table and not a.selection:  # a selection study's results are its own section
         blocks.append(("h2", "Results"))
         cols = [*a.scientific, a.size, a.metric, a.compare_metric, "runs"]
         rows = [[r.get(c) if c not in (a.metric, a.compare_metric) else _pm(r, c) for c in cols]
@@ -92,11 +93,13 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
                            [[r["flops"], r["N_opt"], _ci(r["N_opt_ci"]), r["D_opt"],
                              _ci(r["D_opt_ci"])] for r in entry.allocation]))
         figure(plots.law_figure(entry), f"law_{i}", entry.title)
+    if a.selection:
+        _selection_blocks(a.selection, records, curves, blocks, figure)
     if a.comparisons:
         blocks.append(("h2", "Comparisons"))
         blocks.append(("table", *_comparison_rows(a)))
         figure(plots.forest_figure(a.comparisons), "forest", "difference to the baseline")
-    if a.table and a.scientific:
+    if a.table and a.scientific and not a.selection:
         blocks.append(("h2", "Metrics along each axis"))
         for axis in a.scientific:
             other = next((o for o in a.scientific if o != axis), None)
@@ -126,8 +129,72 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
     return report
 
 
+def _selection_blocks(sel: SelectionAnalysis, records, curves, blocks: list, figure) -> None:
+    """Each selection cell against full data at equal steps, the compute-matched full run and
+    a random subset at the same rate; the Pareto front; controller traces; per-class effects."""
+    blocks.append(("h2", "Sample selection"))
+    blocks.append(("p", f"{sel.metric} per method and target rate (mean ± std over seeds). "
+                        "Compute is the counted training FLOPs actually spent (scoring forward "
+                        "plus forward/backward of the selected samples) and wall time the "
+                        "measured training time, both as a fraction of full data at the same "
+                        "steps. Differences are paired by seed; p (Holm) adjusts over every "
+                        "test in this table; d_z is Cohen's paired effect size."))
+    headers = ["method", "rate", "scoring", "seeds", sel.metric, "compute", "matched run's compute",
+               "wall", "activation (2nd half)"]
+    for kind in KINDS:
+        headers += [f"Δ vs {KINDS[kind]} [CI]", "p", "p (Holm)", "d_z"]
+    rows = []
+    for cell in sel.cells:
+        row = [cell.method, cell.rate, cell.scoring or "—", cell.seeds,
+               _pm({"m": cell.metric_mean, "m_std": cell.metric_std}, "m"),
+               cell.compute_fraction, cell.matched_compute, cell.wall_fraction,
+               f"{cell.activation[0]:.3f}–{cell.activation[1]:.3f}" if cell.activation else "—"]
+        for kind in KINDS:
+            c = cell.comparisons.get(kind)
+            row += [f"{c.mean_diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]", c.p_value,
+                    c.p_holm, c.effect_size] if c else ["—", None, None, None]
+        rows.append(row)
+    blocks.append(("table", headers, rows))
+    controlled = [c for c in sel.cells if c.controller]
+    if controlled:
+        blocks.append(("p", "Threshold controller (means over seeds): settling step = first step "
+                            "after which the EMA activation rate stays within ±0.02 of the "
+                            "target; overshoot as a fraction of the target; steady-state error "
+                            "= mean batch rate over the second half − target."))
+        blocks.append(("table", ["cell", "settling step", "overshoot", "steady-state error"],
+                       [[c.label, c.controller.get("settling_step"), c.controller.get("overshoot"),
+                         c.controller.get("steady_state_error")] for c in controlled]))
+    front = pareto_front(sel.points)
+    figure(plots.pareto_figure(sel.points, front, sel.metric), "selection_pareto",
+           f"{plots.label(sel.metric)} against realized training compute; Pareto front: "
+           + ", ".join(p["label"] for p in front))
+    traced = {}
+    for r in records:
+        if r.get("method.name") == "ast" and r.get("seed") == min(
+                x.get("seed") for x in records) and r.get("status") == "completed":
+            traced[r["run_id"]] = f"ast@{r['method.target_rate']:g} ({r.get('method.scoring')})"
+    if traced:
+        targets = {r["run_id"]: r["method.target_rate"] for r in records if r["run_id"] in traced}
+        figure(plots.traces_figure(curves, traced, targets), "selection_traces",
+               "AST threshold controller, first seed of each cell")
+    with_classes = [(c.label, c.class_diffs) for c in sel.cells if c.class_diffs]
+    if with_classes:
+        figure(plots.class_figure(with_classes), "selection_classes",
+               "per-class test accuracy difference to the compute-matched full run")
+        blocks.append(("table", ["cell", "classes that gain (CI > 0)", "classes that lose (CI < 0)"],
+                       [[name, ", ".join(str(c) for c, _, lo, _ in diffs if lo > 0) or "—",
+                         ", ".join(str(c) for c, _, _, hi in diffs if hi < 0) or "—"]
+                        for name, diffs in with_classes]))
+
+
+def _comparisons(a: StudyAnalysis) -> list:
+    if a.selection:
+        return [c for cell in a.selection.cells for c in cell.comparisons.values()]
+    return a.comparisons
+
+
 def comparison_text(analysis: StudyAnalysis) -> str:
-    if not analysis.comparisons:
+    if not _comparisons(analysis):
         return "no comparisons in this study (it has no method axis)\n"
     headers, rows = _comparison_rows(analysis)
     cells = [headers, *[[fmt_value(v) for v in row] for row in rows]]
@@ -140,7 +207,7 @@ def _comparison_rows(a: StudyAnalysis) -> tuple[list[str], list[list[Any]]]:
                "p (t)", "p (Wilcoxon)", "p (Holm)", "effect", "effect size"]
     rows = [[c.candidate, c.baseline, c.metric, c.n_candidate, c.mean_diff, c.ci_low, c.ci_high,
              c.p_value, c.wilcoxon_p, c.p_holm, c.effect_name, c.effect_size]
-            for c in a.comparisons]
+            for c in _comparisons(a)]
     return headers, rows
 
 

@@ -1,0 +1,193 @@
+"""What a sample-selection study shows: each method and rate against its fair baselines.
+
+Every selection cell (method, target rate, scoring) is compared, paired by seed, with full
+data at the same steps, with the compute-matched full run and with a random subset at the
+same rate; Holm's adjustment runs over all of those tests together. Compute is what the
+runs counted (scored and trained samples times counted per-sample FLOPs), wall time what
+they measured.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ScalelabError
+from .stats import Comparison, holm, paired
+
+KINDS = {"equal_compute": "full, compute-matched", "equal_steps": "full, same steps",
+         "random": "random, same rate"}
+
+
+@dataclass
+class SelectionCell:
+    method: str
+    rate: float
+    scoring: str | None
+    seeds: int
+    metric_mean: float
+    metric_std: float | None
+    compute_fraction: float | None     # realized training FLOPs / full data at the same steps
+    wall_fraction: float | None        # measured training wall time / full at the same steps
+    activation: tuple[float, float] | None  # min and max over seeds of the 2nd-half rate
+    matched_compute: float | None = None     # the compute-matched run's compute fraction
+    controller: dict[str, float | None] = field(default_factory=dict)
+    comparisons: dict[str, Comparison] = field(default_factory=dict)
+    class_diffs: list[tuple[int, float, float, float]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        scoring = f" ({self.scoring})" if self.scoring else ""
+        return f"{self.method}@{self.rate:g}{scoring}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "rate": self.rate, "scoring": self.scoring,
+                "seeds": self.seeds, "metric_mean": self.metric_mean,
+                "metric_std": self.metric_std, "compute_fraction": self.compute_fraction,
+                "wall_fraction": self.wall_fraction, "activation_2nd_half": self.activation,
+                "matched_compute_fraction": self.matched_compute,
+                "controller": self.controller,
+                "comparisons": {k: c.to_dict() for k, c in self.comparisons.items()},
+                "class_diffs_vs_matched": [
+                    {"class": c, "diff": d, "ci_low": lo, "ci_high": hi}
+                    for c, d, lo, hi in self.class_diffs]}
+
+
+@dataclass
+class SelectionAnalysis:
+    metric: str
+    cells: list[SelectionCell]
+    points: list[dict[str, Any]]   # every cell and baseline: mean compute and metric (Pareto)
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "cells": [c.to_dict() for c in self.cells],
+                "points": self.points, "notes": self.notes}
+
+
+def _is_selection(r: dict[str, Any]) -> bool:
+    return r.get("method.target_rate") is not None
+
+
+def _role(r: dict[str, Any]) -> tuple:
+    name = r.get("method.name")
+    if _is_selection(r):
+        return ("cell", name, r["method.target_rate"], r.get("method.scoring"))
+    if name == "full" and r.get("method.match_method"):
+        return ("matched", r["method.match_method"], r["method.match_rate"])
+    if name in ("full", "standard"):
+        return ("full",)
+    return ("other", name)
+
+
+def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc",
+                      level: float = 0.95) -> SelectionAnalysis | None:
+    """None when the study has no selection runs."""
+    done = [r for r in records if r.get("status") == "completed" and r.get(metric) is not None]
+    if not any(_is_selection(r) for r in done):
+        return None
+    by_role: dict[tuple, dict[Any, dict]] = defaultdict(dict)
+    for r in done:
+        by_role[_role(r)][r.get("seed")] = r
+    full = by_role.get(("full",), {})
+    full_flops = _mean(full.values(), "train_flops")
+    full_wall = _mean(full.values(), "wall_time")
+    notes: list[str] = []
+    if not full:
+        notes.append("no full-data run at the same steps: add `baselines: [full]`; compute "
+                     "fractions are left out")
+    cells: list[SelectionCell] = []
+    all_comparisons: list[Comparison] = []
+    for role in sorted((k for k in by_role if k[0] == "cell"), key=str):
+        _, method, rate, scoring = role
+        runs = by_role[role]
+        values = [r[metric] for r in runs.values()]
+        cell = SelectionCell(
+            method, rate, scoring, len(runs), float(np.mean(values)),
+            float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            _mean(runs.values(), "train_flops") / full_flops if full_flops else None,
+            _mean(runs.values(), "wall_time") / full_wall if full_wall else None,
+            _range(runs.values(), "activation_rate_2nd_half"),
+            {k: _mean(runs.values(), k) for k in ("settling_step", "overshoot",
+                                                   "steady_state_error")
+             if any(r.get(k) is not None for r in runs.values())})
+        partners = {"equal_compute": by_role.get(("matched", method, rate), {}),
+                    "equal_steps": full,
+                    "random": by_role.get(("cell", "random", rate, None), {})
+                    if method != "random" else {}}
+        for kind, baseline in partners.items():
+            seeds = sorted(set(runs) & set(baseline), key=str)
+            if len(seeds) < 2:
+                continue
+            try:
+                cell.comparisons[kind] = paired(
+                    [runs[s][metric] for s in seeds], [baseline[s][metric] for s in seeds],
+                    level=level, names=(cell.label, KINDS[kind]), metric=metric,
+                    n_resamples=2000)
+            except ScalelabError as exc:
+                notes.append(f"{cell.label} vs {KINDS[kind]}: {exc}")
+                continue
+            all_comparisons.append(cell.comparisons[kind])
+        cell.class_diffs = _class_diffs(runs, partners["equal_compute"], level)
+        matched_flops = _mean(partners["equal_compute"].values(), "train_flops")
+        if matched_flops and full_flops:
+            cell.matched_compute = matched_flops / full_flops
+            if abs(cell.compute_fraction / cell.matched_compute - 1) > 0.1:
+                notes.append(
+                    f"{cell.label} spent {cell.compute_fraction:.2f} of full compute, its "
+                    f"compute-matched run {cell.matched_compute:.2f} (planned from the target "
+                    "rate): that equal-compute comparison is not matched; compare on the "
+                    "Pareto figure instead")
+        cells.append(cell)
+    for c, p in zip(all_comparisons, holm([c.p_value for c in all_comparisons])):
+        c.p_holm = float(p)
+    points = [{"label": cell.label, "method": cell.method, "flops": _mean(
+        by_role[("cell", cell.method, cell.rate, cell.scoring)].values(), "train_flops"),
+        "metric": cell.metric_mean} for cell in cells]
+    for role, runs in by_role.items():
+        if role[0] in ("full", "matched"):
+            label = "full" if role[0] == "full" else f"full≈{role[1]}@{role[2]:g}"
+            points.append({"label": label, "method": "full", "flops": _mean(runs.values(),
+                                                                            "train_flops"),
+                           "metric": _mean(runs.values(), metric)})
+    return SelectionAnalysis(metric, cells, points, notes)
+
+
+def pareto_front(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points no other point beats on both less compute and a higher metric."""
+    ordered = sorted(points, key=lambda p: (p["flops"], -p["metric"]))
+    front, best = [], -np.inf
+    for p in ordered:
+        if p["metric"] > best:
+            front.append(p)
+            best = p["metric"]
+    return front
+
+
+def _class_diffs(runs: dict, baseline: dict, level: float) -> list[tuple[int, float, float, float]]:
+    """Per-class test accuracy difference to the baseline, paired by seed, with t CIs."""
+    seeds = sorted(set(runs) & set(baseline), key=str)
+    if len(seeds) < 2 or not all(runs[s].get("test_acc_by_class") and
+                                 baseline[s].get("test_acc_by_class") for s in seeds):
+        return []
+    a = np.array([runs[s]["test_acc_by_class"] for s in seeds], dtype=float)
+    b = np.array([baseline[s]["test_acc_by_class"] for s in seeds], dtype=float)
+    out = []
+    for c in range(a.shape[1]):
+        comparison = paired(a[:, c], b[:, c], level=level, n_resamples=200)
+        out.append((c, comparison.mean_diff, comparison.ci_low, comparison.ci_high))
+    return out
+
+
+def _mean(rows, key) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _range(rows, key) -> tuple[float, float] | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return (float(min(vals)), float(max(vals))) if vals else None

@@ -1,6 +1,7 @@
 """Batched training behaves like training each run alone; grouping never mixes shapes."""
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -98,9 +99,9 @@ def test_grouping_never_mixes_incompatible_runs():
     same_shape = study(grid={"lr": [0.01, 0.02]}, seeds=[0, 1, 2, 3]).runs
     per_run = estimate_bytes(same_shape[0].config)
     small = plan_groups(same_shape, memory_mb=3.5 * per_run / 2**20)
-    assert sorted(len(g) for g in small) == [1, 1, 3, 3]  # a chunk of 2 trains one by one
-    assert sorted(len(g) for g in plan_groups(same_shape, min_runs=2,
-                                              memory_mb=3.5 * per_run / 2**20)) == [2, 3, 3]
+    assert sorted(len(g) for g in small) == [2, 3, 3]  # an MLP pair is worth stacking
+    assert sorted(len(g) for g in plan_groups(same_shape, min_runs=3,  # a pair trains one by one
+                                              memory_mb=3.5 * per_run / 2**20)) == [1, 1, 3, 3]
     assert {r.run_id for g in small for r in g} == {r.run_id for r in same_shape}
 
 
@@ -139,3 +140,22 @@ def test_a_schema_1_store_gains_the_group_column(tmp_path):
     with Store.open(tmp_path) as store:
         assert store.records()[0]["batch_group"] is None
         assert store.meta()["schema_version"] == "2"
+
+
+def test_quickstart_trains_batched_by_default_and_matches_unbatched(tmp_path):
+    """The quickstart's seed pairs train as stacked groups; same seeds, same losses."""
+    import scalelab
+
+    quickstart = Path(__file__).parent.parent / "studies" / "quickstart.yaml"
+    overrides = ["seeds=2", "train.max_steps=200"]
+    batched = scalelab.run(quickstart, quick=True, out=tmp_path / "batched", device="cpu",
+                           overrides=overrides)
+    alone = scalelab.run(quickstart, quick=True, out=tmp_path / "alone", device="cpu",
+                         overrides=[*overrides, "batch_runs=off"])
+    assert batched.ok and alone.ok
+    together = {r["run_id"]: r for r in scalelab.api.records(tmp_path / "batched")}
+    single = {r["run_id"]: r for r in scalelab.api.records(tmp_path / "alone")}
+    assert len(together) == 8 and all(r["batch_group"] for r in together.values())
+    assert not any(r["batch_group"] for r in single.values())
+    for run_id, r in together.items():  # batch_runs is not part of a run's identity
+        assert r["test_loss"] == pytest.approx(single[run_id]["test_loss"], rel=1e-4)

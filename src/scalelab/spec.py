@@ -123,8 +123,8 @@ class StudySpec(StrictModel):
     batch_runs: Literal["auto", "off"] = Field(
         "auto", description="train runs that differ only in seed/lr/wd/betas/momentum together")
     batch_memory_mb: float = Field(1024, gt=0, description="memory limit of one batched group")
-    batch_min_runs: int = Field(
-        3, ge=2, description="smallest group worth stacking (pairs measured slower on a CPU)")
+    batch_min_runs: int | None = Field(
+        None, ge=2, description="smallest group worth stacking (default: the model family's)")
     batch_pad: bool = Field(
         False, description="zero-pad sizes (MLP width) so runs of different widths share a group")
     baselines: list[Literal["full", "matched_full", "random"]] = Field(

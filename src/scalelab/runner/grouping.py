@@ -14,12 +14,12 @@ from ..train.batched import group_key, padded_model_config
 
 
 def plan_groups(runs: Sequence[RunSpec], mode: str = "auto", memory_mb: float = 1024,
-                min_runs: int = 3, pad: bool = False) -> list[list[RunSpec]]:
+                min_runs: int | None = None, pad: bool = False) -> list[list[RunSpec]]:
     """Runs partitioned into training groups (singletons when ``mode == "off"``).
 
-    Groups smaller than ``min_runs`` train one run at a time: on 2 CPU cores a stacked pair
-    ran slower than the same two runs alone (0.8x at width 128), while 4 runs gained 1.2-2.7x.
-    ``pad`` lets runs of different widths share a group (see ``batch_pad`` in the README).
+    Groups smaller than ``min_runs`` (default: the model family's ``min_batch_group``) train
+    one run at a time. ``pad`` lets runs of different widths share a group (see
+    ``batch_pad`` in the README).
     """
     if mode == "off":
         return [[r] for r in runs]
@@ -36,7 +36,8 @@ def plan_groups(runs: Sequence[RunSpec], mode: str = "auto", memory_mb: float = 
         largest = {**members[0].config, "model": padded_model_config([m.config for m in members])}
         cap = max(1, int(memory_mb * 2**20 // estimate_bytes(largest)))
         for chunk in (members[i:i + cap] for i in range(0, len(members), cap)):
-            groups += [chunk] if len(chunk) >= min_runs else [[r] for r in chunk]
+            smallest = min_runs or models.get(members[0].config["model"]["name"]).min_batch_group
+            groups += [chunk] if len(chunk) >= smallest else [[r] for r in chunk]
     return groups + singles
 
 

@@ -119,17 +119,29 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
 
     padded = instantiate(models, padded_model_config(configs)).build(
         data.input_shape, data.num_classes).to(dev)
-    params, buffers = _stack_padded(padded, modules)
-    names = list(params)
-    tensors = [params[k] for k in names]
+    stacked, buffers = _stack_padded(padded, modules)
+    # One (runs, all parameters) leaf: the optimizer update is a handful of whole-group ops
+    # instead of a dozen per parameter tensor; the model sees views of it.
+    flat = torch.cat([t.detach().flatten(1) for t in stacked.values()], 1).requires_grad_()
+    layout = [(k, t.shape[1:], t[0].numel()) for k, t in stacked.items()]
+
+    def views(source: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, offset = {}, 0
+        for name, shape, size in layout:
+            out[name] = source[:, offset:offset + size].view(-1, *shape)
+            offset += size
+        return out
+
+    tensors = [flat]
     own_shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in modules]
     skeleton = copy.deepcopy(padded).to("meta")
+    forward = _bmm_forward(skeleton)
+    if forward is None:
+        def forward_one(p, b, inputs):
+            return functional_call(skeleton, (p, b), (inputs,))
 
-    def forward_one(p, b, inputs):
-        return functional_call(skeleton, (p, b), (inputs,))
-
-    forward = vmap(forward_one)
-    initial = [t.detach().clone() for t in tensors]
+        forward = vmap(forward_one)
+    initial = [flat.detach().clone()]
     lr = _per_run([c.lr for c in cfgs], dev)
     wd = _per_run([c.weight_decay for c in cfgs], dev)
     beta1 = _per_run([c.beta1 for c in cfgs], dev)
@@ -158,10 +170,14 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
             cursor = 0
         index = orders[:, cursor:cursor + batch]
         cursor += batch
-        logits = forward(params, buffers, x[index])
+        pieces = views(flat)
+        logits = forward(pieces, buffers, x[index])
         losses = F.cross_entropy(logits.flatten(0, 1), y[index].flatten(),
                                  reduction="none").view(runs, batch).mean(1)
-        grads = torch.autograd.grad(losses.sum(), tensors)
+        # Gradients of the views, joined once (cheaper than each view's backward filling a
+        # zero copy of the whole flat tensor).
+        grads = [torch.cat([g.flatten(1) for g in torch.autograd.grad(
+            losses.sum(), list(pieces.values()))], 1)]
         with torch.no_grad():
             if cfg.grad_clip is not None:
                 norms = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))
@@ -182,6 +198,7 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
             train_loss = (running / running_count).tolist()
             running.zero_()
             running_count = 0
+            params = views(flat.detach())
             val_loss, val_acc = _evaluate_stacked(forward, params, buffers, data.x_val,
                                                   data.y_val, cfg.eval_batch_size)
             lr_now = (lr * lr_factor(step - 1, total_steps, cfg)).tolist()
@@ -211,6 +228,7 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
                 break
     train_time = time.perf_counter() - train_started
 
+    params = views(flat.detach())
     for r in range(runs):
         steps = last_step[r] if (stopped[r] or results[r].status == DIVERGED) else step
         flops_per_step, forward_flops_per_sample = counted[run_id(configs[r]["model"])]
@@ -230,6 +248,33 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
     return results
 
 
+def _bmm_forward(skeleton: nn.Module):
+    """A stacked forward for Sequential MLPs with batched matrix multiplies (no vmap or
+    functional_call per step), or None for other models; inputs are (runs, batch, ...)."""
+    elementwise = (nn.ReLU, nn.GELU, nn.Tanh)
+    if not isinstance(skeleton, nn.Sequential) or not all(
+            isinstance(m, (nn.Flatten, nn.Linear, *elementwise)) for m in skeleton):
+        return None
+    if any(isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) != (1, -1) for m in skeleton):
+        return None
+
+    def forward(params, buffers, x):
+        h = x
+        for i, module in enumerate(skeleton):
+            if isinstance(module, nn.Flatten):
+                h = h.flatten(2)
+            elif isinstance(module, nn.Linear):
+                weight = params[f"{i}.weight"].transpose(1, 2)
+                bias = params.get(f"{i}.bias")
+                h = torch.bmm(h, weight) if bias is None else torch.baddbmm(
+                    bias.unsqueeze(1), h, weight)
+            else:
+                h = module(h)
+        return h
+
+    return forward
+
+
 def _leading(shape: torch.Size) -> tuple[slice, ...]:
     return tuple(slice(0, d) for d in shape)
 
@@ -247,7 +292,7 @@ def _stack_padded(padded: nn.Module, modules: list[nn.Module]
                 out[name][r][_leading(own.shape)] = own.detach()
         stacked.append(out)
     params, buffers = stacked
-    return {k: v.requires_grad_() for k, v in params.items()}, buffers
+    return params, buffers
 
 
 def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:

@@ -218,3 +218,11 @@ def report(out_dir: str | Path, n_resamples: int = 1000):
     from .report import write_report
 
     return write_report(out_dir, n_resamples=n_resamples)
+
+
+def evaluate(out_dir: str | Path, *, study: str | Path | None = None, device: str = "auto",
+             output: Output | None = None):
+    """Re-score the stored checkpoints under the study's ``evaluations`` (trains nothing)."""
+    from .evaluation.rescore import evaluate_study
+
+    return evaluate_study(out_dir, study, device, output)

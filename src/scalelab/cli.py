@@ -154,7 +154,7 @@ def status(
 
 @command
 def list_(
-    family: str | None = typer.Argument(None, help="task, model or method [default: all]"),
+    family: str | None = typer.Argument(None, help="task, model, method, law or evaluator [default: all]"),
     pattern: str = typer.Option("*", "--match", help="shell-style wildcard on names"),
     settings: bool = typer.Option(False, "--settings", help="also list each plug-in's settings"),
     fmt: Fmt = FormatOption,
@@ -250,6 +250,39 @@ def report(
         output.warn(note)
     output.info(f"wrote {written.html}, {written.markdown.name}, {written.scaling_law.name}, "
                 f"{written.comparison_table.name} and {len(written.figures)} figure files")
+    return 0
+
+
+@command
+def evaluate(
+    out_dir: Path = typer.Argument(..., help="a study output directory with checkpoints"),
+    study: Path | None = typer.Option(None, "--study", help="take the evaluation settings from this study file [default: the one the runs were trained from]"),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N|mps"),
+    report: bool = typer.Option(True, "--report/--no-report", help="rewrite the study report when done"),
+    fmt: Fmt = FormatOption,
+    output: Output = None,
+) -> int:
+    """Re-score every saved checkpoint under the study's `evaluations` settings; trains nothing."""
+    from .analysis.evaluations import compare_evaluations
+
+    result = api.evaluate(out_dir, study=study, device=device, output=output)
+    settings = [{"eval_id": i, "config": c} for i, c in result.settings]
+    summary, comparisons = compare_evaluations(result.rows, settings)
+    by_name = {c.candidate: c for c in comparisons}
+    output.info(f"{result.scored} evaluations now, {result.already_done} already stored "
+                f"({result.models} models x {len(settings)} settings); nothing was trained")
+    output.table("test_acc by evaluation setting (paired by model, vs the first)",
+                 ["setting", "models", "test_acc", "diff", "p (Holm)"],
+                 [[r["setting"], r["models"], r["mean"],
+                   by_name[r["setting"]].mean_diff if r["setting"] in by_name else None,
+                   by_name[r["setting"]].p_holm if r["setting"] in by_name else None]
+                  for r in summary])
+    if report:
+        api.report(out_dir)
+        output.info(f"report: {Path(out_dir) / 'report.html'}")
+    output.emit({"out_dir": str(out_dir), "scored": result.scored,
+                 "already_done": result.already_done, "models": result.models,
+                 "settings": summary, "comparisons": [c.to_dict() for c in comparisons]})
     return 0
 
 

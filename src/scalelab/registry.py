@@ -71,5 +71,7 @@ tasks: Registry = Registry("task")
 models: Registry = Registry("model")
 methods: Registry = Registry("method")
 laws: Registry = Registry("law")
+evaluators: Registry = Registry("evaluator")
 
-FAMILIES: dict[str, Registry] = {"task": tasks, "model": models, "method": methods, "law": laws}
+FAMILIES: dict[str, Registry] = {"task": tasks, "model": models, "method": methods, "law": laws,
+                                 "evaluator": evaluators}

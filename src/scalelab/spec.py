@@ -131,6 +131,10 @@ class StudySpec(StrictModel):
         default_factory=list,
         description="for every selection run (a method with a target_rate): full data at the "
                     "same steps, a compute-matched full run, a random subset at the same rate")
+    evaluations: list[dict[str, Any] | str] = Field(
+        default_factory=list,
+        description="settings `scalelab evaluate` re-scores every checkpoint under (a list value "
+                    "expands to one setting per value); the first is the comparisons' baseline")
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     quick: dict[str, Any] = Field(default_factory=dict)
 
@@ -214,6 +218,31 @@ class Study:
         """Labels of the axes tuned per shape; every other axis is scientific."""
         labels = self.axis_labels()
         return [labels.get(name, name) for name in self.spec.nuisance]
+
+    @cached_property
+    def evaluations(self) -> list[tuple[str, dict[str, Any]]]:
+        """(evaluation id, resolved evaluator config) of every ``evaluations`` setting."""
+        out = []
+        for i, block in enumerate(self.spec.evaluations):
+            block = {"name": block} if isinstance(block, str) else dict(block)
+            name = block.pop("name", None)
+            try:
+                plugin = FAMILIES["evaluator"].get(name)
+            except UnknownNameError as exc:
+                raise StudyError(self.source, f"evaluations[{i}].name", str(exc)) from None
+            keys = list(block)
+            values = [v if isinstance(v, list) else [v] for v in block.values()]
+            for combo in itertools.product(*values):
+                try:
+                    config = plugin.Config.model_validate(dict(zip(keys, combo)))
+                except ValidationError as exc:
+                    raise _from_validation(self.source, f"evaluations[{i}]", exc, plugin.Config,
+                                           also_allowed=("name",)) from None
+                resolved = {"name": name, **config.model_dump(mode="json")}
+                entry = (run_id(resolved), resolved)
+                if entry not in out:
+                    out.append(entry)
+        return out
 
     def axis_labels(self) -> dict[str, str]:
         """Short column names: the last path segment unless two axes share it."""
@@ -358,6 +387,7 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
         if name not in study.axes and name not in labels.values():
             raise StudyError(source, f"nuisance[{i}]",
                              f"{name!r} is not a grid axis (axes: {', '.join(labels.values())})")
+    _ = study.evaluations
     _ = study.runs  # resolve every cell now, so a bad combination fails before anything runs
     return study
 

@@ -18,7 +18,7 @@ from .errors import ScalelabError
 from .spec import RunSpec
 from .train import COMPLETED, DIVERGED, RunResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FILENAME = "results.sqlite"
 RUNNING = "running"
 #: Runs in these states are never trained again; ``failed`` and ``running`` ones are retried.
@@ -44,6 +44,14 @@ CREATE TABLE IF NOT EXISTS curves (
     name   TEXT NOT NULL,
     value  REAL,
     PRIMARY KEY (run_id, name, step)
+);
+CREATE TABLE IF NOT EXISTS evaluations (  -- a trained run re-scored under one setting
+    run_id  TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    eval_id TEXT NOT NULL,   -- hash of the resolved evaluator config
+    config  TEXT NOT NULL,   -- the evaluator config (JSON)
+    metrics TEXT NOT NULL,   -- JSON object
+    created_at REAL,
+    PRIMARY KEY (run_id, eval_id)
 );
 """
 
@@ -137,6 +145,32 @@ class Store:
             )
 
     # ---------------------------------------------------------------- reading
+
+    def write_evaluation(self, run_id: str, eval_id: str, config: dict[str, Any],
+                         metrics: dict[str, Any]) -> None:
+        """Store one re-scoring of a trained run (replacing an earlier one of that setting)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?)",
+                (run_id, eval_id, json.dumps(config), json.dumps(metrics), time.time()))
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """One row per (run, setting): ids, the run's grid point, the setting, its metrics."""
+        rows = self._db.execute(
+            "SELECT e.run_id, e.eval_id, e.config, e.metrics, r.point FROM evaluations e "
+            "JOIN runs r USING (run_id) ORDER BY e.rowid")
+        out = []
+        for run_id, eval_id, config, metrics, point in rows:
+            record = {"run_id": run_id, "eval_id": eval_id, **json.loads(point)}
+            record.update({f"eval.{k}": v for k, v in json.loads(config).items()})
+            record.update(json.loads(metrics))
+            out.append(record)
+        return out
+
+    def configs(self) -> dict[str, dict[str, Any]]:
+        """Each stored run's resolved config (nested, as trained)."""
+        return {run_id: json.loads(config)
+                for run_id, config in self._db.execute("SELECT run_id, config FROM runs")}
 
     def statuses(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT run_id, status FROM runs"))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..analysis.evaluations import compare_evaluations
 from ..analysis.selection import KINDS, SelectionAnalysis, pareto_front
 from ..analysis.study import StudyAnalysis, analyze_study
 from ..output import fmt_value
@@ -36,6 +37,7 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
     out = Path(out_dir)
     with Store.open(out) as store:
         records, meta, curves = store.records(), store.meta(), store.curves()
+        evaluations = store.evaluations()
     analysis = analyze_study(records, meta, n_resamples=n_resamples)
     fig_dir = out / "figures"
     blocks: list[tuple] = []
@@ -95,6 +97,9 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
         figure(plots.law_figure(entry), f"law_{i}", entry.title)
     if a.selection:
         _selection_blocks(a.selection, records, curves, blocks, figure)
+    if evaluations:
+        _evaluation_blocks(evaluations, json.loads(meta.get("evaluations", "[]")),
+                           a.compare_metric, blocks, figure)
     if a.comparisons:
         blocks.append(("h2", "Comparisons"))
         blocks.append(("table", *_comparison_rows(a)))
@@ -127,6 +132,30 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
     _write(report.scaling_law, json.dumps(analysis.to_dict(), indent=2, default=_json_default))
     _write(report.comparison_table, comparison_text(analysis))
     return report
+
+
+def _evaluation_blocks(rows, settings, metric: str, blocks: list, figure) -> None:
+    """Checkpoints re-scored under each evaluation setting, compared with the first."""
+    summary, comparisons = compare_evaluations(rows, settings, metric)
+    blocks.append(("h2", "Evaluation settings (checkpoints re-scored, nothing retrained)"))
+    blocks.append(("p", f"{metric} of every trained model under each setting (`scalelab "
+                        "evaluate`). Each setting is compared with the first, paired by trained "
+                        "model: mean difference with t-based CI, paired t-test and Wilcoxon p, "
+                        "Holm-adjusted over all settings, Cohen's d_z."))
+    by_name = {c.candidate: c for c in comparisons}
+    table = []
+    for row in summary:
+        c = by_name.get(row["setting"])
+        table.append([row["setting"], row["models"],
+                      _pm({"m": row["mean"], "m_std": row["std"]}, "m"),
+                      f"{c.mean_diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]" if c else "baseline",
+                      c.p_value if c else None, c.wilcoxon_p if c else None,
+                      c.p_holm if c else None, c.effect_size if c else None])
+    blocks.append(("table", ["setting", "models", metric, "Δ vs first [CI]", "p (t)",
+                             "p (Wilcoxon)", "p (Holm)", "d_z"], table))
+    if comparisons:
+        figure(plots.forest_figure(comparisons), "evaluations",
+               f"difference in {metric} to {summary[0]['setting']}, paired by model")
 
 
 def _selection_blocks(sel: SelectionAnalysis, records, curves, blocks: list, figure) -> None:

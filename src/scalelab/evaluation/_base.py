@@ -1,0 +1,46 @@
+"""Evaluator base class: how a trained model is scored (plain forward, test-time augmentation).
+
+Evaluators re-score saved checkpoints without training (``scalelab evaluate``); each setting
+becomes one evaluation row per trained run, so settings compare paired by trained model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..plugin import Plugin
+from ..tasks import TaskData
+
+
+class Evaluator(Plugin):
+    """Scores a model with a plain forward; subclasses change :meth:`logits`."""
+
+    def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: TaskData, batch_size: int = 4096) -> dict[str, Any]:
+        """Loss, accuracy and per-class accuracy on validation and test."""
+        model.eval()
+        out: dict[str, Any] = {}
+        for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
+            logits = torch.cat([self.logits(model, x[i:i + batch_size]).float()
+                                for i in range(0, len(y), batch_size)])
+            pred = logits.argmax(1)
+            out[f"{split}_loss"] = F.cross_entropy(logits, y).item()
+            out[f"{split}_acc"] = (pred == y).float().mean().item()
+            if split == "test":
+                total = torch.bincount(y, minlength=data.num_classes)
+                correct = torch.bincount(y[pred == y], minlength=data.num_classes)
+                out["test_acc_by_class"] = [c / t if t else None
+                                            for c, t in zip(correct.tolist(), total.tolist())]
+        return out
+
+
+def setting_label(config: dict) -> str:
+    settings = " ".join(f"{k}={v}" for k, v in config.items() if k != "name" and v is not None)
+    return f"{config['name']} {settings}".strip()

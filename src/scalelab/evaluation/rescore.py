@@ -1,0 +1,83 @@
+"""Re-score a finished study's checkpoints under its evaluation settings; trains nothing.
+
+Every (run, setting) is one row of the store's ``evaluations`` table, written in its own
+transaction, so an interrupted re-scoring keeps what it finished and a rerun does the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ScalelabError
+from ..output import Output
+from ..plugin import instantiate
+from ..registry import evaluators, tasks
+from ..spec import Study, load_study
+from ..store import Store
+from ..train import COMPLETED, load_checkpoint
+from ..train.trainer import resolve_device
+from ._base import setting_label
+
+
+@dataclass
+class EvaluationRun:
+    out_dir: Path
+    settings: list[tuple[str, dict]]
+    models: int
+    scored: int = 0                 # (run, setting) pairs evaluated now
+    already_done: int = 0
+    rows: list[dict] = field(default_factory=list)
+
+
+def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
+                   device: str = "auto", output: Output | None = None) -> EvaluationRun:
+    """Score every completed run's checkpoint under every evaluation setting of the study
+    (its own file, as recorded at ``scalelab run``, unless ``study`` is given)."""
+    output = output or Output()
+    out = Path(out_dir)
+    dev = resolve_device(device)
+    with Store.open(out) as store:
+        meta = store.meta()
+        if not isinstance(study, Study):
+            source = study or meta.get("source")
+            if not source or not Path(source).exists():
+                raise ScalelabError(f"{out}: its study file {source!r} is gone; pass --study FILE")
+            study = load_study(source)
+        settings = study.evaluations
+        if not settings:
+            raise ScalelabError(f"{study.source}: evaluations: the study declares no evaluation "
+                                "settings (add e.g. `evaluations: [{name: tta, level: 2}]`)")
+        runs = [r for r in store.records() if r["status"] == COMPLETED]
+        missing = [r["run_id"] for r in runs
+                   if not (out / "checkpoints" / f"{r['run_id']}.pt").exists()]
+        if missing:
+            raise ScalelabError(
+                f"{out}: {len(missing)} of {len(runs)} completed runs have no checkpoint (e.g. "
+                f"checkpoints/{missing[0]}.pt); train with `save_checkpoints: true`")
+        store.set_meta(evaluations=[{"eval_id": i, "config": c} for i, c in settings])
+        done = {(r["run_id"], r["eval_id"]) for r in store.evaluations()}
+        result = EvaluationRun(out, settings, len(runs))
+        completed = {r["run_id"] for r in runs}
+        by_run = {i: c for i, c in store.configs().items() if i in completed}
+        data_cache: dict[str, object] = {}
+        with output.progress(len(runs) * len(settings), "evaluate") as progress:
+            for run_id, config in by_run.items():
+                todo = [(i, c) for i, c in settings if (run_id, i) not in done]
+                result.already_done += len(settings) - len(todo)
+                if not todo:
+                    continue
+                key = repr(sorted(config["task"].items()))
+                if key not in data_cache:
+                    data_cache[key] = instantiate(tasks, config["task"]).load().to(dev)
+                model = load_checkpoint(config, out / "checkpoints" / f"{run_id}.pt", str(dev))
+                batch = config["train"]["eval_batch_size"]
+                for eval_id, setting in todo:
+                    metrics = instantiate(evaluators, setting).evaluate(model, data_cache[key],
+                                                                        batch)
+                    store.write_evaluation(run_id, eval_id, setting, metrics)
+                    result.scored += 1
+                    progress.advance("completed", f"{run_id} {setting_label(setting)} "
+                                                  f"test_acc={metrics['test_acc']:.4f}")
+        result.rows = store.evaluations()
+    return result

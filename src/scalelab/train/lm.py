@@ -37,6 +37,7 @@ from .trainer import (
     build,
     counted_compute,
     final_metrics,
+    optimizer_step,
     provenance,
 )
 
@@ -161,11 +162,7 @@ def train_lm(config: dict[str, Any], dev: torch.device, checkpoint: Path | None)
         step_lr = set_lr(optimizer, lr_factor(step - 1, total_steps, cfg)) * cfg.lr
         with autocast(dev, cfg):
             loss = method.training_loss(trained, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        optimizer_step(optimizer, model, loss, cfg)
         running += loss.detach()
         running_count += 1
         if size == 1 and step % check_every == 0 and not math.isfinite(running.item()):
@@ -183,11 +180,7 @@ def train_lm(config: dict[str, Any], dev: torch.device, checkpoint: Path | None)
         eval_time += time.perf_counter() - eval_started
         result.curves += [(step, "train_loss", train_loss), (step, "val_loss", val_loss),
                           (step, "lr", step_lr)]
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            result.status, m["diverged_step"] = DIVERGED, step
-            break
-        if best.observe(model, val_loss, step):
-            m["stopped_early"] = True
+        if best.should_stop(result, model, train_loss, val_loss, step):
             break
     train_time = time.perf_counter() - train_started
 

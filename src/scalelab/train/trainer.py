@@ -143,6 +143,15 @@ def autocast(device: torch.device, cfg: TrainConfig):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
+def optimizer_step(optimizer, model: nn.Module, loss: torch.Tensor, cfg: TrainConfig) -> None:
+    """Backward, optional gradient-norm clipping, update."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+
+
 class BestWeights:
     """The best validation loss so far, its step and weights, and early stopping's patience."""
 
@@ -150,8 +159,19 @@ class BestWeights:
         self.cfg, self.total_steps = cfg, total_steps
         self.loss, self.step, self.state, self.evals_without_gain = math.inf, 0, None, 0
 
-    def observe(self, model: nn.Module, val_loss: float, step: int) -> bool:
-        """Record one evaluation; True when early stopping says to stop."""
+    def should_stop(self, result: RunResult, model: nn.Module, train_loss: float,
+                    val_loss: float, step: int) -> bool:
+        """Record one evaluation; True (with the reason in ``result``) when the run diverged
+        or early stopping says to stop."""
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            result.status, result.metrics["diverged_step"] = DIVERGED, step
+            return True
+        if self._observe(model, val_loss, step):
+            result.metrics["stopped_early"] = True
+            return True
+        return False
+
+    def _observe(self, model: nn.Module, val_loss: float, step: int) -> bool:
         stopping = self.cfg.early_stopping
         if val_loss < self.loss - (stopping.min_delta if stopping else 0.0):
             self.loss, self.step, self.evals_without_gain = val_loss, step, 0
@@ -203,11 +223,7 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
         trained_samples += out.trained
         scored_samples += out.scored
         result.curves += [(step, name, value) for name, value in out.trace.items()]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        optimizer_step(optimizer, model, loss, cfg)
         running += loss.detach()
         running_count += 1
         if step % check_every == 0 and not math.isfinite(running.item()):
@@ -223,11 +239,7 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
         evaluated_samples += len(data.y_val)
         result.curves += [(step, "train_loss", train_loss), (step, "val_loss", val_loss),
                           (step, "val_acc", val_acc), (step, "lr", step_lr)]
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            result.status, m["diverged_step"] = DIVERGED, step
-            break
-        if best.observe(model, val_loss, step):
-            m["stopped_early"] = True
+        if best.should_stop(result, model, train_loss, val_loss, step):
             break
     train_time = time.perf_counter() - train_started
 

@@ -52,18 +52,22 @@ EVAL_STUDY = {**TINY, "name": "ev", "grid": {}, "seeds": [0, 1, 2], "save_checkp
 
 
 def trained(tmp_path, **changes):
+    """Train the study without evaluation settings; return (file with them, output dir)."""
     path = tmp_path / "ev.yaml"
-    path.write_text(yaml.safe_dump({**EVAL_STUDY, **changes}))
+    path.write_text(yaml.safe_dump({**EVAL_STUDY, **changes, "evaluations": []}))
     result = scalelab.run(path, out=tmp_path / "out", device="cpu")
     assert result.ok
-    return path, tmp_path / "out"
+    with_settings = tmp_path / "ev_settings.yaml"
+    with_settings.write_text(yaml.safe_dump({**EVAL_STUDY, **changes}))
+    return with_settings, tmp_path / "out"
 
 
 def test_evaluate_rescores_every_checkpoint_and_trains_nothing(tmp_path):
-    _, out = trained(tmp_path)
+    study, out = trained(tmp_path)
     with Store.open(out) as store:
         before = store.records()
-    result = scalelab.api.evaluate(out, device="cpu")
+        assert store.evaluations() == []
+    result = scalelab.api.evaluate(out, study=study, device="cpu")
     assert (result.models, result.scored, len(result.settings)) == (3, 9, 3)
     with Store.open(out) as store:
         after, rows = store.records(), store.evaluations()
@@ -73,8 +77,10 @@ def test_evaluate_rescores_every_checkpoint_and_trains_nothing(tmp_path):
     for row in rows:  # rows are linked to their run: the plain forward reproduces its test_acc
         if row["eval.level"] == 0:
             assert row["test_acc"] == pytest.approx(by_run[row["run_id"]]["test_acc"])
-    again = scalelab.api.evaluate(out, device="cpu")
+    again = scalelab.api.evaluate(out, study=study, device="cpu")
     assert (again.scored, again.already_done) == (0, 9)
+    rerun = scalelab.run(study, out=out, device="cpu")  # run evaluates what is declared
+    assert not rerun.trained
     report = scalelab.api.report(out, n_resamples=50)
     text = report.markdown.read_text()
     assert "## Evaluation settings (checkpoints re-scored, nothing retrained)" in text
@@ -97,11 +103,68 @@ def test_evaluation_comparisons_pair_by_trained_model():
 
 
 def test_evaluate_needs_checkpoints_and_settings(tmp_path):
-    _, out = trained(tmp_path, save_checkpoints=False)
+    study, out = trained(tmp_path, save_checkpoints=False)
     with pytest.raises(ScalelabError, match=r"3 of 3 completed runs have no checkpoint .*"
                                             r"save_checkpoints: true"):
-        scalelab.api.evaluate(out, device="cpu")
+        scalelab.api.evaluate(out, study=study, device="cpu")
     bare = tmp_path / "bare.yaml"
     bare.write_text(yaml.safe_dump({**EVAL_STUDY, "evaluations": []}))
     with pytest.raises(ScalelabError, match="declares no evaluation settings"):
         scalelab.api.evaluate(out, study=bare, device="cpu")
+
+
+# ------------------------------------------------------------------- test-time training
+
+
+def small_mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                         nn.Linear(8, 3))
+
+
+def test_knn_matches_brute_force():
+    from scalelab.evaluation.ttt import nearest
+
+    torch.manual_seed(0)
+    train, queries = torch.randn(300, 5), torch.randn(40, 5)
+    found = nearest(train, queries, 7, chunk=16)
+    for q, row in zip(queries, found):
+        brute = sorted(range(300), key=lambda i: float(((train[i] - q) ** 2).sum()))[:7]
+        assert sorted(row.tolist()) == sorted(brute)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_batched_finetuning_equals_the_per_point_loop(layers):
+    from scalelab.evaluation.ttt import finetune_one, finetune_stacked, split_head
+
+    model = small_mlp()
+    body, head = split_head(model, layers)
+    torch.manual_seed(1)
+    x = torch.randn(6, 1, 12)
+    feats = body(torch.randn(6, 10, 1, 12).flatten(0, 1)).view(6, 10, -1).detach()
+    labels = torch.randint(0, 3, (6, 10))
+    queries = body(x).detach()
+    stacked = finetune_stacked(head, feats, labels, queries, steps=15, lr=0.05)
+    for i in range(6):
+        alone = finetune_one(head, feats[i], labels[i], queries[i], steps=15, lr=0.05)
+        torch.testing.assert_close(stacked[i], alone, rtol=1e-4, atol=1e-5)
+    untouched = finetune_stacked(head, feats, labels, queries, steps=0, lr=0.05)
+    torch.testing.assert_close(untouched, head(queries))  # zero steps: the global head
+
+
+def test_majority_vote_and_ttt_evaluators_score_a_task():
+    from scalelab.registry import evaluators
+
+    data = scalelab.plugin.instantiate(scalelab.registry.tasks, {
+        "name": "mnist1d", "num_train": 300, "num_val": 50, "num_test": 100,
+        "pool_size": 400}).load()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10))
+    vote = scalelab.plugin.instantiate(evaluators, {"name": "knn_vote", "k": 1})
+    vote.prepare(model, data)
+    # k = 1 on the training points themselves returns their own labels
+    assert torch.equal(vote.logits(model, data.x_train[:50]).argmax(1), data.y_train[:50])
+    ttt = scalelab.plugin.instantiate(evaluators, {"name": "ttt", "k": 10, "steps": 3})
+    metrics = ttt.evaluate(model, data)
+    assert 0 <= metrics["test_acc"] <= 1 and len(metrics["test_acc_by_class"]) == 10
+    with pytest.raises(ScalelabError, match="k: 500 exceeds the 300 training points"):
+        scalelab.plugin.instantiate(evaluators, {"name": "ttt", "k": 500}).evaluate(model, data)

@@ -46,10 +46,15 @@ def run(
     shard: str | None = None,
     output: Output | None = None,
 ) -> StudyRun:
-    """Train every run of ``study`` that ``out`` does not hold yet, storing each result."""
+    """Train every run of ``study`` that ``out`` does not hold yet, storing each result; then,
+    if the study declares ``evaluations`` (and saves checkpoints), re-score what is missing."""
     spec = _as_study(study, overrides, quick)
     out_dir = Path(out) if out is not None else default_out_dir(spec)
-    return execute_study(spec, out_dir, workers=workers, device=device, shard=shard, output=output)
+    result = execute_study(spec, out_dir, workers=workers, device=device, shard=shard,
+                           output=output)
+    if spec.spec.evaluations and spec.spec.save_checkpoints and not shard and result.primary:
+        evaluate(out_dir, study=spec, device=device, output=output)
+    return result
 
 
 def dry_run(
@@ -220,7 +225,8 @@ def report(out_dir: str | Path, n_resamples: int = 1000):
     return write_report(out_dir, n_resamples=n_resamples)
 
 
-def evaluate(out_dir: str | Path, *, study: str | Path | None = None, device: str = "auto",
+def evaluate(out_dir: str | Path, *, study: str | Path | Study | None = None,
+             device: str = "auto",
              output: Output | None = None):
     """Re-score the stored checkpoints under the study's ``evaluations`` (trains nothing)."""
     from .evaluation.rescore import evaluate_study

@@ -43,3 +43,42 @@ def compare_evaluations(rows: Sequence[dict[str, Any]], settings: Sequence[dict[
     for c, p in zip(comparisons, holm([c.p_value for c in comparisons])):
         c.p_holm = float(p)
     return summary, comparisons
+
+
+def gains_by_point(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, Any]],
+                   records: Sequence[dict[str, Any]], axes: Sequence[str],
+                   metric: str = "test_acc", level: float = 0.95) -> list[dict[str, Any]]:
+    """Per grid point (the scientific ``axes``) and setting: mean ``metric`` and its error,
+    and the difference to the first setting paired by trained model, with a t-based CI."""
+    from scipy import stats
+
+    if not settings:
+        return []
+    by_run = {r["run_id"]: r for r in records}
+    base = settings[0]["eval_id"]
+    cells: dict[tuple, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        run = by_run.get(r["run_id"])
+        if run is None or r.get(metric) is None:
+            continue
+        cells[tuple(run.get(a) for a in axes)][r["eval_id"]][r["run_id"]] = float(r[metric])
+    out = []
+    for point, per_setting in sorted(cells.items(), key=lambda kv: str(kv[0])):
+        size = next((by_run[u].get("n_params") for u in per_setting.get(base, {})), None)
+        for s in settings:
+            got = per_setting.get(s["eval_id"], {})
+            if not got:
+                continue
+            units = sorted(set(got) & set(per_setting.get(base, {})))
+            diffs = np.array([got[u] - per_setting[base][u] for u in units])
+            entry = {**dict(zip(axes, point)), "n_params": size,
+                     "setting": setting_label(s["config"]), "runs": len(got),
+                     "mean": float(np.mean(list(got.values()))),
+                     "gain": float(diffs.mean()) if len(diffs) else None,
+                     "gain_low": None, "gain_high": None}
+            if len(diffs) > 1 and s["eval_id"] != base:
+                half = stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * diffs.std(ddof=1) \
+                    / np.sqrt(len(diffs))
+                entry["gain_low"], entry["gain_high"] = entry["gain"] - half, entry["gain"] + half
+            out.append(entry)
+    return out

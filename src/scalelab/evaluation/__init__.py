@@ -1,6 +1,6 @@
 """Evaluation-time settings (test-time augmentation, ...). Importing registers them."""
 
-from . import tta  # noqa: F401  (registration)
+from . import tta, ttt  # noqa: F401  (registration)
 from ._base import Evaluator
 
 __all__ = ["Evaluator"]

@@ -19,6 +19,10 @@ from ..tasks import TaskData
 class Evaluator(Plugin):
     """Scores a model with a plain forward; subclasses change :meth:`logits`."""
 
+    def prepare(self, model: nn.Module, data: TaskData) -> None:
+        """Called once per model before scoring (an evaluator that uses the training set
+        computes what it needs here)."""
+
     def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
@@ -26,6 +30,7 @@ class Evaluator(Plugin):
     def evaluate(self, model: nn.Module, data: TaskData, batch_size: int = 4096) -> dict[str, Any]:
         """Loss, accuracy and per-class accuracy on validation and test."""
         model.eval()
+        self.prepare(model, data)
         out: dict[str, Any] = {}
         for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
             logits = torch.cat([self.logits(model, x[i:i + batch_size]).float()

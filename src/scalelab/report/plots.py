@@ -244,3 +244,44 @@ def class_figure(rows: Sequence[tuple[str, list[tuple[int, float, float, float]]
     ax.set_xlabel("class")
     fig.colorbar(image, ax=ax, label="accuracy difference vs compute-matched full")
     return fig
+
+
+def settings_figure(gains: Sequence[dict[str, Any]], data_axis: str | None, gain: bool,
+                    metric: str) -> Figure:
+    """Each evaluation setting's metric (or gain over the first, with CIs) against model size;
+    colour by setting, line style by data size."""
+    fig, ax = _figure()
+    settings = list(dict.fromkeys(g["setting"] for g in gains))
+    sizes = sorted({g.get(data_axis) for g in gains}, key=str) if data_axis else [None]
+    styles = ["-", "--", ":", "-."]
+    for i, setting in enumerate(settings):
+        if gain and i == 0:
+            continue
+        for j, d in enumerate(sizes):
+            pts = sorted((g for g in gains if g["setting"] == setting
+                          and (data_axis is None or g.get(data_axis) == d) and g["n_params"]),
+                         key=lambda g: g["n_params"])
+            if not pts:
+                continue
+            xs = [g["n_params"] for g in pts]
+            if gain:
+                ys = [g["gain"] for g in pts]
+                err = [[g["gain"] - (g["gain_low"] if g["gain_low"] is not None else g["gain"])
+                        for g in pts],
+                       [(g["gain_high"] if g["gain_high"] is not None else g["gain"]) - g["gain"]
+                        for g in pts]]
+                ax.errorbar(xs, ys, yerr=err, color=f"C{i % 10}", ls=styles[j % 4], marker="o",
+                            ms=3, capsize=2, label=f"{setting}" + (f", {data_axis}={d}" if d
+                                                                   is not None else ""))
+            else:
+                ax.plot(xs, [1 - g["mean"] if metric.endswith("acc") else g["mean"] for g in pts],
+                        color=f"C{i % 10}", ls=styles[j % 4], marker="o", ms=3,
+                        label=f"{setting}" + (f", {data_axis}={d}" if d is not None else ""))
+    if gain:
+        ax.axhline(0, color="gray", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel(label("n_params"))
+    name = metric.replace("_acc", " error") if metric.endswith("acc") and not gain else metric
+    ax.set_ylabel(f"gain in {metric}" if gain else name)
+    ax.legend(fontsize=6)
+    return fig

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..analysis.evaluations import compare_evaluations
+from ..analysis.evaluations import compare_evaluations, gains_by_point
 from ..analysis.selection import KINDS, SelectionAnalysis, pareto_front
 from ..analysis.study import StudyAnalysis, analyze_study
 from ..output import fmt_value
@@ -100,6 +100,10 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
     if evaluations:
         _evaluation_blocks(evaluations, json.loads(meta.get("evaluations", "[]")),
                            a.compare_metric, blocks, figure)
+        if any(json.loads(meta.get("axes", "{}")).get(x, "").startswith("model.")
+               for x in a.scientific):
+            _evaluation_scale_blocks(evaluations, json.loads(meta.get("evaluations", "[]")),
+                                     records, a, blocks, figure)
     if a.comparisons:
         blocks.append(("h2", "Comparisons"))
         blocks.append(("table", *_comparison_rows(a)))
@@ -156,6 +160,28 @@ def _evaluation_blocks(rows, settings, metric: str, blocks: list, figure) -> Non
     if comparisons:
         figure(plots.forest_figure(comparisons), "evaluations",
                f"difference in {metric} to {summary[0]['setting']}, paired by model")
+
+
+def _evaluation_scale_blocks(rows, settings, records, a: StudyAnalysis, blocks: list,
+                             figure) -> None:
+    """Each setting across model (and data) sizes: its metric and its gain over the first."""
+    axes = [x for x in a.scientific if x != "seed"]
+    gains = gains_by_point(rows, settings, records, axes, a.compare_metric)
+    if not gains:
+        return
+    first = gains[0]["setting"]
+    blocks.append(("h3", f"Across sizes: each setting against {first}"))
+    blocks.append(("p", f"Mean {a.compare_metric} per grid point and setting, and the gain over "
+                        f"{first} paired by trained model (seeds), with 95% t-based CIs."))
+    blocks.append(("table", [*axes, "n_params", "setting", "runs", a.compare_metric, "gain",
+                             "CI low", "CI high"],
+                   [[*(g[x] for x in axes), g["n_params"], g["setting"], g["runs"], g["mean"],
+                     g["gain"], g["gain_low"], g["gain_high"]] for g in gains]))
+    data_axis = next((x for x in axes if x in ("num_train", "num_train_tokens")), None)
+    figure(plots.settings_figure(gains, data_axis, gain=False, metric=a.compare_metric),
+           "evaluations_by_size", f"{a.compare_metric} of each setting against model size")
+    figure(plots.settings_figure(gains, data_axis, gain=True, metric=a.compare_metric),
+           "evaluations_gain", f"gain over {first} against model size (95% CI)")
 
 
 def _selection_blocks(sel: SelectionAnalysis, records, curves, blocks: list, figure) -> None:

@@ -135,7 +135,7 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
     tensors = [flat]
     own_shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in modules]
     skeleton = copy.deepcopy(padded).to("meta")
-    forward = _bmm_forward(skeleton)
+    forward = bmm_forward(skeleton)
     if forward is None:
         def forward_one(p, b, inputs):
             return functional_call(skeleton, (p, b), (inputs,))
@@ -248,7 +248,7 @@ def _train_group(configs, dev, checkpoints, group) -> list[RunResult]:
     return results
 
 
-def _bmm_forward(skeleton: nn.Module):
+def bmm_forward(skeleton: nn.Module):
     """A stacked forward for Sequential MLPs with batched matrix multiplies (no vmap or
     functional_call per step), or None for other models; inputs are (runs, batch, ...)."""
     elementwise = (nn.ReLU, nn.GELU, nn.Tanh)
@@ -260,12 +260,12 @@ def _bmm_forward(skeleton: nn.Module):
 
     def forward(params, buffers, x):
         h = x
-        for i, module in enumerate(skeleton):
+        for name, module in skeleton.named_children():
             if isinstance(module, nn.Flatten):
                 h = h.flatten(2)
             elif isinstance(module, nn.Linear):
-                weight = params[f"{i}.weight"].transpose(1, 2)
-                bias = params.get(f"{i}.bias")
+                weight = params[f"{name}.weight"].transpose(1, 2)
+                bias = params.get(f"{name}.bias")
                 h = torch.bmm(h, weight) if bias is None else torch.baddbmm(
                     bias.unsqueeze(1), h, weight)
             else:

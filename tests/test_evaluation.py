@@ -168,3 +168,54 @@ def test_majority_vote_and_ttt_evaluators_score_a_task():
     assert 0 <= metrics["test_acc"] <= 1 and len(metrics["test_acc_by_class"]) == 10
     with pytest.raises(ScalelabError, match="k: 500 exceeds the 300 training points"):
         scalelab.plugin.instantiate(evaluators, {"name": "ttt", "k": 500}).evaluate(model, data)
+
+
+def test_gains_by_point_pair_by_model_within_each_size():
+    from scalelab.analysis.evaluations import gains_by_point
+
+    settings = [{"eval_id": "a", "config": {"name": "plain"}},
+                {"eval_id": "b", "config": {"name": "ttt", "k": 5}}]
+    records = [{"run_id": f"w{w}s{s}", "width": w, "n_params": 10 * w, "seed": s}
+               for w in (8, 64) for s in range(3)]
+    rows = [{"run_id": f"w{w}s{s}", "eval_id": e, "test_acc": 0.5 + 0.1 * s + gain}
+            for w, g in ((8, 0.05), (64, 0.0)) for s in range(3)
+            for e, gain in (("a", 0.0), ("b", g + 0.001 * s))]
+    gains = gains_by_point(rows, settings, records, ["width"])
+    assert [(g["width"], g["setting"]) for g in gains] == [
+        (8, "plain"), (8, "ttt k=5"), (64, "plain"), (64, "ttt k=5")]
+    small = gains[1]
+    assert small["gain"] == pytest.approx(0.051) and small["n_params"] == 80
+    assert small["gain_low"] < 0.051 < small["gain_high"] and small["gain_high"] - small["gain_low"] < 0.01
+
+
+# ------------------------------------------------------------------- embeddings task
+
+
+def test_embeddings_task_reads_pt_and_npy_features(tmp_path):
+    import numpy as np
+
+    from scalelab.registry import tasks
+
+    torch.save(torch.randn(300, 8), tmp_path / "train_features.pt")
+    torch.save(torch.randint(0, 4, (300,)), tmp_path / "train_labels.pt")
+    np.save(tmp_path / "val_features.npy", np.ones((20, 8), np.float32))
+    np.save(tmp_path / "val_labels.npy", np.zeros(20, np.int64))
+    np.save(tmp_path / "test_features.npy", np.full((30, 8), 2.0, np.float32))
+    np.save(tmp_path / "test_labels.npy", np.arange(30) % 4)
+    data = scalelab.plugin.instantiate(tasks, {"name": "embeddings", "path": str(tmp_path),
+                                               "num_train": 100, "normalize": True}).load()
+    assert data.x_train.shape == (100, 8) and len(data.y_val) == 20 and data.num_classes == 4
+    torch.testing.assert_close(data.x_test.norm(dim=1), torch.ones(30))
+    study = {**TINY, "name": "probe", "grid": {},
+             "task": {"name": "embeddings", "path": str(tmp_path)},
+             "model": {"name": "mlp", "depth": 0}}  # a linear probe
+    result = scalelab.train.train_run(scalelab.spec.validate_study(study).runs[0].config)
+    assert result.status == "completed" and result.metrics["n_params"] == 8 * 4 + 4
+
+
+def test_embeddings_task_names_the_missing_files(tmp_path):
+    from scalelab.registry import tasks
+
+    with pytest.raises(ScalelabError, match=r"task.path: missing .*train_features.npy or "
+                                            r".*train_features.pt"):
+        scalelab.plugin.instantiate(tasks, {"name": "embeddings", "path": str(tmp_path)}).load()

@@ -63,7 +63,11 @@ def gains_by_point(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, 
             continue
         cells[tuple(run.get(a) for a in axes)][r["eval_id"]][r["run_id"]] = float(r[metric])
     out = []
-    for point, per_setting in sorted(cells.items(), key=lambda kv: str(kv[0])):
+    def order(item):  # numbers numerically, anything else after them as text
+        return tuple((0, v, "") if isinstance(v, int | float) else (1, 0, str(v))
+                     for v in item[0])
+
+    for point, per_setting in sorted(cells.items(), key=order):
         size = next((by_run[u].get("n_params") for u in per_setting.get(base, {})), None)
         for s in settings:
             got = per_setting.get(s["eval_id"], {})

@@ -447,16 +447,21 @@ def bootstrap(
     y = np.asarray(y, dtype=float)
     w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
     rng = np.random.default_rng(seed)
-    thetas, failed = [], 0
+    thetas, samples, failed = [], [], 0
     for _ in range(n_resamples):
         idx = rng.integers(0, len(y), len(y))
         result = _refine(fit.theta, law, X[idx], np.log(y[idx]), w[idx], fit.loss, fit.delta,
                          law.bounds(X[idx], y[idx]))
-        if np.all(np.isfinite(result.x)) and np.isfinite(result.fun):
-            thetas.append(result.x)
-        else:
+        try:  # a resample whose optimum runs off to exp overflow has no usable fit
+            natural = law.natural(result.x) if np.all(np.isfinite(result.x)) \
+                and np.isfinite(result.fun) else None
+        except OverflowError:
+            natural = None
+        if natural is None:
             failed += 1
-    samples = [law.natural(t) for t in thetas]
+            continue
+        thetas.append(result.x)
+        samples.append(natural)
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
 
     def interval(values) -> tuple[float, float]:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["overhead", "batched", "padding", "time_to_accuracy", "fit", "selection", "lm"]
+ORDER = ["overhead", "batched", "padding", "time_to_accuracy", "fit", "selection", "ttt", "lm"]
 
 
 def scripts() -> list[Path]:

@@ -34,7 +34,7 @@ BAD = [
     (with_changes(train__max_steps=1.5), "train.max_steps", "valid integer"),
     (with_changes(grid={"width": []}), "grid", "axis 'width' is empty"),
     (with_changes(task={"name": "mnist2d"}), "task.name",
-     "unknown task 'mnist2d' (registered: digits, mnist1d, text)"),
+     "unknown task 'mnist2d' (registered: digits, embeddings, mnist1d, text)"),
     (with_changes(model={"name": "resnet"}), "model.name",
      "unknown model 'resnet' (registered: cnn, gpt, mlp)"),
     (with_changes(method={"name": "magic"}), "method.name",

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..plugin import Plugin
 from ..tasks import TaskData
+from ..train.trainer import accuracy_by_class
 
 
 class Evaluator(Plugin):
@@ -39,10 +40,7 @@ class Evaluator(Plugin):
             out[f"{split}_loss"] = F.cross_entropy(logits, y).item()
             out[f"{split}_acc"] = (pred == y).float().mean().item()
             if split == "test":
-                total = torch.bincount(y, minlength=data.num_classes)
-                correct = torch.bincount(y[pred == y], minlength=data.num_classes)
-                out["test_acc_by_class"] = [c / t if t else None
-                                            for c, t in zip(correct.tolist(), total.tolist())]
+                out["test_acc_by_class"] = accuracy_by_class(pred, y, data.num_classes)
         return out
 
 

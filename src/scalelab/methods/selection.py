@@ -11,6 +11,7 @@ training FLOPs in fewer steps, its schedule built for that shorter budget.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -24,7 +25,7 @@ from ..registry import methods
 from ._base import Method, StepLoss
 
 
-class Selection(Method):
+class Selection(Method, ABC):
     """Base of the selection methods: choose rows of the batch, train on those."""
 
     batchable = False
@@ -39,10 +40,10 @@ class Selection(Method):
         self.generator = torch.Generator().manual_seed(seed + 7919)  # apart from the data order
         self.rates: list[float] = []
 
+    @abstractmethod
     def choose(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
                step: int) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
         """(rows to train on, their loss weights or None, trace values)."""
-        raise NotImplementedError
 
     def step_loss(self, model, x, y, index, step) -> StepLoss:
         keep, weights, trace = self.choose(model, x, y, index, step)

@@ -98,12 +98,11 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
     if a.selection:
         _selection_blocks(a.selection, records, curves, blocks, figure)
     if evaluations:
-        _evaluation_blocks(evaluations, json.loads(meta.get("evaluations", "[]")),
-                           a.compare_metric, blocks, figure)
-        if any(json.loads(meta.get("axes", "{}")).get(x, "").startswith("model.")
-               for x in a.scientific):
-            _evaluation_scale_blocks(evaluations, json.loads(meta.get("evaluations", "[]")),
-                                     records, a, blocks, figure)
+        settings = json.loads(meta.get("evaluations", "[]"))
+        _evaluation_blocks(evaluations, settings, a.compare_metric, blocks, figure)
+        axes = json.loads(meta.get("axes", "{}"))
+        if any(axes.get(x, "").startswith("model.") for x in a.scientific):
+            _evaluation_scale_blocks(evaluations, settings, records, a, blocks, figure)
     if a.comparisons:
         blocks.append(("h2", "Comparisons"))
         blocks.append(("table", *_comparison_rows(a)))
@@ -151,7 +150,7 @@ def _evaluation_blocks(rows, settings, metric: str, blocks: list, figure) -> Non
     for row in summary:
         c = by_name.get(row["setting"])
         table.append([row["setting"], row["models"],
-                      _pm({"m": row["mean"], "m_std": row["std"]}, "m"),
+                      _mean_std(row["mean"], row["std"]),
                       f"{c.mean_diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]" if c else "baseline",
                       c.p_value if c else None, c.wilcoxon_p if c else None,
                       c.p_holm if c else None, c.effect_size if c else None])
@@ -201,7 +200,7 @@ def _selection_blocks(sel: SelectionAnalysis, records, curves, blocks: list, fig
     rows = []
     for cell in sel.cells:
         row = [cell.method, cell.rate, cell.scoring or "—", cell.seeds,
-               _pm({"m": cell.metric_mean, "m_std": cell.metric_std}, "m"),
+               _mean_std(cell.metric_mean, cell.metric_std),
                cell.compute_fraction, cell.matched_compute, cell.wall_fraction,
                f"{cell.activation[0]:.3f}–{cell.activation[1]:.3f}" if cell.activation else "—"]
         for kind in KINDS:
@@ -267,7 +266,10 @@ def _comparison_rows(a: StudyAnalysis) -> tuple[list[str], list[list[Any]]]:
 
 
 def _pm(row: dict, metric: str) -> str:
-    mean, std = row.get(metric), row.get(f"{metric}_std")
+    return _mean_std(row.get(metric), row.get(f"{metric}_std"))
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "—"
     return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"

@@ -58,7 +58,8 @@ def store_meta(store: Store, study: Study) -> None:
                    analysis=study.spec.analysis.model_dump(mode="json"))
 
 
-def _record(result: StudyRun, run: RunSpec, run_result) -> None:
+def record(result: StudyRun, run: RunSpec, run_result) -> None:
+    """Count one finished run and keep the last line of its error."""
     result.trained[run_result.status] += 1
     if run_result.error:
         result.failed.append((run, run_result.error.strip().splitlines()[-1]))
@@ -75,7 +76,7 @@ def execute_study(
     output = output or Output()
     dev = resolve_device(device)  # before anything is written: a bad --device writes nothing
     if launched_by_torchrun():
-        return execute_distributed(study, Path(out_dir), dev, shard, output, _record)
+        return execute_distributed(study, Path(out_dir), dev, shard, output)
     with Store.open(out_dir, create=True) as store:
         store_meta(store, study)
         selected, todo = plan(study, store.statuses(), shard)
@@ -99,7 +100,7 @@ def execute_study(
         with output.progress(len(todo), study.name) as progress:
             for run, run_result in executor.execute(groups, lambda r: store.mark_running([r])):
                 store.write_result(run, run_result)
-                _record(result, run, run_result)
+                record(result, run, run_result)
                 progress.advance(run_result.status, _label(run, run_result))
     return result
 

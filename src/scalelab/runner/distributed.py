@@ -26,9 +26,9 @@ def launched_by_torchrun() -> bool:
 
 
 def execute_distributed(study: Study, out_dir: Path, device: torch.device, shard: str | None,
-                        output: Output, run_record):
+                        output: Output):
     """Train the study's missing runs one after another, each across every rank."""
-    from . import StudyRun, plan, store_meta  # the package imports this module
+    from . import StudyRun, plan, record, store_meta  # the package imports this module
 
     not_lm = sorted({r.config["task"]["name"] for r in study.runs
                      if tasks.get(r.config["task"]["name"]).data_kind != "language"})
@@ -68,7 +68,7 @@ def execute_distributed(study: Study, out_dir: Path, device: torch.device, shard
                                    checkpoints / f"{run_id}.pt" if checkpoints else None)
             if store is not None:
                 store.write_result(run, run_result)
-                run_record(result, run, run_result)
+                record(result, run, run_result)
                 output.info(f"{result.trained.total()}/{len(todo_ids)} {run_result.status} "
                             f"{run_id} " + " ".join(f"{k}={v}" for k, v in run.point.items()))
         if store is not None:

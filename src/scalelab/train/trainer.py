@@ -289,6 +289,12 @@ def class_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_class
     model.eval()
     pred = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(y), batch_size)])
     model.train(was_training)
+    return accuracy_by_class(pred, y, num_classes)
+
+
+def accuracy_by_class(pred: torch.Tensor, y: torch.Tensor, num_classes: int
+                      ) -> list[float | None]:
+    """Share of each class's examples predicted right (None for a class with none)."""
     total = torch.bincount(y, minlength=num_classes)
     correct = torch.bincount(y[pred == y], minlength=num_classes)
     return [c / t if t else None for c, t in zip(correct.tolist(), total.tolist())]

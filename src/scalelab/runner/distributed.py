@@ -73,6 +73,9 @@ def execute_distributed(study: Study, out_dir: Path, device: torch.device, shard
                             f"{run_id} " + " ".join(f"{k}={v}" for k, v in run.point.items()))
         if store is not None:
             store.close()
+        # Tear down together: a rank that destroys the group while its peer is still storing
+        # results can abort at exit (gloo's threads outlive it: "terminate called ...").
+        dist.barrier()
         return result
     finally:
         dist.destroy_process_group()

@@ -48,8 +48,8 @@ def fixture_store(tmp_path):
                             store.write_result(spec, RunResult(
                                 "completed",
                                 {"n_params": n_params, "val_loss": val, "test_loss": law * noise,
-                                 "test_acc": acc, "train_flops": 1e9, "wall_time": 1.0,
-                                 "samples_seen": 1000},
+                                 "test_acc": acc, "train_flops": 6.0 * n_params * d,
+                                 "wall_time": 1.0, "samples_seen": d, "epochs_seen": 1.0},
                                 [(s, "val_loss", val + 1 / s) for s in (10, 20, 30)]))
     return out
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from .analysis import Summary, summarize
 from .analysis.stats import Comparison
 from .analysis.stats import compare as compare_records
-from .analysis.study import FitEntry, fit_rows, per_shape_optimum
+from .analysis.study import FitEntry, fit_rows, in_study, per_shape_optimum
 from .errors import ScalelabError
 from .output import Output
 from .runner import StudyRun, execute_study, plan
@@ -28,7 +28,9 @@ ExportFormat = Literal["csv", "json", "parquet"]
 
 
 def default_out_dir(study: Study) -> Path:
-    return Path("runs") / study.name
+    """``runs/<name>``, or ``runs/<name>-quick`` for a ``--quick`` look, so quick runs never
+    mix into the full study's tables, fits or report."""
+    return Path("runs") / (f"{study.name}-quick" if study.quick else study.name)
 
 
 def _as_study(study: str | Path | Study, overrides: Sequence[str], quick: bool) -> Study:
@@ -98,8 +100,14 @@ def study_axes(out_dir: str | Path) -> dict[str, str]:
         return json.loads(store.meta().get("axes", "{}"))
 
 
+def study_records(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The stored runs of the study as its file was last run (see :func:`in_study`)."""
+    with Store.open(out_dir) as store:
+        return in_study(store.records(), store.meta())[0]
+
+
 def summary(out_dir: str | Path, metric: str = "test_loss") -> Summary:
-    return summarize(records(out_dir), study_axes(out_dir), metric)
+    return summarize(study_records(out_dir), study_axes(out_dir), metric)
 
 
 def export(out_dir: str | Path, fmt: ExportFormat, path: str | Path | None = None,
@@ -186,7 +194,7 @@ def analysis_records(out_dir: str | Path | None = None, csv_path: str | Path | N
         return [r for r in rows if r.get("status", "completed") == "completed"]
     with Store.open(out_dir) as store:
         rows, meta = store.records(), store.meta()
-    return per_shape_optimum(rows, meta)[0]
+    return per_shape_optimum(in_study(rows, meta)[0], meta)[0]
 
 
 def fit(out_dir: str | Path | None = None, *, x: str = "params", y: str = "test_loss",

@@ -89,6 +89,9 @@ class AnalysisConfig(StrictModel):
     size: str = Field("n_params", description="model-size column (n_params_nonembed for GPTs)")
     forms: list[str] = Field(default_factory=lambda: ["auto"],
                              description="law forms fitted against size (auto: chosen by backtest)")
+    data: str = Field("auto", description="data column D of the joint law L(N, D): auto (the "
+                      "study's data axis) or a consumed amount such as samples_seen or "
+                      "tokens_seen, which compute-optimal allocation needs")
 
     @field_validator("forms")
     @classmethod
@@ -199,6 +202,7 @@ class Study:
     spec: StudySpec
     source: str
     grids: list[dict[str, list[Any]]] = field(default_factory=lambda: [{}])  # path -> values
+    quick: bool = False  # its `quick:` overrides applied (results go to their own directory)
 
     @property
     def axes(self) -> dict[str, list[Any]]:
@@ -337,7 +341,9 @@ def load_study(
         raw = deep_merge(raw, block)
     for text in overrides:
         raw = apply_override(raw, text)
-    return validate_study(raw, source)
+    study = validate_study(raw, source)
+    study.quick = quick
+    return study
 
 
 def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:

@@ -23,10 +23,12 @@ import numpy as np
 from pydantic import Field
 from scipy import optimize
 from scipy.special import expit
+from threadpoolctl import threadpool_limits
 
 from ..errors import ScalelabError
 from ..plugin import Plugin, PluginConfig, instantiate
 from ..registry import laws
+from .diagnostics import Diagnostic, diagnose, verdict
 
 Loss = Literal["huber", "mse"]
 
@@ -286,7 +288,9 @@ def objective(theta: np.ndarray, form: LawForm, X: np.ndarray, log_y: np.ndarray
 
 @dataclass
 class LawFit:
-    """A fitted law. ``theta`` are the optimised parameters, ``params`` the quoted ones."""
+    """A fitted law. ``theta`` are the optimised parameters, ``params`` the quoted ones;
+    ``settings`` the form's own settings (e.g. ``broken_power``'s smoothness), which every
+    prediction, bootstrap refit and backtest of this fit uses."""
 
     form: str
     formula: str
@@ -300,29 +304,52 @@ class LawFit:
     n_starts: int
     loss: str
     delta: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    at_bound: list[str] = field(default_factory=list)  # quoted parameters pinned at a bound
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     backtest: Backtest | None = None
     selection: list[dict[str, Any]] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def law(self) -> LawForm:
+        return get_form(self.form, self.settings)
+
+    @property
+    def verdict(self) -> tuple[str, str]:
+        """(``trustworthy`` | ``use with care`` | ``not a law``, the reasons in words)."""
+        return verdict(self.diagnostics)
 
     def predict(self, x) -> np.ndarray:
-        law = get_form(self.form)
-        return law.predict(self.theta, x)
+        return self.law.predict(self.theta, x)
 
     def to_dict(self) -> dict[str, Any]:
+        label, reasons = self.verdict
         return {
-            "form": self.form, "formula": self.formula,
+            "form": self.form, "settings": self.settings, "formula": self.formula,
             "params": self.params, "theta": self.theta.tolist(),
             "intervals": {k: list(v) for k, v in self.intervals.items()},
             "objective": self.objective, "converged": self.converged,
             "grad_norm": self.grad_norm, "message": self.message, "points": self.n_points,
             "starts": self.n_starts, "loss": self.loss, "delta": self.delta,
+            "at_bound": self.at_bound,
             "backtest": self.backtest.to_dict() if self.backtest else None,
             "selection": self.selection,
+            "verdict": label, "verdict_reasons": reasons,
+            "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
 
 
-def get_form(form: str | LawForm) -> LawForm:
-    return form if isinstance(form, LawForm) else instantiate(laws, {"name": form})
+def get_form(form: str | LawForm, settings: Mapping[str, Any] | None = None) -> LawForm:
+    """The law form ``form`` (a registered name, with ``settings``), or ``form`` itself."""
+    if isinstance(form, LawForm):
+        return form
+    return instantiate(laws, {"name": form, **(settings or {})})
+
+
+def form_settings(law: LawForm) -> dict[str, Any]:
+    """The form's settings as plain data (what :func:`get_form` needs to rebuild it)."""
+    return law.config.model_dump(mode="json")
 
 
 def _refine(theta0, form, X, log_y, w, loss, delta, bounds):
@@ -332,6 +359,15 @@ def _refine(theta0, form, X, log_y, w, loss, delta, bounds):
         objective, theta0, args=(form, X, log_y, w, loss, delta), jac=True, method="L-BFGS-B",
         bounds=bounds, options={"maxiter": 20_000, "maxfun": 50_000, "ftol": 1e-15, "gtol": 1e-10},
     )
+
+
+def _converged(result, n: int, delta: float) -> tuple[bool, float]:
+    """(converged, max |gradient|). Huber's kink makes L-BFGS-B report a failed line search
+    at an optimum, so the gradient norm (relative to the objective's scale) is the real test."""
+    grad_norm = float(np.max(np.abs(result.jac))) if result.jac is not None else math.inf
+    ok = bool(np.isfinite(result.fun) and np.all(np.isfinite(result.x))
+              and grad_norm <= 1e-6 * max(1.0, n * delta))
+    return ok, grad_norm
 
 
 def distinct_points(X: np.ndarray) -> int:
@@ -378,26 +414,32 @@ def fit_law(
         keep = len(candidates)
     else:
         candidates, keep = law.starts(X, y), refine
-    values = np.array([objective(t, law, X, log_y, w, loss, delta)[0] for t in candidates])
-    best_first = candidates[np.argsort(values)[:keep]]
-    best, bounds = None, law.bounds(X, y)
-    for theta0 in best_first:
-        result = _refine(theta0, law, X, log_y, w, loss, delta, bounds)
-        if best is None or result.fun < best.fun:
-            best = result
-    return _make_fit(law, best, len(y), len(best_first), loss, delta)
+    bounds = law.bounds(X, y)
+    with threadpool_limits(1):  # BLAS threads only oversubscribe fits this small
+        values = np.array([objective(t, law, X, log_y, w, loss, delta)[0] for t in candidates])
+        best_first = candidates[np.argsort(values)[:keep]]
+        best = None
+        for theta0 in best_first:
+            result = _refine(theta0, law, X, log_y, w, loss, delta, bounds)
+            if best is None or result.fun < best.fun:
+                best = result
+    fit = _make_fit(law, best, len(y), len(best_first), loss, delta, bounds)
+    fit.diagnostics = diagnose(fit, X, y)
+    return fit
 
 
-def _make_fit(law: LawForm, result, n: int, n_starts: int, loss: str, delta: float) -> LawFit:
-    grad_norm = float(np.max(np.abs(result.jac))) if result.jac is not None else math.inf
-    # Huber's kink makes L-BFGS-B report a failed line search at an optimum; the gradient norm
-    # (relative to the objective's scale) is the real test.
-    converged = bool(np.isfinite(result.fun) and grad_norm <= 1e-6 * max(1.0, n * delta))
+def _make_fit(law: LawForm, result, n: int, n_starts: int, loss: str, delta: float,
+              bounds) -> LawFit:
+    converged, grad_norm = _converged(result, n, delta)
+    names = list(law.natural(result.x))
+    at_bound = [names[i] for i, (value, (lo, hi)) in enumerate(zip(result.x, bounds))
+                if any(b is not None and abs(value - b) <= 1e-6 * max(1.0, abs(b))
+                       for b in (lo, hi))]
     return LawFit(
         form=_name_of(law), formula=law.formula, theta=np.asarray(result.x, dtype=float),
         params=law.natural(result.x), objective=float(result.fun), converged=converged,
         grad_norm=grad_norm, message=str(result.message), n_points=n, n_starts=n_starts,
-        loss=loss, delta=delta,
+        loss=loss, delta=delta, settings=form_settings(law), at_bound=at_bound,
     )
 
 
@@ -413,7 +455,11 @@ def _name_of(law: LawForm) -> str:
 
 @dataclass
 class Bootstrap:
-    """Bootstrap distribution of a fit: resampled parameters, predictions and derived values."""
+    """Bootstrap distribution of a fit: resampled parameters, predictions and derived values.
+
+    ``failed`` counts resamples whose refit did not converge or overflowed (left out of every
+    interval, and shown); ``undefined`` counts, per derived quantity, the resamples where it
+    was NaN or infinite (e.g. N_opt with an exponent <= 0 there)."""
 
     samples: list[dict[str, float]]
     intervals: dict[str, tuple[float, float]]
@@ -421,6 +467,14 @@ class Bootstrap:
     derived: dict[str, tuple[float, float]]
     failed: int
     level: float
+    n_resamples: int = 0
+    undefined: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"resamples": self.n_resamples, "used": len(self.samples), "failed": self.failed,
+                "level": self.level, "intervals": {k: list(v) for k, v in self.intervals.items()},
+                "derived": {k: list(v) for k, v in self.derived.items()},
+                "undefined": self.undefined}
 
 
 def bootstrap(
@@ -438,47 +492,59 @@ def bootstrap(
     """Percentile intervals from refitting on runs resampled with replacement.
 
     Each resample is refitted with L-BFGS-B from the full-data optimum (a warm start), with
-    the same loss. Intervals for every quoted parameter, for predictions at ``predict_at`` and
-    for each ``derived`` quantity (a function of the quoted parameters). The intervals are
-    also stored on ``fit.intervals``.
+    the same loss and the fit's own form settings; a refit that does not converge counts as
+    failed. Intervals for every quoted parameter, for predictions at ``predict_at`` and for
+    each ``derived`` quantity (a function of the quoted parameters). The intervals are stored
+    on ``fit.intervals`` and the fit's diagnostics are recomputed with the bootstrap.
+
+    Runs serially with BLAS pinned to one thread: a warm-started refit takes milliseconds,
+    less than the seconds a worker process needs to start (importing scalelab loads torch).
     """
-    law = get_form(fit.form)
+    law = fit.law
     X = _as_matrix(x, law.variables)
     y = np.asarray(y, dtype=float)
     w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
     rng = np.random.default_rng(seed)
     thetas, samples, failed = [], [], 0
-    for _ in range(n_resamples):
-        idx = rng.integers(0, len(y), len(y))
-        result = _refine(fit.theta, law, X[idx], np.log(y[idx]), w[idx], fit.loss, fit.delta,
-                         law.bounds(X[idx], y[idx]))
-        try:  # a resample whose optimum runs off to exp overflow has no usable fit
-            natural = law.natural(result.x) if np.all(np.isfinite(result.x)) \
-                and np.isfinite(result.fun) else None
-        except OverflowError:
-            natural = None
-        if natural is None:
-            failed += 1
-            continue
-        thetas.append(result.x)
-        samples.append(natural)
+    with threadpool_limits(1):
+        for _ in range(n_resamples):
+            idx = rng.integers(0, len(y), len(y))
+            result = _refine(fit.theta, law, X[idx], np.log(y[idx]), w[idx], fit.loss,
+                             fit.delta, law.bounds(X[idx], y[idx]))
+            try:  # a resample whose optimum runs off to exp overflow has no usable fit
+                natural = law.natural(result.x) if _converged(result, len(y), fit.delta)[0] \
+                    else None
+            except OverflowError:
+                natural = None
+            if natural is None:
+                failed += 1
+                continue
+            thetas.append(result.x)
+            samples.append(natural)
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
 
     def interval(values) -> tuple[float, float]:
         values = np.asarray(values, dtype=float)
-        if np.isnan(values).all():  # undefined in every resample (e.g. no finite optimum)
+        values = values[np.isfinite(values)]
+        if not len(values):  # undefined in every resample (e.g. no finite optimum)
             return math.nan, math.nan
-        return float(np.nanpercentile(values, lo)), float(np.nanpercentile(values, hi))
+        return float(np.percentile(values, lo)), float(np.percentile(values, hi))
 
     intervals = {k: interval([s[k] for s in samples]) for k in fit.params}
     prediction = None
-    if predict_at is not None:
+    if predict_at is not None and thetas:
         P = _as_matrix(predict_at, law.variables)
         preds = np.array([law.predict(t, P) for t in thetas])
         prediction = np.stack([np.percentile(preds, lo, axis=0), np.percentile(preds, hi, axis=0)], 1)
-    derived_iv = {name: interval([f(s) for s in samples]) for name, f in (derived or {}).items()}
+    derived_values = {name: np.array([f(s) for s in samples], dtype=float)
+                      for name, f in (derived or {}).items()}
+    derived_iv = {name: interval(v) for name, v in derived_values.items()}
+    undefined = {name: int(np.sum(~np.isfinite(v))) for name, v in derived_values.items()}
     fit.intervals = intervals
-    return Bootstrap(samples, intervals, prediction, derived_iv, failed, level)
+    boot = Bootstrap(samples, intervals, prediction, derived_iv, failed, level, n_resamples,
+                     undefined)
+    fit.diagnostics = diagnose(fit, X, y, boot)
+    return boot
 
 
 # ------------------------------------------------------------------------------ backtest
@@ -508,20 +574,44 @@ class Backtest:
                 "relative_errors": self.relative_errors.tolist()}
 
 
+DEFAULT_HOLDOUT = 0.2
+
+
 def holdout_mask(X: np.ndarray, holdout: str | float) -> np.ndarray:
-    """Points to hold out: ``"largest"`` = the largest value of the first variable;
-    a number k > 1 = points whose scale (product of the variables, ∝ compute for N·D)
-    exceeds max scale / k."""
+    """Points to hold out, by scale (the product of the variables, ∝ compute for N·D):
+
+    - a fraction 0 < f < 1 (the default, 0.2): the points at the largest f of the distinct
+      scales, at least one scale, so continuous sizes never rest on a single point;
+    - ``"largest"``: the points at the largest value of the first variable;
+    - a factor k > 1: the points whose scale exceeds the largest scale / k.
+    """
+    X = np.asarray(X, dtype=float).reshape(len(X), -1)
     if holdout == "largest":
         return X[:, 0] == X[:, 0].max()
-    k = float(holdout)
-    if k <= 1:
-        raise ScalelabError(f"holdout: expected 'largest' or a factor k > 1, got {holdout!r}")
+    k = parse_holdout(holdout)
     scale = np.prod(X, axis=1)
+    if isinstance(k, float) and k < 1:
+        distinct = np.unique(scale)
+        count = max(1, int(k * len(distinct)))
+        return scale >= distinct[-count]
     return scale > scale.max() / k
 
 
-def backtest(x, y, form: str | LawForm = "power", holdout: str | float = "largest",
+def parse_holdout(holdout: str | float) -> str | float:
+    """``"largest"``, a fraction in (0, 1) or a factor > 1; anything else is refused."""
+    if holdout == "largest":
+        return holdout
+    try:
+        value = float(holdout)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0 and value != 1):
+        raise ScalelabError(f"holdout: expected 'largest', a fraction 0 < f < 1 of the largest "
+                            f"sizes, or a factor k > 1; got {holdout!r}")
+    return value
+
+
+def backtest(x, y, form: str | LawForm = "power", holdout: str | float = DEFAULT_HOLDOUT,
              **fit_options) -> Backtest:
     law = get_form(form)
     X = _as_matrix(x, law.variables)
@@ -545,8 +635,8 @@ def backtest(x, y, form: str | LawForm = "power", holdout: str | float = "larges
                     rel, rmsle)
 
 
-def select_form(x, y, candidates: Sequence[str] | None = None, holdout: str | float = "largest",
-                **fit_options) -> LawFit:
+def select_form(x, y, candidates: Sequence[str] | None = None,
+                holdout: str | float = DEFAULT_HOLDOUT, **fit_options) -> LawFit:
     """Fit every candidate form of the right arity, keep the one with the smallest backtest
     RMSLE (not the best in-sample fit), refit it on all points and attach the comparison."""
     X = np.asarray(x, dtype=float)
@@ -568,6 +658,7 @@ def select_form(x, y, candidates: Sequence[str] | None = None, holdout: str | fl
         raise ScalelabError("form=auto: no candidate form could be backtested on these points")
     fit = fit_law(X, y, best[0], **fit_options)
     fit.backtest, fit.selection = best[1], table
+    fit.diagnostics = diagnose(fit, X, y)
     return fit
 
 
@@ -575,11 +666,13 @@ def select_form(x, y, candidates: Sequence[str] | None = None, holdout: str | fl
 
 
 def compute_optimal(params: Mapping[str, float], budgets,
-                    flops: Callable[[float, float], float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    flops: Callable[[float, float], float] | None = None,
+                    flops_per_param_sample: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
     """N_opt(C), D_opt(C) minimising E + A/N^alpha + B/D^beta subject to flops(N, D) = C.
 
-    With the default C = 6·N·D the optimum is closed-form:
-    N_opt = G·(C/6)^(beta/(alpha+beta)), G = (alpha·A / (beta·B))^(1/(alpha+beta)).
+    With C = k·N·D (k = ``flops_per_param_sample``: 6 for a transformer's forward and
+    backward per token, or the ratio the runs' counted FLOPs show) the optimum is closed-form:
+    N_opt = G·(C/k)^(beta/(alpha+beta)), G = (alpha·A / (beta·B))^(1/(alpha+beta)).
     A user FLOPs model (increasing in N and D) is solved numerically.
     """
     A, B, alpha, beta = params["A"], params["B"], params["alpha"], params["beta"]
@@ -588,8 +681,9 @@ def compute_optimal(params: Mapping[str, float], budgets,
         return np.full(len(C), np.nan), np.full(len(C), np.nan)
     if flops is None:
         G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
-        n_opt = G * (C / 6) ** (beta / (alpha + beta))
-        return n_opt, C / 6 / n_opt
+        k = flops_per_param_sample
+        n_opt = G * (C / k) ** (beta / (alpha + beta))
+        return n_opt, C / k / n_opt
     n_out, d_out = [], []
     for c in C:
         def d_for(log_n: float, c: float = c) -> float:

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScalelabError
+from .diagnostics import Diagnostic, diagnose, extrapolation, is_law
 from .laws import (
+    DEFAULT_HOLDOUT,
     Bootstrap,
     LawFit,
     backtest,
@@ -45,13 +47,59 @@ class FitEntry:
     boot: Bootstrap
     grid: np.ndarray            # where the curve and band are drawn
     allocation: list[dict[str, Any]] = field(default_factory=list)
+    allocation_note: str = ""   # the compute model used, or why no allocation is shown
+
+    @property
+    def diagnostics(self) -> list[Diagnostic]:
+        return self.fit.diagnostics
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "x": self.x_names, "y": self.y_name,
-                **self.fit.to_dict(), "bootstrap_resamples": len(self.boot.samples),
+                **self.fit.to_dict(), "bootstrap": self.boot.to_dict(),
+                "bootstrap_resamples": self.boot.n_resamples,
                 "bootstrap_failed": self.boot.failed, "ci_level": self.boot.level,
                 "derived_intervals": {k: list(v) for k, v in self.boot.derived.items()},
-                "allocation": self.allocation}
+                "allocation": self.allocation, "allocation_note": self.allocation_note}
+
+
+@dataclass(frozen=True)
+class ComputeModel:
+    """C = k·N·D with k read off the runs' counted training FLOPs (not assumed to be 6)."""
+
+    k: float            # FLOPs per parameter per unit of the data column
+    spread: float       # largest |k_run / k - 1| over the runs
+    data: str           # the data column D
+
+    def describe(self) -> str:
+        return (f"C = k·N·D with k = {self.k:.3g} FLOPs per parameter per {self.data} unit, "
+                f"read off the runs' counted training FLOPs (every run within "
+                f"{self.spread:.0%} of it)")
+
+
+#: A compute model describes the runs when every run's counted FLOPs are within this of k·N·D.
+MAX_COMPUTE_SPREAD = 0.25
+
+
+def compute_model(rows: Sequence[dict[str, Any]], size: str, data: str
+                  ) -> tuple[ComputeModel | None, str]:
+    """The k of C = k·N·D that the runs' counted FLOPs follow, or None and the reason."""
+    usable = [r for r in rows if r.get("train_flops") and r.get(size) and r.get(data)]
+    if not usable:
+        return None, "no compute-optimal allocation: the runs have no counted training FLOPs"
+    ks = np.array([r["train_flops"] / (float(r[size]) * float(r[data])) for r in usable])
+    k = float(np.median(ks))
+    spread = float(np.max(np.abs(ks / k - 1)))
+    if spread > MAX_COMPUTE_SPREAD:
+        epochs = [r["epochs_seen"] for r in usable if r.get("epochs_seen")]
+        seen = (f" The runs saw each training example {min(epochs):.3g}–{max(epochs):.3g} "
+                "times, so their compute is set by steps × batch, not by "
+                f"{data}." if epochs and max(epochs) > 1.5 else "")
+        return None, (f"no compute-optimal allocation: the runs' counted training FLOPs are not "
+                      f"k·N·D for any one k (FLOPs / ({size} · {data}) ranges "
+                      f"{ks.min():.3g}–{ks.max():.3g}).{seen} Fit the joint law against "
+                      "consumed data instead (analysis: {data: samples_seen}, or tokens_seen) to "
+                      "get an allocation")
+    return ComputeModel(k, spread, data), ""
 
 
 @dataclass
@@ -71,6 +119,7 @@ class StudyAnalysis:
     notes: list[str]
     selected: list[dict[str, Any]]
     selection: SelectionAnalysis | None = None
+    excluded: int = 0       # stored runs not in the study as its file is now written
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "metric": self.metric, "size": self.size,
@@ -79,6 +128,7 @@ class StudyAnalysis:
                 "fits": [f.to_dict() for f in self.fits],
                 "winners": [w.to_dict() for w in self.winners],
                 "comparisons": [c.to_dict() for c in self.comparisons], "notes": self.notes,
+                "runs_not_in_study": self.excluded,
                 "selection": self.selection.to_dict() if self.selection else None}
 
 
@@ -107,6 +157,7 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
                   n_resamples: int = 1000) -> StudyAnalysis:
     """Per-shape optima, scaling-law fits and method comparisons of one stored study;
     ``metric`` and ``compare_metric`` default to the study's ``analysis:`` settings."""
+    records, excluded = in_study(records, meta)
     settings = analysis_settings(meta)
     metric = metric or settings["metric"]
     compare_metric = compare_metric or settings["compare_metric"]
@@ -130,11 +181,12 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
             for form in settings["forms"] if model_axes else ["auto"]:
                 fits.append(_attempt(notes, fit_rows, rows, [x_name], metric, key, n_resamples,
                                      form))
-    if model_axes and data_axis:
+    data_column = data_axis if settings.get("data", "auto") == "auto" else settings["data"]
+    if model_axes and data_column:
         for key, rows in _groups(selected, [a for a in scientific
                                             if a not in model_axes and a != data_axis]).items():
-            fits.append(_attempt(notes, fit_rows, rows, [size, data_axis], metric, key,
-                                 n_resamples, "chinchilla"))
+            fits.append(_attempt(notes, fit_rows, rows, [size, data_column], metric, key,
+                                 n_resamples, "chinchilla", DEFAULT_HOLDOUT, True))
     fits = [f for f in fits if f is not None]
 
     comparisons: list[Comparison] = []
@@ -158,8 +210,19 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
         compute=compute, scientific=scientific, nuisance=nuisance,
         table=_results_table(selected, scientific, size, metric, compare_metric),
         winners=winners, fits=fits, comparisons=comparisons, notes=notes,
-        selected=selected if done else [], selection=selection,
+        selected=selected if done else [], selection=selection, excluded=len(excluded),
     )
+
+
+def in_study(records: Sequence[dict[str, Any]], meta: dict[str, str]
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(runs of the study as its file was last run, the other stored runs). Runs of an older
+    version of the file, or of other overrides, stay stored but enter no table or fit."""
+    if "run_ids" not in meta:  # a store written before run ids were recorded
+        return list(records), []
+    wanted = set(json.loads(meta["run_ids"]))
+    return ([r for r in records if r["run_id"] in wanted],
+            [r for r in records if r["run_id"] not in wanted])
 
 
 def _attempt(notes: list[str], function, *args):
@@ -185,10 +248,13 @@ def _fmt_point(point) -> str:
 
 def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str,
              key: tuple = (), n_resamples: int = 1000, form: str = "auto",
-             holdout: str | float = "largest") -> FitEntry:
-    """Fit ``metric`` against the ``x_names`` columns of ``rows``, with bootstrap and backtest."""
-    rows = [r for r in rows if r.get(metric) is not None]
-    x = np.array([[float(r[n]) for n in x_names] for r in rows])
+             holdout: str | float = DEFAULT_HOLDOUT, allocate: bool = False) -> FitEntry:
+    """Fit ``metric`` against the ``x_names`` columns of ``rows``, with bootstrap, backtest and
+    diagnostics; with ``allocate`` (a joint law), compute-optimal allocation under the compute
+    model the runs' counted FLOPs follow, only when the fit is a law and that model exists."""
+    rows = [r for r in rows if r.get(metric) is not None
+            and all(r.get(n) is not None for n in x_names)]
+    x = np.array([[float(r[n]) for n in x_names] for r in rows]).reshape(len(rows), len(x_names))
     y = np.array([float(r[metric]) for r in rows])
     title = (f"{metric} vs {' & '.join(x_names)}" + (f", form {form}" if form != "auto" else "")
              + (f" [{_fmt_point(key)}]" if key else ""))
@@ -202,30 +268,42 @@ def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str
         try:
             fit.backtest = backtest(xs, y, form, holdout)
         except ScalelabError:
-            fit.backtest = None  # too few points to hold any out; the report says so
+            fit.backtest = None  # too few points to hold any out; the diagnostics say so
     lo, hi = x[:, 0].min(), x[:, 0].max() * 2
     line = np.geomspace(lo, hi, 60)
     if len(x_names) == 1:
         grid = line
     else:
         grid = np.array([[n, d] for d in np.unique(x[:, 1]) for n in line])
-    derived, allocation_budgets = {}, []
-    if fit.form == "chinchilla":
-        c_max = float(np.max(6 * x[:, 0] * x[:, 1]))
-        allocation_budgets = [c_max, 10 * c_max, 100 * c_max]
-        for i, c in enumerate(allocation_budgets):
-            derived[f"N_opt[{i}]"] = lambda p, c=c: float(compute_optimal(p, [c])[0][0])
-            derived[f"D_opt[{i}]"] = lambda p, c=c: float(compute_optimal(p, [c])[1][0])
-    boot = bootstrap(fit, xs, y, n_resamples=n_resamples,
-                     predict_at=grid, derived=derived)
-    entry = FitEntry(title, list(x_names), metric, x, y, fit, boot, grid)
-    if allocation_budgets:
-        n_opt, d_opt = compute_optimal(fit.params, allocation_budgets)
-        entry.allocation = [
-            {"flops": c, "N_opt": float(n), "D_opt": float(d),
-             "N_opt_ci": list(boot.derived[f"N_opt[{i}]"]),
-             "D_opt_ci": list(boot.derived[f"D_opt[{i}]"])}
-            for i, (c, n, d) in enumerate(zip(allocation_budgets, n_opt, d_opt))]
+    derived, budgets, note, model = {}, [], "", None
+    if allocate and len(x_names) == 2:
+        model, note = compute_model(rows, x_names[0], x_names[1])
+        if model and not is_law(fit.diagnostics):
+            model, note = None, ("no compute-optimal allocation: the fit is not a law ("
+                                 + fit.verdict[1] + ")")
+        if model:
+            c_max = float(max(r["train_flops"] for r in rows))
+            budgets = [c_max, 10 * c_max, 100 * c_max]
+            for i, c in enumerate(budgets):
+                derived[f"N_opt[{i}]"] = lambda p, c=c: float(
+                    compute_optimal(p, [c], flops_per_param_sample=model.k)[0][0])
+                derived[f"D_opt[{i}]"] = lambda p, c=c: float(
+                    compute_optimal(p, [c], flops_per_param_sample=model.k)[1][0])
+    boot = bootstrap(fit, xs, y, n_resamples=n_resamples, predict_at=grid, derived=derived)
+    fit.diagnostics = diagnose(fit, x, y, boot, x_names)
+    entry = FitEntry(title, list(x_names), metric, x, y, fit, boot, grid,
+                     allocation_note=model.describe() if model else note)
+    if model:
+        n_opt, d_opt = compute_optimal(fit.params, budgets, flops_per_param_sample=model.k)
+        for i, (c, n, d) in enumerate(zip(budgets, n_opt, d_opt)):
+            warnings = [w for w in (extrapolation("N_opt", float(n), x[:, 0]),
+                                    extrapolation("D_opt", float(d), x[:, 1])) if w]
+            entry.allocation.append(
+                {"flops": c, "N_opt": float(n), "D_opt": float(d),
+                 "N_opt_ci": list(boot.derived[f"N_opt[{i}]"]),
+                 "D_opt_ci": list(boot.derived[f"D_opt[{i}]"]),
+                 "N_opt_undefined": boot.undefined.get(f"N_opt[{i}]", 0),
+                 "warnings": [w.message for w in warnings]})
     return entry
 
 

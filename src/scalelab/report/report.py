@@ -50,6 +50,18 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
 
     a = analysis
     blocks.append(("h1", f"Study report: {a.study}"))
+    if a.fits:
+        blocks.append(("h2", "Verdicts"))
+        blocks.append(("p", "Each fitted law, judged by its diagnostics: trustworthy (none found a "
+                            "problem), use with care (warnings), or not a law (the curve does not "
+                            "describe loss falling with scale; no allocation is derived from it)."))
+        blocks.append(("table", ["fit", "form", "verdict", "why"],
+                       [[e.title, e.fit.form, *e.fit.verdict] for e in a.fits]))
+    if a.excluded:
+        blocks.append(("warn", f"{a.excluded} stored run(s) are not in this study as its file "
+                               "is now written (an older version of the file, or other "
+                               "overrides such as --quick); they are left out of every table "
+                               "and fit below."))
     blocks.append(("h2", "Summary"))
     blocks.append(("table", ["status", "runs"], sorted(a.counts.items())))
     blocks.append(("p", f"Compute used: {a.compute['train_flops']:.3g} training FLOPs (counted), "
@@ -73,6 +85,10 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
     for i, entry in enumerate(a.fits):
         fit, bt = entry.fit, entry.fit.backtest
         blocks.append(("h3", entry.title))
+        label, reasons = fit.verdict
+        blocks.append(("warn" if label != "trustworthy" else "p", f"Verdict: {label} — {reasons}"))
+        for d in entry.diagnostics:
+            blocks.append(("li", f"{d.severity}: {d.message}"))
         blocks.append(("p", f"Form `{fit.form}`: {fit.formula}. Huber (δ = {fit.delta:g}) on log "
                             f"loss, summed over {fit.n_points} runs, L-BFGS-B from {fit.n_starts} "
                             f"starts; converged: {'yes' if fit.converged else 'NO'} (max |gradient| "
@@ -81,19 +97,27 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
         blocks.append(("table", ["parameter", "value", "CI low", "CI high"],
                        [[k, v, *fit.intervals.get(k, (None, None))] for k, v in fit.params.items()]))
         if bt is not None:
-            blocks.append(("p", f"Backtest (fit without the held-out points, holdout = {bt.holdout}):"
-                                f" RMSLE {bt.rmsle:.4g}, mean |relative error| "
-                                f"{bt.mean_abs_relative_error:.2%} on {int(bt.held_out.sum())} "
-                                f"held-out points."))
+            chosen = (" The form was chosen by this backtest, so this error is optimistic."
+                      if fit.selection else "")
+            blocks.append(("p", f"Backtest (fitted on {bt.train_points} points, holdout = "
+                                f"{_holdout_words(bt.holdout)}): RMSLE {bt.rmsle:.4g}, mean "
+                                f"|relative error| {bt.mean_abs_relative_error:.2%} on "
+                                f"{int(bt.held_out.sum())} held-out points.{chosen}"))
         if fit.selection:
             blocks.append(("table", ["candidate form", "backtest RMSLE", "mean |rel. error|"],
                            [[s["form"], s.get("rmsle"), s.get("mean_abs_relative_error")]
                             for s in fit.selection]))
         if entry.allocation:
-            blocks.append(("table", ["budget C (FLOPs, C = 6ND)", "N_opt", "N_opt CI", "D_opt",
-                                     "D_opt CI"],
+            blocks.append(("p", f"Compute-optimal allocation at the largest counted budget of "
+                                f"the runs and 10× and 100× beyond it; compute model: "
+                                f"{entry.allocation_note}."))
+            blocks.append(("table", ["budget C (FLOPs)", "N_opt", "N_opt CI", "D_opt", "D_opt CI",
+                                     "warning"],
                            [[r["flops"], r["N_opt"], _ci(r["N_opt_ci"]), r["D_opt"],
-                             _ci(r["D_opt_ci"])] for r in entry.allocation]))
+                             _ci(r["D_opt_ci"]), " ".join(r["warnings"]) or "—"]
+                            for r in entry.allocation]))
+        elif entry.allocation_note:
+            blocks.append(("muted", entry.allocation_note + "."))
         figure(plots.law_figure(entry), f"law_{i}", entry.title)
     if a.selection:
         _selection_blocks(a.selection, records, curves, blocks, figure)
@@ -275,6 +299,19 @@ def _mean_std(mean: float | None, std: float | None) -> str:
     return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"
 
 
+def _md_cell(text: str) -> str:
+    """A table cell for CommonMark: pipes escaped, line breaks flattened."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _holdout_words(holdout: str) -> str:
+    if holdout == "largest":
+        return "the largest size"
+    value = float(holdout)
+    return (f"the largest {value:.0%} of distinct sizes" if value < 1
+            else f"compute above 1/{value:g} of the largest")
+
+
 def _point(point: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items())
 
@@ -289,13 +326,17 @@ def _markdown(blocks: list[tuple], out: Path) -> str:
         kind = block[0]
         if kind in ("h1", "h2", "h3"):
             lines += ["#" * int(kind[1]) + " " + block[1], ""]
-        elif kind == "p":
+        elif kind in ("p", "muted"):
             lines += [block[1], ""]
+        elif kind == "warn":
+            lines += [f"> **{block[1]}**", ""]
+        elif kind == "li":
+            lines += [f"- {block[1]}", ""]
         elif kind == "table":
             headers, rows = block[1], block[2]
-            lines.append("| " + " | ".join(headers) + " |")
+            lines.append("| " + " | ".join(_md_cell(h) for h in headers) + " |")
             lines.append("|" + "---|" * len(headers))
-            lines += ["| " + " | ".join(fmt_value(v) for v in row) + " |" for row in rows]
+            lines += ["| " + " | ".join(_md_cell(fmt_value(v)) for v in row) + " |" for row in rows]
             lines.append("")
         elif kind == "fig":
             lines += [f"![{block[2]}]({block[1].relative_to(out).as_posix()})", ""]
@@ -308,8 +349,15 @@ def _html(blocks: list[tuple], title: str) -> str:
         kind = block[0]
         if kind in ("h1", "h2", "h3"):
             body.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{html.escape(block[1]).replace('`', '')}</p>")
+        elif kind in ("p", "muted", "warn"):
+            css = "" if kind == "p" else f' class="{kind}"'
+            body.append(f"<p{css}>{html.escape(block[1]).replace('`', '')}</p>")
+        elif kind == "li":
+            item = f"<li>{html.escape(block[1])}</li>"
+            if body and body[-1].endswith("</ul>"):
+                body[-1] = body[-1][:-len("</ul>")] + item + "</ul>"
+            else:
+                body.append(f"<ul>{item}</ul>")
         elif kind == "table":
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in block[1])
             rows = "".join("<tr>" + "".join(f"<td>{html.escape(fmt_value(v))}</td>" for v in row)
@@ -323,7 +371,10 @@ def _html(blocks: list[tuple], title: str) -> str:
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-             "th{background:#f3f3f3}img{max-width:100%}figcaption{font-size:0.85em;color:#555}")
+             "th{background:#f3f3f3}img{max-width:100%}figcaption{font-size:0.85em;color:#555}"
+             ".muted{color:#888;font-style:italic}"
+             ".warn{background:#fff4e5;border-left:4px solid #e69500;padding:4px 8px}"
+             "ul{margin:0.2em 0}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 

@@ -54,8 +54,9 @@ def store_meta(store: Store, study: Study) -> None:
     store.set_meta(study=study.name, source=study.source,
                    axes={label: path for path, label in labels.items()},
                    grid={labels[path]: values for path, values in study.axes.items()},
-                   nuisance=study.nuisance_labels(),
-                   analysis=study.spec.analysis.model_dump(mode="json"))
+                      nuisance=study.nuisance_labels(),
+                   analysis=study.spec.analysis.model_dump(mode="json"),
+                   run_ids=[r.run_id for r in study.runs])
 
 
 def record(result: StudyRun, run: RunSpec, run_result) -> None:

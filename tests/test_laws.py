@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from scipy import optimize
@@ -181,3 +183,137 @@ def test_compute_optimal_closed_form_matches_a_numeric_flops_model():
         p["beta"] * p["B"] * d_closed ** -p["beta"], rel=1e-9)
     flat = compute_optimal({**p, "alpha": -0.1}, budgets)
     assert np.isnan(flat[0]).all()
+
+
+# ------------------------------------------------------------- settings, diagnostics, failures
+
+
+@pytest.mark.parametrize("smoothness", [0.1, 0.5, 1.5])
+def test_a_fit_keeps_its_form_settings_for_prediction_bootstrap_and_backtest(smoothness):
+    from scalelab.analysis.laws import BrokenPower
+
+    law = BrokenPower(BrokenPower.Config(smoothness=smoothness))
+    X, params = TRUE["broken_power"]
+    y = law.predict(theta_of("broken_power", params), X)
+    fit = fit_law(X, y, law)
+    assert fit.settings == {"smoothness": smoothness}
+    assert np.max(np.abs(fit.predict(X) / y - 1)) < 1e-6  # predicts with its own smoothness
+    assert fit.law.config.smoothness == smoothness
+    boot = bootstrap(fit, X, y, n_resamples=20)
+    lo, hi = boot.intervals["alpha2"]
+    assert lo <= params["alpha2"] * 1.0001 and hi >= params["alpha2"] * 0.9999
+    assert fit.to_dict()["settings"] == {"smoothness": smoothness}
+    bt = backtest(X, y, fit.law, 0.2)
+    assert bt.rmsle < 1e-5
+
+
+def test_a_law_on_clean_data_is_trustworthy():
+    x = np.repeat(np.geomspace(1e3, 1e6, 8), 3)
+    y = 5.0 * x**-0.25 * np.exp(np.random.default_rng(1).normal(0, 0.01, len(x)))
+    fit = fit_law(x, y, "power")
+    fit.backtest = backtest(x, y, "power")
+    bootstrap(fit, x, y, n_resamples=100)
+    assert fit.verdict[0] == "trustworthy", fit.verdict
+
+
+def test_loss_rising_with_size_is_named_not_a_law():
+    from scalelab.analysis.study import fit_rows
+
+    rows = []
+    for n in (1_000, 3_000, 10_000, 30_000):
+        for d in (1_000, 2_000, 4_000):
+            for seed in range(2):
+                # overfitting: bigger models do worse at every data size
+                loss = 0.5 * n ** 0.05 * (4000 / d) ** 0.2 * (1 + 0.01 * seed)
+                rows.append({"n_params": n, "num_train": d, "test_loss": loss,
+                             "train_flops": 6.0 * n * d, "epochs_seen": 1.0})
+    one = fit_rows([r for r in rows if r["num_train"] == 1000], ["n_params"], "test_loss",
+                   n_resamples=50)
+    codes = {d.code for d in one.diagnostics}
+    assert "exponent_not_positive" in codes and "not_monotone" in codes
+    assert one.fit.verdict[0] == "not a law"
+    assert "loss does not fall with n_params" in one.fit.verdict[1]
+    joint = fit_rows(rows, ["n_params", "num_train"], "test_loss", n_resamples=50,
+                     form="chinchilla", allocate=True)
+    assert joint.fit.verdict[0] == "not a law"
+    assert joint.allocation == [] and "the fit is not a law" in joint.allocation_note
+
+
+def test_allocation_needs_a_compute_model_the_runs_follow():
+    from scalelab.analysis.study import fit_rows
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for n in np.geomspace(1e4, 1e6, 5):
+        for d in np.geomspace(1e4, 1e6, 5):
+            loss = 1.0 + 30 * n ** -0.4 + 40 * d ** -0.35
+            rows.append({"n_params": n, "samples_seen": d, "num_train": 5000,
+                         "test_loss": loss * np.exp(rng.normal(0, 0.002)),
+                         "train_flops": 4.0 * n * d})
+    entry = fit_rows(rows, ["n_params", "samples_seen"], "test_loss", n_resamples=40,
+                     form="chinchilla", allocate=True)
+    assert "k = 4 " in entry.allocation_note and len(entry.allocation) == 3
+    first = entry.allocation[0]
+    assert 4.0 * first["N_opt"] * first["D_opt"] == pytest.approx(first["flops"])
+    assert first["N_opt_ci"][0] <= first["N_opt"] <= first["N_opt_ci"][1]
+    assert entry.allocation[2]["warnings"]  # 100x beyond the data: an extrapolation warning
+    # Many epochs over a fixed set: compute follows steps, not num_train -> no allocation.
+    multi = [{**r, "num_train": r["samples_seen"], "train_flops": 6.0 * r["n_params"] * 3e6,
+              "epochs_seen": 3e6 / r["samples_seen"]} for r in rows]
+    entry = fit_rows(multi, ["n_params", "num_train"], "test_loss", n_resamples=20,
+                     form="chinchilla", allocate=True)
+    assert entry.allocation == []
+    assert "not k·N·D for any one k" in entry.allocation_note
+    assert "times" in entry.allocation_note
+
+
+def test_bootstrap_counts_undefined_derived_values_and_failed_refits():
+    x = np.repeat(np.geomspace(1e3, 1e6, 6), 2)
+    # flat loss: alpha hovers around 0, so alpha > 0 is undefined in part of the resamples
+    y = 2.0 * np.exp(np.random.default_rng(3).normal(0, 0.05, len(x)))
+    fit = fit_law(x, y, "power")
+    boot = bootstrap(fit, x, y, n_resamples=200,
+                     derived={"inverse": lambda p: 1 / p["alpha"] if p["alpha"] > 0 else math.nan})
+    assert 0 < boot.undefined["inverse"] < 200
+    assert any(d.code == "derived_undefined" for d in fit.diagnostics)
+    assert boot.to_dict()["undefined"]["inverse"] == boot.undefined["inverse"]
+    assert boot.failed + len(boot.samples) == boot.n_resamples == 200
+
+
+def test_bootstrap_refits_that_do_not_converge_are_failures(monkeypatch):
+    from scalelab.analysis import laws as laws_module
+
+    X, y, _ = synthetic("power", noise=0.02)
+    fit = fit_law(X, y, "power")
+    calls = {"n": 0}
+    real = laws_module._converged
+
+    def every_third_fails(result, n, delta):
+        calls["n"] += 1
+        ok, g = real(result, n, delta)
+        return (ok and calls["n"] % 3 != 0), g
+
+    monkeypatch.setattr(laws_module, "_converged", every_third_fails)
+    boot = bootstrap(fit, X, y, n_resamples=30)
+    assert boot.failed == 10 and len(boot.samples) == 20
+    assert any(d.code == "bootstrap_failed" and "10 of 30" in d.message
+               for d in fit.diagnostics)
+
+
+def test_default_holdout_takes_a_fraction_of_continuous_sizes():
+    from scalelab.analysis.laws import holdout_mask, parse_holdout
+
+    x = np.geomspace(1e3, 1e6, 240)
+    assert holdout_mask(x[:, None], 0.2).sum() == 48
+    grid = np.repeat([1e3, 1e4, 1e5, 1e6], 3)[:, None]
+    assert holdout_mask(grid, 0.2).sum() == 3  # one of 4 sizes: the largest
+    for bad in ("abc", 0, 1, -2, "nan"):
+        with pytest.raises(ScalelabError, match="holdout"):
+            parse_holdout(bad)
+
+
+def test_auto_selection_is_reported_as_selection():
+    X, y, _ = synthetic("power", noise=0.01)
+    fit = select_form(X[::3], y[::3])  # 5 sizes: 4 left after holding out the largest
+    info = [d.message for d in fit.diagnostics if d.code == "form_selected"]
+    assert info and "optimistic" in info[0] and "could not be backtested" in info[0]

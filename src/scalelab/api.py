@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .analysis import Summary, summarize
+from .analysis.laws import DEFAULT_HOLDOUT
 from .analysis.stats import Comparison
 from .analysis.stats import compare as compare_records
 from .analysis.study import FitEntry, fit_rows, in_study, per_shape_optimum
@@ -199,8 +200,10 @@ def analysis_records(out_dir: str | Path | None = None, csv_path: str | Path | N
 
 def fit(out_dir: str | Path | None = None, *, x: str = "params", y: str = "test_loss",
         by: str | None = None, form: str = "auto", csv_path: str | Path | None = None,
-        n_resamples: int = 1000, holdout: str | float = "largest") -> list[FitEntry]:
-    """Fit ``y`` against ``x`` (comma-separated for a joint law), one fit per value of ``by``."""
+        n_resamples: int = 1000, holdout: str | float = DEFAULT_HOLDOUT) -> list[FitEntry]:
+    """Fit ``y`` against ``x`` (comma-separated for a joint law), one fit per value of ``by``;
+    a joint law gets compute-optimal allocation when the runs' counted FLOPs support one.
+    Every fit carries its diagnostics and verdict (``entry.fit.verdict``)."""
     rows = analysis_records(out_dir, csv_path)
     x_names = [resolve_column(rows, name.strip()) for name in x.split(",")]
     y_name = resolve_column(rows, y)
@@ -212,7 +215,7 @@ def fit(out_dir: str | Path | None = None, *, x: str = "params", y: str = "test_
     if not groups:
         raise ScalelabError(f"no completed runs with values for {', '.join([*x_names, y_name])}")
     return [fit_rows(g, x_names, y_name, ((by_name, key),) if by_name else (), n_resamples, form,
-                     holdout) for key, g in groups.items()]
+                     holdout, allocate=len(x_names) == 2) for key, g in groups.items()]
 
 
 def compare(out_dir: str | Path | None = None, *, metric: str, by: str, baseline: str,

@@ -15,6 +15,7 @@ import typer
 
 from . import api
 from .analysis import Summary
+from .analysis.laws import parse_holdout
 from .errors import ScalelabError
 from .output import Output
 from .registry import FAMILIES
@@ -191,7 +192,7 @@ def fit(
     by: str | None = typer.Option(None, "--by", help="one fit per value of this column (e.g. method)"),
     form: str = typer.Option("auto", "--form", help="a registered law form, or auto (chosen by backtest error)"),
     csv: Path | None = typer.Option(None, "--csv", help="analyse a CSV of results instead of a store"),
-    holdout: str = typer.Option("largest", "--holdout", help="backtest holdout: largest, or k to hold out compute > max/k"),
+    holdout: str = typer.Option("0.2", "--holdout", help="backtest holdout: a fraction f < 1 of the largest distinct sizes, largest (the largest size), or k > 1 (compute above max/k)"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="bootstrap resamples over runs"),
     fmt: Fmt = FormatOption,
     output: Output = None,
@@ -200,15 +201,26 @@ def fit(
     if form != "auto" and form not in FAMILIES["law"]:
         raise ScalelabError(f"--form: unknown law {form!r} (allowed: auto, {', '.join(FAMILIES['law'].names())})")
     entries = api.fit(out_dir, x=x, y=y, by=by, form=form, csv_path=csv, n_resamples=bootstrap,
-                      holdout=holdout if holdout == "largest" else float(holdout))
+                      holdout=parse_holdout(holdout))
     for entry in entries:
         f, bt = entry.fit, entry.fit.backtest
         output.table(f"{entry.title}: {f.form}  {f.formula}  (converged: {'yes' if f.converged else 'NO'})",
                      ["parameter", "value", f"{int(entry.boot.level * 100)}% CI low", "CI high"],
                      [[k, v, *f.intervals.get(k, (None, None))] for k, v in f.params.items()])
         if bt is not None:
-            output.info(f"backtest ({bt.holdout} held out, {int(bt.held_out.sum())} points): "
-                        f"RMSLE {bt.rmsle:.4g}, mean |relative error| {bt.mean_abs_relative_error:.2%}")
+            output.info(f"backtest (fitted on {bt.train_points} points, {int(bt.held_out.sum())} "
+                        f"held out, holdout {bt.holdout}): RMSLE {bt.rmsle:.4g}, mean |relative "
+                        f"error| {bt.mean_abs_relative_error:.2%}")
+        label, reasons = f.verdict
+        output.info(f"verdict: {label} — {reasons}")
+        for d in f.diagnostics:
+            output.info(f"  {d.severity}: {d.message}")
+        for r in entry.allocation:
+            output.info(f"  C = {r['flops']:.3g}: N_opt {r['N_opt']:.3g} [{r['N_opt_ci'][0]:.3g}, "
+                        f"{r['N_opt_ci'][1]:.3g}], D_opt {r['D_opt']:.3g} "
+                        f"[{r['D_opt_ci'][0]:.3g}, {r['D_opt_ci'][1]:.3g}] {' '.join(r['warnings'])}")
+        if entry.allocation_note:
+            output.info(f"  allocation: {entry.allocation_note}")
     output.emit([e.to_dict() for e in entries])
     return 0
 
@@ -309,7 +321,11 @@ def _print_summary(output: Output, summary: Summary) -> None:
         cells = []
         for column in summary.column_labels:
             cell = summary.cells.get((n, column))
-            cells.append(f"{cell[0]:.4f} ± {cell[1]:.4f}" if cell else "—")
+            if cell is None:
+                cells.append("—")
+            else:
+                cells.append(f"{cell[0]:.4f} ± {cell[1]:.4f}" if cell[1] is not None
+                             else f"{cell[0]:.4f} (1 run)")
         rows.append([f"{n:,}" + (f" ({label})" if label else ""), *cells])
     output.table(f"mean {summary.metric} (± std over seeds) by parameter count",
                  ["parameters", *summary.column_labels], rows)

@@ -25,6 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 Format = Literal["text", "json"]
 
@@ -40,26 +41,28 @@ class Output:
     def is_json(self) -> bool:
         return self.format == "json"
 
+    # Messages and cells carry user text (paths, grid values, errors): never parsed as markup.
+
     def info(self, message: str) -> None:
         """A human message (stderr, so stdout stays clean for tables or JSON)."""
         if not self.is_json:
-            self.err.print(message)
+            self.err.print(message, markup=False)
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[yellow]warning:[/] {message}")
+        self.err.print(Text.assemble(("warning:", "yellow"), " ", message))
 
     def error(self, message: str) -> None:
-        self.err.print(f"[red]error:[/] {message}", markup=True)
+        self.err.print(Text.assemble(("error:", "red"), " ", message))
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        if self.is_json:
+        if self.is_json or not rows:
             return
-        table = Table(title=title, title_justify="left")
+        table = Table(title=Text(title), title_justify="left")
         for i, column in enumerate(columns):
             numeric = all(isinstance(row[i], int | float) or row[i] is None for row in rows)
-            table.add_column(column, justify="right" if numeric and i > 0 else "left")
+            table.add_column(Text(str(column)), justify="right" if numeric and i > 0 else "left")
         for row in rows:
-            table.add_row(*(fmt_value(v) for v in row))
+            table.add_row(*(Text(fmt_value(v)) for v in row))
         self.out.print(table)
 
     def emit(self, payload: Any) -> None:

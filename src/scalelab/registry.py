@@ -63,8 +63,9 @@ class Registry(Generic[T]):
 
 
 def summary(obj: object) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    """The docstring's first paragraph on one line (a sentence may wrap in the source)."""
+    doc = (inspect.getdoc(obj) or "").strip()
+    return " ".join(doc.split("\n\n")[0].split())
 
 
 tasks: Registry = Registry("task")

@@ -20,10 +20,11 @@ class Winner:
     nuisance: dict[str, Any]
     val_loss: float
     at_edge: list[str]  # nuisance axes whose winning value is the grid's smallest or largest
+    diverged: int = 0   # seeds of the winning setting that diverged (only when every setting had some)
 
     def to_dict(self) -> dict[str, Any]:
         return {"point": self.point, "nuisance": self.nuisance, "val_loss": self.val_loss,
-                "at_edge": self.at_edge}
+                "at_edge": self.at_edge, "diverged": self.diverged}
 
 
 def best_over_nuisance(
@@ -35,6 +36,8 @@ def best_over_nuisance(
 ) -> tuple[list[dict[str, Any]], list[Winner]]:
     """(the completed runs of each point's winning nuisance setting, the winners).
 
+    A setting is ranked by how many of its seeds diverged first, then by mean validation loss
+    of the rest: a setting that diverges on some seeds never wins on its survivors' loss.
     Without nuisance axes every completed run is kept. ``grid`` gives each axis's values, for
     the edge flag (defaults to the values seen in ``records``).
     """
@@ -43,19 +46,30 @@ def best_over_nuisance(
         return done, []
     seen: dict[str, set] = defaultdict(set)
     cells: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in done:
+    for r in records:
+        if r.get("status") not in ("completed", "diverged") or (
+                r.get("status") == "completed" and r.get(metric) is None):
+            continue
         cells[tuple(r[a] for a in scientific)][tuple(r[a] for a in nuisance)].append(r)
         for a in nuisance:
             seen[a].add(r[a])
     grid = grid or {a: sorted(v) for a, v in seen.items()}
     selected, winners = [], []
     for point, options in cells.items():
-        best = min(options, key=lambda key: np.mean([r[metric] for r in options[key]]))
-        selected.extend(options[best])
+        def rank(key, options=options):
+            runs = options[key]
+            ok = [r[metric] for r in runs if r["status"] == "completed"]
+            return (len(runs) - len(ok), np.mean(ok) if ok else np.inf)
+
+        best = min(options, key=rank)
+        survivors = [r for r in options[best] if r["status"] == "completed"]
+        if not survivors:  # every seed of every setting diverged at this point
+            continue
+        selected.extend(survivors)
         chosen = dict(zip(nuisance, best))
         edges = [a for a, v in chosen.items() if _at_edge(v, grid.get(a, []))]
-        winners.append(Winner(dict(zip(scientific, point)), chosen,
-                              float(np.mean([r[metric] for r in options[best]])), edges))
+        winners.append(Winner(dict(zip(scientific, point)), chosen, float(rank(best)[1]), edges,
+                              rank(best)[0]))
     return selected, winners
 
 

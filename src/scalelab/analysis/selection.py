@@ -37,15 +37,19 @@ class SelectionCell:
     matched_compute: float | None = None     # the compute-matched run's compute fraction
     controller: dict[str, float | None] = field(default_factory=dict)
     comparisons: dict[str, Comparison] = field(default_factory=dict)
+    flops: float | None = None               # mean realized training FLOPs
     class_diffs: list[tuple[int, float, float, float]] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)  # the other settings that vary
 
     @property
     def label(self) -> str:
         scoring = f" ({self.scoring})" if self.scoring else ""
-        return f"{self.method}@{self.rate:g}{scoring}"
+        where = f" [{_fmt_context(self.context)}]" if self.context else ""
+        return f"{self.method}@{self.rate:g}{scoring}{where}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "rate": self.rate, "scoring": self.scoring,
+                "context": self.context,
                 "seeds": self.seeds, "metric_mean": self.metric_mean,
                 "metric_std": self.metric_std, "compute_fraction": self.compute_fraction,
                 "wall_fraction": self.wall_fraction, "activation_2nd_half": self.activation,
@@ -73,15 +77,45 @@ def _is_selection(r: dict[str, Any]) -> bool:
     return r.get("method.target_rate") is not None
 
 
+#: Config sections that are not the selection method: every setting in them keys a cell.
+CONTEXT_SECTIONS = ("task.", "model.", "train.")
+#: Method settings that name the cell or its baselines rather than distinguishing cells.
+ROLE_SETTINGS = ("method.name", "method.target_rate", "method.scoring", "method.match_method",
+                 "method.match_rate")
+
+
+def _context(r: dict[str, Any]) -> tuple:
+    """Every non-method setting of a run (task, model, training): runs are only compared
+    with baselines that share all of them."""
+    return tuple(sorted((k, repr(v)) for k, v in r.items() if k.startswith(CONTEXT_SECTIONS)))
+
+
 def _role(r: dict[str, Any]) -> tuple:
     name = r.get("method.name")
+    context = _context(r)
     if _is_selection(r):
-        return ("cell", name, r["method.target_rate"], r.get("method.scoring"))
+        # other method settings (controller gains, weights, ...) distinguish cells too
+        extra = tuple(sorted((k, repr(v)) for k, v in r.items()
+                             if k.startswith("method.") and k not in ROLE_SETTINGS))
+        return ("cell", context, name, r["method.target_rate"], r.get("method.scoring"), extra)
     if name == "full" and r.get("method.match_method"):
-        return ("matched", r["method.match_method"], r["method.match_rate"])
+        return ("matched", context, r["method.match_method"], r["method.match_rate"])
     if name in ("full", "standard"):
-        return ("full",)
-    return ("other", name)
+        return ("full", context)
+    return ("other", context, name)
+
+
+def _varying(keys: Sequence[tuple]) -> list[str]:
+    """Settings whose value differs between the given contexts."""
+    values: dict[str, set] = defaultdict(set)
+    for context in keys:
+        for k, v in context:
+            values[k].add(v)
+    return sorted(k for k, vs in values.items() if len(vs) > 1)
+
+
+def _fmt_context(context: dict[str, Any]) -> str:
+    return ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in context.items())
 
 
 def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc",
@@ -91,19 +125,26 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
     if not any(_is_selection(r) for r in done):
         return None
     by_role: dict[tuple, dict[Any, dict]] = defaultdict(dict)
-    for r in done:
+    # in seed order, so every mean sums in the same order whatever order the store returns
+    for r in sorted(done, key=lambda r: (repr(r.get("seed")), str(r.get("run_id")))):
         by_role[_role(r)][r.get("seed")] = r
-    full = by_role.get(("full",), {})
-    full_flops = _mean(full.values(), "train_flops")
-    full_wall = _mean(full.values(), "wall_time")
+    varying = _varying([role[1] for role in by_role])
     notes: list[str] = []
-    if not full:
-        notes.append("no full-data run at the same steps: add `baselines: [full]`; compute "
-                     "fractions are left out")
     cells: list[SelectionCell] = []
     all_comparisons: list[Comparison] = []
-    for role in sorted((k for k in by_role if k[0] == "cell"), key=str):
-        _, method, rate, scoring = role
+    missing_full, stacked_full = set(), set()
+    for role in sorted((k for k in by_role if k[0] == "cell"), key=repr):
+        _, context, method, rate, scoring, _extra = role
+        full = by_role.get(("full", context), {})
+        full_flops = _mean(full.values(), "train_flops")
+        # Wall time compares like with like: selection runs train alone, so only full runs
+        # that also trained alone (not a stacked group's per-run share) are a time baseline.
+        full_wall = _mean([r for r in full.values() if (r.get("group_size") or 1) == 1],
+                          "wall_time")
+        if full and full_wall is None:
+            stacked_full.add(context)
+        if not full:
+            missing_full.add(context)
         runs = by_role[role]
         values = [r[metric] for r in runs.values()]
         cell = SelectionCell(
@@ -114,10 +155,11 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
             _range(runs.values(), "activation_rate_2nd_half"),
             {k: _mean(runs.values(), k) for k in ("settling_step", "overshoot",
                                                    "steady_state_error")
-             if any(r.get(k) is not None for r in runs.values())})
-        partners = {"equal_compute": by_role.get(("matched", method, rate), {}),
+             if any(r.get(k) is not None for r in runs.values())},
+            context={k: v for k, v in dict(context).items() if k in varying})
+        partners = {"equal_compute": by_role.get(("matched", context, method, rate), {}),
                     "equal_steps": full,
-                    "random": by_role.get(("cell", "random", rate, None), {})
+                    "random": by_role.get(("cell", context, "random", rate, None, ()), {})
                     if method != "random" else {}}
         for kind, baseline in partners.items():
             seeds = sorted(set(runs) & set(baseline), key=str)
@@ -132,6 +174,7 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
                 notes.append(f"{cell.label} vs {KINDS[kind]}: {exc}")
                 continue
             all_comparisons.append(cell.comparisons[kind])
+        cell.flops = _mean(runs.values(), "train_flops")
         cell.class_diffs = _class_diffs(runs, partners["equal_compute"], level)
         matched_flops = _mean(partners["equal_compute"].values(), "train_flops")
         if matched_flops and full_flops:
@@ -143,16 +186,25 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
                     "rate): that equal-compute comparison is not matched; compare on the "
                     "Pareto figure instead")
         cells.append(cell)
+    if stacked_full:
+        notes.append("wall-time fractions are left out where the full-data runs trained stacked "
+                     "(several runs as one model, each stored with a share of the group's time) "
+                     "while selection runs train alone: set `batch_runs: off` to time them alike")
+    if missing_full:
+        notes.append("no full-data run at the same steps for some cells: add `baselines: "
+                     "[full]`; their compute fractions are left out")
     for c, p in zip(all_comparisons, holm([c.p_value for c in all_comparisons])):
         c.p_holm = float(p)
-    points = [{"label": cell.label, "method": cell.method, "flops": _mean(
-        by_role[("cell", cell.method, cell.rate, cell.scoring)].values(), "train_flops"),
-        "metric": cell.metric_mean} for cell in cells]
-    for role, runs in by_role.items():
+    points = [{"label": cell.label, "method": cell.method, "flops": cell.flops,
+               "metric": cell.metric_mean} for cell in cells]
+    for role in sorted(by_role, key=repr):
         if role[0] in ("full", "matched"):
-            label = "full" if role[0] == "full" else f"full≈{role[1]}@{role[2]:g}"
-            points.append({"label": label, "method": "full", "flops": _mean(runs.values(),
-                                                                            "train_flops"),
+            runs = by_role[role]
+            context = {k: v for k, v in dict(role[1]).items() if k in varying}
+            where = f" [{_fmt_context(context)}]" if context else ""
+            label = "full" if role[0] == "full" else f"full≈{role[2]}@{role[3]:g}"
+            points.append({"label": label + where, "method": "full",
+                           "flops": _mean(runs.values(), "train_flops"),
                            "metric": _mean(runs.values(), metric)})
     return SelectionAnalysis(metric, cells, points, notes)
 

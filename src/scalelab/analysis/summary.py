@@ -43,7 +43,7 @@ class Summary:
     metric: str
     row_labels: list[str]
     column_labels: list[str]
-    cells: dict[tuple[int, str], tuple[float, float, int]]  # (n_params, column) -> mean, std, n
+    cells: dict[tuple[int, str], tuple[float, float | None, int]]  # (n_params, column) -> mean, std (None for one run), n
     fits: dict[str, LogLogFit]
     n_params: list[int]
 
@@ -78,7 +78,7 @@ def summarize(records: list[dict[str, Any]], axes: dict[str, str], metric: str =
         row_names[n] = ", ".join(f"{a}={r[a]}" for a in model_axes)
     n_params = sorted(row_names)
     columns = list(dict.fromkeys(c for _, c in groups))
-    cells = {key: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
+    cells = {key: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None, len(v))
              for key, v in groups.items()}
     fits = {}
     for column in columns:

@@ -222,8 +222,12 @@ def _selection_blocks(sel: SelectionAnalysis, records, curves, blocks: list, fig
     for kind in KINDS:
         headers += [f"Δ vs {KINDS[kind]} [CI]", "p", "p (Holm)", "d_z"]
     rows = []
+    varied = any(cell.context for cell in sel.cells)
+    if varied:  # cells also differ in other settings (e.g. a model-size axis)
+        headers.insert(3, "where")
     for cell in sel.cells:
-        row = [cell.method, cell.rate, cell.scoring or "—", cell.seeds,
+        where = [", ".join(f"{k}={v}" for k, v in cell.context.items())] if varied else []
+        row = [cell.method, cell.rate, cell.scoring or "—", *where, cell.seeds,
                _mean_std(cell.metric_mean, cell.metric_std),
                cell.compute_fraction, cell.matched_compute, cell.wall_fraction,
                f"{cell.activation[0]:.3f}–{cell.activation[1]:.3f}" if cell.activation else "—"]

@@ -1,0 +1,95 @@
+"""Wrong-result cases of the study analysis: nuisance tuning with divergence, selection cells
+keyed by every other axis (in any store order), runs outside the study left out."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from scalelab.analysis.select import best_over_nuisance
+from scalelab.analysis.selection import analyze_selection
+from scalelab.analysis.study import analyze_study, in_study
+
+
+def test_a_setting_that_diverges_on_some_seeds_never_wins_on_its_survivors():
+    records = []
+    for seed in range(3):
+        records.append({"width": 8, "lr": 0.01, "seed": seed, "status": "completed",
+                        "val_loss": 0.50})
+        # lr = 0.1: two seeds diverged, the survivor looks better than every lr = 0.01 seed
+        records.append({"width": 8, "lr": 0.1, "seed": seed,
+                        "status": "completed" if seed == 0 else "diverged",
+                        "val_loss": 0.45 if seed == 0 else None})
+    selected, winners = best_over_nuisance(records, ["width"], ["lr"])
+    assert winners[0].nuisance == {"lr": 0.01} and winners[0].diverged == 0
+    assert len(selected) == 3 and {r["lr"] for r in selected} == {0.01}
+    # when every setting diverged somewhere, the fewest divergences win, and it is recorded
+    for r in records:
+        if r["lr"] == 0.01 and r["seed"] == 2:
+            r.update(status="diverged", val_loss=None)
+    records = [r for r in records if not (r["lr"] == 0.1 and r["seed"] == 1)]
+    _, winners = best_over_nuisance(records, ["width"], ["lr"])
+    assert winners[0].diverged == 1
+
+
+def _selection_records(seed_offsets=(0.0,)):
+    """A selection study that also sweeps model.channels: AST and full at each width."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for channels, level in ((16, 0.80), (64, 0.90)):
+        for seed in range(4):
+            base = {"status": "completed", "seed": seed, "task.num_train": 1000,
+                    "model.name": "cnn", "model.channels": channels, "train.lr": 0.01,
+                    "group_size": 1}
+            full = level + rng.normal(0, 0.003)
+            rows.append({**base, "run_id": f"full-{channels}-{seed}", "method.name": "full",
+                         "method.match_method": None, "method.match_rate": None,
+                         "test_acc": full, "train_flops": 100.0, "wall_time": 10.0})
+            rows.append({**base, "run_id": f"ast-{channels}-{seed}", "method.name": "ast",
+                         "method.target_rate": 0.2, "method.scoring": "loss",
+                         "test_acc": full - 0.01 + rng.normal(0, 0.002),
+                         "train_flops": 30.0, "wall_time": 4.0})
+    return rows
+
+
+def test_selection_cells_are_keyed_by_every_other_axis_in_any_store_order():
+    rows = _selection_records()
+    reference = analyze_selection(rows).to_dict()
+    assert [c["context"] for c in reference["cells"]] == [{"model.channels": "16"},
+                                                          {"model.channels": "64"}]
+    means = [c["metric_mean"] for c in reference["cells"]]
+    assert means[0] == pytest.approx(np.mean([r["test_acc"] for r in rows
+                                              if r["run_id"].startswith("ast-16")]))
+    diff = reference["cells"][1]["comparisons"]["equal_steps"]["mean_diff"]
+    pairs = [(r["test_acc"], next(f["test_acc"] for f in rows
+                                   if f["run_id"] == f"full-64-{r['seed']}"))
+             for r in rows if r["run_id"].startswith("ast-64")]
+    assert diff == pytest.approx(np.mean([a - b for a, b in pairs]), abs=1e-12)
+    for trial in range(5):
+        shuffled = rows[:]
+        random.Random(trial).shuffle(shuffled)
+        assert json.dumps(analyze_selection(shuffled).to_dict(), sort_keys=True, default=str) == \
+            json.dumps(reference, sort_keys=True, default=str)
+
+
+def test_wall_time_fraction_needs_a_full_run_timed_alone():
+    rows = _selection_records()
+    assert analyze_selection(rows).cells[0].wall_fraction == pytest.approx(0.4)
+    for r in rows:
+        if r["method.name"] == "full":
+            r["group_size"] = 4
+    analysis = analyze_selection(rows)
+    assert analysis.cells[0].wall_fraction is None
+    assert any("trained stacked" in n for n in analysis.notes)
+
+
+def test_runs_not_in_the_study_as_written_are_left_out():
+    meta = {"axes": json.dumps({"width": "model.width"}), "run_ids": json.dumps(["a", "b"])}
+    rows = [{"run_id": rid, "status": "completed", "width": w, "n_params": 10 * w,
+             "test_loss": 1.0 / w, "val_loss": 1.0 / w, "seed": 0}
+            for rid, w in (("a", 4), ("b", 8), ("old", 16))]
+    kept, other = in_study(rows, meta)
+    assert [r["run_id"] for r in kept] == ["a", "b"] and [r["run_id"] for r in other] == ["old"]
+    analysis = analyze_study(rows, meta, n_resamples=10)
+    assert analysis.excluded == 1 and sum(r["runs"] for r in analysis.table) == 2

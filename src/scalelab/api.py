@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -48,16 +50,80 @@ def run(
     quick: bool = False,
     shard: str | None = None,
     output: Output | None = None,
+    check: bool = True,
 ) -> StudyRun:
     """Train every run of ``study`` that ``out`` does not hold yet, storing each result; then,
-    if the study declares ``evaluations`` (and saves checkpoints), re-score what is missing."""
+    if the study declares ``evaluations`` (and saves checkpoints), re-score what is missing.
+
+    Failed runs are stored with their tracebacks and listed in the result's ``failed``; with
+    ``check`` (the default) a :class:`RunsFailed` error is then raised, as the CLI exits 1.
+    """
     spec = _as_study(study, overrides, quick)
     out_dir = Path(out) if out is not None else default_out_dir(spec)
+    if workers != 1:
+        check_main_guard()
     result = execute_study(spec, out_dir, workers=workers, device=device, shard=shard,
                            output=output)
     if spec.spec.evaluations and spec.spec.save_checkpoints and not shard and result.primary:
         evaluate(out_dir, study=spec, device=device, output=output)
+    if check and result.failed:
+        raise RunsFailed(result)
     return result
+
+
+class RunsFailed(ScalelabError):
+    """Some runs of a study failed (the rest finished and every result is stored)."""
+
+    exit_code = 1
+
+    def __init__(self, result: StudyRun):
+        self.result = result
+        first, message = result.failed[0]
+        super().__init__(
+            f"{len(result.failed)} of {len(result.selected)} runs failed, e.g. run "
+            f"{first.run_id}: {message} (tracebacks: scalelab status {result.out_dir}; rerun to "
+            "retry them)")
+
+
+def check_main_guard() -> None:
+    """Refuse, before anything is written, a script that calls ``scalelab.run`` at module
+    level: worker processes are spawned and re-import the main script, so each would start
+    the study again. Interactive sessions and guarded scripts pass."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py") or not os.path.isfile(path):
+        return
+    try:
+        tree = ast.parse(Path(path).read_text(), filename=path)
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return
+    names = {a.asname or a.name for node in tree.body if isinstance(node, ast.ImportFrom)
+             and node.module == "scalelab" for a in node.names if a.name == "run"}
+    for statement in tree.body:
+        if _is_main_guard(statement) or isinstance(
+                statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Call) and _calls_run(node.func, names):
+                raise ScalelabError(
+                    f"{path}: line {node.lineno}: scalelab.run is called at module level, but "
+                    "worker processes re-import this script and would each start the study "
+                    "again; put the call under `if __name__ == \"__main__\":` (or pass "
+                    "workers=1)")
+
+
+def _is_main_guard(statement: ast.stmt) -> bool:
+    test = getattr(statement, "test", None)
+    return isinstance(statement, ast.If) and isinstance(test, ast.Compare) and any(
+        isinstance(side, ast.Name) and side.id == "__name__"
+        for side in (test.left, *test.comparators))
+
+
+def _calls_run(func: ast.expr, imported: set[str]) -> bool:
+    if isinstance(func, ast.Name):
+        return func.id in imported
+    return (isinstance(func, ast.Attribute) and func.attr == "run"
+            and "scalelab" in ast.unparse(func.value))
 
 
 def dry_run(

@@ -91,7 +91,7 @@ def run(
                      for r, state in planned])
         return 0
     result = api.run(study, out=out, workers=workers, device=device, overrides=set_,
-                     quick=quick, shard=shard, output=output)
+                     quick=quick, shard=shard, output=output, check=False)
     if not result.primary:  # a non-zero torchrun rank: rank 0 reports
         return 0
     if result.already_done == len(result.selected):

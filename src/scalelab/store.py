@@ -2,12 +2,15 @@
 
 Only the runner's parent process writes. Each finished run is one transaction (its row and
 its curves together), so a kill at any moment leaves every stored run whole; a run that was
-in flight stays ``running`` and is trained again by the next ``scalelab run``.
+in flight stays ``running`` with its owner (host and pid of the runner), is read back as
+``interrupted`` once that owner is gone, and is trained again by the next ``scalelab run``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -18,9 +21,10 @@ from .errors import ScalelabError
 from .spec import RunSpec
 from .train import COMPLETED, DIVERGED, RunResult
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 FILENAME = "results.sqlite"
 RUNNING = "running"
+INTERRUPTED = "interrupted"  # read-only view of a `running` row whose runner is gone
 #: Runs in these states are never trained again; ``failed`` and ``running`` ones are retried.
 FINISHED = frozenset({COMPLETED, DIVERGED})
 
@@ -36,7 +40,8 @@ CREATE TABLE IF NOT EXISTS runs (
     provenance  TEXT,            -- versions and device (JSON)
     started_at  REAL,
     finished_at REAL,
-    batch_group TEXT             -- runs trained together as one stacked model share this id
+    batch_group TEXT,            -- runs trained together as one stacked model share this id
+    owner       TEXT             -- host:pid of the runner that marked it running
 );
 CREATE TABLE IF NOT EXISTS curves (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
@@ -72,6 +77,8 @@ class Store:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
         if "batch_group" not in columns:  # schema 1 -> 2
             self._db.execute("ALTER TABLE runs ADD COLUMN batch_group TEXT")
+        if "owner" not in columns:  # schema 3 -> 4
+            self._db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
         if version is None or int(version) < SCHEMA_VERSION:
             self.set_meta(schema_version=SCHEMA_VERSION)
 
@@ -115,12 +122,13 @@ class Store:
         now = time.time()
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO runs (run_id, status, config, point, started_at) VALUES (?,?,?,?,?) "
+                "INSERT INTO runs (run_id, status, config, point, started_at, owner) "
+                "VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT(run_id) DO UPDATE SET status=excluded.status, "
-                "started_at=excluded.started_at, point=excluded.point "
+                "started_at=excluded.started_at, point=excluded.point, owner=excluded.owner "
                 f"WHERE runs.status NOT IN ({_placeholders(FINISHED)})",
-                [(r.run_id, RUNNING, json.dumps(r.config), json.dumps(r.point), now, *FINISHED)
-                 for r in runs],
+                [(r.run_id, RUNNING, json.dumps(r.config), json.dumps(r.point), now, owner(),
+                  *FINISHED) for r in runs],
             )
 
     def write_result(self, run: RunSpec, result: RunResult) -> None:
@@ -173,17 +181,19 @@ class Store:
                 for run_id, config in self._db.execute("SELECT run_id, config FROM runs")}
 
     def statuses(self) -> dict[str, str]:
-        return dict(self._db.execute("SELECT run_id, status FROM runs"))
+        return {run_id: _live_status(status, owner) for run_id, status, owner
+                in self._db.execute("SELECT run_id, status, owner FROM runs")}
 
     def records(self) -> list[dict[str, Any]]:
         """One flat dict per run: id, status, grid point, metrics, dotted config, provenance."""
         rows = self._db.execute(
             "SELECT run_id, status, point, metrics, config, provenance, error, started_at, "
-            "finished_at, batch_group FROM runs ORDER BY rowid"
+            "finished_at, batch_group, owner FROM runs ORDER BY rowid"
         )
         out = []
-        for run_id, status, point, metrics, config, prov, error, started, finished, group in rows:
-            record: dict[str, Any] = {"run_id": run_id, "status": status}
+        for (run_id, status, point, metrics, config, prov, error, started, finished, group,
+             owner) in rows:
+            record: dict[str, Any] = {"run_id": run_id, "status": _live_status(status, owner)}
             record.update(json.loads(point))
             record.update(json.loads(metrics or "{}"))
             record.update(_flatten(json.loads(config)))
@@ -216,6 +226,33 @@ class _Transaction:
 
     def __exit__(self, exc_type, *_):
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def owner() -> str:
+    """This process as a run's owner."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _live_status(status: str, marked_by: str | None) -> str:
+    """``interrupted`` for a ``running`` row whose runner is no longer alive on this host
+    (or that has no owner: written before owners were recorded). A runner on another host
+    cannot be checked from here, so its runs stay ``running``."""
+    if status != RUNNING:
+        return status
+    host, _, pid = (marked_by or "").rpartition(":")
+    if not marked_by:
+        return INTERRUPTED
+    if host != socket.gethostname() or not pid.isdigit():
+        return status
+    if int(pid) == os.getpid():
+        return status
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return INTERRUPTED
+    except PermissionError:  # alive, owned by another user
+        return status
+    return status
 
 
 def _placeholders(values: Iterable) -> str:

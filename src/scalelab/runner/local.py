@@ -16,7 +16,7 @@ import torch
 
 from ..spec import RunSpec
 from ..train import FAILED, RunResult, train_run
-from ..train.batched import train_group
+from ..train.batched import group_key, train_group
 from .grouping import group_id
 
 
@@ -51,44 +51,59 @@ class LocalExecutor:
                 yield from zip(group, run_task(group, self.devices[0], self.checkpoint_dir))
             return
         pending = deque(enumerate(groups))
-        in_flight: dict[Future, Sequence[RunSpec]] = {}
-        pool = self._pool()
+        in_flight: dict[Future, tuple[int, Sequence[RunSpec]]] = {}
+        suspects: deque = deque()  # groups in flight when a worker died: retried one at a time
+        pool = self._pool(self.workers)
         try:
-            while pending or in_flight:
-                while pending and len(in_flight) < self.workers:
-                    index, group = pending.popleft()
+            while pending or in_flight or suspects:
+                alone = bool(suspects)  # in_flight is empty whenever suspects are queued
+                queue, limit = (suspects, 1) if alone else (pending, self.workers)
+                while queue and len(in_flight) < limit:
+                    index, group = queue.popleft()
                     for run in group:
                         on_start(run)
                     device = self.devices[index % len(self.devices)]
-                    in_flight[pool.submit(run_task, group, device, self.checkpoint_dir)] = group
+                    future = pool.submit(run_task, group, device, self.checkpoint_dir)
+                    in_flight[future] = (index, group)
+                if not in_flight:
+                    continue
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 broken = False
                 for future in done:
-                    group = in_flight.pop(future)
+                    index, group = in_flight.pop(future)
                     try:
                         results = future.result()
-                    except BrokenProcessPool as exc:
+                    except BrokenProcessPool:
                         broken = True
-                        message = (f"a worker process died ({exc}); this run or one running "
-                                   "beside it crashed the process")
+                        if not alone:  # which of the groups in flight killed it is unknown
+                            suspects.append((index, group))
+                            continue
+                        message = ("the worker process died while training this run alone (a "
+                                   "crash of the process itself: out of memory, a segfault or "
+                                   "an exit from native code)")
                         results = [RunResult(FAILED, error=message) for _ in group]
                     yield from zip(group, results)
                 if broken:
+                    suspects.extend(in_flight.values())  # lost with the pool; retried alone
+                    in_flight.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
-                    pool = self._pool()
+                    pool = self._pool(self.workers)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _pool(self) -> ProcessPoolExecutor:
+    def _pool(self, workers: int) -> ProcessPoolExecutor:
         threads = max(1, available_cores() // self.workers)
-        return ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+        return ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                                    initializer=_init_worker, initargs=(threads, os.getpid()))
 
 
 def run_task(group: Sequence[RunSpec], device: str, checkpoint_dir: Path | None) -> list[RunResult]:
-    """Train one group: a single run alone, several runs as one stacked model."""
+    """Train one group as one stacked model. A run that could stack trains on the stacked path
+    even alone (a group of one), so its numbers do not depend on which runs, if any, shared
+    its group: batching, ``batch_runs: off``, ``--shard`` and resuming all give the same
+    result (bitwise for MLPs on the CPU). Runs that cannot stack use the single-run loop."""
     paths = [checkpoint_dir / f"{r.run_id}.pt" if checkpoint_dir else None for r in group]
-    if len(group) == 1:
+    if len(group) == 1 and group_key(group[0].config) is None:
         return [train_run(group[0].config, device, paths[0])]
     return train_group([r.config for r in group], device, paths, group_id(group))
 

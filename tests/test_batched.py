@@ -144,20 +144,31 @@ def test_a_schema_1_store_gains_the_group_and_owner_columns_and_evaluations_tabl
         assert store.statuses() == {"a": "completed"}
 
 
-def test_quickstart_trains_batched_by_default_and_matches_unbatched(tmp_path):
-    """The quickstart's seed pairs train as stacked groups; same seeds, same losses."""
+@pytest.mark.slow
+def test_the_whole_quickstart_gives_the_same_numbers_however_it_is_scheduled(tmp_path,
+                                                                             monkeypatch):
+    """The full quickstart trained as stacked seed groups, and again sliced into two shards
+    (one batched, one with batch_runs: off): every run's numbers and early-stopping decisions
+    are identical. A --quick look first goes to its own directory and mixes into nothing."""
     import scalelab
+    from scalelab.api import summary
 
     quickstart = Path(__file__).parent.parent / "studies" / "quickstart.yaml"
-    overrides = ["seeds=2", "train.max_steps=200"]
-    batched = scalelab.run(quickstart, quick=True, out=tmp_path / "batched", device="cpu",
-                           overrides=overrides)
-    alone = scalelab.run(quickstart, quick=True, out=tmp_path / "alone", device="cpu",
-                         overrides=[*overrides, "batch_runs=off"])
-    assert batched.ok and alone.ok
-    together = {r["run_id"]: r for r in scalelab.api.records(tmp_path / "batched")}
-    single = {r["run_id"]: r for r in scalelab.api.records(tmp_path / "alone")}
-    assert len(together) == 8 and all(r["batch_group"] for r in together.values())
-    assert not any(r["batch_group"] for r in single.values())
-    for run_id, r in together.items():  # batch_runs is not part of a run's identity
-        assert r["test_loss"] == pytest.approx(single[run_id]["test_loss"], rel=1e-4)
+    monkeypatch.chdir(tmp_path)  # default output directories land under runs/ here
+    quick = scalelab.run(quickstart, quick=True, device="cpu")
+    assert quick.out_dir == Path("runs/quickstart-quick") and quick.ok
+    batched = scalelab.run(quickstart, device="cpu")
+    assert batched.out_dir == Path("runs/quickstart") and batched.already_done == 0
+    table = summary(batched.out_dir)
+    assert sum(runs for _, _, runs in table.cells.values()) == len(batched.selected) == 45
+    scalelab.run(quickstart, out="sliced", device="cpu", shard="0/2")
+    scalelab.run(quickstart, out="sliced", device="cpu", shard="1/2",
+                 overrides=["batch_runs=off"])
+    together = {r["run_id"]: r for r in scalelab.api.records(batched.out_dir)}
+    sliced = {r["run_id"]: r for r in scalelab.api.records("sliced")}
+    assert set(together) == set(sliced) and len(together) == 45
+    assert any(r["group_size"] > 1 for r in together.values())
+    assert any(r["group_size"] == 1 for r in sliced.values())
+    for run_id, r in together.items():
+        for key in ("test_loss", "val_loss", "test_acc", "steps", "best_step", "stopped_early"):
+            assert sliced[run_id][key] == r[key], (run_id, key)

@@ -174,7 +174,14 @@ def study_records(out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def summary(out_dir: str | Path, metric: str = "test_loss") -> Summary:
-    return summarize(study_records(out_dir), study_axes(out_dir), metric)
+    """Mean ``metric`` by size; with nuisance axes, each shape at its best nuisance setting
+    (chosen on validation loss), as the report and fits use it."""
+    with Store.open(out_dir) as store:
+        meta = store.meta()
+        rows = per_shape_optimum(in_study(store.records(), meta)[0], meta)[0]
+    nuisance = set(json.loads(meta.get("nuisance", "[]")))
+    axes = {k: v for k, v in json.loads(meta.get("axes", "{}")).items() if k not in nuisance}
+    return summarize(rows, axes, metric)
 
 
 def export(out_dir: str | Path, fmt: ExportFormat, path: str | Path | None = None,

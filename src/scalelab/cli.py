@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections import Counter
 from enum import Enum
 from pathlib import Path
@@ -112,6 +113,8 @@ def run(
         else:
             output.info(f"report: {report_path}  (up to date: nothing new was trained; "
                         f"`scalelab report {result.out_dir}` rewrites it)")
+    if report_path is not None:
+        _print_verdicts(output, result.out_dir / "scaling_law.json")
     for r, message in result.failed:
         output.error(f"run {r.run_id} ({_point(r.point)}) failed: {message}")
     if result.failed:
@@ -334,6 +337,17 @@ def _print_summary(output: Output, summary: Summary) -> None:
                      ["data", "A", "α", "R²", "points"],
                      [[c, f.coefficient, f.exponent, f.r_squared, f.points]
                       for c, f in summary.fits.items()])
+
+
+def _print_verdicts(output: Output, scaling_law: Path) -> None:
+    """One line per fitted law of the report: its verdict and why."""
+    try:
+        fits = json.loads(scaling_law.read_text()).get("fits", [])
+    except (OSError, ValueError):
+        return
+    for f in fits:
+        output.info(f"verdict: {f['title']} ({f['form']}): {f['verdict']}"
+                    + (f" — {f['verdict_reasons']}" if f["verdict"] != "trustworthy" else ""))
 
 
 def _point(point: dict) -> str:

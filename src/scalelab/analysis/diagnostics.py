@@ -39,13 +39,22 @@ class Diagnostic:
 
 def verdict(diagnostics: Sequence[Diagnostic]) -> tuple[str, str]:
     """(label, sentence): ``not a law`` on any error, ``use with care`` on any warning."""
-    errors = [d.message for d in diagnostics if d.severity == "error"]
-    warnings = [d.message for d in diagnostics if d.severity == "warning"]
+    errors = [_sentence(d.message) for d in diagnostics if d.severity == "error"]
+    warnings = [_sentence(d.message) for d in diagnostics if d.severity == "warning"]
     if errors:
         return "not a law", " ".join(errors)
     if warnings:
         return "use with care", " ".join(warnings)
     return "trustworthy", "no diagnostic found a problem"
+
+
+def _sentence(message: str) -> str:
+    return message[:1].upper() + message[1:]
+
+
+def _num(value: float) -> str:
+    """A size as people write it: 10,000 rather than 1e+04."""
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) < 1e15 else f"{value:.4g}"
 
 
 def is_law(diagnostics: Sequence[Diagnostic]) -> bool:
@@ -128,7 +137,8 @@ def _monotonicity(X: np.ndarray, y: np.ndarray, names: Sequence[str]) -> list[Di
                 steps += 1
                 if mb > ma:
                     rises += 1
-                    example = example or f"{names[axis]} {a:,.4g} → {b:,.4g}: {ma:.4g} → {mb:.4g}"
+                    example = example or (f"{names[axis]} {_num(a)} → {_num(b)}: mean loss "
+                                          f"{ma:.4g} → {mb:.4g}")
     if not rises:
         return []
     return [Diagnostic("warning", "not_monotone",

@@ -93,3 +93,56 @@ def test_runs_not_in_the_study_as_written_are_left_out():
     assert [r["run_id"] for r in kept] == ["a", "b"] and [r["run_id"] for r in other] == ["old"]
     analysis = analyze_study(rows, meta, n_resamples=10)
     assert analysis.excluded == 1 and sum(r["runs"] for r in analysis.table) == 2
+
+
+def test_per_class_differences_are_holm_adjusted_over_the_classes():
+    from scipy import stats
+
+    from scalelab.analysis.selection import _class_diffs
+    from scalelab.analysis.stats import holm
+
+    rng = np.random.default_rng(4)
+    seeds, classes = 5, 40
+    base = rng.uniform(0.6, 0.9, (seeds, classes))
+    cand = base + rng.normal(0, 0.02, (seeds, classes))
+    cand[:, 0] = base[:, 0] + 0.2 + rng.normal(0, 0.001, seeds)  # one class truly gains
+    runs = {s: {"test_acc_by_class": list(cand[s])} for s in range(seeds)}
+    baseline = {s: {"test_acc_by_class": list(base[s])} for s in range(seeds)}
+    diffs = _class_diffs(runs, baseline, 0.95)
+    raw = [stats.ttest_rel(cand[:, c], base[:, c]).pvalue for c in range(classes)]
+    assert [d[4] for d in diffs] == pytest.approx(raw, rel=1e-10)
+    assert [d[5] for d in diffs] == pytest.approx(list(holm(raw)), rel=1e-10)
+    unadjusted = [c for c, _, lo, hi, *_ in diffs if lo > 0 or hi < 0]
+    adjusted = [c for c, *_, ph in diffs if ph < 0.05]
+    assert adjusted == [0] and len(unadjusted) > 1  # noise passes unadjusted, not Holm
+
+
+def test_per_size_evaluation_gains_carry_holm_adjusted_p_values():
+    from scipy import stats
+
+    from scalelab.analysis.evaluations import gains_by_point
+    from scalelab.analysis.stats import holm
+
+    rng = np.random.default_rng(1)
+    settings = [{"eval_id": "plain", "config": {"name": "plain"}},
+                {"eval_id": "tta", "config": {"name": "tta", "level": 2}}]
+    records, rows = [], []
+    for width in (8, 16, 32):
+        for seed in range(4):
+            rid = f"{width}-{seed}"
+            records.append({"run_id": rid, "width": width, "n_params": 10 * width})
+            acc = 0.8 + rng.normal(0, 0.01)
+            rows.append({"run_id": rid, "eval_id": "plain", "test_acc": acc})
+            rows.append({"run_id": rid, "eval_id": "tta",
+                         "test_acc": acc + 0.01 + rng.normal(0, 0.005)})
+    gains = [g for g in gains_by_point(rows, settings, records, ["width"]) if g["p"] is not None]
+    assert [g["width"] for g in gains] == [8, 16, 32]
+    raw = []
+    for width in (8, 16, 32):
+        plain = [r["test_acc"] for r in rows if r["eval_id"] == "plain"
+                 and r["run_id"].startswith(f"{width}-")]
+        tta = [r["test_acc"] for r in rows if r["eval_id"] == "tta"
+               and r["run_id"].startswith(f"{width}-")]
+        raw.append(stats.ttest_rel(tta, plain).pvalue)
+    assert [g["p"] for g in gains] == pytest.approx(raw, rel=1e-10)
+    assert [g["p_holm"] for g in gains] == pytest.approx(list(holm(raw)), rel=1e-10)

@@ -97,3 +97,17 @@ def test_best_over_nuisance_uses_validation_loss_and_flags_edges():
     assert chosen[8].nuisance == {"lr": 0.01} and chosen[8].at_edge == []
     assert chosen[16].nuisance == {"lr": 0.1} and chosen[16].at_edge == ["lr"]
     assert len(selected) == 4 and {r["lr"] for r in selected if r["width"] == 8} == {0.01}
+
+
+def test_identical_or_constantly_shifted_samples_are_exact_and_silent():
+    import warnings
+
+    from scalelab.analysis.stats import paired
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = paired([0.81, 0.82, 0.83], [0.81, 0.82, 0.83])
+        shifted = paired([0.91, 0.92, 0.93], [0.81, 0.82, 0.83])
+    assert same.p_value == 1.0 and same.ci_low == same.ci_high == 0.0
+    assert shifted.p_value == 0.0 and shifted.ci_low == pytest.approx(0.1)
+    assert shifted.t_statistic == float("inf")

@@ -49,7 +49,8 @@ def gains_by_point(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, 
                    records: Sequence[dict[str, Any]], axes: Sequence[str],
                    metric: str = "test_acc", level: float = 0.95) -> list[dict[str, Any]]:
     """Per grid point (the scientific ``axes``) and setting: mean ``metric`` and its error,
-    and the difference to the first setting paired by trained model, with a t-based CI."""
+    and the difference to the first setting paired by trained model, with a per-point
+    (unadjusted) t-based CI and a paired t-test p, Holm-adjusted over every point × setting."""
     from scipy import stats
 
     if not settings:
@@ -79,10 +80,15 @@ def gains_by_point(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, 
                      "setting": setting_label(s["config"]), "runs": len(got),
                      "mean": float(np.mean(list(got.values()))),
                      "gain": float(diffs.mean()) if len(diffs) else None,
-                     "gain_low": None, "gain_high": None}
+                     "gain_low": None, "gain_high": None, "p": None, "p_holm": None}
             if len(diffs) > 1 and s["eval_id"] != base:
-                half = stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * diffs.std(ddof=1) \
-                    / np.sqrt(len(diffs))
+                sd = diffs.std(ddof=1)
+                half = stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * sd / np.sqrt(len(diffs))
                 entry["gain_low"], entry["gain_high"] = entry["gain"] - half, entry["gain"] + half
+                entry["p"] = float(stats.ttest_1samp(diffs, 0.0).pvalue) if sd > 0 else (
+                    1.0 if entry["gain"] == 0 else 0.0)
             out.append(entry)
+    tested = [g for g in out if g["p"] is not None]
+    for g, p in zip(tested, holm([g["p"] for g in tested])):
+        g["p_holm"] = float(p)
     return out

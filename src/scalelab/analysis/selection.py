@@ -38,7 +38,7 @@ class SelectionCell:
     controller: dict[str, float | None] = field(default_factory=dict)
     comparisons: dict[str, Comparison] = field(default_factory=dict)
     flops: float | None = None               # mean realized training FLOPs
-    class_diffs: list[tuple[int, float, float, float]] = field(default_factory=list)
+    class_diffs: list[tuple] = field(default_factory=list)  # see _class_diffs
     context: dict[str, Any] = field(default_factory=dict)  # the other settings that vary
 
     @property
@@ -57,8 +57,8 @@ class SelectionCell:
                 "controller": self.controller,
                 "comparisons": {k: c.to_dict() for k, c in self.comparisons.items()},
                 "class_diffs_vs_matched": [
-                    {"class": c, "diff": d, "ci_low": lo, "ci_high": hi}
-                    for c, d, lo, hi in self.class_diffs]}
+                    {"class": c, "diff": d, "ci_low": lo, "ci_high": hi, "p": p, "p_holm": ph}
+                    for c, d, lo, hi, p, ph in self.class_diffs]}
 
 
 @dataclass
@@ -220,8 +220,10 @@ def pareto_front(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return front
 
 
-def _class_diffs(runs: dict, baseline: dict, level: float) -> list[tuple[int, float, float, float]]:
-    """Per-class test accuracy difference to the baseline, paired by seed, with t CIs."""
+def _class_diffs(runs: dict, baseline: dict, level: float) -> list[tuple]:
+    """Per-class test accuracy difference to the baseline, paired by seed: (class, mean
+    difference, t CI low, high, p, Holm-adjusted p over the cell's classes). The CIs are
+    unadjusted (exploratory); which classes gain or lose is decided on the Holm p."""
     seeds = sorted(set(runs) & set(baseline), key=str)
     if len(seeds) < 2 or not all(runs[s].get("test_acc_by_class") and
                                  baseline[s].get("test_acc_by_class") for s in seeds):
@@ -231,8 +233,10 @@ def _class_diffs(runs: dict, baseline: dict, level: float) -> list[tuple[int, fl
     out = []
     for c in range(a.shape[1]):
         comparison = paired(a[:, c], b[:, c], level=level, n_resamples=200)
-        out.append((c, comparison.mean_diff, comparison.ci_low, comparison.ci_high))
-    return out
+        out.append((c, comparison.mean_diff, comparison.ci_low, comparison.ci_high,
+                    comparison.p_value))
+    adjusted = holm([p for *_, p in out])
+    return [(*row, float(p)) for row, p in zip(out, adjusted)]
 
 
 def _mean(rows, key) -> float | None:

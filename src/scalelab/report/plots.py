@@ -48,11 +48,27 @@ def _figure() -> tuple[Figure, Any]:
 
 
 def _log_y(ax) -> None:
-    """Log scale with plain numbers (a loss axis spans well under a decade)."""
+    """Log scale with plain numbers. A loss axis often spans well under a decade, where the
+    default log ticks (1, 2, ..., 9 times a power of ten) can miss the data entirely: then
+    six ticks are spread evenly in log space over the data's own range. Call after plotting."""
     ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo < 10:
+        ax.yaxis.set_major_locator(ticker.FixedLocator(np.geomspace(lo, hi, 6)[1:-1]))
+        ax.yaxis.set_minor_locator(ticker.NullLocator())
     ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
     ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.3g"))
     ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _order(value: Any) -> tuple:
+    """Sort key: numbers numerically (16 before 128), anything else after them as text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value, "")
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0, str(value))
 
 
 def _finish(ax, x_name: str, y_name: str, legend: bool) -> None:
@@ -116,7 +132,7 @@ def axis_figure(table: Sequence[dict[str, Any]], metric: str, x_axis: str,
             continue
         lines[row.get(line_axis) if line_axis else None].append(
             (row[x_axis], row[metric], row.get(f"{metric}_std") or 0.0))
-    for i, (value, pts) in enumerate(sorted(lines.items(), key=lambda kv: str(kv[0]))):
+    for i, (value, pts) in enumerate(sorted(lines.items(), key=lambda kv: _order(kv[0]))):
         pts.sort(key=lambda p: p[0])
         xs, ys, es = zip(*pts)
         ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=2, color=f"C{i % 10}",
@@ -134,7 +150,7 @@ def compute_figure(records: Sequence[dict[str, Any]], metric: str, color_axis: s
     for r in records:
         if r.get("status") == "completed" and r.get(metric) and r.get("train_flops"):
             groups[r.get(color_axis) if color_axis else None].append((r["train_flops"], r[metric]))
-    for i, (value, pts) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+    for i, (value, pts) in enumerate(sorted(groups.items(), key=lambda kv: _order(kv[0]))):
         xs, ys = zip(*pts)
         ax.scatter(xs, ys, s=14, color=f"C{i % 10}",
                    label=f"{color_axis} = {value}" if color_axis else None)
@@ -171,7 +187,7 @@ def curves_figure(curves: Sequence[dict[str, Any]], records: Sequence[dict[str, 
     for c in curves:
         if c["name"] == name and c["value"] is not None:
             by_run[c["run_id"]].append((c["step"], c["value"]))
-    values = sorted({str(r.get(color_axis)) for r in records}) if color_axis else [""]
+    values = sorted({str(r.get(color_axis)) for r in records}, key=_order) if color_axis else [""]
     color_of = {v: f"C{i % 10}" for i, v in enumerate(values)}
     shown = set()
     for r in records:
@@ -228,14 +244,14 @@ def traces_figure(curves: Sequence[dict[str, Any]], runs: dict[str, str],
     return fig
 
 
-def class_figure(rows: Sequence[tuple[str, list[tuple[int, float, float, float]]]]) -> Figure:
+def class_figure(rows: Sequence[tuple[str, list[tuple]]]) -> Figure:
     """Per-class test-accuracy difference to the compute-matched baseline (rows: cells)."""
     fig = Figure(figsize=(6.0, 1.2 + 0.3 * len(rows)), dpi=STYLE["dpi"], layout="constrained")
     ax = fig.subplots()
     classes = max(len(diffs) for _, diffs in rows)
     grid = np.full((len(rows), classes), np.nan)
     for i, (_, diffs) in enumerate(rows):
-        for c, d, _lo, _hi in diffs:
+        for c, d, *_ in diffs:
             grid[i, c] = d
     bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
     image = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
@@ -252,7 +268,7 @@ def settings_figure(gains: Sequence[dict[str, Any]], data_axis: str | None, gain
     colour by setting, line style by data size."""
     fig, ax = _figure()
     settings = list(dict.fromkeys(g["setting"] for g in gains))
-    sizes = sorted({g.get(data_axis) for g in gains}, key=str) if data_axis else [None]
+    sizes = sorted({g.get(data_axis) for g in gains}, key=_order) if data_axis else [None]
     styles = ["-", "--", ":", "-."]
     for i, setting in enumerate(settings):
         if gain and i == 0:

@@ -194,12 +194,15 @@ def _evaluation_scale_blocks(rows, settings, records, a: StudyAnalysis, blocks: 
         return
     first = gains[0]["setting"]
     blocks.append(("h3", f"Across sizes: each setting against {first}"))
+    tests = sum(g["p"] is not None for g in gains)
     blocks.append(("p", f"Mean {a.compare_metric} per grid point and setting, and the gain over "
-                        f"{first} paired by trained model (seeds), with 95% t-based CIs."))
+                        f"{first} paired by trained model (seeds), with 95% t-based CIs. The "
+                        "CIs are per point and unadjusted (exploratory); p (Holm) adjusts the "
+                        f"paired t-test over all {tests} point × setting tests."))
     blocks.append(("table", [*axes, "n_params", "setting", "runs", a.compare_metric, "gain",
-                             "CI low", "CI high"],
+                             "CI low", "CI high", "p (Holm)"],
                    [[*(g[x] for x in axes), g["n_params"], g["setting"], g["runs"], g["mean"],
-                     g["gain"], g["gain_low"], g["gain_high"]] for g in gains]))
+                     g["gain"], g["gain_low"], g["gain_high"], g["p_holm"]] for g in gains]))
     data_axis = next((x for x in axes if x in ("num_train", "num_train_tokens")), None)
     figure(plots.settings_figure(gains, data_axis, gain=False, metric=a.compare_metric),
            "evaluations_by_size", f"{a.compare_metric} of each setting against model size")
@@ -263,9 +266,16 @@ def _selection_blocks(sel: SelectionAnalysis, records, curves, blocks: list, fig
     if with_classes:
         figure(plots.class_figure(with_classes), "selection_classes",
                "per-class test accuracy difference to the compute-matched full run")
-        blocks.append(("table", ["cell", "classes that gain (CI > 0)", "classes that lose (CI < 0)"],
-                       [[name, ", ".join(str(c) for c, _, lo, _ in diffs if lo > 0) or "—",
-                         ", ".join(str(c) for c, _, _, hi in diffs if hi < 0) or "—"]
+        blocks.append(("p", "Per-class differences to the compute-matched run, paired by seed. "
+                            "A class is listed as gaining or losing only when its Holm-adjusted "
+                            "p (over the classes of that cell) is below 0.05; the per-class "
+                            "intervals in the figure are unadjusted and exploratory."))
+        blocks.append(("table", ["cell", "classes that gain (Holm p < 0.05)",
+                                 "classes that lose (Holm p < 0.05)"],
+                       [[name, ", ".join(str(c) for c, d, *_, ph in diffs
+                                         if ph < 0.05 and d > 0) or "—",
+                         ", ".join(str(c) for c, d, *_, ph in diffs
+                                   if ph < 0.05 and d < 0) or "—"]
                         for name, diffs in with_classes]))
 
 

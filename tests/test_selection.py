@@ -132,8 +132,8 @@ def test_flops_accounting_matches_a_hand_count(method, scored, trained):
 
 
 def test_compute_matched_full_run_takes_the_matched_share_of_steps():
-    result = train_run(selection_config({"name": "full", "match_method": "topk_loss",
-                                         "match_rate": 0.2}, steps=100))
+    result = train_run(selection_config({"name": "full", "match_rate": 0.2,
+                                         "match_scoring": True}, steps=100))
     assert result.metrics["steps"] == round(100 * (0.2 + FWD / TRAIN))
     lrs = [v for _, name, v in result.curves if name == "lr"]
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # the cosine schedule ends at its own end
@@ -151,14 +151,14 @@ def test_selection_methods_are_not_stacked_and_matched_baselines_are_not_either(
     from scalelab.train.batched import group_key
 
     assert group_key(selection_config({"name": "ast"})) is None
-    assert group_key(selection_config({"name": "full", "match_method": "ast",
-                                       "match_rate": 0.2})) is None
+    assert group_key(selection_config({"name": "full", "match_rate": 0.2,
+                                       "match_scoring": True})) is None
     assert group_key(selection_config({"name": "full"})) is not None
 
 
-def test_full_needs_both_match_settings():
-    with pytest.raises(ValueError, match="give match_method and match_rate together"):
-        methods.get("full").Config(match_method="ast")
+def test_full_needs_a_rate_to_match_a_scoring_method():
+    with pytest.raises(ValueError, match="match_scoring needs match_rate"):
+        methods.get("full").Config(match_scoring=True)
 
 
 # ------------------------------------------------------------------ studies and reports
@@ -182,8 +182,19 @@ def test_baselines_expand_once_per_selection_cell():
     assert cells == {("ast", 0.2, None, None), ("ast", 0.4, None, None), ("random", 0.2, None, None),
                      ("random", 0.4, None, None), ("ast", 0.2, "loss", None)}
     matched = {(p["target_rate"], p["matched_to"]) for p in points if p["method"] == "full"}
-    assert matched == {(None, None), (0.2, "ast"), (0.4, "ast"), (0.2, "random"), (0.4, "random")}
+    assert matched == {(None, None), (0.2, "scoring"), (0.4, "scoring"), (0.2, "non-scoring"),
+                       (0.4, "non-scoring")}
     assert len(study.runs) == 3 * (5 + 5)  # 5 cells and 5 baselines, 3 seeds each
+
+
+def test_methods_with_the_same_matched_budget_share_one_compute_matched_run():
+    both = {**SELECTION, "grid": [{"method.name": ["ast", "topk_loss", "random"],
+                                   "method.target_rate": [0.2]}]}
+    study = validate_study(both, "sel.yaml")
+    matched = [r for r in study.runs if r.config["method"].get("match_rate") is not None]
+    # ast and topk_loss both score: one run per seed; random does not: another
+    assert len(matched) == 2 * 3
+    assert {r.point["matched_to"] for r in matched} == {"scoring", "non-scoring"}
 
 
 def test_a_bad_axis_in_a_list_of_grids_names_its_grid(tmp_path):

@@ -282,7 +282,8 @@ class Study:
     def _baseline_runs(self, runs: list[RunSpec], labels: dict[str, str]) -> list[RunSpec]:
         """The ``baselines`` of every selection run, each once (same seed, same everything
         else). A point names the baseline's method, the rate it matches and, for a
-        compute-matched run, the method it matches (``matched_to``)."""
+        compute-matched run, whether the runs it matches score each batch (``matched_to``:
+        ``scoring`` or ``non-scoring`` selection); one such run serves every method alike."""
         seen = {r.run_id for r in runs}
         method_label = labels.get("method.name", "method")
         rate_label = labels.get("method.target_rate", "target_rate")
@@ -292,9 +293,10 @@ class Study:
             if "target_rate" not in FAMILIES["method"].get(method["name"]).Config.model_fields:
                 continue
             rate = method["target_rate"]
+            scoring = bool(FAMILIES["method"].get(method["name"]).scores)
             wanted = {"full": ({"name": "full"}, None),
-                      "matched_full": ({"name": "full", "match_method": method["name"],
-                                        "match_rate": rate}, rate),
+                      "matched_full": ({"name": "full", "match_rate": rate,
+                                        "match_scoring": scoring}, rate),
                       "random": ({"name": "random", "target_rate": rate}, rate)}
             for kind in self.spec.baselines:
                 settings, point_rate = wanted[kind]
@@ -309,7 +311,8 @@ class Study:
                 point = {k: (None if p.startswith("method.") else run.point[k])
                          for p, k in labels.items()} | {"seed": run.point["seed"]}
                 point |= {method_label: settings["name"], rate_label: point_rate,
-                          "matched_to": method["name"] if kind == "matched_full" else None}
+                          "matched_to": (("scoring" if scoring else "non-scoring")
+                                         if kind == "matched_full" else None)}
                 extra.append(RunSpec(rid, config, point))
         return extra
 

@@ -80,8 +80,8 @@ def _is_selection(r: dict[str, Any]) -> bool:
 #: Config sections that are not the selection method: every setting in them keys a cell.
 CONTEXT_SECTIONS = ("task.", "model.", "train.")
 #: Method settings that name the cell or its baselines rather than distinguishing cells.
-ROLE_SETTINGS = ("method.name", "method.target_rate", "method.scoring", "method.match_method",
-                 "method.match_rate")
+ROLE_SETTINGS = ("method.name", "method.target_rate", "method.scoring", "method.match_rate",
+                 "method.match_scoring")
 
 
 def _context(r: dict[str, Any]) -> tuple:
@@ -98,8 +98,8 @@ def _role(r: dict[str, Any]) -> tuple:
         extra = tuple(sorted((k, repr(v)) for k, v in r.items()
                              if k.startswith("method.") and k not in ROLE_SETTINGS))
         return ("cell", context, name, r["method.target_rate"], r.get("method.scoring"), extra)
-    if name == "full" and r.get("method.match_method"):
-        return ("matched", context, r["method.match_method"], r["method.match_rate"])
+    if name == "full" and r.get("method.match_rate") is not None:
+        return ("matched", context, bool(r.get("method.match_scoring")), r["method.match_rate"])
     if name in ("full", "standard"):
         return ("full", context)
     return ("other", context, name)
@@ -157,7 +157,8 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
                                                    "steady_state_error")
              if any(r.get(k) is not None for r in runs.values())},
             context={k: v for k, v in dict(context).items() if k in varying})
-        partners = {"equal_compute": by_role.get(("matched", context, method, rate), {}),
+        scores = any((r.get("samples_scored") or 0) > 0 for r in runs.values())
+        partners = {"equal_compute": by_role.get(("matched", context, scores, rate), {}),
                     "equal_steps": full,
                     "random": by_role.get(("cell", context, "random", rate, None, ()), {})
                     if method != "random" else {}}
@@ -202,7 +203,8 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
             runs = by_role[role]
             context = {k: v for k, v in dict(role[1]).items() if k in varying}
             where = f" [{_fmt_context(context)}]" if context else ""
-            label = "full" if role[0] == "full" else f"full≈{role[2]}@{role[3]:g}"
+            label = "full" if role[0] == "full" else \
+                f"full≈{'scoring' if role[2] else 'non-scoring'}@{role[3]:g}"
             points.append({"label": label + where, "method": "full",
                            "flops": _mean(runs.values(), "train_flops"),
                            "metric": _mean(runs.values(), metric)})

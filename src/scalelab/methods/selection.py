@@ -279,31 +279,36 @@ class InfoBatch(Selection):
 
 @methods.register("full")
 class Full(Method):
-    """Every sample of every batch; with match_method, the compute-matched baseline of a
+    """Every sample of every batch; with match_rate, the compute-matched baseline of a
     selection run (its expected FLOPs, in fewer steps with the schedule rebuilt for them)."""
 
     class Config(PluginConfig):
-        match_method: Literal["ast", "topk_loss", "random", "infobatch"] | None = Field(
-            None, description="selection method whose compute this run matches")
-        match_rate: float | None = Field(None, gt=0, le=1, description="its target rate")
+        # Only what sets the matched budget is a setting: selection methods of one rate that
+        # both score (or both do not) share one compute-matched run instead of two
+        # identical configs under different names.
+        match_rate: float | None = Field(
+            None, gt=0, le=1, description="target rate of the selection run this matches")
+        match_scoring: bool = Field(
+            False, description="the matched method also runs a scoring forward over each batch "
+                               "(ast, topk_loss, selective_backprop)")
 
         @model_validator(mode="after")
-        def _both(self):
-            if (self.match_method is None) != (self.match_rate is None):
-                raise ValueError("give match_method and match_rate together")
+        def _rate_for_scoring(self):
+            if self.match_scoring and self.match_rate is None:
+                raise ValueError("match_scoring needs match_rate")
             return self
 
     def budget(self, total_steps, train_flops_per_sample, forward_flops_per_sample):
         c = self.config
-        if c.match_method is None:
+        if c.match_rate is None:
             return total_steps
         # A selection step trains rate * batch samples and, if it scores, runs a forward
         # over the whole batch: that fraction of a full step's FLOPs.
         fraction = c.match_rate
-        if methods.get(c.match_method).scores:
+        if c.match_scoring:
             fraction += forward_flops_per_sample / train_flops_per_sample
         return max(1, round(total_steps * min(1.0, fraction)))
 
     @property
     def stackable(self) -> bool:
-        return self.config.match_method is None  # the batched trainer has no step budgets
+        return self.config.match_rate is None  # the batched trainer has no step budgets

@@ -146,3 +146,21 @@ def test_per_size_evaluation_gains_carry_holm_adjusted_p_values():
         raw.append(stats.ttest_rel(tta, plain).pvalue)
     assert [g["p"] for g in gains] == pytest.approx(raw, rel=1e-10)
     assert [g["p_holm"] for g in gains] == pytest.approx(list(holm(raw)), rel=1e-10)
+
+
+def test_cells_whose_runs_came_out_identical_are_shown_and_tested_once():
+    rows = [r for r in _selection_records() if r["model.channels"] == 16]
+    twins = []
+    for r in rows:
+        if r["method.name"] == "ast":
+            r.update({"method.name": "infobatch_per_batch", "method.scoring": None,
+                      "method.target_rate": 0.1})
+            twins.append({**r, "run_id": r["run_id"] + "-b", "method.target_rate": 0.2})
+    analysis = analyze_selection(rows + twins)
+    assert len(analysis.cells) == 1
+    cell = analysis.cells[0]
+    assert cell.label == "infobatch_per_batch@0.1 = @0.2"
+    assert cell.comparisons["equal_steps"].candidate == cell.label
+    assert cell.comparisons["equal_steps"].p_holm == pytest.approx(
+        cell.comparisons["equal_steps"].p_value)  # one test, nothing to adjust for
+    assert any("gave exactly the runs of" in n for n in analysis.notes)

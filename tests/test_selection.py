@@ -9,7 +9,8 @@ from torch import nn
 
 import scalelab
 from scalelab.errors import StudyError
-from scalelab.methods.selection import InfoBatch, PIController, Random
+from scalelab.methods.selection import InfoBatchPerBatch as InfoBatch
+from scalelab.methods.selection import PIController, Random, SelectiveBackprop
 from scalelab.plugin import instantiate
 from scalelab.registry import methods
 from scalelab.spec import load_study, validate_study
@@ -229,3 +230,30 @@ def test_random_selection_is_reproducible():
     b.begin(100, 10, 20, seed=3)
     x, y = torch.zeros(20, 1), torch.zeros(20, dtype=torch.long)
     assert torch.equal(a.choose(None, x, y, None, 1)[0], b.choose(None, x, y, None, 1)[0])
+
+
+def test_selective_backprop_selects_by_loss_percentile_to_the_power_beta():
+    method = SelectiveBackprop(SelectiveBackprop.Config(target_rate=0.25))  # beta = 3
+    method.begin(n_train=10_000, total_steps=100, batch=100, seed=0)
+    assert method.beta == pytest.approx(3.0)
+
+    def model(x):  # the loss of a sample rises with its x: logits (x, 0) for label 1
+        return torch.stack([x[:, 0], torch.zeros(len(x))], 1)
+
+    generator = torch.Generator().manual_seed(1)
+    chosen, offered = torch.zeros(10), torch.zeros(10)
+    rates = []
+    for step in range(200):
+        x = torch.rand(100, 1, generator=generator)
+        keep, weights, trace = method.choose(model, x, torch.ones(100, dtype=torch.long),
+                                             torch.arange(100), step)
+        assert weights is None and 0 <= trace["mean_chance"] <= 1
+        rates.append(len(keep) / 100)
+        if step >= 20:  # once the history is full, the percentile of x is about x itself
+            bins = (x[:, 0] * 10).long().clamp(max=9)
+            offered += torch.bincount(bins, minlength=10)
+            chosen += torch.bincount(bins[keep], minlength=10)
+    assert np.mean(rates[20:]) == pytest.approx(0.25, abs=0.02)  # 1 / (beta + 1)
+    centres = (torch.arange(10) + 0.5) / 10
+    expected = ((centres + 0.05) ** 4 - (centres - 0.05) ** 4) / (4 * 0.1)  # mean of F^3 per bin
+    assert torch.allclose(chosen / offered, expected, atol=0.04)

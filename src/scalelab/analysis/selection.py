@@ -40,16 +40,18 @@ class SelectionCell:
     flops: float | None = None               # mean realized training FLOPs
     class_diffs: list[tuple] = field(default_factory=list)  # see _class_diffs
     context: dict[str, Any] = field(default_factory=dict)  # the other settings that vary
+    same_as: list[str] = field(default_factory=list)  # cells whose runs came out identical
 
     @property
     def label(self) -> str:
         scoring = f" ({self.scoring})" if self.scoring else ""
         where = f" [{_fmt_context(self.context)}]" if self.context else ""
-        return f"{self.method}@{self.rate:g}{scoring}{where}"
+        same = "".join(f" = {other}" for other in self.same_as)
+        return f"{self.method}@{self.rate:g}{scoring}{same}{where}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "rate": self.rate, "scoring": self.scoring,
-                "context": self.context,
+                "context": self.context, "same_as": self.same_as,
                 "seeds": self.seeds, "metric_mean": self.metric_mean,
                 "metric_std": self.metric_std, "compute_fraction": self.compute_fraction,
                 "wall_fraction": self.wall_fraction, "activation_2nd_half": self.activation,
@@ -131,7 +133,7 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
     varying = _varying([role[1] for role in by_role])
     notes: list[str] = []
     cells: list[SelectionCell] = []
-    all_comparisons: list[Comparison] = []
+    fingerprints: list[tuple] = []
     missing_full, stacked_full = set(), set()
     for role in sorted((k for k in by_role if k[0] == "cell"), key=repr):
         _, context, method, rate, scoring, _extra = role
@@ -173,8 +175,6 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
                     n_resamples=2000)
             except ScalelabError as exc:
                 notes.append(f"{cell.label} vs {KINDS[kind]}: {exc}")
-                continue
-            all_comparisons.append(cell.comparisons[kind])
         cell.flops = _mean(runs.values(), "train_flops")
         cell.class_diffs = _class_diffs(runs, partners["equal_compute"], level)
         matched_flops = _mean(partners["equal_compute"].values(), "train_flops")
@@ -187,6 +187,10 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
                     "rate): that equal-compute comparison is not matched; compare on the "
                     "Pareto figure instead")
         cells.append(cell)
+        fingerprints.append((context, method, tuple(sorted(
+            (repr(seed), r[metric], r.get("train_flops")) for seed, r in runs.items()))))
+    cells = _collapse_identical(cells, fingerprints, notes)
+    all_comparisons = [c for cell in cells for c in cell.comparisons.values()]
     if stacked_full:
         notes.append("wall-time fractions are left out where the full-data runs trained stacked "
                      "(several runs as one model, each stored with a share of the group's time) "
@@ -209,6 +213,24 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
                            "flops": _mean(runs.values(), "train_flops"),
                            "metric": _mean(runs.values(), metric)})
     return SelectionAnalysis(metric, cells, points, notes)
+
+
+def _collapse_identical(cells: list[SelectionCell], fingerprints: list[tuple],
+                        notes: list[str]) -> list[SelectionCell]:
+    """One cell for settings whose runs came out identical (same metric and compute for every
+    seed, e.g. rates a capped method cannot reach): counted once in tables and in Holm."""
+    kept: dict[tuple, SelectionCell] = {}
+    for cell, fingerprint in zip(cells, fingerprints):
+        first = kept.get(fingerprint)
+        if first is None:
+            kept[fingerprint] = cell
+            continue
+        notes.append(f"{cell.label} gave exactly the runs of {first.label} (same {cell.seeds} "
+                     "seeds, same results and compute): shown and tested once")
+        first.same_as.append(f"@{cell.rate:g}" + (f" ({cell.scoring})" if cell.scoring else ""))
+        for comparison in first.comparisons.values():
+            comparison.candidate = first.label
+    return list(kept.values())
 
 
 def pareto_front(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

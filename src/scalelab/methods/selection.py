@@ -3,7 +3,7 @@
 Scoring methods (``ast``, ``topk_loss``) run a no-grad forward over the batch; only the
 selected samples go through the forward-with-gradients and the backward, so the saving is
 real and the trainer counts it (scored and trained samples times their counted per-sample
-FLOPs). ``random`` and ``infobatch`` score nothing. ``full`` trains on everything and, with
+FLOPs). ``random`` and ``infobatch_per_batch`` score nothing. ``full`` trains on everything and, with
 ``match_method``, is the compute-matched baseline of a selection run: the same expected
 training FLOPs in fewer steps, its schedule built for that shorter budget.
 """
@@ -94,13 +94,48 @@ class Random(Selection):
 
 @methods.register("topk_loss")
 class TopKLoss(Selection):
-    """The highest-loss fraction of each batch (selective backprop), from a no-grad forward."""
+    """The highest-loss fraction of each batch, deterministically, from a no-grad forward (a
+    simplification of selective backprop; the reference is ``selective_backprop``)."""
 
     scores = True
 
     def choose(self, model, x, y, index, step):
         losses = per_sample_loss(scoring_forward(model, x), y)
         return losses.topk(self.k(len(y))).indices.sort().values, None, {}
+
+
+@methods.register("selective_backprop")
+class SelectiveBackprop(Selection):
+    """Selective backprop (Jiang et al. 2019): each sample is trained on with probability
+    P = F(loss)^beta, F the percentile of its loss among the last ``history`` losses seen.
+
+    As in the reference, selection is probabilistic by loss percentile, not a fixed top-k,
+    so the number trained varies from batch to batch. With losses spread evenly over their
+    history the expected rate is 1 / (beta + 1): ``beta`` defaults to 1 / target_rate - 1
+    (target 0.5 -> beta 1, 0.25 -> beta 3, the reference's settings)."""
+
+    scores = True
+
+    class Config(Selection.Config):
+        beta: float | None = Field(None, gt=0, description="selectivity; default 1/target_rate - 1")
+        history: int = Field(1024, ge=2, description="recent losses the percentile is taken over")
+
+    def begin(self, n_train, total_steps, batch, seed):
+        super().begin(n_train, total_steps, batch, seed)
+        c = self.config
+        self.beta = c.beta if c.beta is not None else max(1e-6, 1 / c.target_rate - 1)
+        self.seen = torch.empty(0)
+
+    def choose(self, model, x, y, index, step):
+        losses = per_sample_loss(scoring_forward(model, x), y).cpu()
+        self.seen = torch.cat([self.seen, losses])[-self.config.history:]
+        percentile = torch.searchsorted(self.seen.sort().values, losses, right=True) \
+            / len(self.seen)
+        chance = percentile.pow(self.beta)
+        keep = (torch.rand(len(y), generator=self.generator) < chance).nonzero().squeeze(1)
+        if not len(keep):  # an empty step trains nothing; take the highest-loss sample
+            keep = losses.argmax().reshape(1)
+        return keep.to(x.device), None, {"mean_chance": float(chance.mean())}
 
 
 SCORING_PRESETS = {  # (loss, intensity, entropy, gradient proxy) weights
@@ -232,15 +267,18 @@ class PIController:
                 "steady_state_error": float(second.mean() - self.target)}
 
 
-@methods.register("infobatch")
-class InfoBatch(Selection):
-    """InfoBatch: prune part of the below-mean-loss samples at random, reweight the rest.
+@methods.register("infobatch_per_batch")
+class InfoBatchPerBatch(Selection):
+    """InfoBatch's rule applied per batch: prune part of the below-mean-loss samples at
+    random, reweight the rest.
 
-    Applied per batch (not per epoch, so every method takes the same steps and differs in
-    samples per step): of the batch's samples whose last loss is below the mean of all seen
-    losses, a random m are pruned, sized to reach the target rate but at most ``max_prune``
-    of them; the kept ones are weighted n_below / (n_below - m), which keeps the batch loss an
-    unbiased estimate. The final ``anneal`` fraction of steps trains on everything.
+    Not the published InfoBatch, which prunes once per epoch and so takes fewer steps: here
+    every method takes the same steps and differs in samples per step. Of the batch's
+    samples whose last loss is below the mean of all seen losses, a random m are pruned,
+    sized to reach the target rate but at most ``max_prune`` of them (so targets below about
+    half the batch are not reached, and such rates give the same run); the kept ones are
+    weighted n_below / (n_below - m), which keeps the batch loss an unbiased estimate. The
+    final ``anneal`` fraction of steps trains on everything.
     """
 
     class Config(Selection.Config):

@@ -219,3 +219,50 @@ def test_embeddings_task_names_the_missing_files(tmp_path):
     with pytest.raises(ScalelabError, match=r"task.path: missing .*train_features.npy or "
                                             r".*train_features.pt"):
         scalelab.plugin.instantiate(tasks, {"name": "embeddings", "path": str(tmp_path)}).load()
+
+
+def test_tuned_evaluation_settings_are_chosen_per_shape_on_validation_only():
+    from scalelab.analysis.evaluations import compare_evaluations, tune_per_shape
+
+    settings = [{"eval_id": "plain", "config": {"name": "plain"}, "tune": []}]
+    for k in (10, 50):
+        settings.append({"eval_id": f"ttt{k}", "config": {"name": "ttt", "k": k, "steps": 10},
+                         "tune": ["k"]})
+    records, rows = [], []
+    for width in (8, 32):
+        for seed in range(3):
+            rid = f"{width}-{seed}"
+            records.append({"run_id": rid, "width": width, "seed": seed})
+            rows.append({"run_id": rid, "eval_id": "plain", "val_loss": 1.0, "test_acc": 0.80})
+            good_k = 10 if width == 8 else 50
+            for k in (10, 50):
+                # the test set favours the other k: a choice made on test would flip
+                rows.append({"run_id": rid, "eval_id": f"ttt{k}",
+                             "val_loss": 0.5 if k == good_k else 0.9,
+                             "test_acc": 0.82 if k == good_k else 0.95})
+    tuned_rows, tuned_settings, winners = tune_per_shape(rows, settings, records, ["width"])
+    assert [s["config"] for s in tuned_settings] == [
+        {"name": "plain"}, {"name": "ttt", "k": "tuned", "steps": 10}]
+    assert [(w["point"]["width"], w["chosen"]["k"]) for w in winners] == [(8, 10), (32, 50)]
+    assert all(w["at_edge"] == ["k"] for w in winners)
+    ttt = [r for r in tuned_rows if r["eval_id"].startswith("tuned-")]
+    assert len(ttt) == 6 and {r["test_acc"] for r in ttt} == {0.82}
+    summary, (comparison,) = compare_evaluations(tuned_rows, tuned_settings)
+    assert summary[1]["setting"] == "ttt k=tuned steps=10"
+    assert comparison.mean_diff == pytest.approx(0.02)
+
+
+def test_tune_names_must_be_swept_settings_of_their_entry(tmp_path, tiny_study):
+    from scalelab.errors import StudyError
+    from scalelab.spec import load_study
+
+    path = tiny_study(tmp_path, save_checkpoints=True,
+                      evaluations=["plain", {"name": "ttt", "k": 20, "tune": ["k"]}])
+    with pytest.raises(StudyError, match=r"evaluations\[1\]\.tune\[0\]: 'k' is not a setting of "
+                                         "this entry given as a list"):
+        _ = load_study(path).evaluations
+    path = tiny_study(tmp_path, save_checkpoints=True,
+                      evaluations=["plain", {"name": "ttt", "k": [5, 20], "tune": ["k"]}])
+    study = load_study(path)
+    assert len(study.evaluations) == 3 and len(study.evaluation_tune) == 2
+    assert all(v == ["k"] for v in study.evaluation_tune.values())

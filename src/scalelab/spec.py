@@ -223,17 +223,34 @@ class Study:
         labels = self.axis_labels()
         return [labels.get(name, name) for name in self.spec.nuisance]
 
-    @cached_property
+    @property
     def evaluations(self) -> list[tuple[str, dict[str, Any]]]:
         """(evaluation id, resolved evaluator config) of every ``evaluations`` setting."""
-        out = []
+        return [(eval_id, config) for eval_id, config, _ in self._evaluation_entries]
+
+    @property
+    def evaluation_tune(self) -> dict[str, list[str]]:
+        """Evaluation id -> the settings of its entry tuned per shape on validation."""
+        return {eval_id: tune for eval_id, _, tune in self._evaluation_entries if tune}
+
+    @cached_property
+    def _evaluation_entries(self) -> list[tuple[str, dict[str, Any], list[str]]]:
+        out: list[tuple[str, dict[str, Any], list[str]]] = []
         for i, block in enumerate(self.spec.evaluations):
             block = {"name": block} if isinstance(block, str) else dict(block)
             name = block.pop("name", None)
+            tune = block.pop("tune", [])
             try:
                 plugin = FAMILIES["evaluator"].get(name)
             except UnknownNameError as exc:
                 raise StudyError(self.source, f"evaluations[{i}].name", str(exc)) from None
+            if isinstance(tune, str):
+                tune = [tune]
+            for j, t in enumerate(tune if isinstance(tune, list) else [tune]):
+                if t not in block or not isinstance(block[t], list):
+                    raise StudyError(self.source, f"evaluations[{i}].tune[{j}]",
+                                     f"{t!r} is not a setting of this entry given as a list of "
+                                     f"values to tune over (e.g. {t}: [10, 20, 50])")
             keys = list(block)
             values = [v if isinstance(v, list) else [v] for v in block.values()]
             for combo in itertools.product(*values):
@@ -241,10 +258,10 @@ class Study:
                     config = plugin.Config.model_validate(dict(zip(keys, combo)))
                 except ValidationError as exc:
                     raise _from_validation(self.source, f"evaluations[{i}]", exc, plugin.Config,
-                                           also_allowed=("name",)) from None
+                                           also_allowed=("name", "tune")) from None
                 resolved = {"name": name, **config.model_dump(mode="json")}
-                entry = (run_id(resolved), resolved)
-                if entry not in out:
+                entry = (run_id(resolved), resolved, list(tune))
+                if all(entry[0] != e[0] for e in out):
                     out.append(entry)
         return out
 

@@ -9,7 +9,11 @@ from typing import Any
 import numpy as np
 
 from ..evaluation._base import setting_label
+from ..spec import run_id
+from .select import _at_edge
 from .stats import Comparison, holm, paired
+
+TUNED = "tuned"  # the value a tuned setting shows in labels: chosen per shape
 
 
 def compare_evaluations(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, Any]],
@@ -45,6 +49,66 @@ def compare_evaluations(rows: Sequence[dict[str, Any]], settings: Sequence[dict[
     return summary, comparisons
 
 
+def _point_order(item) -> tuple:
+    """Sort key of a (point, ...) pair: numbers numerically, anything else after them as text."""
+    return tuple((0, v, "") if isinstance(v, int | float) else (1, 0, str(v)) for v in item[0])
+
+
+def tune_per_shape(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, Any]],
+                   records: Sequence[dict[str, Any]], axes: Sequence[str],
+                   metric: str = "val_loss"
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Evaluation settings with ``tune`` names become one setting tuned per shape.
+
+    Settings of one ``evaluations`` entry that differ only in its tuned names (e.g. TTT's
+    ``k`` and ``lr``) are nuisance axes: at each shape (the values of ``axes``, over seeds)
+    the values with the best mean *validation* ``metric`` are kept, and their rows stand for
+    one setting labelled ``name k=tuned ...``. Returns (rows, settings, winners); without
+    tuned settings the input comes back unchanged.
+    """
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in settings:
+        tune = s.get("tune") or []
+        if tune:
+            fixed = {k: v for k, v in s["config"].items() if k not in tune}
+            groups[run_id({"fixed": fixed, "tune": sorted(tune)})].append(s)
+    if not groups:
+        return list(rows), list(settings), []
+    by_run = {r["run_id"]: r for r in records}
+    member_of = {s["eval_id"]: gid for gid, members in groups.items() for s in members}
+    out_rows = [r for r in rows if r["eval_id"] not in member_of]
+    out_settings, winners, placed = [], [], set()
+    for s in settings:
+        gid = member_of.get(s["eval_id"])
+        if gid is None:
+            out_settings.append(s)
+        elif gid not in placed:
+            placed.add(gid)
+            tune = s["tune"]
+            out_settings.append({"eval_id": f"tuned-{gid}", "tune": tune,
+                                 "config": {**s["config"], **{t: TUNED for t in tune}}})
+    for gid, members in groups.items():
+        tune = members[0]["tune"]
+        configs = {m["eval_id"]: m["config"] for m in members}
+        shapes: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+        for r in rows:
+            run = by_run.get(r["run_id"])
+            if r["eval_id"] in configs and run is not None and r.get(metric) is not None:
+                shapes[tuple(run.get(a) for a in axes)][r["eval_id"]].append(r)
+        for shape, candidates in sorted(shapes.items(), key=_point_order):
+            best = min(candidates, key=lambda e: (np.mean([r[metric] for r in candidates[e]]), e))
+            out_rows += [{**r, "eval_id": f"tuned-{gid}"} for r in candidates[best]]
+            chosen = {t: configs[best][t] for t in tune}
+            winners.append({
+                "setting": setting_label(out_settings[[x["eval_id"] for x in out_settings]
+                                                      .index(f"tuned-{gid}")]["config"]),
+                "point": dict(zip(axes, shape)), "chosen": chosen,
+                metric: float(np.mean([r[metric] for r in candidates[best]])),
+                "at_edge": [t for t, v in chosen.items()
+                            if _at_edge(v, sorted({c[t] for c in configs.values()}))]})
+    return out_rows, out_settings, winners
+
+
 def gains_by_point(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, Any]],
                    records: Sequence[dict[str, Any]], axes: Sequence[str],
                    metric: str = "test_acc", level: float = 0.95) -> list[dict[str, Any]]:
@@ -64,11 +128,7 @@ def gains_by_point(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, 
             continue
         cells[tuple(run.get(a) for a in axes)][r["eval_id"]][r["run_id"]] = float(r[metric])
     out = []
-    def order(item):  # numbers numerically, anything else after them as text
-        return tuple((0, v, "") if isinstance(v, int | float) else (1, 0, str(v))
-                     for v in item[0])
-
-    for point, per_setting in sorted(cells.items(), key=order):
+    for point, per_setting in sorted(cells.items(), key=_point_order):
         size = next((by_run[u].get("n_params") for u in per_setting.get(base, {})), None)
         for s in settings:
             got = per_setting.get(s["eval_id"], {})

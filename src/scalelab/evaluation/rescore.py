@@ -6,6 +6,7 @@ transaction, so an interrupted re-scoring keeps what it finished and a rerun doe
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ class EvaluationRun:
     scored: int = 0                 # (run, setting) pairs evaluated now
     already_done: int = 0
     rows: list[dict] = field(default_factory=list)
+    tune: dict[str, list[str]] = field(default_factory=dict)  # eval id -> settings tuned per shape
+    shape_axes: list[str] = field(default_factory=list)       # the study's scientific axes
 
 
 def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
@@ -55,9 +58,14 @@ def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
             raise ScalelabError(
                 f"{out}: {len(missing)} of {len(runs)} completed runs have no checkpoint (e.g. "
                 f"checkpoints/{missing[0]}.pt); train with `save_checkpoints: true`")
-        store.set_meta(evaluations=[{"eval_id": i, "config": c} for i, c in settings])
+        tune = study.evaluation_tune
+        store.set_meta(evaluations=[{"eval_id": i, "config": c, "tune": tune.get(i, [])}
+                                    for i, c in settings])
         done = {(r["run_id"], r["eval_id"]) for r in store.evaluations()}
-        result = EvaluationRun(out, settings, len(runs))
+        nuisance = set(json.loads(meta.get("nuisance", "[]")))
+        result = EvaluationRun(out, settings, len(runs), tune=tune,
+                               shape_axes=[a for a in json.loads(meta.get("axes", "{}"))
+                                           if a not in nuisance])
         completed = {r["run_id"] for r in runs}
         by_run = {i: c for i, c in store.configs().items() if i in completed}
         data_cache: dict[str, object] = {}

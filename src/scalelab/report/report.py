@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..analysis.evaluations import compare_evaluations, gains_by_point
+from ..analysis.evaluations import compare_evaluations, gains_by_point, tune_per_shape
 from ..analysis.selection import KINDS, SelectionAnalysis, pareto_front
 from ..analysis.study import StudyAnalysis, analyze_study
 from ..output import fmt_value
@@ -123,7 +123,11 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
         _selection_blocks(a.selection, records, curves, blocks, figure)
     if evaluations:
         settings = json.loads(meta.get("evaluations", "[]"))
+        shape_axes = [x for x in a.scientific if x != "seed"]
+        evaluations, settings, tuned = tune_per_shape(evaluations, settings, records, shape_axes)
         _evaluation_blocks(evaluations, settings, a.compare_metric, blocks, figure)
+        if tuned:
+            _tuning_blocks(tuned, blocks)
         axes = json.loads(meta.get("axes", "{}"))
         if any(axes.get(x, "").startswith("model.") for x in a.scientific):
             _evaluation_scale_blocks(evaluations, settings, records, a, blocks, figure)
@@ -183,6 +187,19 @@ def _evaluation_blocks(rows, settings, metric: str, blocks: list, figure) -> Non
     if comparisons:
         figure(plots.forest_figure(comparisons), "evaluations",
                f"difference in {metric} to {summary[0]['setting']}, paired by model")
+
+
+def _tuning_blocks(winners: list[dict[str, Any]], blocks: list) -> None:
+    """Which values each tuned evaluation setting took at each shape."""
+    blocks.append(("h3", "Evaluation settings tuned per shape"))
+    blocks.append(("p", "Settings listed under `tune:` are nuisance axes of their evaluator: "
+                        "at each shape (over its seeds) the values with the best mean "
+                        "validation loss are used, never chosen on the test set. A value at "
+                        "the edge of its list may mean the list should be widened."))
+    blocks.append(("table", ["setting", "shape", "chosen", "val_loss", "at list edge"],
+                   [[w["setting"], _point(w["point"]) or "all runs",
+                     ", ".join(f"{k}={v}" for k, v in w["chosen"].items()), w["val_loss"],
+                     ", ".join(w["at_edge"]) or "—"] for w in winners]))
 
 
 def _evaluation_scale_blocks(rows, settings, records, a: StudyAnalysis, blocks: list,

@@ -39,17 +39,13 @@ class Diagnostic:
 
 def verdict(diagnostics: Sequence[Diagnostic]) -> tuple[str, str]:
     """(label, sentence): ``not a law`` on any error, ``use with care`` on any warning."""
-    errors = [_sentence(d.message) for d in diagnostics if d.severity == "error"]
-    warnings = [_sentence(d.message) for d in diagnostics if d.severity == "warning"]
+    errors = [d.message for d in diagnostics if d.severity == "error"]
+    warnings = [d.message for d in diagnostics if d.severity == "warning"]
     if errors:
         return "not a law", " ".join(errors)
     if warnings:
         return "use with care", " ".join(warnings)
     return "trustworthy", "no diagnostic found a problem"
-
-
-def _sentence(message: str) -> str:
-    return message[:1].upper() + message[1:]
 
 
 def _num(value: float) -> str:
@@ -85,7 +81,7 @@ def diagnose(fit: LawFit, X: np.ndarray, y: np.ndarray, boot: Bootstrap | None =
                                   f"{_axis_of(k, names)}."))
     if not fit.converged:
         out.append(Diagnostic("warning", "not_converged",
-                              f"the optimiser did not converge (max |gradient| "
+                              f"The optimiser did not converge (max |gradient| "
                               f"{fit.grad_norm:.2g}): the parameters are not an optimum."))
     for k in fit.at_bound:
         meaning = ("the data do not identify an irreducible loss; the fit behaves as if E = 0"
@@ -101,18 +97,18 @@ def diagnose(fit: LawFit, X: np.ndarray, y: np.ndarray, boot: Bootstrap | None =
     bt = fit.backtest
     if bt is None:
         out.append(Diagnostic("info", "no_backtest",
-                              "no backtest: too few points to hold any out, so extrapolation "
+                              "No backtest: too few points to hold any out, so extrapolation "
                               "is untested."))
     else:
         if bt.mean_abs_relative_error > MAX_BACKTEST_ERROR:
             out.append(Diagnostic("warning", "backtest_error",
-                                  f"fitted without its largest points, it predicted them with "
+                                  f"Fitted without its largest points, it predicted them with "
                                   f"{bt.mean_abs_relative_error:.0%} mean error (above "
                                   f"{MAX_BACKTEST_ERROR:.0%})."))
         if fit.selection:
             tested = [s["form"] for s in fit.selection if "rmsle" in s]
             untested = [s["form"] for s in fit.selection if "rmsle" not in s]
-            sentence = (f"the form was chosen by this backtest among {', '.join(tested)}, so its "
+            sentence = (f"The form was chosen by this backtest among {', '.join(tested)}, so its "
                         "backtest error is optimistic (chosen and scored on the same points)")
             if untested:
                 sentence += (f"; {', '.join(untested)} could not be backtested with "
@@ -142,7 +138,7 @@ def _monotonicity(X: np.ndarray, y: np.ndarray, names: Sequence[str]) -> list[Di
     if not rises:
         return []
     return [Diagnostic("warning", "not_monotone",
-                       f"mean loss rises with size at {rises} of {steps} steps between "
+                       f"Mean loss rises with size at {rises} of {steps} steps between "
                        f"neighbouring sizes (e.g. {example}).")]
 
 
@@ -165,7 +161,7 @@ def _bootstrap_diagnostics(fit: LawFit, boot: Bootstrap) -> list[Diagnostic]:
     if wide:
         out.append(Diagnostic(
             "warning", "wide_interval",
-            f"the {int(boot.level * 100)}% interval of {', '.join(wide)} spans more than "
+            f"The {int(boot.level * 100)}% interval of {', '.join(wide)} spans more than "
             f"{MAX_CI_RATIO:g}× (or includes 0): the data barely constrain "
             f"{'it' if len(wide) == 1 else 'them'}."))
     return out

@@ -353,12 +353,25 @@ def form_settings(law: LawForm) -> dict[str, Any]:
 
 
 def _refine(theta0, form, X, log_y, w, loss, delta, bounds):
-    theta0 = np.clip(theta0, [lo if lo is not None else -np.inf for lo, _ in bounds],
-                     [hi if hi is not None else np.inf for _, hi in bounds])
-    return optimize.minimize(
-        objective, theta0, args=(form, X, log_y, w, loss, delta), jac=True, method="L-BFGS-B",
-        bounds=bounds, options={"maxiter": 20_000, "maxfun": 50_000, "ftol": 1e-15, "gtol": 1e-10},
-    )
+    """L-BFGS-B from ``theta0``; when it stops short of a stationary point, a Powell polish
+    and a second L-BFGS-B pass. Huber's linear arms make the objective nearly flat along some
+    directions, where L-BFGS-B can end its line search far from the optimum (measured: an
+    exponent 17% off at an objective within 0.1%, restarts stuck at the same point); the
+    derivative-free polish gets there in a few hundred evaluations."""
+    lower = [lo if lo is not None else -np.inf for lo, _ in bounds]
+    upper = [hi if hi is not None else np.inf for _, hi in bounds]
+    theta0 = np.clip(theta0, lower, upper)
+    args = (form, X, log_y, w, loss, delta)
+    options = {"maxiter": 20_000, "maxfun": 50_000, "ftol": 1e-15, "gtol": 1e-10}
+    result = optimize.minimize(objective, theta0, args=args, jac=True, method="L-BFGS-B",
+                               bounds=bounds, options=options)
+    if _converged(result, len(X), delta)[0] or not np.isfinite(result.fun):
+        return result
+    polish = optimize.minimize(lambda t: objective(t, *args)[0], result.x, method="Powell",
+                               bounds=bounds, options={"xtol": 1e-12, "ftol": 1e-16})
+    again = optimize.minimize(objective, np.clip(polish.x, lower, upper), args=args, jac=True,
+                              method="L-BFGS-B", bounds=bounds, options=options)
+    return again if again.fun <= result.fun else result
 
 
 def _converged(result, n: int, delta: float) -> tuple[bool, float]:

@@ -9,7 +9,7 @@ from torch import nn
 
 import scalelab
 from scalelab.errors import StudyError
-from scalelab.methods.selection import InfoBatchPerBatch as InfoBatch
+from scalelab.methods.selection import InfoBatch, InfoBatchPerBatch
 from scalelab.methods.selection import PIController, Random, SelectiveBackprop
 from scalelab.plugin import instantiate
 from scalelab.registry import methods
@@ -76,9 +76,9 @@ def test_selected_subset_gradient_equals_masked_full_batch_gradient():
         torch.testing.assert_close(a, p.grad, rtol=1e-6, atol=1e-7)
 
 
-def test_infobatch_rescaling_keeps_the_expected_loss_unbiased():
+def test_per_batch_infobatch_rescaling_keeps_the_expected_loss_unbiased():
     n, batch = 200, 50
-    method = InfoBatch(InfoBatch.Config(target_rate=0.4, max_prune=0.8, anneal=0.0))
+    method = InfoBatchPerBatch(InfoBatchPerBatch.Config(target_rate=0.4, max_prune=0.8, anneal=0.0))
     method.begin(n, total_steps=1000, batch=batch, seed=0)
     last = torch.rand(n)
     method.last_loss = last.clone()
@@ -94,8 +94,8 @@ def test_infobatch_rescaling_keeps_the_expected_loss_unbiased():
     assert np.mean(estimates) == pytest.approx(float(losses.mean()), rel=2e-3)
 
 
-def test_infobatch_trains_everything_in_the_final_anneal_fraction():
-    method = InfoBatch(InfoBatch.Config(target_rate=0.2, anneal=0.25))
+def test_per_batch_infobatch_trains_everything_in_the_final_anneal_fraction():
+    method = InfoBatchPerBatch(InfoBatchPerBatch.Config(target_rate=0.2, anneal=0.25))
     method.begin(100, total_steps=100, batch=10, seed=0)
     method.last_loss = torch.rand(100)
     keep, weights, _ = method.choose(None, torch.zeros(10, 1), torch.zeros(10, dtype=torch.long),
@@ -257,3 +257,45 @@ def test_selective_backprop_selects_by_loss_percentile_to_the_power_beta():
     centres = (torch.arange(10) + 0.5) / 10
     expected = ((centres + 0.05) ** 4 - (centres - 0.05) ** 4) / (4 * 0.1)  # mean of F^3 per bin
     assert torch.allclose(chosen / offered, expected, atol=0.04)
+
+
+# ------------------------------------------------------ InfoBatch as published (per epoch)
+
+
+def test_per_epoch_infobatch_keeps_the_epoch_loss_unbiased():
+    method = InfoBatch(InfoBatch.Config(prune_ratio=0.5, anneal=0.0))
+    method.begin(n_train=200, total_steps=200, batch=10, seed=0)  # 10 nominal epochs
+    losses = torch.rand(200, generator=torch.Generator().manual_seed(0)) * 2
+    method.score = losses.clone()
+    totals = []
+    for epoch in range(1, 400):
+        order = method.epoch_order(torch.randperm(200), epoch % 5 + 1)
+        assert len(set(order.tolist())) == len(order) < 200
+        totals.append(float((losses[order] * method.weight[order]).sum()))
+    assert np.mean(totals) == pytest.approx(float(losses.sum()), rel=0.01)
+    low = losses < losses.mean()
+    assert set(method.weight[low].unique().tolist()) <= {1.0, 2.0}
+    assert set(method.weight[~low].unique().tolist()) == {1.0}
+
+
+def test_per_epoch_infobatch_takes_fewer_steps_over_the_same_epochs():
+    spec = {**TINY, "model": {"name": "mlp", "depth": 1, "width": 8}, "grid": {},
+            "method": {"name": "infobatch", "prune_ratio": 0.5, "anneal": 0.25},
+            "train": {**{k: v for k, v in TINY["train"].items() if k != "max_steps"},
+                      "batch_size": 20, "epochs": 8, "eval_every": 5, "schedule": "cosine"}}
+    result = train_run(validate_study(spec).runs[0].config)
+    assert result.status == COMPLETED, result.error
+    m = result.metrics
+    nominal = 8 * (200 // 20)
+    assert m["nominal_steps"] == nominal and m["steps"] < nominal
+    assert 0.5 < m["epoch_keep_rate"] < 1.0
+    lrs = [v for _, name, v in result.curves if name == "lr"]
+    assert lrs[-1] < 0.05 * max(lrs)  # the schedule follows epochs: it ends near zero
+    assert m["train_flops"] == m["flops_per_step"] * m["steps"]
+
+
+def test_per_epoch_infobatch_needs_an_epoch_budget():
+    spec = {**TINY, "model": {"name": "mlp", "depth": 1, "width": 8}, "grid": {},
+            "method": "infobatch"}
+    with pytest.raises(StudyError, match="prunes once per epoch.*set train.epochs"):
+        validate_study(spec, "ib.yaml")

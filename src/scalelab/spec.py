@@ -527,6 +527,11 @@ def resolve(
     except ValidationError as exc:
         raise _from_validation(source, "train", exc, TrainConfig, where) from None
     resolved["train"] = train.model_dump(mode="json")
+    if getattr(FAMILIES["method"].get(resolved["method"]["name"]), "epoch_budget", False) \
+            and train.epochs is None:
+        raise StudyError(source, where or "train.epochs",
+                         f"method {resolved['method']['name']} prunes once per epoch, so its "
+                         "budget is a number of epochs: set train.epochs instead of max_steps")
     resolved["seed"] = seed
     return resolved
 

@@ -32,6 +32,9 @@ class Method(Plugin):
 
     #: True when the method trains with the plain loss, so runs can be stacked (train.batched).
     batchable: ClassVar[bool] = True
+    #: True when the budget is ``train.epochs`` passes over what :meth:`epoch_order` returns,
+    #: so pruning an epoch takes fewer steps; the schedule then follows epoch progress.
+    epoch_budget: ClassVar[bool] = False
 
     @property
     def stackable(self) -> bool:
@@ -46,6 +49,12 @@ class Method(Plugin):
         """Optimizer steps this run takes (a compute-matched baseline takes fewer); the
         learning-rate schedule is built for this number."""
         return total_steps
+
+    def epoch_order(self, order: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The training rows visited in epoch ``epoch`` (from 0), given the epoch's shuffled
+        order: all of them by default; a per-epoch pruning method returns fewer (at least a
+        batch), in the same order."""
+        return order
 
     def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                   index: torch.Tensor, step: int) -> StepLoss:

@@ -1,9 +1,10 @@
 """Adaptive sample selection: train each step on a subset of the batch.
 
-Scoring methods (``ast``, ``topk_loss``) run a no-grad forward over the batch; only the
-selected samples go through the forward-with-gradients and the backward, so the saving is
-real and the trainer counts it (scored and trained samples times their counted per-sample
-FLOPs). ``random`` and ``infobatch_per_batch`` score nothing. ``full`` trains on everything and, with
+Scoring methods (``ast``, ``topk_loss``, ``selective_backprop``) run a no-grad forward over
+the batch; only the selected samples go through the forward-with-gradients and the backward,
+so the saving is real and the trainer counts it (scored and trained samples times their
+counted per-sample FLOPs). ``random`` and ``infobatch_per_batch`` score nothing. ``infobatch``
+(as published) prunes whole epochs instead, so it saves steps. ``full`` trains on everything and, with
 ``match_method``, is the compute-matched baseline of a selection run: the same expected
 training FLOPs in fewer steps, its schedule built for that shorter budget.
 """
@@ -313,6 +314,64 @@ class InfoBatchPerBatch(Selection):
 
     def trained_losses(self, rows, losses):
         self.last_loss[rows.cpu()] = losses.float().cpu()
+
+
+@methods.register("infobatch")
+class InfoBatch(Method):
+    """InfoBatch (Qin et al., ICLR 2024) as published: prune once per epoch, so an epoch
+    takes fewer steps.
+
+    Each sample's score is its last training loss. At the start of every epoch a random
+    ``prune_ratio`` of the samples scoring below the mean is left out of that epoch, and the
+    kept below-mean samples' losses are weighted 1 / (1 - prune_ratio), keeping the expected
+    gradient unbiased; samples never trained yet are always kept. The final ``anneal``
+    fraction of the epochs trains on everything. The budget is ``train.epochs``; the
+    learning-rate schedule follows epoch progress, and the run records the steps it took
+    (its saving) against ``nominal_steps``.
+    """
+
+    batchable = False
+    epoch_budget = True
+
+    class Config(PluginConfig):
+        prune_ratio: float = Field(0.5, gt=0, lt=1, description="share of the below-mean-score "
+                                                                 "samples pruned each epoch")
+        anneal: float = Field(0.125, ge=0, le=1, description="final fraction of epochs on all data")
+
+    def begin(self, n_train, total_steps, batch, seed):
+        self.nominal_steps, self.batch = total_steps, batch
+        self.epochs = max(1, round(total_steps / max(1, n_train // batch)))
+        self.score = torch.full((n_train,), math.inf)  # inf: never trained on, never pruned
+        self.weight = torch.ones(n_train)
+        self.generator = torch.Generator().manual_seed(seed + 7919)  # apart from the data order
+        self.kept: list[float] = []
+
+    def epoch_order(self, order, epoch):
+        n = len(order)
+        self.weight = torch.ones(n)
+        seen = torch.isfinite(self.score)
+        if epoch >= (1 - self.config.anneal) * self.epochs or not seen.any():
+            self.kept.append(1.0)
+            return order
+        r = self.config.prune_ratio
+        below = seen & (self.score < self.score[seen].mean())
+        pruned = below & (torch.rand(n, generator=self.generator) < r)
+        if n - int(pruned.sum()) < self.batch:  # keep at least one batch
+            pruned[:] = False
+        self.weight[below & ~pruned] = 1 / (1 - r)
+        self.kept.append(1 - float(pruned.float().mean()))
+        return order[~pruned[order]]
+
+    def step_loss(self, model, x, y, index, step) -> StepLoss:
+        losses = F.cross_entropy(model(x), y, reduction="none")
+        rows = index.cpu()
+        self.score[rows] = losses.detach().float().cpu()
+        loss = (losses * self.weight[rows].to(losses.device)).mean()
+        return StepLoss(loss, trained=len(y))
+
+    def summary(self) -> dict[str, Any]:
+        return {"nominal_steps": self.nominal_steps,
+                "epoch_keep_rate": float(np.mean(self.kept)) if self.kept else None}
 
 
 @methods.register("full")

@@ -208,15 +208,22 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
     best = BestWeights(cfg, total_steps)
     running, running_count, evaluated_samples = torch.zeros((), device=dev), 0, 0
     trained_samples = scored_samples = 0
-    order, cursor, step = torch.empty(0, dtype=torch.long), n, 0
+    order, cursor, step, epoch = torch.empty(0, dtype=torch.long), n, 0, 0
+    # An epoch-budget method (per-epoch pruning) ends after whole epochs, however short.
+    epochs = max(1, round(cfg.epochs)) if method.epoch_budget else None
     train_started = time.perf_counter()
     model.train()
     for step in range(1, total_steps + 1):
-        if cursor + batch > n:
-            order, cursor = torch.randperm(n, generator=generator).to(dev), 0
+        if cursor + batch > len(order):
+            order = method.epoch_order(torch.randperm(n, generator=generator), epoch).to(dev)
+            cursor, epoch = 0, epoch + 1
         index = order[cursor:cursor + batch]
         cursor += batch
-        step_lr = set_lr(optimizer, lr_factor(step - 1, total_steps, cfg)) * cfg.lr
+        last = step == total_steps or (epochs is not None and epoch == epochs
+                                       and cursor + batch > len(order))
+        progress = step - 1 if epochs is None else \
+            round((epoch - 1 + (cursor - batch) / len(order)) / epochs * total_steps)
+        step_lr = set_lr(optimizer, lr_factor(progress, total_steps, cfg)) * cfg.lr
         with autocast(dev, cfg):
             out = method.step_loss(trained, x[index], y[index], index, step)
         loss = out.loss
@@ -229,7 +236,7 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
         if step % check_every == 0 and not math.isfinite(running.item()):
             result.status, m["diverged_step"] = DIVERGED, step
             break
-        if step % cfg.eval_every and step != total_steps:
+        if step % cfg.eval_every and not last:
             continue
         train_loss = running.item() / running_count
         running.zero_()
@@ -239,7 +246,7 @@ def _train(config: dict[str, Any], dev: torch.device, checkpoint: Path | None) -
         evaluated_samples += len(data.y_val)
         result.curves += [(step, "train_loss", train_loss), (step, "val_loss", val_loss),
                           (step, "val_acc", val_acc), (step, "lr", step_lr)]
-        if best.should_stop(result, model, train_loss, val_loss, step):
+        if best.should_stop(result, model, train_loss, val_loss, step) or last:
             break
     train_time = time.perf_counter() - train_started
 

@@ -4,9 +4,9 @@ Scoring methods (``ast``, ``topk_loss``, ``selective_backprop``) run a no-grad f
 the batch; only the selected samples go through the forward-with-gradients and the backward,
 so the saving is real and the trainer counts it (scored and trained samples times their
 counted per-sample FLOPs). ``random`` and ``infobatch_per_batch`` score nothing. ``infobatch``
-(as published) prunes whole epochs instead, so it saves steps. ``full`` trains on everything and, with
-``match_method``, is the compute-matched baseline of a selection run: the same expected
-training FLOPs in fewer steps, its schedule built for that shorter budget.
+(as published) prunes whole epochs instead, so it saves steps. ``full`` trains on everything
+and, with ``match_rate``, is the compute-matched baseline of a selection run: the same
+expected training FLOPs in fewer steps, its schedule built for that shorter budget.
 """
 
 from __future__ import annotations

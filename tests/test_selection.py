@@ -9,8 +9,7 @@ from torch import nn
 
 import scalelab
 from scalelab.errors import StudyError
-from scalelab.methods.selection import InfoBatch, InfoBatchPerBatch
-from scalelab.methods.selection import PIController, Random, SelectiveBackprop
+from scalelab.methods.selection import InfoBatch, InfoBatchPerBatch, PIController, Random, SelectiveBackprop
 from scalelab.plugin import instantiate
 from scalelab.registry import methods
 from scalelab.spec import load_study, validate_study

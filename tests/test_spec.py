@@ -38,7 +38,8 @@ BAD = [
     (with_changes(model={"name": "resnet"}), "model.name",
      "unknown model 'resnet' (registered: cnn, gpt, mlp)"),
     (with_changes(method={"name": "magic"}), "method.name",
-     "unknown method 'magic' (registered: ast, full, infobatch, infobatch_per_batch, random, selective_backprop, standard, topk_loss)"),
+     "unknown method 'magic' (registered: ast, full, infobatch, infobatch_per_batch, random, "
+     "selective_backprop, standard, topk_loss)"),
     (with_changes(grid={"width": [4, -2]}), "grid.model.width[1]", "greater than or equal to 1"),
     (with_changes(grid={"colour": [1]}), "grid.colour", "no setting of that name"),
     (with_changes(grid={"depth": [1]}), "grid.depth", ""),

@@ -43,7 +43,8 @@ class Summary:
     metric: str
     row_labels: list[str]
     column_labels: list[str]
-    cells: dict[tuple[int, str], tuple[float, float | None, int]]  # (n_params, column) -> mean, std (None for one run), n
+    # (n_params, column) -> mean, std (None for a single run), runs
+    cells: dict[tuple[int, str], tuple[float, float | None, int]]
     fits: dict[str, LogLogFit]
     n_params: list[int]
 

@@ -181,6 +181,8 @@ def summary(out_dir: str | Path, metric: str = "test_loss") -> Summary:
         rows = per_shape_optimum(in_study(store.records(), meta)[0], meta)[0]
     nuisance = set(json.loads(meta.get("nuisance", "[]")))
     axes = {k: v for k, v in json.loads(meta.get("axes", "{}")).items() if k not in nuisance}
+    if any(r.get("matched_to") for r in rows):  # compute-matched baselines: their own rows
+        axes["matched_to"] = "matched_to"
     return summarize(rows, axes, metric)
 
 

@@ -322,19 +322,23 @@ def _print_summary(output: Output, summary: Summary) -> None:
     if not summary.n_params:
         output.info("no completed runs to summarise")
         return
-    rows = []
-    for n, label in zip(summary.n_params, summary.row_labels):
-        cells = []
-        for column in summary.column_labels:
-            cell = summary.cells.get((n, column))
-            if cell is None:
-                cells.append("—")
-            else:
-                cells.append(f"{cell[0]:.4f} ± {cell[1]:.4f}" if cell[1] is not None
-                             else f"{cell[0]:.4f} (1 run)")
-        rows.append([f"{n:,}" + (f" ({label})" if label else ""), *cells])
-    output.table(f"mean {summary.metric} (± std over seeds) by parameter count",
-                 ["parameters", *summary.column_labels], rows)
+    def text(cell) -> str:
+        if cell is None:
+            return "—"
+        return f"{cell[0]:.4f} ± {cell[1]:.4f}" if cell[1] is not None else f"{cell[0]:.4f} (1 run)"
+
+    sizes = [f"{n:,}" + (f" ({label})" if label else "")
+             for n, label in zip(summary.n_params, summary.row_labels)]
+    if len(summary.column_labels) <= 6:  # sizes down, the other axes across
+        output.table(f"mean {summary.metric} (± std over seeds) by parameter count",
+                     ["parameters", *summary.column_labels],
+                     [[size, *(text(summary.cells.get((n, c))) for c in summary.column_labels)]
+                      for size, n in zip(sizes, summary.n_params)])
+    else:  # many settings (a method study): one row each, sizes across
+        output.table(f"mean {summary.metric} (± std over seeds) by setting",
+                     ["setting", *(f"{size} parameters" for size in sizes)],
+                     [[c, *(text(summary.cells.get((n, c))) for n in summary.n_params)]
+                      for c in summary.column_labels])
     if summary.fits:
         output.table(f"first fit: {summary.metric} ≈ A · N^(−α), least squares in log-log",
                      ["data", "A", "α", "R²", "points"],

@@ -247,7 +247,8 @@ def _selection_blocks(sel: SelectionAnalysis, records, curves, blocks: list, fig
         headers.insert(3, "where")
     for cell in sel.cells:
         where = [", ".join(f"{k}={v}" for k, v in cell.context.items())] if varied else []
-        row = [cell.method, cell.rate, cell.scoring or "—", *where, cell.seeds,
+        rate = " = ".join([f"{cell.rate:g}", *(s.lstrip("@") for s in cell.same_as)])
+        row = [cell.method, rate, cell.scoring or "—", *where, cell.seeds,
                _mean_std(cell.metric_mean, cell.metric_std),
                cell.compute_fraction, cell.matched_compute, cell.wall_fraction,
                f"{cell.activation[0]:.3f}–{cell.activation[1]:.3f}" if cell.activation else "—"]

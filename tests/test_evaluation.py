@@ -233,13 +233,18 @@ def test_tuned_evaluation_settings_are_chosen_per_shape_on_validation_only():
         for seed in range(3):
             rid = f"{width}-{seed}"
             records.append({"run_id": rid, "width": width, "seed": seed})
-            rows.append({"run_id": rid, "eval_id": "plain", "val_loss": 1.0, "test_acc": 0.80})
+            rows.append({"run_id": rid, "eval_id": "plain", "val_loss": 1.0, "val_acc": 0.8,
+                         "test_acc": 0.80})
             good_k = 10 if width == 8 else 50
             for k in (10, 50):
-                # the test set favours the other k: a choice made on test would flip
+                # the test set favours the other k: a choice made on test would flip; so
+                # does validation loss, which is not the metric compared
                 rows.append({"run_id": rid, "eval_id": f"ttt{k}",
-                             "val_loss": 0.5 if k == good_k else 0.9,
+                             "val_acc": 0.85 if k == good_k else 0.81,
+                             "val_loss": 0.9 if k == good_k else 0.5,
                              "test_acc": 0.82 if k == good_k else 0.95})
+    by_loss = tune_per_shape(rows, settings, records, ["width"], "val_loss")[2]
+    assert [(w["point"]["width"], w["chosen"]["k"]) for w in by_loss] == [(8, 50), (32, 10)]
     tuned_rows, tuned_settings, winners = tune_per_shape(rows, settings, records, ["width"])
     assert [s["config"] for s in tuned_settings] == [
         {"name": "plain"}, {"name": "ttt", "k": "tuned", "steps": 10}]

@@ -284,7 +284,7 @@ def evaluate(
     tune = result.tune
     settings = [{"eval_id": i, "config": c, "tune": tune.get(i, [])} for i, c in result.settings]
     rows, settings, _ = tune_per_shape(result.rows, settings, api.study_records(out_dir),
-                                       result.shape_axes)
+                                       result.shape_axes, "val_acc")
     summary, comparisons = compare_evaluations(rows, settings)
     by_name = {c.candidate: c for c in comparisons}
     output.info(f"{result.scored} evaluations now, {result.already_done} already stored "

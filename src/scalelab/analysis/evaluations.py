@@ -56,16 +56,19 @@ def _point_order(item) -> tuple:
 
 def tune_per_shape(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, Any]],
                    records: Sequence[dict[str, Any]], axes: Sequence[str],
-                   metric: str = "val_loss"
+                   metric: str = "val_acc"
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Evaluation settings with ``tune`` names become one setting tuned per shape.
 
     Settings of one ``evaluations`` entry that differ only in its tuned names (e.g. TTT's
     ``k`` and ``lr``) are nuisance axes: at each shape (the values of ``axes``, over seeds)
-    the values with the best mean *validation* ``metric`` are kept, and their rows stand for
-    one setting labelled ``name k=tuned ...``. Returns (rows, settings, winners); without
-    tuned settings the input comes back unchanged.
+    the values with the best mean *validation* ``metric`` are kept (highest for an accuracy,
+    lowest otherwise; ties go to the lower validation loss), and their rows stand for one
+    setting labelled ``name k=tuned ...``. Tune on the validation twin of the metric you
+    compare: a vote's cross-entropy, say, rewards large k while its accuracy falls. Returns
+    (rows, settings, winners); without tuned settings the input comes back unchanged.
     """
+    sign = -1.0 if metric.endswith("acc") else 1.0
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for s in settings:
         tune = s.get("tune") or []
@@ -96,7 +99,12 @@ def tune_per_shape(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, 
             if r["eval_id"] in configs and run is not None and r.get(metric) is not None:
                 shapes[tuple(run.get(a) for a in axes)][r["eval_id"]].append(r)
         for shape, candidates in sorted(shapes.items(), key=_point_order):
-            best = min(candidates, key=lambda e: (np.mean([r[metric] for r in candidates[e]]), e))
+            def rank(e, candidates=candidates):
+                runs = candidates[e]
+                return (sign * np.mean([r[metric] for r in runs]),
+                        np.mean([r.get("val_loss", np.nan) for r in runs]), e)
+
+            best = min(candidates, key=rank)
             out_rows += [{**r, "eval_id": f"tuned-{gid}"} for r in candidates[best]]
             chosen = {t: configs[best][t] for t in tune}
             winners.append({

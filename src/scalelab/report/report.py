@@ -124,10 +124,11 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
     if evaluations:
         settings = json.loads(meta.get("evaluations", "[]"))
         shape_axes = [x for x in a.scientific if x != "seed"]
-        evaluations, settings, tuned = tune_per_shape(evaluations, settings, records, shape_axes)
+        evaluations, settings, tuned = tune_per_shape(evaluations, settings, records, shape_axes,
+                                                      _validation_twin(a.compare_metric))
         _evaluation_blocks(evaluations, settings, a.compare_metric, blocks, figure)
         if tuned:
-            _tuning_blocks(tuned, blocks)
+            _tuning_blocks(tuned, _validation_twin(a.compare_metric), blocks)
         axes = json.loads(meta.get("axes", "{}"))
         if any(axes.get(x, "").startswith("model.") for x in a.scientific):
             _evaluation_scale_blocks(evaluations, settings, records, a, blocks, figure)
@@ -189,16 +190,21 @@ def _evaluation_blocks(rows, settings, metric: str, blocks: list, figure) -> Non
                f"difference in {metric} to {summary[0]['setting']}, paired by model")
 
 
-def _tuning_blocks(winners: list[dict[str, Any]], blocks: list) -> None:
+def _validation_twin(metric: str) -> str:
+    """The validation metric that tunes settings compared on ``metric`` (test_acc -> val_acc)."""
+    return "val_" + metric[len("test_"):] if metric.startswith("test_") else "val_loss"
+
+
+def _tuning_blocks(winners: list[dict[str, Any]], metric: str, blocks: list) -> None:
     """Which values each tuned evaluation setting took at each shape."""
     blocks.append(("h3", "Evaluation settings tuned per shape"))
     blocks.append(("p", "Settings listed under `tune:` are nuisance axes of their evaluator: "
-                        "at each shape (over its seeds) the values with the best mean "
-                        "validation loss are used, never chosen on the test set. A value at "
-                        "the edge of its list may mean the list should be widened."))
-    blocks.append(("table", ["setting", "shape", "chosen", "val_loss", "at list edge"],
+                        f"at each shape (over its seeds) the values with the best mean {metric} "
+                        "(validation) are used, never chosen on the test set. A value at the "
+                        "edge of its list may mean the list should be widened."))
+    blocks.append(("table", ["setting", "shape", "chosen", metric, "at list edge"],
                    [[w["setting"], _point(w["point"]) or "all runs",
-                     ", ".join(f"{k}={v}" for k, v in w["chosen"].items()), w["val_loss"],
+                     ", ".join(f"{k}={v}" for k, v in w["chosen"].items()), w[metric],
                      ", ".join(w["at_edge"]) or "—"] for w in winners]))
 
 

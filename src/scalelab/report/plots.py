@@ -139,6 +139,11 @@ def axis_figure(table: Sequence[dict[str, Any]], metric: str, x_axis: str,
                     label=f"{line_axis} = {value}" if line_axis else None)
     if all(isinstance(r.get(x_axis), int | float) and r.get(x_axis) > 0 for r in table):
         ax.set_xscale("log")
+        values = sorted({r[x_axis] for r in table})
+        if len(values) <= 8:  # label the grid's own values, not crowded powers of ten
+            ax.xaxis.set_major_locator(ticker.FixedLocator(values))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.4g}"))
+            ax.xaxis.set_minor_locator(ticker.NullLocator())
     _finish(ax, x_axis, metric, bool(line_axis))
     return fig
 

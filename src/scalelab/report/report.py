@@ -398,8 +398,8 @@ def _html(blocks: list[tuple], title: str) -> str:
                 body.append(f"<ul>{item}</ul>")
         elif kind == "table":
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(fmt_value(v))}</td>" for v in row)
-                           + "</tr>" for row in block[2])
+            rows = "".join("<tr>" + "".join(_html_cell(v) for v in row) + "</tr>"
+                           for row in block[2])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "fig":
             data = base64.b64encode(block[1].read_bytes()).decode()
@@ -410,11 +410,27 @@ def _html(blocks: list[tuple], title: str) -> str:
              "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
              "th{background:#f3f3f3}img{max-width:100%}figcaption{font-size:0.85em;color:#555}"
-             ".muted{color:#888;font-style:italic}"
+             "td.t{text-align:left}.muted{color:#888;font-style:italic}"
              ".warn{background:#fff4e5;border-left:4px solid #e69500;padding:4px 8px}"
              "ul{margin:0.2em 0}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _html_cell(value: Any) -> str:
+    """A table cell: numbers right-aligned, text (sentences, labels) left-aligned."""
+    text = html.escape(fmt_value(value))
+    words = isinstance(value, str) and not _looks_numeric(value)
+    return f'<td class="t">{text}</td>' if words else f"<td>{text}</td>"
+
+
+def _looks_numeric(text: str) -> bool:
+    head = text.strip().lstrip("+-−[").split(" ")[0].replace(",", "")
+    try:
+        float(head)
+    except ValueError:
+        return False
+    return True
 
 
 def _write(path: Path, text: str) -> None:

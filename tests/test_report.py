@@ -120,6 +120,23 @@ def test_fit_command_on_a_store_and_on_a_csv(fixture_store, tmp_path):
     assert bad.exit_code == 2 and "no column 'nope'" in bad.output
     bad = cli.invoke(app, ["fit", "--csv", str(csv), "--x", "size", "--y", "loss", "--form", "cubic"])
     assert bad.exit_code == 2 and "unknown law 'cubic'" in bad.output
+    bad = cli.invoke(app, ["fit", "--csv", str(csv), "--x", "size", "--y", "loss", "--holdout", "abc"])
+    assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
+    assert "holdout: expected 'largest', a fraction 0 < f < 1" in bad.output
+    text = cli.invoke(app, ["fit", "--csv", str(csv), "--x", "size", "--y", "loss", "--form",
+                            "power", "--bootstrap", "20"])
+    assert "verdict: trustworthy" in text.output and "fitted on 8 points" in text.output
+
+
+def test_joint_fit_json_carries_diagnostics_verdict_and_allocation(fixture_store):
+    result = cli.invoke(app, ["fit", str(fixture_store), "--x", "params,data", "--form",
+                              "chinchilla", "--bootstrap", "30", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    for f in json.loads(result.stdout):
+        assert f["verdict"] in ("trustworthy", "use with care")
+        assert all({"severity", "code", "message"} == set(d) for d in f["diagnostics"])
+        assert len(f["allocation"]) == 3 and "k = 6 FLOPs" in f["allocation_note"]
+        assert f["bootstrap"]["resamples"] == 30
 
 
 def test_report_command(fixture_store):

@@ -98,13 +98,16 @@ def check_main_guard() -> None:
     except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
         return
     names = {a.asname or a.name for node in tree.body if isinstance(node, ast.ImportFrom)
-             and node.module == "scalelab" for a in node.names if a.name == "run"}
+             and node.module in ("scalelab", "scalelab.api") for a in node.names
+             if a.name == "run"}
+    modules = {"scalelab"} | {a.asname for node in tree.body if isinstance(node, ast.Import)
+                              for a in node.names if a.name.startswith("scalelab") and a.asname}
     for statement in tree.body:
         if _is_main_guard(statement) or isinstance(
                 statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             continue
         for node in ast.walk(statement):
-            if isinstance(node, ast.Call) and _calls_run(node.func, names):
+            if isinstance(node, ast.Call) and _calls_run(node.func, names, modules):
                 raise ScalelabError(
                     f"{path}: line {node.lineno}: scalelab.run is called at module level, but "
                     "worker processes re-import this script and would each start the study "
@@ -119,11 +122,16 @@ def _is_main_guard(statement: ast.stmt) -> bool:
         for side in (test.left, *test.comparators))
 
 
-def _calls_run(func: ast.expr, imported: set[str]) -> bool:
+def _calls_run(func: ast.expr, imported: set[str], modules: set[str]) -> bool:
+    """``run(...)`` imported from scalelab, or ``scalelab.run`` / ``alias.api.run``."""
     if isinstance(func, ast.Name):
         return func.id in imported
-    return (isinstance(func, ast.Attribute) and func.attr == "run"
-            and "scalelab" in ast.unparse(func.value))
+    if not (isinstance(func, ast.Attribute) and func.attr == "run"):
+        return False
+    root = func.value
+    while isinstance(root, ast.Attribute):
+        root = root.value
+    return isinstance(root, ast.Name) and root.id in modules
 
 
 def dry_run(

@@ -6,7 +6,7 @@ import os
 from scalelab.train import COMPLETED, RunResult
 
 
-def run_task(group, device, checkpoint_dir):
+def run_task(group, device, checkpoint_dir, single_loop=frozenset()):
     if any(r.point.get("width") == 8 for r in group):
         os._exit(3)
     return [RunResult(COMPLETED, {"test_loss": 1.0, "val_loss": 1.0, "n_params": 10})

@@ -172,3 +172,13 @@ def test_the_whole_quickstart_gives_the_same_numbers_however_it_is_scheduled(tmp
     for run_id, r in together.items():
         for key in ("test_loss", "val_loss", "test_acc", "steps", "best_step", "stopped_early"):
             assert sliced[run_id][key] == r[key], (run_id, key)
+
+
+def test_only_runs_without_potential_group_mates_take_the_single_run_loop(tmp_path, tiny_study):
+    from scalelab.runner.grouping import without_mates
+    from scalelab.spec import load_study
+
+    alone = load_study(tiny_study(tmp_path, seeds=[0]))  # widths 4 and 8, one seed: no mates
+    assert without_mates(alone.runs) == {r.run_id for r in alone.runs}
+    paired = load_study(tiny_study(tmp_path, seeds=[0, 1]))  # each width has a seed partner
+    assert without_mates(paired.runs) == frozenset()

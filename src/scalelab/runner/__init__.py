@@ -13,7 +13,7 @@ from ..spec import RunSpec, Study
 from ..store import FINISHED, Store
 from ..train.trainer import resolve_device
 from .distributed import execute_distributed, launched_by_torchrun
-from .grouping import plan_groups
+from .grouping import plan_groups, without_mates
 from .local import LocalExecutor, available_cores
 from .shard import parse_shard, select_shard
 
@@ -94,7 +94,8 @@ def execute_study(
                              spec.batch_pad)
         workers = min(workers, len(groups))
         checkpoints = Path(out_dir) / "checkpoints" if spec.save_checkpoints else None
-        executor = LocalExecutor(workers, devices, checkpoints)
+        executor = LocalExecutor(workers, devices, checkpoints,
+                                 without_mates(study.runs, spec.batch_pad))
         batched = f" as {len(groups)} batched groups" if len(groups) < len(todo) else ""
         output.info(f"training {len(todo)} of {len(selected)} runs{batched} on {dev} with "
                     f"{workers} worker{'s' if workers > 1 else ''} -> {out_dir}")

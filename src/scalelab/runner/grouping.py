@@ -41,6 +41,17 @@ def plan_groups(runs: Sequence[RunSpec], mode: str = "auto", memory_mb: float = 
     return groups + singles
 
 
+def without_mates(runs: Sequence[RunSpec], pad: bool = False) -> frozenset[str]:
+    """Ids of the runs no other run of ``runs`` (the whole study) could share a group with:
+    they may train on the single-run loop without their numbers depending on scheduling."""
+    keys = [group_key(r.config, pad) for r in runs]
+    counts: dict[str, int] = {}
+    for key in keys:
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+    return frozenset(r.run_id for r, key in zip(runs, keys) if key is None or counts[key] == 1)
+
+
 def group_id(group: Sequence[RunSpec]) -> str | None:
     return run_id({"members": sorted(r.run_id for r in group)}) if len(group) > 1 else None
 

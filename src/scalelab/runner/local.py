@@ -35,10 +35,12 @@ class LocalExecutor:
     killed runner leaves no orphans behind.
     """
 
-    def __init__(self, workers: int, devices: Sequence[str], checkpoint_dir: Path | None = None):
+    def __init__(self, workers: int, devices: Sequence[str], checkpoint_dir: Path | None = None,
+                 single_loop: frozenset[str] = frozenset()):
         self.workers = max(1, workers)
         self.devices = list(devices)
         self.checkpoint_dir = checkpoint_dir
+        self.single_loop = single_loop  # run ids that train on the single-run loop when alone
 
     def execute(
         self, groups: Sequence[Sequence[RunSpec]], on_start: Callable[[RunSpec], None]
@@ -48,7 +50,8 @@ class LocalExecutor:
             for group in groups:
                 for run in group:
                     on_start(run)
-                yield from zip(group, run_task(group, self.devices[0], self.checkpoint_dir))
+                yield from zip(group, run_task(group, self.devices[0], self.checkpoint_dir,
+                                               self.single_loop))
             return
         pending = deque(enumerate(groups))
         in_flight: dict[Future, tuple[int, Sequence[RunSpec]]] = {}
@@ -63,7 +66,8 @@ class LocalExecutor:
                     for run in group:
                         on_start(run)
                     device = self.devices[index % len(self.devices)]
-                    future = pool.submit(run_task, group, device, self.checkpoint_dir)
+                    future = pool.submit(run_task, group, device, self.checkpoint_dir,
+                                         self.single_loop)
                     in_flight[future] = (index, group)
                 if not in_flight:
                     continue
@@ -97,13 +101,17 @@ class LocalExecutor:
                                    initializer=_init_worker, initargs=(threads, os.getpid()))
 
 
-def run_task(group: Sequence[RunSpec], device: str, checkpoint_dir: Path | None) -> list[RunResult]:
-    """Train one group as one stacked model. A run that could stack trains on the stacked path
-    even alone (a group of one), so its numbers do not depend on which runs, if any, shared
-    its group: batching, ``batch_runs: off``, ``--shard`` and resuming all give the same
-    result (bitwise for MLPs on the CPU). Runs that cannot stack use the single-run loop."""
+def run_task(group: Sequence[RunSpec], device: str, checkpoint_dir: Path | None,
+             single_loop: frozenset[str] = frozenset()) -> list[RunResult]:
+    """Train one group as one stacked model.
+
+    A run alone takes the single-run loop (the fastest for one run) only when it is in
+    ``single_loop``: no other run of its study could ever share its group. A run that has
+    potential group-mates trains on the stacked path even alone (a group of one), so its
+    numbers do not depend on which of them shared its group: batching, ``batch_runs: off``,
+    ``--shard`` and resuming all give the same result (bitwise for MLPs on the CPU)."""
     paths = [checkpoint_dir / f"{r.run_id}.pt" if checkpoint_dir else None for r in group]
-    if len(group) == 1 and group_key(group[0].config) is None:
+    if len(group) == 1 and (group[0].run_id in single_loop or group_key(group[0].config) is None):
         return [train_run(group[0].config, device, paths[0])]
     return train_group([r.config for r in group], device, paths, group_id(group))
 

@@ -134,7 +134,7 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
     notes: list[str] = []
     cells: list[SelectionCell] = []
     fingerprints: list[tuple] = []
-    missing_full, stacked_full = set(), set()
+    missing_full, stacked_full, other_loop = set(), set(), set()
     for role in sorted((k for k in by_role if k[0] == "cell"), key=repr):
         _, context, method, rate, scoring, _extra = role
         full = by_role.get(("full", context), {})
@@ -145,6 +145,8 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
                           "wall_time")
         if full and full_wall is None:
             stacked_full.add(context)
+        elif any(r.get("group_size") == 1 for r in full.values()):
+            other_loop.add(context)
         if not full:
             missing_full.add(context)
         runs = by_role[role]
@@ -195,6 +197,11 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
         notes.append("wall-time fractions are left out where the full-data runs trained stacked "
                      "(several runs as one model, each stored with a share of the group's time) "
                      "while selection runs train alone: set `batch_runs: off` to time them alike")
+    if other_loop:
+        notes.append("wall-time fractions compare selection runs (single-run loop) with full-data "
+                     "runs trained alone on the stacked loop (a group of one, so that their "
+                     "numbers match batched training): both timed whole, but the two loops' "
+                     "per-step speeds differ a little")
     if missing_full:
         notes.append("no full-data run at the same steps for some cells: add `baselines: "
                      "[full]`; their compute fractions are left out")

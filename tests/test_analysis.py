@@ -92,7 +92,9 @@ def test_runs_not_in_the_study_as_written_are_left_out():
     kept, other = in_study(rows, meta)
     assert [r["run_id"] for r in kept] == ["a", "b"] and [r["run_id"] for r in other] == ["old"]
     analysis = analyze_study(rows, meta, n_resamples=10)
-    assert analysis.excluded == 1 and sum(r["runs"] for r in analysis.table) == 2
+    assert analysis.excluded == [{"run_id": "old", "status": "completed",
+                                  "point": {"width": 16, "seed": 0}}]
+    assert sum(r["runs"] for r in analysis.table) == 2
 
 
 def test_per_class_differences_are_holm_adjusted_over_the_classes():

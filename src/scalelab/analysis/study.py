@@ -119,7 +119,8 @@ class StudyAnalysis:
     notes: list[str]
     selected: list[dict[str, Any]]
     selection: SelectionAnalysis | None = None
-    excluded: int = 0       # stored runs not in the study as its file is now written
+    # stored runs not in the study as its file is now written: id, status and grid point
+    excluded: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "metric": self.metric, "size": self.size,
@@ -210,7 +211,9 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
         compute=compute, scientific=scientific, nuisance=nuisance,
         table=_results_table(selected, scientific, size, metric, compare_metric),
         winners=winners, fits=fits, comparisons=comparisons, notes=notes,
-        selected=selected if done else [], selection=selection, excluded=len(excluded),
+        selected=selected if done else [], selection=selection,
+        excluded=[{"run_id": r["run_id"], "status": r.get("status"),
+                   "point": {a: r.get(a) for a in [*axes, "seed"] if a in r}} for r in excluded],
     )
 
 

@@ -58,10 +58,10 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
         blocks.append(("table", ["fit", "form", "verdict", "why"],
                        [[e.title, e.fit.form, *e.fit.verdict] for e in a.fits]))
     if a.excluded:
-        blocks.append(("warn", f"{a.excluded} stored run(s) are not in this study as its file "
-                               "is now written (an older version of the file, or other "
-                               "overrides such as --quick); they are left out of every table "
-                               "and fit below."))
+        blocks.append(("warn", f"{len(a.excluded)} stored run(s) are not in this study as its "
+                               "file is now written (an older version of the file, or other "
+                               "overrides): they are left out of every table and fit, and "
+                               "listed under Runs not in this study at the end."))
     blocks.append(("h2", "Summary"))
     blocks.append(("table", ["status", "runs"], sorted(a.counts.items())))
     blocks.append(("p", f"Compute used: {a.compute['train_flops']:.3g} training FLOPs (counted), "
@@ -152,6 +152,10 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
         blocks.append(("h2", "Learning curves"))
         figure(plots.curves_figure(curves, records, a.scientific[0] if a.scientific else None),
                "curves", "validation loss during training")
+    if a.excluded:
+        blocks.append(("h2", "Runs not in this study"))
+        blocks.append(("table", ["run_id", "status", "grid point"],
+                       [[r["run_id"], r["status"], _point(r["point"])] for r in a.excluded]))
     if a.notes:
         blocks.append(("h2", "Notes"))
         for note in a.notes:

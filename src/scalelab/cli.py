@@ -70,11 +70,11 @@ def command(fn):
 @command
 def run(
     study: Path = typer.Argument(..., help="study YAML file"),
-    out: Path | None = typer.Option(None, "--out", help="output directory [default: runs/<study name>]"),
+    out: Path | None = typer.Option(None, "--out", help="output directory [default: runs/<study name>, or runs/<study name>-quick with --quick]"),
     workers: int | None = typer.Option(None, "--workers", min=1, help="parallel worker processes [default: cores, or one per GPU]"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N|mps (auto takes a GPU when there is one)"),
     set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable), e.g. train.lr=0.01 or grid.model.width=[16,32]"),
-    quick: bool = typer.Option(False, "--quick", help="apply the study's own `quick:` overrides for a fast first look"),
+    quick: bool = typer.Option(False, "--quick", help="apply the study's own `quick:` overrides for a fast first look (kept apart in runs/<name>-quick)"),
     shard: str | None = typer.Option(None, "--shard", help="run only slice i of k (i/k, 0 <= i < k) for job arrays"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their state; train and write nothing"),
     report: bool = typer.Option(True, "--report/--no-report", help="write the study report when done"),

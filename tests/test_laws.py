@@ -232,7 +232,7 @@ def test_loss_rising_with_size_is_named_not_a_law():
     codes = {d.code for d in one.diagnostics}
     assert "exponent_not_positive" in codes and "not_monotone" in codes
     assert one.fit.verdict[0] == "not a law"
-    assert "loss does not fall with n_params" in one.fit.verdict[1]
+    assert "test_loss does not fall with n_params" in one.fit.verdict[1]
     joint = fit_rows(rows, ["n_params", "num_train"], "test_loss", n_resamples=50,
                      form="chinchilla", allocate=True)
     assert joint.fit.verdict[0] == "not a law"

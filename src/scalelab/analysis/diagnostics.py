@@ -68,8 +68,9 @@ def _axis_of(exponent: str, x_names: Sequence[str]) -> str:
 
 
 def diagnose(fit: LawFit, X: np.ndarray, y: np.ndarray, boot: Bootstrap | None = None,
-             x_names: Sequence[str] = ()) -> list[Diagnostic]:
-    """Every diagnostic of ``fit`` on its points (X: (n, variables)), with its bootstrap."""
+             x_names: Sequence[str] = (), y_name: str = "loss") -> list[Diagnostic]:
+    """Every diagnostic of ``fit`` on its points (X: (n, variables)), with its bootstrap;
+    ``x_names`` and ``y_name`` name the axes in the sentences."""
     X = np.asarray(X, dtype=float).reshape(len(y), -1)
     y = np.asarray(y, dtype=float)
     names = list(x_names) or ([f"x{i + 1}" for i in range(X.shape[1])] if X.shape[1] > 1 else ["x"])
@@ -77,7 +78,7 @@ def diagnose(fit: LawFit, X: np.ndarray, y: np.ndarray, boot: Bootstrap | None =
     for k in _exponents(fit.params):
         if fit.params[k] <= 0:
             out.append(Diagnostic("error", "exponent_not_positive",
-                                  f"{k} = {fit.params[k]:.3g} ≤ 0: loss does not fall with "
+                                  f"{k} = {fit.params[k]:.3g} ≤ 0: {y_name} does not fall with "
                                   f"{_axis_of(k, names)}."))
     if not fit.converged:
         out.append(Diagnostic("warning", "not_converged",
@@ -88,7 +89,7 @@ def diagnose(fit: LawFit, X: np.ndarray, y: np.ndarray, boot: Bootstrap | None =
                    if k == "E" else "the data do not pin it down")
         out.append(Diagnostic("warning", "parameter_at_bound",
                               f"{k} = {fit.params[k]:.3g} sits at the fitter's bound: {meaning}."))
-    out += _monotonicity(X, y, names)
+    out += _monotonicity(X, y, names, y_name)
     distinct = len(np.unique(X, axis=0))
     if distinct < len(fit.theta) + 2:
         out.append(Diagnostic("warning", "too_few_points",
@@ -119,8 +120,10 @@ def diagnose(fit: LawFit, X: np.ndarray, y: np.ndarray, boot: Bootstrap | None =
     return out
 
 
-def _monotonicity(X: np.ndarray, y: np.ndarray, names: Sequence[str]) -> list[Diagnostic]:
-    """Mean loss rising between consecutive sizes along a fitted axis (others held fixed)."""
+def _monotonicity(X: np.ndarray, y: np.ndarray, names: Sequence[str],
+                  y_name: str) -> list[Diagnostic]:
+    """The mean fitted metric rising between consecutive sizes along a fitted axis (the other
+    axes held fixed)."""
     rises, steps, example = 0, 0, ""
     for axis in range(X.shape[1]):
         others = np.delete(X, axis, axis=1)
@@ -133,12 +136,12 @@ def _monotonicity(X: np.ndarray, y: np.ndarray, names: Sequence[str]) -> list[Di
                 steps += 1
                 if mb > ma:
                     rises += 1
-                    example = example or (f"{names[axis]} {_num(a)} → {_num(b)}: mean loss "
-                                          f"{ma:.4g} → {mb:.4g}")
+                    example = example or (f"{names[axis]} {_num(a)} → {_num(b)}: mean "
+                                          f"{y_name} {ma:.4g} → {mb:.4g}")
     if not rises:
         return []
     return [Diagnostic("warning", "not_monotone",
-                       f"Mean loss rises with size at {rises} of {steps} steps between "
+                       f"Mean {y_name} rises with size at {rises} of {steps} steps between "
                        f"neighbouring sizes (e.g. {example}).")]
 
 

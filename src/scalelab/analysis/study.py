@@ -293,7 +293,7 @@ def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str
                 derived[f"D_opt[{i}]"] = lambda p, c=c: float(
                     compute_optimal(p, [c], flops_per_param_sample=model.k)[1][0])
     boot = bootstrap(fit, xs, y, n_resamples=n_resamples, predict_at=grid, derived=derived)
-    fit.diagnostics = diagnose(fit, x, y, boot, x_names)
+    fit.diagnostics = diagnose(fit, x, y, boot, x_names, metric)
     entry = FitEntry(title, list(x_names), metric, x, y, fit, boot, grid,
                      allocation_note=model.describe() if model else note)
     if model:

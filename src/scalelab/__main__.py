@@ -1,5 +1,6 @@
 """`python -m scalelab` is the `scalelab` command."""
 
-from .cli import app
+from .cli import main
 
-app(prog_name="scalelab")
+if __name__ == "__main__":  # spawned worker processes import this module as __mp_main__
+    main()

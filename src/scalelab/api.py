@@ -23,7 +23,7 @@ from .analysis.stats import compare as compare_records
 from .analysis.study import FitEntry, fit_rows, in_study, per_shape_optimum
 from .errors import ScalelabError
 from .output import Output
-from .runner import StudyRun, execute_study, plan
+from .runner import StudyRun, execute_study, parse_shard, plan
 from .spec import RunSpec, Study, load_study
 from .store import FILENAME, Store
 
@@ -60,6 +60,8 @@ def run(
     """
     spec = _as_study(study, overrides, quick)
     out_dir = Path(out) if out is not None else default_out_dir(spec)
+    if shard:
+        parse_shard(shard)  # a bad --shard is refused before anything is written
     if workers != 1:
         check_main_guard()
     result = execute_study(spec, out_dir, workers=workers, device=device, shard=shard,

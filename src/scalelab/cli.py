@@ -8,6 +8,9 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import signal
+import sys
+import threading
 from collections import Counter
 from enum import Enum
 from pathlib import Path
@@ -42,21 +45,39 @@ class ExportFmt(str, Enum):
 FormatOption = typer.Option(Fmt.text, "--format", help="text tables, or one JSON document")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: workers stopped, finished runs kept, one line."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _on_sigterm(handler):
+    """Install ``handler`` for SIGTERM (main thread only); returns the previous one."""
+    if threading.current_thread() is not threading.main_thread() or handler is None:
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def command(fn):
     """Register ``fn`` as a command; user errors become one line on stderr and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         output = Output(kwargs["fmt"].value if "fmt" in kwargs else "text")
+        previous = _on_sigterm(_terminate)
         try:
             code = fn(*args, output=output, **kwargs)
         except ScalelabError as exc:
             output.error(str(exc))
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a scheduler's stop)
             output.error("interrupted; finished runs are stored, rerun the same command to "
                          "train the rest")
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+        finally:
+            _on_sigterm(previous)
         raise typer.Exit(code or 0)
 
     # typer reads the signature: hide the injected ``output`` parameter from it.
@@ -361,5 +382,28 @@ def _point(point: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in point.items())
 
 
+def main() -> None:
+    """The ``scalelab`` command: typer's usage errors (a bad option value, an unknown option)
+    become the same one line as every other user error, with exit code 2."""
+    try:
+        code = app(prog_name="scalelab", standalone_mode=False)
+    except _USAGE_ERROR as exc:
+        if exc.ctx is not None and type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.ctx.get_help())  # bare `scalelab` (or a group without a command)
+            sys.exit(2)
+        where = exc.ctx.command_path if exc.ctx else "scalelab"
+        message = " ".join(exc.format_message().split())
+        Output().error(f"{where}: {message} (see `{where} --help`)")
+        sys.exit(2)
+    except typer.Abort:
+        Output().error("interrupted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+#: click's UsageError, whether typer uses click or its own copy of it.
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
 if __name__ == "__main__":
-    app()
+    main()

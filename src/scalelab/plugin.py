@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 class PluginConfig(BaseModel):
     """Settings of one plug-in; strict so that a typo is an error, not a silent default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Plugin:

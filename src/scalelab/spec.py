@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,7 +32,8 @@ SECTIONS = (*PLUGIN_SECTIONS, "train")
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan pass `gt=0` style bounds in pydantic unless refused outright
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class EarlyStopping(StrictModel):
@@ -108,7 +109,8 @@ class AnalysisConfig(StrictModel):
 class StudySpec(StrictModel):
     """The top level of a study file."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="study name")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100,
+                      description="study name (also its output folder's name)")
     description: str = ""
     task: dict[str, Any]
     model: dict[str, Any]
@@ -117,7 +119,7 @@ class StudySpec(StrictModel):
     grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = Field(
         default_factory=dict,
         description="axes -> values (their product), or a list of such grids (the union)")
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(default_factory=lambda: [0])
     nuisance: list[str] = Field(
         default_factory=list,
         description="grid axes tuned per shape (lr, weight decay, ...); the rest are scientific",
@@ -418,6 +420,32 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
     return study
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (YAML would silently keep
+    the last one, so a study would not mean what its author reads)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:  # the base loader refuses an unhashable key with its own message
+                break
+            if key in seen:
+                raise _DuplicateKey(str(key), f"duplicate key {key!r} (lines "
+                                              f"{seen[key].start_mark.line + 1} and "
+                                              f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     source = str(path)
     try:
@@ -427,7 +455,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise StudyError(source, "", f"cannot read: {exc.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as exc:
+        raise StudyError(source, exc.path, str(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -93,6 +93,8 @@ class LocalExecutor:
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = self._pool(self.workers)
         finally:
+            if in_flight:  # interrupted (Ctrl-C, SIGTERM, an error here): stop the workers now
+                _terminate_workers(pool)
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _pool(self, workers: int) -> ProcessPoolExecutor:
@@ -114,6 +116,15 @@ def run_task(group: Sequence[RunSpec], device: str, checkpoint_dir: Path | None,
     if len(group) == 1 and (group[0].run_id in single_loop or group_key(group[0].config) is None):
         return [train_run(group[0].config, device, paths[0])]
     return train_group([r.config for r in group], device, paths, group_id(group))
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes: otherwise the interpreter's exit waits for
+    every run in flight to finish training. (The pool keeps its processes in a private
+    attribute; without it the workers still exit when this process is gone.)"""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        if process.is_alive():
+            process.terminate()
 
 
 def _init_worker(threads: int, parent: int) -> None:

@@ -1,0 +1,93 @@
+"""Bad input gets one line, exit code 2, and nothing written (part of the hardening issue)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from scalelab import cli
+
+
+def run_main(monkeypatch, capsys, *args):
+    """Run the `scalelab` entry point as a user would; (exit code, stderr lines)."""
+    monkeypatch.setattr(sys, "argv", ["scalelab", *map(str, args)])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    return exited.value.code, [line for line in capsys.readouterr().err.splitlines() if line]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.lr=.inf", "train.lr: Input should be a finite number"),
+    ("train.lr=.nan", "train.lr: Input should be a finite number"),
+    ("seeds=[1.0e+20]", "seeds.0: "),
+    ("seeds=[-1]", "seeds.0: Input should be greater than or equal to 0"),
+    ("name=" + "a" * 300, "name: String should have at most 100 characters"),
+])
+def test_values_that_would_fail_later_are_refused_up_front(tmp_path, tiny_study, monkeypatch,
+                                                           capsys, override, message):
+    study = tiny_study(tmp_path)
+    code, err = run_main(monkeypatch, capsys, "run", study, "--out", tmp_path / "out",
+                         "--set", override)
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, tiny_study, monkeypatch,
+                                                        capsys):
+    study = tiny_study(tmp_path)
+    text = study.read_text().replace("  lr: 0.01\n", "  lr: 0.01\n  lr: 0.02\n")
+    assert text.count("lr:") == 2
+    study.write_text(text)
+    code, err = run_main(monkeypatch, capsys, "run", study, "--out", tmp_path / "out")
+    line = yaml.safe_load(text)["train"]  # plain YAML keeps the last value silently
+    assert line["lr"] == 0.02
+    assert code == 2 and len(err) == 1
+    assert "lr: duplicate key 'lr' (lines" in err[0] and "keep one" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("shard", ["5/3", "abc", "1/0", "-1/3"])
+def test_a_bad_shard_is_refused_before_anything_is_written(tmp_path, tiny_study, monkeypatch,
+                                                           capsys, shard):
+    code, err = run_main(monkeypatch, capsys, "run", tiny_study(tmp_path), "--out",
+                         tmp_path / "out", f"--shard={shard}")
+    assert code == 2 and err == [f"error: --shard: expected i/k with 0 <= i < k (e.g. 0/4), "
+                                 f"got {shard!r}"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--workers", "0"], "Invalid value for '--workers'"),
+    (["--workers", "abc"], "Invalid value for '--workers'"),
+    (["--format", "xml"], "Invalid value for '--format'"),
+    (["--bogus"], "No such option: --bogus"),
+])
+def test_option_errors_are_one_line(tmp_path, tiny_study, monkeypatch, capsys, args, message):
+    code, err = run_main(monkeypatch, capsys, "run", tiny_study(tmp_path), "--out",
+                         tmp_path / "out", *args)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: scalelab run: ")
+    assert message in err[0] and "(see `scalelab run --help`)" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_stops_like_ctrl_c(tmp_path, tiny_study):
+    study = tiny_study(tmp_path, train={"optimizer": "adam", "lr": 0.01, "batch_size": 50,
+                                        "max_steps": 200_000, "eval_every": 1000})
+    proc = subprocess.Popen([sys.executable, "-m", "scalelab", "run", str(study), "--out",
+                             str(tmp_path / "out")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.time() + 60
+    while not (tmp_path / "out" / "results.sqlite").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # training has started
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == ["error: interrupted; finished runs are stored, rerun the same command to "
+                     "train the rest"]
+    assert "Traceback" not in err and "leaked semaphore" not in err

@@ -91,3 +91,42 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, tiny_study):
     assert lines == ["error: interrupted; finished runs are stored, rerun the same command to "
                      "train the rest"]
     assert "Traceback" not in err and "leaked semaphore" not in err
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])
+@pytest.mark.parametrize("command", ["status", "report", "export", "run"])
+def test_a_damaged_store_is_refused_in_one_line_and_left_as_it_is(tmp_path, tiny_study,
+                                                                  monkeypatch, capsys, damage,
+                                                                  command):
+    study = tiny_study(tmp_path)
+    out = tmp_path / "out"
+    code, _ = run_main(monkeypatch, capsys, "run", study, "--out", out, "--workers", 1)
+    assert code == 0
+    store = out / "results.sqlite"
+    for extra in ("results.sqlite-wal", "results.sqlite-shm"):
+        (out / extra).unlink(missing_ok=True)
+    data = store.read_bytes()
+    store.write_bytes({"empty": b"", "garbage": b"not a database at all " * 400,
+                       "truncated": data[:len(data) // 2]}[damage])
+    before = store.read_bytes()
+    args = {"status": ["status", out], "report": ["report", out],
+            "export": ["export", out], "run": ["run", study, "--out", out]}[command]
+    code, err = run_main(monkeypatch, capsys, *args)
+    assert code == 2 and len(err) == 1, err
+    assert str(store) in err[0] and ("damaged" in err[0] or "empty (0 bytes)" in err[0])
+    assert "move it away" in err[0]
+    assert store.read_bytes() == before
+
+
+def test_a_corrupt_checkpoint_is_one_line(tmp_path):
+    from scalelab.errors import ScalelabError
+    from scalelab.spec import validate_study
+    from scalelab.train import load_checkpoint
+
+    from .conftest import TINY
+
+    config = validate_study({**TINY, "grid": {}}).runs[0].config
+    bad = tmp_path / "run.pt"
+    bad.write_bytes(b"\x80\x04 definitely not a checkpoint")
+    with pytest.raises(ScalelabError, match="run.pt: not a readable checkpoint of this run"):
+        load_checkpoint(config, bad)

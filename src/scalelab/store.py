@@ -67,6 +67,16 @@ class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            self._setup()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise ScalelabError(
+                f"{self.path}: the results store is damaged ({exc}); restore it from a backup, "
+                "or move it away to start the study over") from None
+
+    def _setup(self) -> None:
+        """Open (or create) the schema; a damaged file fails here, before anything is read."""
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -81,11 +91,18 @@ class Store:
             self._db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
         if version is None or int(version) < SCHEMA_VERSION:
             self.set_meta(schema_version=SCHEMA_VERSION)
+        check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(check)
 
     @classmethod
     def open(cls, out_dir: str | Path, create: bool = False) -> Store:
         out = Path(out_dir)
         path = out / FILENAME
+        if path.exists() and path.stat().st_size == 0:  # sqlite would take it for a new store
+            raise ScalelabError(
+                f"{path}: the results store is empty (0 bytes): it was truncated or emptied; "
+                "restore it from a backup, or move it away to start the study over")
         if not path.exists():
             if not create:
                 raise ScalelabError(

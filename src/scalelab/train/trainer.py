@@ -11,6 +11,7 @@ import os
 import platform
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,5 +352,12 @@ def load_checkpoint(config: dict[str, Any], path: Path, device: str = "cpu") -> 
     """Rebuild a run's model from its config and load its saved weights (weights only)."""
     data = instantiate(tasks, config["task"]).load()
     model = build(config, data)
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    try:
+        with warnings.catch_warnings():  # torch warns about the protocol of a foreign file
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # missing, truncated, not a checkpoint, another model's weights
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ScalelabError(f"{path}: not a readable checkpoint of this run ({first})") from None
     return model.to(device).eval()

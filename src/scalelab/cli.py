@@ -299,14 +299,14 @@ def evaluate(
     output: Output = None,
 ) -> int:
     """Re-score every saved checkpoint under the study's `evaluations` settings; trains nothing."""
-    from .analysis.evaluations import compare_evaluations, tune_per_shape
+    from .analysis.evaluations import compare_evaluations, tune_per_shape, validation_twin
 
     result = api.evaluate(out_dir, study=study, device=device, output=output)
     tune = result.tune
     settings = [{"eval_id": i, "config": c, "tune": tune.get(i, [])} for i, c in result.settings]
     rows, settings, _ = tune_per_shape(result.rows, settings, api.study_records(out_dir),
-                                       result.shape_axes, "val_acc")
-    summary, comparisons = compare_evaluations(rows, settings)
+                                       result.shape_axes, validation_twin("test_acc"))
+    summary, comparisons = compare_evaluations(rows, settings, "test_acc")
     by_name = {c.candidate: c for c in comparisons}
     output.info(f"{result.scored} evaluations now, {result.already_done} already stored "
                 f"({result.models} models x {len(settings)} settings); nothing was trained")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -160,7 +160,7 @@ def _bootstrap_diagnostics(fit: LawFit, boot: Bootstrap) -> list[Diagnostic]:
                 "warning", "derived_undefined",
                 f"{name} is undefined in {count} of {len(boot.samples)} bootstrap resamples "
                 "(an exponent ≤ 0 there); its interval covers only the others and is too narrow."))
-    wide = [k for k, iv in {**boot.intervals, **boot.derived}.items() if _wide(k, iv)]
+    wide = [k for k, iv in {**boot.intervals, **boot.derived}.items() if _wide(iv)]
     if wide:
         out.append(Diagnostic(
             "warning", "wide_interval",
@@ -170,7 +170,7 @@ def _bootstrap_diagnostics(fit: LawFit, boot: Bootstrap) -> list[Diagnostic]:
     return out
 
 
-def _wide(name: str, interval: tuple[float, float]) -> bool:
+def _wide(interval: tuple[float, float]) -> bool:
     lo, hi = interval
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return True
@@ -189,7 +189,3 @@ def extrapolation(name: str, value: float, fitted: Sequence[float]) -> Diagnosti
                           f"{name} = {value:.3g} is more than {MAX_EXTRAPOLATION:g}× outside the "
                           f"fitted range [{lo:.3g}, {hi:.3g}].")
     return None
-
-
-def to_dicts(diagnostics: Sequence[Diagnostic]) -> list[dict[str, Any]]:
-    return [d.to_dict() for d in diagnostics]

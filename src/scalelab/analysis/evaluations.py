@@ -10,7 +10,7 @@ import numpy as np
 
 from ..evaluation._base import setting_label
 from ..spec import run_id
-from .select import _at_edge
+from .select import at_edge, value_order
 from .stats import Comparison, holm, paired
 
 TUNED = "tuned"  # the value a tuned setting shows in labels: chosen per shape
@@ -50,8 +50,13 @@ def compare_evaluations(rows: Sequence[dict[str, Any]], settings: Sequence[dict[
 
 
 def _point_order(item) -> tuple:
-    """Sort key of a (point, ...) pair: numbers numerically, anything else after them as text."""
-    return tuple((0, v, "") if isinstance(v, int | float) else (1, 0, str(v)) for v in item[0])
+    """Sort key of a (point, ...) pair: each coordinate by :func:`value_order`."""
+    return tuple(value_order(v) for v in item[0])
+
+
+def validation_twin(metric: str) -> str:
+    """The validation metric that tunes settings compared on ``metric`` (test_acc -> val_acc)."""
+    return "val_" + metric[len("test_"):] if metric.startswith("test_") else "val_loss"
 
 
 def tune_per_shape(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, Any]],
@@ -79,17 +84,17 @@ def tune_per_shape(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, 
         return list(rows), list(settings), []
     by_run = {r["run_id"]: r for r in records}
     member_of = {s["eval_id"]: gid for gid, members in groups.items() for s in members}
+    tuned = {gid: {"eval_id": f"tuned-{gid}", "tune": members[0]["tune"],
+                   "config": {**members[0]["config"], **{t: TUNED for t in members[0]["tune"]}}}
+             for gid, members in groups.items()}
     out_rows = [r for r in rows if r["eval_id"] not in member_of]
-    out_settings, winners, placed = [], [], set()
-    for s in settings:
+    out_settings = []
+    for s in settings:  # each tuned group where its first member was
         gid = member_of.get(s["eval_id"])
-        if gid is None:
-            out_settings.append(s)
-        elif gid not in placed:
-            placed.add(gid)
-            tune = s["tune"]
-            out_settings.append({"eval_id": f"tuned-{gid}", "tune": tune,
-                                 "config": {**s["config"], **{t: TUNED for t in tune}}})
+        entry = s if gid is None else tuned[gid]
+        if entry not in out_settings:
+            out_settings.append(entry)
+    winners = []
     for gid, members in groups.items():
         tune = members[0]["tune"]
         configs = {m["eval_id"]: m["config"] for m in members}
@@ -108,12 +113,11 @@ def tune_per_shape(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, 
             out_rows += [{**r, "eval_id": f"tuned-{gid}"} for r in candidates[best]]
             chosen = {t: configs[best][t] for t in tune}
             winners.append({
-                "setting": setting_label(out_settings[[x["eval_id"] for x in out_settings]
-                                                      .index(f"tuned-{gid}")]["config"]),
-                "point": dict(zip(axes, shape)), "chosen": chosen,
+                "setting": setting_label(tuned[gid]["config"]), "point": dict(zip(axes, shape)),
+                "chosen": chosen,
                 metric: float(np.mean([r[metric] for r in candidates[best]])),
                 "at_edge": [t for t, v in chosen.items()
-                            if _at_edge(v, sorted({c[t] for c in configs.values()}))]})
+                            if at_edge(v, sorted({c[t] for c in configs.values()}))]})
     return out_rows, out_settings, winners
 
 

@@ -62,19 +62,30 @@ def best_over_nuisance(
             return (len(runs) - len(ok), np.mean(ok) if ok else np.inf)
 
         best = min(options, key=rank)
-        survivors = [r for r in options[best] if r["status"] == "completed"]
-        if not survivors:  # every seed of every setting diverged at this point
+        diverged, val_loss = rank(best)
+        if diverged == len(options[best]):  # every seed of every setting diverged here
             continue
-        selected.extend(survivors)
+        selected.extend(r for r in options[best] if r["status"] == "completed")
         chosen = dict(zip(nuisance, best))
-        edges = [a for a, v in chosen.items() if _at_edge(v, grid.get(a, []))]
-        winners.append(Winner(dict(zip(scientific, point)), chosen, float(rank(best)[1]), edges,
-                              rank(best)[0]))
+        edges = [a for a, v in chosen.items() if at_edge(v, grid.get(a, []))]
+        winners.append(Winner(dict(zip(scientific, point)), chosen, float(val_loss), edges,
+                              diverged))
     return selected, winners
 
 
-def _at_edge(value: Any, values: Sequence[Any]) -> bool:
+def at_edge(value: Any, values: Sequence[Any]) -> bool:
+    """Whether ``value`` is the smallest or largest number of a tuned grid."""
     numeric = [v for v in values if isinstance(v, Real) and not isinstance(v, bool)]
     if len(numeric) < 2 or not isinstance(value, Real):
         return False
     return value in (min(numeric), max(numeric))
+
+
+def value_order(value: Any) -> tuple:
+    """Sort key for grid values: numbers numerically (16 before 128), then text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value, "")
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0, str(value))

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
+from ..analysis.select import value_order
 from ..analysis.stats import Comparison
 from ..analysis.study import FitEntry, held_out
 
@@ -59,16 +60,6 @@ def _log_y(ax) -> None:
     ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
     ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.3g"))
     ax.tick_params(axis="y", which="minor", labelsize=7)
-
-
-def _order(value: Any) -> tuple:
-    """Sort key: numbers numerically (16 before 128), anything else after them as text."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return (0, value, "")
-    try:
-        return (0, float(value), "")
-    except (TypeError, ValueError):
-        return (1, 0, str(value))
 
 
 def _finish(ax, x_name: str, y_name: str, legend: bool) -> None:
@@ -132,7 +123,7 @@ def axis_figure(table: Sequence[dict[str, Any]], metric: str, x_axis: str,
             continue
         lines[row.get(line_axis) if line_axis else None].append(
             (row[x_axis], row[metric], row.get(f"{metric}_std") or 0.0))
-    for i, (value, pts) in enumerate(sorted(lines.items(), key=lambda kv: _order(kv[0]))):
+    for i, (value, pts) in enumerate(sorted(lines.items(), key=lambda kv: value_order(kv[0]))):
         pts.sort(key=lambda p: p[0])
         xs, ys, es = zip(*pts)
         ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=2, color=f"C{i % 10}",
@@ -155,7 +146,7 @@ def compute_figure(records: Sequence[dict[str, Any]], metric: str, color_axis: s
     for r in records:
         if r.get("status") == "completed" and r.get(metric) and r.get("train_flops"):
             groups[r.get(color_axis) if color_axis else None].append((r["train_flops"], r[metric]))
-    for i, (value, pts) in enumerate(sorted(groups.items(), key=lambda kv: _order(kv[0]))):
+    for i, (value, pts) in enumerate(sorted(groups.items(), key=lambda kv: value_order(kv[0]))):
         xs, ys = zip(*pts)
         ax.scatter(xs, ys, s=14, color=f"C{i % 10}",
                    label=f"{color_axis} = {value}" if color_axis else None)
@@ -192,7 +183,7 @@ def curves_figure(curves: Sequence[dict[str, Any]], records: Sequence[dict[str, 
     for c in curves:
         if c["name"] == name and c["value"] is not None:
             by_run[c["run_id"]].append((c["step"], c["value"]))
-    values = sorted({str(r.get(color_axis)) for r in records}, key=_order) if color_axis else [""]
+    values = sorted({str(r.get(color_axis)) for r in records}, key=value_order) if color_axis else [""]
     color_of = {v: f"C{i % 10}" for i, v in enumerate(values)}
     shown = set()
     for r in records:
@@ -273,7 +264,7 @@ def settings_figure(gains: Sequence[dict[str, Any]], data_axis: str | None, gain
     colour by setting, line style by data size."""
     fig, ax = _figure()
     settings = list(dict.fromkeys(g["setting"] for g in gains))
-    sizes = sorted({g.get(data_axis) for g in gains}, key=_order) if data_axis else [None]
+    sizes = sorted({g.get(data_axis) for g in gains}, key=value_order) if data_axis else [None]
     styles = ["-", "--", ":", "-."]
     for i, setting in enumerate(settings):
         if gain and i == 0:

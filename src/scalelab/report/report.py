@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..analysis.evaluations import compare_evaluations, gains_by_point, tune_per_shape
+from ..analysis.evaluations import (
+    compare_evaluations,
+    gains_by_point,
+    tune_per_shape,
+    validation_twin,
+)
 from ..analysis.selection import KINDS, SelectionAnalysis, pareto_front
 from ..analysis.study import StudyAnalysis, analyze_study
 from ..output import fmt_value
@@ -125,10 +130,10 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
         settings = json.loads(meta.get("evaluations", "[]"))
         shape_axes = [x for x in a.scientific if x != "seed"]
         evaluations, settings, tuned = tune_per_shape(evaluations, settings, records, shape_axes,
-                                                      _validation_twin(a.compare_metric))
+                                                      validation_twin(a.compare_metric))
         _evaluation_blocks(evaluations, settings, a.compare_metric, blocks, figure)
         if tuned:
-            _tuning_blocks(tuned, _validation_twin(a.compare_metric), blocks)
+            _tuning_blocks(tuned, validation_twin(a.compare_metric), blocks)
         axes = json.loads(meta.get("axes", "{}"))
         if any(axes.get(x, "").startswith("model.") for x in a.scientific):
             _evaluation_scale_blocks(evaluations, settings, records, a, blocks, figure)
@@ -192,11 +197,6 @@ def _evaluation_blocks(rows, settings, metric: str, blocks: list, figure) -> Non
     if comparisons:
         figure(plots.forest_figure(comparisons), "evaluations",
                f"difference in {metric} to {summary[0]['setting']}, paired by model")
-
-
-def _validation_twin(metric: str) -> str:
-    """The validation metric that tunes settings compared on ``metric`` (test_acc -> val_acc)."""
-    return "val_" + metric[len("test_"):] if metric.startswith("test_") else "val_loss"
 
 
 def _tuning_blocks(winners: list[dict[str, Any]], metric: str, blocks: list) -> None:

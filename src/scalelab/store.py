@@ -76,7 +76,7 @@ class Store:
                 "or move it away to start the study over") from None
 
     def _setup(self) -> None:
-        """Open (or create) the schema; a damaged file fails here, before anything is read."""
+        """Open (or create) the schema; a file that is not a store fails here."""
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -91,18 +91,17 @@ class Store:
             self._db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
         if version is None or int(version) < SCHEMA_VERSION:
             self.set_meta(schema_version=SCHEMA_VERSION)
-        check = self._db.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise sqlite3.DatabaseError(check)
 
     @classmethod
     def open(cls, out_dir: str | Path, create: bool = False) -> Store:
         out = Path(out_dir)
         path = out / FILENAME
-        if path.exists() and path.stat().st_size == 0:  # sqlite would take it for a new store
-            raise ScalelabError(
-                f"{path}: the results store is empty (0 bytes): it was truncated or emptied; "
-                "restore it from a backup, or move it away to start the study over")
+        if path.exists():
+            damage = _truncation(path)
+            if damage:
+                raise ScalelabError(
+                    f"{path}: the results store is {damage}; restore it from a backup, or move "
+                    "it away to start the study over")
         if not path.exists():
             if not create:
                 raise ScalelabError(
@@ -198,7 +197,7 @@ class Store:
                 for run_id, config in self._db.execute("SELECT run_id, config FROM runs")}
 
     def statuses(self) -> dict[str, str]:
-        return {run_id: _live_status(status, owner) for run_id, status, owner
+        return {run_id: _live_status(status, marked_by) for run_id, status, marked_by
                 in self._db.execute("SELECT run_id, status, owner FROM runs")}
 
     def records(self) -> list[dict[str, Any]]:
@@ -209,8 +208,8 @@ class Store:
         )
         out = []
         for (run_id, status, point, metrics, config, prov, error, started, finished, group,
-             owner) in rows:
-            record: dict[str, Any] = {"run_id": run_id, "status": _live_status(status, owner)}
+             marked_by) in rows:
+            record: dict[str, Any] = {"run_id": run_id, "status": _live_status(status, marked_by)}
             record.update(json.loads(point))
             record.update(json.loads(metrics or "{}"))
             record.update(_flatten(json.loads(config)))
@@ -256,20 +255,43 @@ def _live_status(status: str, marked_by: str | None) -> str:
     cannot be checked from here, so its runs stay ``running``."""
     if status != RUNNING:
         return status
-    host, _, pid = (marked_by or "").rpartition(":")
     if not marked_by:
         return INTERRUPTED
-    if host != socket.gethostname() or not pid.isdigit():
-        return status
-    if int(pid) == os.getpid():
-        return status
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return INTERRUPTED
-    except PermissionError:  # alive, owned by another user
-        return status
+    host, _, pid = marked_by.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return INTERRUPTED
+        except PermissionError:  # alive, owned by another user
+            pass
     return status
+
+
+def _truncation(path: Path) -> str | None:
+    """What is wrong with a store file whose size its own header contradicts (None if fine).
+
+    SQLite would take a 0-byte file for a new, empty store, and opens a cut-off file without
+    complaint until a query reaches the missing pages. Both show in the 100-byte header at no
+    cost, unlike an integrity check, which reads the whole file; garbage that is not a
+    SQLite file at all SQLite refuses by itself."""
+    size = path.stat().st_size
+    if size == 0:
+        return "empty (0 bytes): it was truncated or emptied"
+    with path.open("rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return None
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The header's page count is valid only when written by the same change as the counter;
+    # with a live write-ahead log a checkpoint may be growing the file right now.
+    wal = path.with_name(path.name + "-wal")
+    live = wal.exists() and wal.stat().st_size > 0
+    if header[24:28] == header[92:96] and not live and size < pages * page_size:
+        return f"truncated ({size:,} bytes where its header says {pages * page_size:,})"
+    return None
 
 
 def _placeholders(values: Iterable) -> str:

@@ -186,9 +186,7 @@ def study_records(out_dir: str | Path) -> list[dict[str, Any]]:
 def summary(out_dir: str | Path, metric: str = "test_loss") -> Summary:
     """Mean ``metric`` by size; with nuisance axes, each shape at its best nuisance setting
     (chosen on validation loss), as the report and fits use it."""
-    with Store.open(out_dir) as store:
-        meta = store.meta()
-        rows = per_shape_optimum(in_study(store.records(), meta)[0], meta)[0]
+    rows, meta = _per_shape_optimum(out_dir)
     nuisance = set(json.loads(meta.get("nuisance", "[]")))
     axes = {k: v for k, v in json.loads(meta.get("axes", "{}")).items() if k not in nuisance}
     if any(r.get("matched_to") for r in rows):  # compute-matched baselines: their own rows
@@ -278,9 +276,14 @@ def analysis_records(out_dir: str | Path | None = None, csv_path: str | Path | N
     if csv_path is not None:
         rows = read_csv_records(csv_path)
         return [r for r in rows if r.get("status", "completed") == "completed"]
+    return _per_shape_optimum(out_dir)[0]
+
+
+def _per_shape_optimum(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The study's runs at each shape's best nuisance setting, and the store's meta."""
     with Store.open(out_dir) as store:
-        rows, meta = store.records(), store.meta()
-    return per_shape_optimum(in_study(rows, meta)[0], meta)[0]
+        meta = store.meta()
+        return per_shape_optimum(in_study(store.records(), meta)[0], meta)[0], meta
 
 
 def fit(out_dir: str | Path | None = None, *, x: str = "params", y: str = "test_loss",

@@ -11,7 +11,7 @@ import numpy as np
 from ..evaluation._base import setting_label
 from ..spec import run_id
 from .select import at_edge, value_order
-from .stats import Comparison, holm, paired
+from .stats import Comparison, holm, paired, paired_t
 
 TUNED = "tuned"  # the value a tuned setting shows in labels: chosen per shape
 
@@ -127,8 +127,6 @@ def gains_by_point(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, 
     """Per grid point (the scientific ``axes``) and setting: mean ``metric`` and its error,
     and the difference to the first setting paired by trained model, with a per-point
     (unadjusted) t-based CI and a paired t-test p, Holm-adjusted over every point × setting."""
-    from scipy import stats
-
     if not settings:
         return []
     by_run = {r["run_id"]: r for r in records}
@@ -154,11 +152,7 @@ def gains_by_point(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, 
                      "gain": float(diffs.mean()) if len(diffs) else None,
                      "gain_low": None, "gain_high": None, "p": None, "p_holm": None}
             if len(diffs) > 1 and s["eval_id"] != base:
-                sd = diffs.std(ddof=1)
-                half = stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * sd / np.sqrt(len(diffs))
-                entry["gain_low"], entry["gain_high"] = entry["gain"] - half, entry["gain"] + half
-                entry["p"] = float(stats.ttest_1samp(diffs, 0.0).pvalue) if sd > 0 else (
-                    1.0 if entry["gain"] == 0 else 0.0)
+                _, entry["p"], entry["gain_low"], entry["gain_high"] = paired_t(diffs, level)
             out.append(entry)
     tested = [g for g in out if g["p"] is not None]
     for g, p in zip(tested, holm([g["p"] for g in tested])):

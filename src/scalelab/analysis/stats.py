@@ -58,27 +58,30 @@ def paired(candidate: Sequence[float], baseline: Sequence[float], *, level: floa
     if len(a) < 2:
         raise ScalelabError(f"a paired comparison needs at least 2 matched units, got {len(a)}")
     d = a - b
-    sd = d.std(ddof=1)
-    if _no_spread(d):
-        # Every unit differs by the same amount (identical configs give 0): the t statistic
-        # is 0/0 or ±inf, and scipy would only warn about precision. Say it exactly instead.
-        mean = float(d.mean())
-        statistic, p_value = (0.0, 1.0) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
-        low = high = mean
-        wilcoxon_p = 1.0 if mean == 0 else float(stats.wilcoxon(a, b).pvalue)
-        sd = 0.0
-    else:
-        test = stats.ttest_rel(a, b)
-        ci = test.confidence_interval(level)
-        statistic, p_value, low, high = (float(test.statistic), float(test.pvalue),
-                                         float(ci.low), float(ci.high))
-        wilcoxon_p = float(stats.wilcoxon(a, b).pvalue)
+    statistic, p_value, low, high = paired_t(d, level)
+    sd = 0.0 if _no_spread(d) else d.std(ddof=1)
+    wilcoxon_p = 1.0 if np.all(d == 0) else float(stats.wilcoxon(a, b).pvalue)
     boot = _bootstrap((d,), np.mean, level, n_resamples, seed)
     return Comparison(
         names[0], names[1], metric, True, len(a), len(b), float(a.mean()), float(b.mean()),
         float(d.mean()), low, high, statistic, p_value, wilcoxon_p,
         float(d.mean() / sd) if sd > 0 else math.nan, "cohen_dz", *boot, level=level,
     )
+
+
+def paired_t(d: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """(t, p, CI low, CI high) of the mean of paired differences ``d`` (one-sample t-test).
+
+    When every unit differs by the same amount (identical configs give 0) the t statistic is
+    0/0 or ±inf and scipy would only warn about precision: the answer is given exactly."""
+    d = np.asarray(d, dtype=float)
+    if _no_spread(d):
+        mean = float(d.mean())
+        statistic, p_value = (0.0, 1.0) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
+        return statistic, p_value, mean, mean
+    test = stats.ttest_1samp(d, 0.0)
+    ci = test.confidence_interval(level)
+    return float(test.statistic), float(test.pvalue), float(ci.low), float(ci.high)
 
 
 def _no_spread(values: np.ndarray) -> bool:

@@ -33,6 +33,17 @@ class EvaluationRun:
     shape_axes: list[str] = field(default_factory=list)       # the study's scientific axes
 
 
+def score_checkpoint(config: dict, checkpoint: Path, settings: list[tuple[str, dict]],
+                     device: str = "cpu", data=None) -> dict[str, dict]:
+    """One trained run's checkpoint scored under each (eval id, setting): eval id -> metrics."""
+    if data is None:
+        data = instantiate(tasks, config["task"]).load().to(device)
+    model = load_checkpoint(config, checkpoint, device)
+    batch = config["train"]["eval_batch_size"]
+    return {eval_id: instantiate(evaluators, setting).evaluate(model, data, batch)
+            for eval_id, setting in settings}
+
+
 def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
                    device: str = "auto", output: Output | None = None) -> EvaluationRun:
     """Score every completed run's checkpoint under every evaluation setting of the study
@@ -78,11 +89,10 @@ def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
                 key = repr(sorted(config["task"].items()))
                 if key not in data_cache:
                     data_cache[key] = instantiate(tasks, config["task"]).load().to(dev)
-                model = load_checkpoint(config, out / "checkpoints" / f"{run_id}.pt", str(dev))
-                batch = config["train"]["eval_batch_size"]
+                scores = score_checkpoint(config, out / "checkpoints" / f"{run_id}.pt", todo,
+                                          str(dev), data_cache[key])
                 for eval_id, setting in todo:
-                    metrics = instantiate(evaluators, setting).evaluate(model, data_cache[key],
-                                                                        batch)
+                    metrics = scores[eval_id]
                     store.write_evaluation(run_id, eval_id, setting, metrics)
                     result.scored += 1
                     progress.advance("completed", f"{run_id} {setting_label(setting)} "

@@ -75,11 +75,17 @@ def cases():
 def train(runs, mode, checkpoint_dir: Path | None):
     """Results of ``runs`` trained as the runner trains them: ``single`` each alone on the
     single-run loop, ``stacked`` all as one stacked group (of one or more)."""
-    from scalelab.runner.local import run_task
+    from scalelab.runner._base import Group, train_group_of
 
+    keep = checkpoint_dir is not None
     if mode == "single":
-        return [run_task([r], "cpu", checkpoint_dir, frozenset({r.run_id}))[0] for r in runs]
-    return run_task(runs, "cpu", checkpoint_dir, frozenset())
+        results = [train_group_of(Group((r,), stacked=False), "cpu", keep)[0] for r in runs]
+    else:
+        results = train_group_of(Group(tuple(runs), stacked=True), "cpu", keep)
+    for run, result in zip(runs, results):
+        if keep:
+            (checkpoint_dir / f"{run.run_id}.pt").write_bytes(result.checkpoint)
+    return results
 
 
 def rescore(run, settings, checkpoint_dir: Path) -> dict:

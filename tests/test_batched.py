@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 
 import scalelab
-from scalelab.runner.grouping import estimate_bytes, plan_groups
+from scalelab.runner.grouping import plan_groups
 from scalelab.spec import validate_study
 from scalelab.store import Store
 from scalelab.train import DIVERGED, train_run
-from scalelab.train.batched import group_key, train_group
+from scalelab.train.stacked import train_group
+from scalelab.train.stacking import estimate_bytes, group_key
 
 from .conftest import TINY
 
@@ -109,7 +110,7 @@ def test_families_and_methods_opt_in(exploding_model):
     runs = study(seeds=[0], grid={}).runs
     assert group_key(runs[0].config) is not None
     config = {**runs[0].config, "model": {"name": "_explodes"}}
-    assert group_key(config) is None  # a family must declare itself batchable
+    assert group_key(config) is None  # a family must declare itself stackable
 
 
 def test_runner_batches_by_default_and_records_the_group(tmp_path, tiny_study):

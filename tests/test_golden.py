@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from . import golden
 
 RECORDED = json.loads(golden.GOLDEN.read_text())
+#: One float32 rounding, relative: a stacked group's mean training loss between evaluations
+#: was a float32 division before the merge and is now taken in float64, as single runs do.
+FLOAT32_ROUNDING = 2.0 ** -23
 
 
 def test_every_bundled_study_has_a_case():
@@ -19,13 +23,19 @@ def test_every_bundled_study_has_a_case():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(RECORDED))
-def test_same_numbers_as_recorded(name):
-    now = golden.produce(name)
-    assert now.keys() == RECORDED[name].keys()
-    for run_id, recorded in RECORDED[name].items():
+@pytest.mark.parametrize("case", sorted(RECORDED))
+def test_same_numbers_as_recorded(case):
+    now = golden.produce(case)
+    stacked = golden.cases()[case][1] == "stacked"
+    assert now.keys() == RECORDED[case].keys()
+    for run_id, recorded in RECORDED[case].items():
         got = now[run_id]
         assert got["status"] == recorded["status"]
         assert got["metrics"] == recorded["metrics"], run_id
-        assert got["curves"] == recorded["curves"], run_id
         assert got.get("evaluations") == recorded.get("evaluations"), run_id
+        assert [row[:2] for row in got["curves"]] == [row[:2] for row in recorded["curves"]]
+        for (step, name, value), (_, _, before) in zip(got["curves"], recorded["curves"]):
+            if stacked and name == "train_loss":
+                assert math.isclose(value, before, rel_tol=FLOAT32_ROUNDING), (run_id, step)
+            else:
+                assert value == before, (run_id, step, name)

@@ -12,8 +12,9 @@ import pytest
 
 import scalelab
 from scalelab.api import RunsFailed
-from scalelab.runner import local
-from scalelab.spec import RunSpec, load_study
+from scalelab.records import RunSpec
+from scalelab.runner import Group, local
+from scalelab.spec import load_study
 from scalelab.store import Store
 
 
@@ -21,10 +22,11 @@ def test_a_worker_that_dies_fails_only_its_own_runs(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))  # spawned workers inherit it
     import _crashing_task
 
-    monkeypatch.setattr(local, "run_task", _crashing_task.run_task)
+    monkeypatch.setattr(local, "train_group_of", _crashing_task.train_group_of)
     runs = [RunSpec(f"r{w}", {}, {"width": w, "seed": 0}) for w in (4, 8, 16, 32)]
-    executor = local.LocalExecutor(2, ["cpu"])
-    results = {spec.run_id: r for spec, r in executor.execute([[r] for r in runs], lambda r: None)}
+    executor = local.LocalExecutor("cpu", 2, checkpoint=False)
+    groups = [Group((r,), stacked=False) for r in runs]
+    results = {spec.run_id: r for spec, r in executor.execute(groups, lambda r: None)}
     assert set(results) == {"r4", "r8", "r16", "r32"}
     assert results["r8"].status == "failed" and "worker process died" in results["r8"].error
     assert all(results[k].status == "completed" for k in ("r4", "r16", "r32"))

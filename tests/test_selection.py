@@ -148,7 +148,7 @@ def test_ast_holds_its_target_rate_in_a_real_run():
 
 
 def test_selection_methods_are_not_stacked_and_matched_baselines_are_not_either():
-    from scalelab.train.batched import group_key
+    from scalelab.train.stacking import group_key
 
     assert group_key(selection_config({"name": "ast"})) is None
     assert group_key(selection_config({"name": "full", "match_rate": 0.2,

@@ -125,11 +125,12 @@ def test_a_raising_run_is_failed_with_its_traceback(exploding_model):
 
 def test_checkpoint_round_trip(tmp_path):
     cfg = config()
-    result = train_run(cfg, checkpoint=tmp_path / "run.pt")
+    result = train_run(cfg, checkpoint=True)
+    (tmp_path / "run.pt").write_bytes(result.checkpoint)
     model = load_checkpoint(cfg, tmp_path / "run.pt")
     from scalelab.plugin import instantiate
     from scalelab.registry import tasks
-    from scalelab.train.trainer import evaluate
+    from scalelab.train.evaluate import evaluate
 
     data = instantiate(tasks, cfg["task"]).load()
     loss, acc = evaluate(model, data.x_test, data.y_test, 4096)

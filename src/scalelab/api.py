@@ -51,12 +51,15 @@ def run(
     shard: str | None = None,
     output: Output | None = None,
     check: bool = True,
+    backend: str = "auto",
 ) -> StudyRun:
     """Train every run of ``study`` that ``out`` does not hold yet, storing each result; then,
     if the study declares ``evaluations`` (and saves checkpoints), re-score what is missing.
 
     Failed runs are stored with their tracebacks and listed in the result's ``failed``; with
     ``check`` (the default) a :class:`RunsFailed` error is then raised, as the CLI exits 1.
+    ``backend`` names the executor (``scalelab list executor``; ``auto``: torchrun inside a
+    torchrun job, else local worker processes).
     """
     spec = _as_study(study, overrides, quick)
     out_dir = Path(out) if out is not None else default_out_dir(spec)
@@ -65,7 +68,7 @@ def run(
     if workers != 1:
         check_main_guard()
     result = execute_study(spec, out_dir, workers=workers, device=device, shard=shard,
-                           output=output)
+                           output=output, backend=backend)
     if spec.spec.evaluations and spec.spec.save_checkpoints and not shard and result.primary:
         evaluate(out_dir, study=spec, device=device, output=output)
     if check and result.failed:

@@ -94,6 +94,7 @@ def run(
     out: Path | None = typer.Option(None, "--out", help="output directory [default: runs/<study name>, or runs/<study name>-quick with --quick]"),
     workers: int | None = typer.Option(None, "--workers", min=1, help="parallel worker processes [default: cores, or one per GPU]"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N|mps (auto takes a GPU when there is one)"),
+    backend: str = typer.Option("auto", "--backend", help="executor: local (worker processes), torchrun (inside a torchrun job); auto picks"),
     set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable), e.g. train.lr=0.01 or grid.model.width=[16,32]"),
     quick: bool = typer.Option(False, "--quick", help="apply the study's own `quick:` overrides for a fast first look (kept apart in runs/<name>-quick)"),
     shard: str | None = typer.Option(None, "--shard", help="run only slice i of k (i/k, 0 <= i < k) for job arrays"),
@@ -113,7 +114,7 @@ def run(
                      for r, state in planned])
         return 0
     result = api.run(study, out=out, workers=workers, device=device, overrides=set_,
-                     quick=quick, shard=shard, output=output, check=False)
+                     quick=quick, shard=shard, output=output, check=False, backend=backend)
     if not result.primary:  # a non-zero torchrun rank: rank 0 reports
         return 0
     if result.already_done == len(result.selected):
@@ -179,13 +180,14 @@ def status(
 
 @command
 def list_(
-    family: str | None = typer.Argument(None, help="task, model, method, law or evaluator [default: all]"),
+    family: str | None = typer.Argument(None, help="task, model, method, law, evaluator or executor [default: all]"),
     pattern: str = typer.Option("*", "--match", help="shell-style wildcard on names"),
     settings: bool = typer.Option(False, "--settings", help="also list each plug-in's settings"),
     fmt: Fmt = FormatOption,
     output: Output = None,
 ) -> int:
-    """What is registered: tasks, model families and methods, with a line each."""
+    """What is registered: tasks, model families, methods, law forms, evaluators and
+    executors, with a line each."""
     if family is not None and family not in FAMILIES:
         raise ScalelabError(f"list: unknown family {family!r} (allowed: {', '.join(FAMILIES)})")
     chosen = [family] if family else list(FAMILIES)

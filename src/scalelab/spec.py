@@ -10,9 +10,7 @@ its id is a hash of that config, so an edited study reruns only the cells that c
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import json
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -25,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import StudyError
+from .records import RunSpec, run_id
 from .registry import FAMILIES, UnknownNameError
 
 PLUGIN_SECTIONS = ("task", "model", "method")
@@ -188,15 +187,6 @@ class StudySpec(StrictModel):
         return self.grid if isinstance(self.grid, list) else [self.grid]
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One cell of the study: a fully resolved config and its stable id."""
-
-    run_id: str
-    config: dict[str, Any]
-    point: dict[str, Any]  # display name of each grid axis -> value, plus the seed
-
-
 @dataclass
 class Study:
     """A validated study, ready to expand into runs."""
@@ -334,12 +324,6 @@ class Study:
                                          if kind == "matched_full" else None)}
                 extra.append(RunSpec(rid, config, point))
         return extra
-
-
-def run_id(config: Mapping[str, Any]) -> str:
-    """Hash of the canonical JSON of a fully resolved config."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------- loading

@@ -18,15 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ScalelabError
-from .spec import RunSpec
-from .train import COMPLETED, DIVERGED, RunResult
+from .records import FINISHED, INTERRUPTED, RUNNING, RunResult, RunSpec
 
 SCHEMA_VERSION = 4
 FILENAME = "results.sqlite"
-RUNNING = "running"
-INTERRUPTED = "interrupted"  # read-only view of a `running` row whose runner is gone
-#: Runs in these states are never trained again; ``failed`` and ``running`` ones are retried.
-FINISHED = frozenset({COMPLETED, DIVERGED})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation._base import setting_label
-from ..spec import run_id
+from ..records import run_id, setting_label
 from .select import at_edge, value_order
 from .stats import Comparison, holm, paired, paired_t
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..plugin import Plugin
 from ..tasks import TaskData
-from ..train.trainer import accuracy_by_class
+from ..train.evaluate import accuracy_by_class
 
 
 class Evaluator(Plugin):
@@ -42,8 +42,3 @@ class Evaluator(Plugin):
             if split == "test":
                 out["test_acc_by_class"] = accuracy_by_class(pred, y, data.num_classes)
         return out
-
-
-def setting_label(config: dict) -> str:
-    settings = " ".join(f"{k}={v}" for k, v in config.items() if k != "name" and v is not None)
-    return f"{config['name']} {settings}".strip()

@@ -13,12 +13,11 @@ from pathlib import Path
 from ..errors import ScalelabError
 from ..output import Output
 from ..plugin import instantiate
+from ..records import COMPLETED, setting_label
 from ..registry import evaluators, tasks
 from ..spec import Study, load_study
 from ..store import Store
-from ..train import COMPLETED, load_checkpoint
-from ..train.trainer import resolve_device
-from ._base import setting_label
+from ..train.run import load_checkpoint, resolve_device
 
 
 @dataclass

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ScalelabError
 from ..plugin import PluginConfig
 from ..registry import evaluators
-from ..train.batched import bmm_forward
+from ..train.stacked import bmm_forward
 from ._base import Evaluator
 
 

@@ -6,6 +6,7 @@ and the other hooks; plain training uses the do-nothing defaults.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -30,16 +31,21 @@ class StepLoss:
 class Method(Plugin):
     """Plain supervised training: mean cross-entropy of the whole batch."""
 
-    #: True when the method trains with the plain loss, so runs can be stacked (train.batched).
-    batchable: ClassVar[bool] = True
+    #: The training loss, with ``F.cross_entropy``'s signature; the trainer sets it from the
+    #: run's hooks (label smoothing replaces it). Scoring passes keep plain cross-entropy.
+    criterion: Callable[..., torch.Tensor] = staticmethod(F.cross_entropy)
+
     #: True when the budget is ``train.epochs`` passes over what :meth:`epoch_order` returns,
     #: so pruning an epoch takes fewer steps; the schedule then follows epoch progress.
     epoch_budget: ClassVar[bool] = False
 
     @property
     def stackable(self) -> bool:
-        """Whether this configured method can train in a stacked group."""
-        return self.batchable
+        """Whether this configured method trains every sample of every batch with the
+        criterion at the study's step budget: then runs can train in a stacked group
+        (``train.stacked``) and it can train a language model. A method that overrides
+        :meth:`step_loss`, :meth:`budget` or :meth:`epoch_order` must say False."""
+        return True
 
     def begin(self, n_train: int, total_steps: int, batch: int, seed: int) -> None:
         """Called once before the first step."""
@@ -64,7 +70,7 @@ class Method(Plugin):
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over every prediction: one per example (logits (N, C)), or one
         per position for a language model (logits (B, T, vocab), targets (B, T))."""
-        return F.cross_entropy(model(x).flatten(0, -2), y.flatten())
+        return self.criterion(model(x).flatten(0, -2), y.flatten())
 
     def summary(self) -> dict[str, Any]:
         """Metrics the method adds to the run's record at the end."""

@@ -29,12 +29,15 @@ from ._base import Method, StepLoss
 class Selection(Method, ABC):
     """Base of the selection methods: choose rows of the batch, train on those."""
 
-    batchable = False
     #: True when choosing needs a no-grad forward over the whole batch.
     scores: ClassVar[bool] = False
 
     class Config(PluginConfig):
         target_rate: float = Field(0.2, gt=0, le=1, description="fraction of each batch trained on")
+
+    @property
+    def stackable(self) -> bool:
+        return False  # each step trains on its own choice of rows
 
     def begin(self, n_train: int, total_steps: int, batch: int, seed: int) -> None:
         self.total_steps, self.batch = total_steps, batch
@@ -48,7 +51,7 @@ class Selection(Method, ABC):
 
     def step_loss(self, model, x, y, index, step) -> StepLoss:
         keep, weights, trace = self.choose(model, x, y, index, step)
-        losses = F.cross_entropy(model(x[keep]), y[keep], reduction="none")
+        losses = self.criterion(model(x[keep]), y[keep], reduction="none")
         self.trained_losses(index[keep], losses.detach())
         if weights is None:
             loss = losses.mean()
@@ -330,13 +333,16 @@ class InfoBatch(Method):
     (its saving) against ``nominal_steps``.
     """
 
-    batchable = False
     epoch_budget = True
 
     class Config(PluginConfig):
         prune_ratio: float = Field(0.5, gt=0, lt=1, description="share of the below-mean-score "
                                                                  "samples pruned each epoch")
         anneal: float = Field(0.125, ge=0, le=1, description="final fraction of epochs on all data")
+
+    @property
+    def stackable(self) -> bool:
+        return False  # epochs of its own length, a weighted loss
 
     def begin(self, n_train, total_steps, batch, seed):
         self.nominal_steps, self.batch = total_steps, batch
@@ -363,7 +369,7 @@ class InfoBatch(Method):
         return order[~pruned[order]]
 
     def step_loss(self, model, x, y, index, step) -> StepLoss:
-        losses = F.cross_entropy(model(x), y, reduction="none")
+        losses = self.criterion(model(x), y, reduction="none")
         rows = index.cpu()
         self.score[rows] = losses.detach().float().cpu()
         loss = (losses * self.weight[rows].to(losses.device)).mean()
@@ -408,4 +414,4 @@ class Full(Method):
 
     @property
     def stackable(self) -> bool:
-        return self.config.match_rate is None  # the batched trainer has no step budgets
+        return self.config.match_rate is None  # stacked runs share one step budget

@@ -13,14 +13,14 @@ from ..plugin import Plugin
 class ModelFamily(Plugin, ABC):
     """Builds one model of the family from its config. Subclasses implement :meth:`build`."""
 
-    #: True when runs of this family can be stacked and trained together (see train.batched);
+    #: True when runs of this family can be stacked and trained together (see train.stacked);
     #: a family with cross-sample state (batch-norm) must leave it False.
-    batchable: ClassVar[bool] = False
-    #: Size settings whose runs can share one batched group by zero-padding to the group's
+    stackable: ClassVar[bool] = False
+    #: Size settings whose runs can share one stacked group by zero-padding to the group's
     #: largest value: valid only where a zero-padded unit provably stays zero in training.
     paddable: ClassVar[tuple[str, ...]] = ()
     #: Smallest group of runs worth stacking (``batch_min_runs`` overrides it).
-    min_batch_group: ClassVar[int] = 3
+    min_stack_group: ClassVar[int] = 3
     #: The task data kinds (``Task.data_kind``) this family can learn.
     data_kinds: ClassVar[tuple[str, ...]] = ("classification",)
 

@@ -17,7 +17,7 @@ from ._base import ACTIVATIONS, ModelFamily
 class CNN(ModelFamily):
     """Convolutional net: `depth` conv layers of `channels`, then a linear head (1-D or 2-D)."""
 
-    batchable = True  # no cross-sample state: runs can be stacked and trained together
+    stackable = True  # no cross-sample state: runs can be stacked and trained together
 
     class Config(PluginConfig):
         channels: int = Field(32, ge=1, description="channels of every conv layer")

@@ -17,14 +17,14 @@ from ._base import ACTIVATIONS, ModelFamily
 class MLP(ModelFamily):
     """Multi-layer perceptron: `depth` hidden layers of `width` units on the flattened input."""
 
-    batchable = True  # no cross-sample state: runs can be stacked and trained together
+    stackable = True  # no cross-sample state: runs can be stacked and trained together
     # A zero-padded hidden unit (zero weights in and out, zero bias) has activation f(0) = 0
     # and zero gradients for relu, gelu and tanh, and SGD/Adam/AdamW keep zeros at zero: each
     # run in a padded group trains exactly as at its own width.
     paddable = ("width",)
     # Stacked MLPs train with batched matrix multiplies; a pair ran 1.0-1.2x the speed of two
     # single runs (1 thread, widths 16-128), so pairs are worth stacking. Others need 3.
-    min_batch_group = 2
+    min_stack_group = 2
 
     class Config(PluginConfig):
         width: int = Field(64, ge=1, description="units per hidden layer")

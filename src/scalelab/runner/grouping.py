@@ -1,23 +1,36 @@
-"""Which runs train together: equal batch keys, within a memory limit per group."""
+"""Which runs train together: equal stacking keys, within a memory limit per group."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+from ..records import RunSpec
+from ..registry import models
+from ..spec import Study
+from ..train.stacking import estimate_bytes, group_key, padded_model_config
+from ._base import Group
 
-from ..models import count_parameters
-from ..plugin import instantiate
-from ..registry import models, tasks
-from ..spec import RunSpec, run_id
-from ..train.batched import group_key, padded_model_config
+
+def training_groups(todo: Sequence[RunSpec], study: Study) -> list[Group]:
+    """The study's runs still to train, as the groups an executor trains.
+
+    A run alone takes the single-run loop (the fastest for one run) only when no other run
+    of the whole study could ever share its group. A run that has potential group-mates
+    trains on the stacked path even alone (a group of one), so its numbers do not depend on
+    which of them shared its group: batching, ``batch_runs: off``, ``--shard`` and resuming
+    all give the same result (bitwise for MLPs on the CPU)."""
+    spec = study.spec
+    alone = without_mates(study.runs, spec.batch_pad)
+    return [Group(tuple(g), stacked=len(g) > 1 or g[0].run_id not in alone)
+            for g in plan_groups(todo, spec.batch_runs, spec.batch_memory_mb,
+                                 spec.batch_min_runs, spec.batch_pad)]
 
 
 def plan_groups(runs: Sequence[RunSpec], mode: str = "auto", memory_mb: float = 1024,
                 min_runs: int | None = None, pad: bool = False) -> list[list[RunSpec]]:
     """Runs partitioned into training groups (singletons when ``mode == "off"``).
 
-    Groups smaller than ``min_runs`` (default: the model family's ``min_batch_group``) train
+    Groups smaller than ``min_runs`` (default: the model family's ``min_stack_group``) train
     one run at a time. ``pad`` lets runs of different widths share a group (see
     ``batch_pad`` in the README).
     """
@@ -36,7 +49,7 @@ def plan_groups(runs: Sequence[RunSpec], mode: str = "auto", memory_mb: float = 
         largest = {**members[0].config, "model": padded_model_config([m.config for m in members])}
         cap = max(1, int(memory_mb * 2**20 // estimate_bytes(largest)))
         for chunk in (members[i:i + cap] for i in range(0, len(members), cap)):
-            smallest = min_runs or models.get(members[0].config["model"]["name"]).min_batch_group
+            smallest = min_runs or models.get(members[0].config["model"]["name"]).min_stack_group
             groups += [chunk] if len(chunk) >= smallest else [[r] for r in chunk]
     return groups + singles
 
@@ -50,27 +63,3 @@ def without_mates(runs: Sequence[RunSpec], pad: bool = False) -> frozenset[str]:
         if key is not None:
             counts[key] = counts.get(key, 0) + 1
     return frozenset(r.run_id for r, key in zip(runs, keys) if key is None or counts[key] == 1)
-
-
-def group_id(group: Sequence[RunSpec]) -> str | None:
-    return run_id({"members": sorted(r.run_id for r in group)}) if len(group) > 1 else None
-
-
-def estimate_bytes(config: dict) -> int:
-    """Memory one run adds to a group: parameters, gradients and two optimizer moments, plus
-    the activations of one training batch kept for the backward pass (float32)."""
-    data = instantiate(tasks, config["task"]).load()
-    model = instantiate(models, config["model"]).build(data.input_shape, data.num_classes)
-    activations = 0
-
-    def count(_module, _inputs, output):
-        nonlocal activations
-        activations += output.numel()
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
-    with torch.no_grad():
-        model(data.x_train[:1])
-    for h in hooks:
-        h.remove()
-    batch = min(config["train"]["batch_size"], len(data.y_train))
-    return 4 * (4 * count_parameters(model) + 2 * batch * activations)

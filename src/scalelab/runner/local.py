@@ -1,4 +1,4 @@
-"""Run trainings in worker processes on this machine (or in this process for one worker)."""
+"""The local executor: trainings in worker processes on this machine."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
-from pathlib import Path
 
 import torch
 
-from ..spec import RunSpec
-from ..train import FAILED, RunResult, train_run
-from ..train.batched import group_key, train_group
-from .grouping import group_id
+from ..records import FAILED, RunResult, RunSpec
+from ..registry import executors
+from ..train.run import resolve_device
+from ._base import Executor, Group, train_group_of
 
 
 def available_cores() -> int:
@@ -27,34 +26,44 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-class LocalExecutor:
-    """Trains groups of runs with ``workers`` processes, yielding each result as it finishes.
+@executors.register("local")
+class LocalExecutor(Executor):
+    """Worker processes on this machine (or this process for one worker): one per core on
+    the CPU, one per GPU on CUDA.
 
     Each worker gets an equal share of the cores as torch threads. Workers are spawned (not
     forked: torch's thread pools do not survive a fork) and exit when the parent dies, so a
-    killed runner leaves no orphans behind.
+    killed runner leaves no orphans behind. A worker that dies takes its group's runs with it;
+    they are retried one group at a time, so the one that kills its worker is found and stored
+    as failed while the others finish.
     """
 
-    def __init__(self, workers: int, devices: Sequence[str], checkpoint_dir: Path | None = None,
-                 single_loop: frozenset[str] = frozenset()):
-        self.workers = max(1, workers)
-        self.devices = list(devices)
-        self.checkpoint_dir = checkpoint_dir
-        self.single_loop = single_loop  # run ids that train on the single-run loop when alone
+    def __init__(self, device: str, workers: int | None, checkpoint: bool):
+        super().__init__(device, workers, checkpoint)
+        dev = resolve_device(device)  # a bad --device is refused before anything is written
+        self.devices = [str(dev)]
+        if dev.type == "cuda" and dev.index is None:
+            self.devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        self.max_workers = workers or (len(self.devices) if dev.type != "cpu" else available_cores())
+        self.dev = dev
+
+    def describe(self, groups: int) -> str:
+        n = min(self.max_workers, groups)
+        return f"on {self.dev} with {n} worker{'s' if n > 1 else ''}"
 
     def execute(
-        self, groups: Sequence[Sequence[RunSpec]], on_start: Callable[[RunSpec], None]
+        self, groups: Sequence[Group], on_start: Callable[[RunSpec], None]
     ) -> Iterator[tuple[RunSpec, RunResult]]:
-        """Train each group (one run, or runs trained together) and yield every run's result."""
+        self.workers = max(1, min(self.max_workers, len(groups)))
         if self.workers == 1:
             for group in groups:
-                for run in group:
+                for run in group.runs:
                     on_start(run)
-                yield from zip(group, run_task(group, self.devices[0], self.checkpoint_dir,
-                                               self.single_loop))
+                yield from zip(group.runs, train_group_of(group, self.devices[0],
+                                                          self.checkpoint))
             return
         pending = deque(enumerate(groups))
-        in_flight: dict[Future, tuple[int, Sequence[RunSpec]]] = {}
+        in_flight: dict[Future, tuple[int, Group]] = {}
         suspects: deque = deque()  # groups in flight when a worker died: retried one at a time
         pool = self._pool(self.workers)
         try:
@@ -63,11 +72,10 @@ class LocalExecutor:
                 queue, limit = (suspects, 1) if alone else (pending, self.workers)
                 while queue and len(in_flight) < limit:
                     index, group = queue.popleft()
-                    for run in group:
+                    for run in group.runs:
                         on_start(run)
                     device = self.devices[index % len(self.devices)]
-                    future = pool.submit(run_task, group, device, self.checkpoint_dir,
-                                         self.single_loop)
+                    future = pool.submit(train_group_of, group, device, self.checkpoint)
                     in_flight[future] = (index, group)
                 if not in_flight:
                     continue
@@ -85,8 +93,8 @@ class LocalExecutor:
                         message = ("the worker process died while training this run alone (a "
                                    "crash of the process itself: out of memory, a segfault or "
                                    "an exit from native code)")
-                        results = [RunResult(FAILED, error=message) for _ in group]
-                    yield from zip(group, results)
+                        results = [RunResult(FAILED, error=message) for _ in group.runs]
+                    yield from zip(group.runs, results)
                 if broken:
                     suspects.extend(in_flight.values())  # lost with the pool; retried alone
                     in_flight.clear()
@@ -101,21 +109,6 @@ class LocalExecutor:
         threads = max(1, available_cores() // self.workers)
         return ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                                    initializer=_init_worker, initargs=(threads, os.getpid()))
-
-
-def run_task(group: Sequence[RunSpec], device: str, checkpoint_dir: Path | None,
-             single_loop: frozenset[str] = frozenset()) -> list[RunResult]:
-    """Train one group as one stacked model.
-
-    A run alone takes the single-run loop (the fastest for one run) only when it is in
-    ``single_loop``: no other run of its study could ever share its group. A run that has
-    potential group-mates trains on the stacked path even alone (a group of one), so its
-    numbers do not depend on which of them shared its group: batching, ``batch_runs: off``,
-    ``--shard`` and resuming all give the same result (bitwise for MLPs on the CPU)."""
-    paths = [checkpoint_dir / f"{r.run_id}.pt" if checkpoint_dir else None for r in group]
-    if len(group) == 1 and (group[0].run_id in single_loop or group_key(group[0].config) is None):
-        return [train_run(group[0].config, device, paths[0])]
-    return train_group([r.config for r in group], device, paths, group_id(group))
 
 
 def _terminate_workers(pool: ProcessPoolExecutor) -> None:

@@ -50,6 +50,12 @@ class Task(Plugin, ABC):
     def load(self) -> TaskData:
         """The fixed train/validation/test tensors this config describes."""
 
+    def shape(self) -> tuple[tuple[int, ...], int, int]:
+        """(input shape, number of classes, training examples), for planning; a task that
+        knows them from its config says so without loading its data."""
+        data = self.load()
+        return data.input_shape, data.num_classes, len(data.y_train)
+
 
 def cache_dir() -> Path:
     """Where generated datasets are kept (``$SCALELAB_CACHE`` or ``~/.cache/scalelab``)."""

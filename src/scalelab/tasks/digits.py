@@ -33,6 +33,9 @@ class Digits(Task):
         num_train: int = Field(1257, ge=1, le=1797 - NUM_TEST - NUM_VAL,
                                description="training images taken from the 1,257-image pool")
 
+    def shape(self) -> tuple[tuple[int, ...], int, int]:
+        return (1, 8, 8), 10, self.config.num_train
+
     def load(self) -> TaskData:
         x, y = _shuffled()
         n = self.config.num_train

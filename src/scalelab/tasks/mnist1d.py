@@ -58,6 +58,9 @@ class MNIST1D(Task):
                 raise ValueError("pool_seed and test_seed must differ")
             return self
 
+    def shape(self) -> tuple[tuple[int, ...], int, int]:
+        return (1, 40), 10, self.config.num_train
+
     def load(self) -> TaskData:
         c = self.config
         x_pool, y_pool = _split(c.pool_size, c.pool_seed)

@@ -1,0 +1,85 @@
+"""Executor base class: where a study's groups of runs train.
+
+An executor only trains: given groups, it yields each run's :class:`RunResult` (checkpoint
+bytes included) as it finishes. Planning, the store, checkpoints on disk and progress are
+``runner.study``'s, once for every executor, so a worker needs no access to the output
+directory. A new backend is one module with a registered subclass.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..plugin import PluginConfig
+from ..records import RunResult, RunSpec, run_id
+from ..spec import Study
+
+
+@dataclass(frozen=True)
+class Group:
+    """Runs that train together, or one run. ``stacked``: on the stacked path (a group of
+    one included); False: alone on the single-run loop."""
+
+    runs: tuple[RunSpec, ...]
+    stacked: bool
+
+    @property
+    def id(self) -> str | None:
+        """Stored with each member of a group of two or more."""
+        if len(self.runs) < 2:
+            return None
+        return run_id({"members": sorted(r.run_id for r in self.runs)})
+
+
+def train_group_of(group: Group, device: str, checkpoint: bool) -> list[RunResult]:
+    """Train one group where this function is called (any process, any machine); one result
+    per run, in order."""
+    from ..train import train_group, train_run
+
+    if not group.stacked:
+        return [train_run(group.runs[0].config, device, checkpoint)]
+    return train_group([r.config for r in group.runs], device, checkpoint, group.id)
+
+
+class Executor(ABC):
+    """Trains groups of runs somewhere and yields every run's result."""
+
+    #: Whether groups of several runs may be formed (stacked training).
+    stacks: ClassVar[bool] = True
+    #: Settings of the executor (none yet: it takes the command line's device and workers).
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+
+    def __init__(self, device: str, workers: int | None, checkpoint: bool):
+        self.device, self.workers, self.checkpoint = device, workers, checkpoint
+
+    @property
+    def primary(self) -> bool:
+        """Whether this process plans, writes the store and reports (every executor but the
+        non-zero ranks of a distributed job)."""
+        return True
+
+    def check(self, study: Study) -> None:  # noqa: B027  (a do-nothing default)
+        """Refuse, before anything is written, a study this executor cannot train."""
+
+    def agree(self, todo: list[RunSpec]) -> list[RunSpec]:
+        """The runs to train, as the primary process planned them."""
+        return todo
+
+    @abstractmethod
+    def describe(self, groups: int) -> str:
+        """Where the training happens, for the line printed before it starts."""
+
+    @abstractmethod
+    def execute(self, groups: Sequence[Group], on_start: Callable[[RunSpec], None]
+                ) -> Iterator[tuple[RunSpec, RunResult]]:
+        """Train every group, calling ``on_start`` for each run as its group starts, and
+        yield each run's result as it arrives."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc) -> None:  # noqa: B027  (a do-nothing default)
+        """Release what the executor holds (processes, a process group)."""

@@ -1,0 +1,146 @@
+"""Execute a study's missing runs with an executor, storing each result as it arrives.
+
+Plan, claim (mark running), record, write checkpoints and report: once, here, for every
+executor. Only the primary process touches the output directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ScalelabError
+from ..output import Output
+from ..records import FINISHED, RunResult, RunSpec
+from ..registry import executors
+from ..spec import Study
+from ..store import Store
+from ._base import Executor, Group
+from .grouping import training_groups
+from .shard import parse_shard, select_shard
+
+
+@dataclass
+class StudyRun:
+    """What one ``scalelab run`` did."""
+
+    study: Study
+    out_dir: Path
+    selected: list[RunSpec]                   # this invocation's runs (after --shard)
+    already_done: int                          # of those, finished before this invocation
+    trained: Counter = field(default_factory=Counter)  # status -> runs trained now
+    failed: list[tuple[RunSpec, str]] = field(default_factory=list)
+    primary: bool = True  # False on the non-zero ranks of a torchrun job: they write nothing
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def plan(
+    study: Study, store_statuses: dict[str, str], shard: str | None
+) -> tuple[list[RunSpec], list[RunSpec]]:
+    """(selected runs, those still to train) for this invocation."""
+    runs = study.runs
+    if shard:
+        runs = select_shard(runs, *parse_shard(shard))
+    todo = [r for r in runs if store_statuses.get(r.run_id) not in FINISHED]
+    return runs, todo
+
+
+def make_executor(backend: str, device: str, workers: int | None, checkpoint: bool) -> Executor:
+    """The named executor (``auto``: torchrun inside a torchrun job, else local)."""
+    if backend == "auto":
+        backend = "torchrun" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "local"
+    if backend not in executors:
+        raise ScalelabError(f"--backend: unknown executor {backend!r} (allowed: auto, "
+                            f"{', '.join(executors.names())})")
+    return executors.get(backend)(device, workers, checkpoint)
+
+
+def store_meta(store: Store, study: Study) -> None:
+    """What the analysis needs to know about the study's axes."""
+    labels = study.axis_labels()
+    store.set_meta(study=study.name, source=study.source,
+                   axes={label: path for path, label in labels.items()},
+                   grid={labels[path]: values for path, values in study.axes.items()},
+                   nuisance=study.nuisance_labels(),
+                   analysis=study.spec.analysis.model_dump(mode="json"),
+                   run_ids=[r.run_id for r in study.runs])
+
+
+def execute_study(study: Study, out_dir: Path, workers: int | None = None, device: str = "auto",
+                  shard: str | None = None, output: Output | None = None,
+                  backend: str = "auto") -> StudyRun:
+    """Train what ``out_dir`` does not hold yet; every result is stored as it arrives."""
+    output = output or Output()
+    out_dir = Path(out_dir)
+    # Everything that can be refused is refused here, before anything is written.
+    executor = make_executor(backend, device, workers, study.spec.save_checkpoints)
+    executor.check(study)
+    with executor:
+        store = Store.open(out_dir, create=True) if executor.primary else None
+        try:
+            return _execute(study, out_dir, shard, output, executor, store)
+        finally:
+            if store is not None:
+                store.close()
+
+
+def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
+             executor: Executor, store: Store | None) -> StudyRun:
+    statuses: dict[str, str] = {}
+    if store is not None:
+        store_meta(store, study)
+        statuses = store.statuses()
+    selected, todo = plan(study, statuses, shard)
+    todo = executor.agree(todo)
+    result = StudyRun(study, out_dir, selected, len(selected) - len(todo),
+                      primary=executor.primary)
+    if not todo:
+        return result
+    groups = training_groups(todo, study) if executor.stacks else \
+        [Group((r,), stacked=False) for r in todo]
+    grouped = f" as {len(groups)} stacked groups" if len(groups) < len(todo) else ""
+    if store is None:  # a secondary rank: it trains, the primary records
+        for _ in executor.execute(groups, lambda run: None):
+            pass
+        return result
+    output.info(f"training {len(todo)} of {len(selected)} runs{grouped} "
+                f"{executor.describe(len(groups))} -> {out_dir}")
+    on_start: Callable[[RunSpec], None] = lambda run: store.mark_running([run])  # noqa: E731
+    with output.progress(len(todo), study.name) as progress:
+        for run, run_result in executor.execute(groups, on_start):
+            save_checkpoint(out_dir, run, run_result)
+            store.write_result(run, run_result)
+            record(result, run, run_result)
+            progress.advance(run_result.status, _label(run, run_result))
+    return result
+
+
+def save_checkpoint(out_dir: Path, run: RunSpec, result: RunResult) -> None:
+    """The weights a worker sent back, written under a temporary name and renamed (a kill
+    leaves no torn file), before the run's row: a completed run always has its checkpoint."""
+    if result.checkpoint is None:
+        return
+    path = out_dir / "checkpoints" / f"{run.run_id}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(result.checkpoint)
+    os.replace(tmp, path)
+    result.checkpoint = None
+
+
+def record(result: StudyRun, run: RunSpec, run_result: RunResult) -> None:
+    """Count one finished run and keep the last line of its error."""
+    result.trained[run_result.status] += 1
+    if run_result.error:
+        result.failed.append((run, run_result.error.strip().splitlines()[-1]))
+
+
+def _label(run: RunSpec, result: RunResult) -> str:
+    loss = result.metrics.get("test_loss")
+    return f"{run.run_id} {run.label}" + (f" test_loss={loss:.4f}" if loss is not None else "")

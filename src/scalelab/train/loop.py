@@ -1,0 +1,231 @@
+"""The one training loop: budget, cadence, running loss, evaluation, curves, divergence, early
+stopping and best weights, for one run or for several trained together.
+
+What differs between trainings is a :class:`Strategy`: how a batch is drawn (examples, token
+windows, one draw per stacked run), the step itself (forward, the method's loss, backward,
+update) and evaluation. The loop sees ``runs`` parallel runs (one, except for stacked
+groups); each keeps its own curves, best weights, patience and end. What later features plug
+in is a :class:`Hooks`: a per-batch transform, a loss criterion, post-step hooks and
+callbacks, all doing nothing by default.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..records import COMPLETED, DIVERGED
+from ..spec import TrainConfig
+
+
+class Callback:
+    """Receives per-step and per-evaluation numbers (trackers, energy meters); do-nothing
+    defaults. ``losses`` is the step's (runs,) loss tensor on the run's device: reading it
+    synchronises the device, so a callback that needs it every step pays for that."""
+
+    def on_step(self, step: int, losses: torch.Tensor) -> None:
+        """After every optimizer step."""
+
+    def on_eval(self, step: int, run: int, values: dict[str, float]) -> None:
+        """After each evaluation of run ``run`` (index in the group), with its curve values."""
+
+
+@dataclass
+class Hooks:
+    """Extension points of the loop; the defaults leave training as it is.
+
+    - ``batch_transform(x, y, step) -> (x, y)``: applied on the device to every training
+      batch after it is drawn (augmentation); stacked groups pass (runs, batch, ...) inputs.
+    - ``criterion(logits, targets, reduction=...)``: the training loss, with the signature of
+      ``F.cross_entropy`` (label smoothing is ``partial(F.cross_entropy, label_smoothing=s)``);
+      strategies take it when built; evaluation always scores plain cross-entropy.
+    - ``post_step(step, parameters)``: after each optimizer update, with the trained tensors
+      (a model's parameters, or a stacked group's one (runs, all parameters) tensor), for
+      weight averaging such as EMA or lookahead.
+    - ``callbacks``: :class:`Callback` objects.
+    """
+
+    batch_transform: Callable[[torch.Tensor, torch.Tensor, int],
+                              tuple[torch.Tensor, torch.Tensor]] | None = None
+    criterion: Callable[..., torch.Tensor] = F.cross_entropy
+    post_step: list[Callable[[int, list[torch.Tensor]], None]] = field(default_factory=list)
+    callbacks: list[Callback] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """One drawn training batch: inputs, targets, the training rows they are (None for token
+    windows), the learning-rate progress in steps, and whether it is the budget's last."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor | None
+    progress: int
+    last: bool
+
+
+class Strategy(ABC):
+    """What one kind of training does at each point of the loop."""
+
+    #: Runs trained together; the loop keeps one :class:`Track` per run.
+    runs: int = 1
+    #: The step budget (the learning-rate schedule is built for it).
+    total_steps: int
+
+    @abstractmethod
+    def draw(self, step: int) -> Batch:
+        """The batch of step ``step`` (from 1)."""
+
+    @abstractmethod
+    def step(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward, loss, backward and update: the (runs,) detached losses, and values worth
+        a curve at every step (a selection method's rate), for every run."""
+
+    @abstractmethod
+    def parameters(self) -> list[torch.Tensor]:
+        """The tensors the optimizer updates (for post-step hooks)."""
+
+    @abstractmethod
+    def lrs(self, batch: Batch) -> list[float]:
+        """Each run's learning rate at this batch, for the ``lr`` curve."""
+
+    @abstractmethod
+    def evaluate(self) -> tuple[list[dict[str, float]], int]:
+        """Validation curve values of each run (``val_loss`` first) and the units scored."""
+
+    @abstractmethod
+    def snapshot(self, run: int) -> dict[str, torch.Tensor]:
+        """A copy of run ``run``'s current weights (its best so far)."""
+
+    def stop(self, run: int, diverged: bool) -> None:  # noqa: B027  (a do-nothing default)
+        """Run ``run`` trains no further (a stacked group keeps its mates going)."""
+
+    def check_every(self) -> int | None:
+        """Steps between finiteness checks of the running loss (each costs a device sync);
+        None: only at evaluations."""
+        return 1
+
+    def mean(self, sums: list[float], count: int) -> list[float]:
+        """Mean training losses from per-run sums over ``count`` steps (a distributed job
+        combines its ranks' sums here)."""
+        return [s / count for s in sums]
+
+
+@dataclass
+class Track:
+    """One run's progress: its curves, best validation loss and weights, patience, end."""
+
+    status: str = COMPLETED
+    curves: list[tuple[int, str, float]] = field(default_factory=list)
+    best_loss: float = math.inf
+    best_step: int = 0
+    best_state: dict | None = None
+    evals_without_gain: int = 0
+    stopped_early: bool = False
+    end_step: int | None = None   # the step it stopped at (early or diverged)
+    evaluated: int = 0            # units (samples, tokens) scored in evaluations
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.end_step is None
+
+    def steps(self, last: int) -> int:
+        return self.end_step if self.end_step is not None else last
+
+
+@dataclass
+class Outcome:
+    """What the loop did: the last step reached, each run's track, and the time it took."""
+
+    step: int
+    tracks: list[Track]
+    train_time: float
+    eval_time: float
+
+
+def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None) -> Outcome:
+    """Train until the budget ends, every run has stopped early, or every run diverged."""
+    hooks = hooks or Hooks()
+    tracks = [Track() for _ in range(strategy.runs)]
+    total = strategy.total_steps
+    check_every = strategy.check_every()
+    running, count, step, eval_time = None, 0, 0, 0.0
+    started = time.perf_counter()
+    for step in range(1, total + 1):
+        batch = strategy.draw(step)
+        if hooks.batch_transform is not None:
+            batch.x, batch.y = hooks.batch_transform(batch.x, batch.y, step)
+        losses, trace = strategy.step(batch, step)
+        if hooks.post_step:
+            parameters = strategy.parameters()
+            for hook in hooks.post_step:
+                hook(step, parameters)
+        for track in tracks:
+            if trace and track.active:
+                track.curves += [(step, name, value) for name, value in trace.items()]
+        for callback in hooks.callbacks:
+            callback.on_step(step, losses)
+        running = losses.clone() if running is None else running.add_(losses)
+        count += 1
+        if check_every and step % check_every == 0:
+            for r in torch.nonzero(~torch.isfinite(running)).flatten().tolist():
+                if tracks[r].active:
+                    _end(strategy, tracks[r], r, step, diverged=True)
+            if not any(t.active for t in tracks):
+                break
+        if step % cfg.eval_every and not batch.last:
+            continue
+        eval_started = time.perf_counter()
+        train_loss = strategy.mean(running.tolist(), count)
+        running, count = None, 0
+        values, scored = strategy.evaluate()
+        lrs = strategy.lrs(batch)
+        for r, track in enumerate(tracks):
+            if track.active:
+                _observe(strategy, cfg, track, r, step, train_loss[r], values[r], lrs[r],
+                         scored, hooks)
+        eval_time += time.perf_counter() - eval_started
+        if batch.last or not any(t.active for t in tracks):
+            break
+    return Outcome(step, tracks, time.perf_counter() - started, eval_time)
+
+
+def _observe(strategy: Strategy, cfg: TrainConfig, track: Track, r: int, step: int,
+             train_loss: float, values: dict[str, float], lr: float, scored: int,
+             hooks: Hooks) -> None:
+    """Record one evaluation of run ``r``; end it on divergence or when patience runs out."""
+    row = {"train_loss": train_loss, **values, "lr": lr}
+    track.evaluated += scored
+    track.curves += [(step, name, value) for name, value in row.items()]
+    for callback in hooks.callbacks:
+        callback.on_eval(step, r, row)
+    val_loss = values["val_loss"]
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        _end(strategy, track, r, step, diverged=True)
+        return
+    stopping = cfg.early_stopping
+    if val_loss < track.best_loss - (stopping.min_delta if stopping else 0.0):
+        track.best_loss, track.best_step, track.evals_without_gain = val_loss, step, 0
+        if cfg.restore_best and step != strategy.total_steps:
+            track.best_state = strategy.snapshot(r)
+        return
+    track.evals_without_gain += 1
+    if stopping and track.evals_without_gain >= stopping.patience:
+        track.stopped_early = True
+        _end(strategy, track, r, step, diverged=False)
+
+
+def _end(strategy: Strategy, track: Track, r: int, step: int, diverged: bool) -> None:
+    track.end_step = step
+    if diverged:
+        track.status = DIVERGED
+        track.metrics["diverged_step"] = step
+    strategy.stop(r, diverged)

@@ -1,0 +1,209 @@
+"""One run, config in and :class:`RunResult` out, and what every kind of training shares:
+device, provenance, the model from its seed, counted compute, final metrics, checkpoints.
+
+A run reads nothing but its config, and returns everything it produced (checkpoint bytes
+included); the runner stores it. Same config and seed on the CPU give bitwise-identical
+results.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import ScalelabError
+from ..plugin import instantiate
+from ..records import COMPLETED, FAILED, RunResult
+from ..registry import models, tasks
+from ..spec import TrainConfig
+from ..tasks import TaskData
+from .evaluate import class_accuracy, evaluate
+from .flops import count_flops, step_flops
+from .loop import Hooks, Outcome, Track
+
+
+def train_run(config: dict[str, Any], device: str = "cpu", checkpoint: bool = False,
+              hooks: Hooks | None = None) -> RunResult:
+    """Train one run alone; exceptions become a ``failed`` result with the traceback.
+    With ``checkpoint``, the result carries the final weights' bytes."""
+    dev = resolve_device(device)
+    try:
+        if tasks.get(config["task"]["name"]).data_kind == "language":
+            from .lm import train_lm
+
+            return train_lm(config, dev, checkpoint, hooks or Hooks())
+        from .single import train_single
+
+        return train_single(config, dev, checkpoint, hooks or Hooks())
+    except Exception:
+        return RunResult(FAILED, error=traceback.format_exc(), provenance=provenance(dev))
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Versions and hardware, stored with every result."""
+    name = str(device)
+    if device.type == "cuda":
+        name += f" ({torch.cuda.get_device_name(device)})"
+    return {
+        "scalelab_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": name,
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "pid": os.getpid(),
+    }
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` takes a CUDA GPU, then Apple's MPS, then the CPU; a named device must exist."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if has_mps else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ScalelabError(f"--device: unknown device {device!r} (allowed: auto, cpu, cuda, cuda:N, mps)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ScalelabError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+    if dev.type == "mps" and not has_mps:
+        raise ScalelabError("--device mps: Apple's MPS backend is not available; use --device cpu")
+    return dev
+
+
+def build(config: dict[str, Any], data) -> nn.Module:
+    """The run's model, initialised from its seed."""
+    torch.manual_seed(config["seed"])
+    return instantiate(models, config["model"]).build(data.input_shape, data.num_classes)
+
+
+def budget(cfg: TrainConfig, n: int) -> tuple[int, int]:
+    """(batch size capped at the training-set size ``n``, total optimizer steps)."""
+    batch = min(cfg.batch_size, n)
+    return batch, cfg.max_steps or max(1, round(cfg.epochs * (n // batch)))
+
+
+def counted_compute(method, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    batch: int) -> tuple[int, float]:
+    """(FLOPs of one training step, forward FLOPs per sample), counted on the real model."""
+    per_step = step_flops(lambda: method.training_loss(model, x[:batch], y[:batch]), model)
+    return per_step, count_flops(lambda: model(x[:batch])) / batch
+
+
+def step_metrics(steps: int, batch: int, n: int, flops_per_step: int) -> dict[str, Any]:
+    """What follows from the number of steps a run took."""
+    return {"steps": steps, "samples_seen": steps * batch, "epochs_seen": steps * batch / n,
+            "train_flops": flops_per_step * steps}
+
+
+def autocast(device: torch.device, cfg: TrainConfig):
+    """bf16 autocast when the study asks for it (weights and optimizer state stay fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
+def optimizer_step(optimizer, model: nn.Module, loss: torch.Tensor, cfg: TrainConfig) -> None:
+    """Backward, optional gradient-norm clipping, update."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+
+
+def tracked_result(track: Track, outcome: Outcome, dev: torch.device) -> RunResult:
+    """A run's result as the loop left it: status, curves, how far it went and its best step."""
+    result = RunResult(track.status, curves=track.curves, provenance=provenance(dev))
+    result.metrics.update(track.metrics, stopped_early=track.stopped_early,
+                          best_step=track.best_step)
+    return result
+
+
+def finalize(result: RunResult, model: nn.Module, data: TaskData, cfg: TrainConfig,
+             track: Track, last_step: int, checkpoint: bool, forward_flops_per_sample: float
+             ) -> None:
+    """Final and best-weight metrics on train/val/test, the checkpoint, eval FLOPs."""
+    x, y = data.x_train, data.y_train
+    splits = {"train": (x[: cfg.eval_train_samples], y[: cfg.eval_train_samples]),
+              "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}
+    split_samples = sum(len(labels) for _, labels in splits.values())
+
+    def evaluate_all(module: nn.Module) -> tuple[dict[str, float], int]:
+        out = {}
+        for name, (xs, ys) in splits.items():
+            out[f"{name}_loss"], out[f"{name}_acc"] = evaluate(module, xs, ys, cfg.eval_batch_size)
+        return out, split_samples
+
+    evaluated = track.evaluated + final_metrics(result, model, evaluate_all, cfg, track,
+                                                last_step, checkpoint)
+    if result.status == COMPLETED:  # which classes a method helps or hurts
+        result.metrics["test_acc_by_class"] = class_accuracy(model, data.x_test, data.y_test,
+                                                             data.num_classes, cfg.eval_batch_size)
+        evaluated += len(data.y_test)
+    result.metrics["eval_flops"] = int(forward_flops_per_sample * evaluated)
+
+
+def final_metrics(result: RunResult, model: nn.Module,
+                  evaluate_all: Callable[[nn.Module], tuple[dict[str, float], int]],
+                  cfg: TrainConfig, track: Track, last_step: int, checkpoint: bool) -> int:
+    """Metrics of the last step's weights (as ``final_*``) and of the best validation weights
+    (unprefixed; the same weights when the last step was the best), and the checkpoint.
+
+    ``model`` holds the last step's weights and ``track.best_state`` those of the best
+    evaluation when it was not the last one. Returns the units (samples, tokens) evaluated.
+    """
+    if result.status != COMPLETED:
+        return 0
+    m = result.metrics
+    final, evaluated = evaluate_all(model)
+    m.update({f"final_{k}": v for k, v in final.items()})
+    if cfg.restore_best and track.best_state is not None and track.best_step != last_step:
+        model.load_state_dict(track.best_state)
+        final, more = evaluate_all(model)
+        evaluated += more
+    m.update(final)
+    if checkpoint:
+        result.checkpoint = checkpoint_bytes(model)
+    return evaluated
+
+
+def checkpoint_bytes(model: nn.Module) -> bytes:
+    """The model's weights as a ``torch.save`` file, in memory (the runner writes it)."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    return buffer.getvalue()
+
+
+def load_checkpoint(config: dict[str, Any], path: Path, device: str = "cpu") -> nn.Module:
+    """Rebuild a run's model from its config and load its saved weights (weights only)."""
+    data = instantiate(tasks, config["task"]).load()
+    model = build(config, data)
+    try:
+        with warnings.catch_warnings():  # torch warns about the protocol of a foreign file
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # missing, truncated, not a checkpoint, another model's weights
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ScalelabError(f"{path}: not a readable checkpoint of this run ({first})") from None
+    return model.to(device).eval()
+
+
+def timed(result: RunResult, started: float) -> RunResult:
+    result.metrics["total_time"] = time.perf_counter() - started
+    return result

@@ -1,0 +1,135 @@
+"""One model on a classification task: shuffled epochs of training rows (a method may prune
+an epoch), the method's loss for each batch, and accounting of what the method trained."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ..models import count_parameters
+from ..plugin import instantiate
+from ..records import RunResult
+from ..registry import methods, tasks
+from ..spec import TrainConfig
+from .evaluate import evaluate
+from .loop import Batch, Hooks, Strategy, train_loop
+from .optim import lr_factor, make_optimizer, set_lr
+from .run import (
+    autocast,
+    budget,
+    build,
+    counted_compute,
+    finalize,
+    optimizer_step,
+    step_metrics,
+    timed,
+    tracked_result,
+)
+
+
+class Examples(Strategy):
+    """Batches of training rows for one model; the method turns each into its loss."""
+
+    def __init__(self, config: dict[str, Any], data, dev: torch.device, criterion):
+        self.cfg = cfg = TrainConfig.model_validate(config["train"])
+        self.data, self.dev = data, dev
+        self.method = instantiate(methods, config["method"])
+        self.method.criterion = criterion
+        self.model = build(config, data).to(dev)
+        self.n = n = len(data.y_train)
+        self.batch, total_steps = budget(cfg, n)
+        with autocast(dev, cfg):  # counting runs the real kernels once: the warm-up step
+            self.flops_per_step, self.forward_flops_per_sample = counted_compute(
+                self.method, self.model, data.x_train, data.y_train, self.batch)
+        self.total_steps = self.method.budget(total_steps, self.flops_per_step / self.batch,
+                                              self.forward_flops_per_sample)
+        self.method.begin(n, self.total_steps, self.batch, config["seed"])
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.trained = torch.compile(self.model) if cfg.compile else self.model
+        self.generator = torch.Generator().manual_seed(config["seed"])
+        # An epoch-budget method (per-epoch pruning) ends after whole epochs, however short.
+        self.epochs = max(1, round(cfg.epochs)) if self.method.epoch_budget else None
+        self.order, self.cursor, self.epoch = torch.empty(0, dtype=torch.long), n, 0
+        self.trained_samples = self.scored_samples = 0
+        self.lr = cfg.lr
+        self.model.train()
+
+    def draw(self, step: int) -> Batch:
+        batch, order = self.batch, self.order
+        if self.cursor + batch > len(order):
+            order = self.method.epoch_order(torch.randperm(self.n, generator=self.generator),
+                                            self.epoch).to(self.dev)
+            self.order, self.cursor, self.epoch = order, 0, self.epoch + 1
+        index = order[self.cursor:self.cursor + batch]
+        self.cursor += batch
+        epochs, epoch = self.epochs, self.epoch
+        last = step == self.total_steps or (epochs is not None and epoch == epochs
+                                            and self.cursor + batch > len(order))
+        progress = step - 1 if epochs is None else \
+            round((epoch - 1 + (self.cursor - batch) / len(order)) / epochs * self.total_steps)
+        return Batch(self.data.x_train[index], self.data.y_train[index], index, progress, last)
+
+    def step(self, batch: Batch, step: int):
+        cfg = self.cfg
+        self.lr = set_lr(self.optimizer, lr_factor(batch.progress, self.total_steps, cfg)) * cfg.lr
+        with autocast(self.dev, cfg):
+            out = self.method.step_loss(self.trained, batch.x, batch.y, batch.index, step)
+        self.trained_samples += out.trained
+        self.scored_samples += out.scored
+        optimizer_step(self.optimizer, self.model, out.loss, cfg)
+        return out.loss.detach().reshape(1), out.trace
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.model.parameters())
+
+    def lrs(self, batch: Batch) -> list[float]:
+        return [self.lr]
+
+    def evaluate(self):
+        with autocast(self.dev, self.cfg):
+            val_loss, val_acc = evaluate(self.model, self.data.x_val, self.data.y_val,
+                                         self.cfg.eval_batch_size)
+        return [{"val_loss": val_loss, "val_acc": val_acc}], len(self.data.y_val)
+
+    def snapshot(self, run: int) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def check_every(self) -> int:
+        # A per-step finiteness check costs a device sync; on the CPU it is free, so exact there.
+        return 1 if self.dev.type == "cpu" else self.cfg.eval_every
+
+    def selection_metrics(self, steps: int) -> dict[str, Any]:
+        """What a selection method actually ran: scored and trained samples and their FLOPs
+        (empty for a method that trains every sample of every batch)."""
+        if self.trained_samples == steps * self.batch and self.scored_samples == 0:
+            return {}
+        full = self.flops_per_step * steps
+        scoring = round(self.scored_samples * self.forward_flops_per_sample)
+        training = round(self.trained_samples * self.flops_per_step / self.batch)
+        return {"train_flops": scoring + training, "scoring_flops": scoring,
+                "selected_train_flops": training, "samples_trained": self.trained_samples,
+                "samples_scored": self.scored_samples, "full_batch_flops": full,
+                "flops_saving": 1 - (scoring + training) / full}
+
+
+def train_single(config: dict[str, Any], dev: torch.device, checkpoint: bool,
+                 hooks: Hooks) -> RunResult:
+    started = time.perf_counter()
+    data = instantiate(tasks, config["task"]).load().to(dev)
+    strategy = Examples(config, data, dev, hooks.criterion)
+    outcome = train_loop(strategy, strategy.cfg, hooks)
+    track = outcome.tracks[0]
+    steps = track.steps(outcome.step)
+    result = tracked_result(track, outcome, dev)
+    result.metrics.update(
+        step_metrics(steps, strategy.batch, strategy.n, strategy.flops_per_step),
+        n_params=count_parameters(strategy.model), batch_size=strategy.batch,
+        flops_per_step=strategy.flops_per_step, wall_time=outcome.train_time)
+    result.metrics.update(strategy.selection_metrics(steps))
+    result.metrics.update(strategy.method.summary())
+    with autocast(dev, strategy.cfg):
+        finalize(result, strategy.model, data, strategy.cfg, track, steps, checkpoint,
+                 strategy.forward_flops_per_sample)
+    return timed(result, started)

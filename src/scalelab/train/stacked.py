@@ -1,0 +1,290 @@
+"""Train many small runs at once as one stacked model.
+
+Runs whose configs differ only in per-run scalars (seed, lr, weight decay, betas, momentum)
+share every shape and the data pipeline, so their parameters are stacked along a new
+leading dimension and one batched forward trains all of them: a tiny model no longer leaves
+the machine idle. Each run keeps its own data order (its seed's generator), its own
+optimizer state and hyperparameters, its own early stopping and divergence handling (the
+loop's), and ends with the single-run evaluation, so a run behaves as if trained alone (up
+to floating-point summation order). Which runs may share a group is ``train.stacking``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import traceback
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from ..models import count_parameters
+from ..plugin import instantiate
+from ..records import FAILED, RunResult, run_id
+from ..registry import methods, models, tasks
+from ..spec import TrainConfig
+from .evaluate import evaluate_stacked
+from .loop import Batch, Hooks, Strategy, train_loop
+from .optim import lr_factor
+from .run import (
+    budget,
+    build,
+    counted_compute,
+    finalize,
+    provenance,
+    resolve_device,
+    step_metrics,
+    tracked_result,
+)
+from .stacking import padded_model_config
+
+
+def train_group(configs: list[dict[str, Any]], device: str = "cpu", checkpoint: bool = False,
+                group: str | None = None, hooks: Hooks | None = None) -> list[RunResult]:
+    """Train runs sharing a :func:`~scalelab.train.stacking.group_key` together; one result
+    per config, in order (a group of one trains here too)."""
+    dev = resolve_device(device)
+    try:
+        return _train_group(configs, dev, checkpoint, group, hooks or Hooks())
+    except Exception:
+        error = traceback.format_exc()
+        return [RunResult(FAILED, error=error, provenance=provenance(dev), batch_group=group)
+                for _ in configs]
+
+
+def _per_run(values: list[float], dev: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=dev)
+
+
+def _bcast(vector: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return vector.view(-1, *([1] * (like.dim() - 1)))
+
+
+class Stacked(Strategy):
+    """The group's parameters as one (runs, all parameters) tensor; each run draws its own
+    batch, and one forward and backward serve all of them."""
+
+    def __init__(self, configs: list[dict[str, Any]], data, dev: torch.device, criterion):
+        self.runs = len(configs)
+        self.cfgs = [TrainConfig.model_validate(c["train"]) for c in configs]
+        self.cfg = cfg = self.cfgs[0]
+        self.data, self.dev, self.criterion = data, dev, criterion
+        method = instantiate(methods, configs[0]["method"])
+        self.modules = [build(c, data).to(dev) for c in configs]
+        self.n = len(data.y_train)
+        self.batch, self.total_steps = budget(cfg, self.n)
+        # Compute is counted on each run's own model, never on the padded one.
+        self.counted: list[tuple[int, float]] = []
+        by_model: dict[str, tuple[int, float]] = {}
+        for module, config in zip(self.modules, configs):
+            key = run_id(config["model"])
+            if key not in by_model:
+                by_model[key] = counted_compute(method, module, data.x_train, data.y_train,
+                                                self.batch)
+            self.counted.append(by_model[key])
+        padded = instantiate(models, padded_model_config(configs)).build(
+            data.input_shape, data.num_classes).to(dev)
+        stacked, self.buffers = _stack_padded(padded, self.modules)
+        # One leaf for all parameters: the optimizer update is a handful of whole-group ops
+        # instead of a dozen per parameter tensor; the model sees views of it.
+        self.flat = torch.cat([t.detach().flatten(1) for t in stacked.values()], 1)
+        self.flat.requires_grad_()
+        self.layout = [(k, t.shape[1:], t[0].numel()) for k, t in stacked.items()]
+        self.own_shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in self.modules]
+        skeleton = copy.deepcopy(padded).to("meta")
+        self.forward = bmm_forward(skeleton) or vmap(
+            lambda p, b, inputs: functional_call(skeleton, (p, b), (inputs,)))
+        self.initial = self.flat.detach().clone()
+        self.hyper = {name: _per_run([getattr(c, name) for c in self.cfgs], dev)
+                      for name in ("lr", "weight_decay", "beta1", "beta2", "momentum")}
+        self.state = torch.zeros_like(self.flat)    # exp_avg, or SGD momentum buffer
+        self.state2 = torch.zeros_like(self.flat)   # exp_avg_sq
+        self.active = torch.ones(self.runs, dtype=torch.bool, device=dev)
+        self.generators = [torch.Generator().manual_seed(c["seed"]) for c in configs]
+        self.orders, self.cursor = None, self.n
+
+    def views(self, source: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, offset = {}, 0
+        for name, shape, size in self.layout:
+            out[name] = source[:, offset:offset + size].view(-1, *shape)
+            offset += size
+        return out
+
+    def draw(self, step: int) -> Batch:
+        if self.cursor + self.batch > self.n:
+            self.orders = torch.stack([torch.randperm(self.n, generator=g)
+                                       for g in self.generators]).to(self.dev)
+            self.cursor = 0
+        index = self.orders[:, self.cursor:self.cursor + self.batch]
+        self.cursor += self.batch
+        return Batch(self.data.x_train[index], self.data.y_train[index], index, step - 1,
+                     step == self.total_steps)
+
+    def step(self, batch: Batch, step: int):
+        cfg, hyper = self.cfg, self.hyper
+        pieces = self.views(self.flat)
+        logits = self.forward(pieces, self.buffers, batch.x)
+        losses = self.criterion(logits.flatten(0, 1), batch.y.flatten(),
+                                reduction="none").view(self.runs, self.batch).mean(1)
+        # Gradients of the views, joined once (cheaper than each view's backward filling a
+        # zero copy of the whole flat tensor).
+        grad = torch.cat([g.flatten(1) for g in torch.autograd.grad(
+            losses.sum(), list(pieces.values()))], 1)
+        with torch.no_grad():
+            if cfg.grad_clip is not None:
+                norms = torch.sqrt(grad.pow(2).flatten(1).sum(1))
+                grad = grad * _bcast(torch.clamp(cfg.grad_clip / (norms + 1e-6), max=1.0), grad)
+            step_lr = hyper["lr"] * lr_factor(batch.progress, self.total_steps, cfg) * self.active
+            _update(cfg.optimizer, [self.flat], [grad], [self.state], [self.state2], step,
+                    step_lr, hyper["weight_decay"], hyper["beta1"], hyper["beta2"],
+                    hyper["momentum"], cfg.nesterov)
+        return losses.detach(), {}
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.flat]
+
+    def lrs(self, batch: Batch) -> list[float]:
+        return (self.hyper["lr"] * lr_factor(batch.progress, self.total_steps, self.cfg)).tolist()
+
+    def evaluate(self):
+        params = self.views(self.flat.detach())
+        val_loss, val_acc = evaluate_stacked(
+            lambda x: self.forward(params, self.buffers, x), self.runs, self.data.x_val,
+            self.data.y_val, self.cfg.eval_batch_size)
+        return ([{"val_loss": loss, "val_acc": acc} for loss, acc in zip(val_loss, val_acc)],
+                len(self.data.y_val))
+
+    def snapshot(self, run: int) -> dict[str, torch.Tensor]:
+        params = self.views(self.flat.detach())
+        return {k: v[run][_leading(self.own_shapes[run][k])].detach().clone()
+                for k, v in (*params.items(), *self.buffers.items())}
+
+    def stop(self, run: int, diverged: bool) -> None:
+        self.active[run] = False
+        if diverged:  # back to finite values, so group-mates never see NaN
+            with torch.no_grad():
+                self.flat[run].copy_(self.initial[run])
+            self.state[run].zero_()
+            self.state2[run].zero_()
+
+    def check_every(self) -> int:
+        return 1 if self.dev.type == "cpu" else self.cfg.eval_every
+
+    def load_into_modules(self) -> None:
+        """Each run's slice of the stacked weights, copied into its own model."""
+        params = self.views(self.flat.detach())
+        with torch.no_grad():
+            for r, model in enumerate(self.modules):
+                for k, v in (*params.items(), *self.buffers.items()):
+                    _assign(model, k, v[r])
+
+
+def _train_group(configs, dev, checkpoint, group, hooks) -> list[RunResult]:
+    started = time.perf_counter()
+    data = instantiate(tasks, configs[0]["task"]).load().to(dev)
+    s = Stacked(configs, data, dev, hooks.criterion)
+    outcome = train_loop(s, s.cfg, hooks)
+    s.load_into_modules()
+    results = []
+    for r, track in enumerate(outcome.tracks):
+        steps = track.steps(outcome.step)
+        flops_per_step, forward_flops_per_sample = s.counted[r]
+        result = tracked_result(track, outcome, dev)
+        result.batch_group = group
+        result.metrics.update(step_metrics(steps, s.batch, s.n, flops_per_step),
+                              n_params=count_parameters(s.modules[r]), batch_size=s.batch,
+                              flops_per_step=flops_per_step,
+                              wall_time=outcome.train_time / s.runs, group_size=s.runs)
+        finalize(result, s.modules[r], data, s.cfgs[r], track, steps, checkpoint,
+                 forward_flops_per_sample)
+        result.metrics["total_time"] = (time.perf_counter() - started) / s.runs
+        results.append(result)
+    return results
+
+
+def bmm_forward(skeleton: nn.Module):
+    """A stacked forward for Sequential MLPs with batched matrix multiplies (no vmap or
+    functional_call per step), or None for other models; inputs are (runs, batch, ...)."""
+    elementwise = (nn.ReLU, nn.GELU, nn.Tanh)
+    if not isinstance(skeleton, nn.Sequential) or not all(
+            isinstance(m, (nn.Flatten, nn.Linear, *elementwise)) for m in skeleton):
+        return None
+    if any(isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) != (1, -1) for m in skeleton):
+        return None
+
+    def forward(params, buffers, x):
+        h = x
+        for name, module in skeleton.named_children():
+            if isinstance(module, nn.Flatten):
+                h = h.flatten(2)
+            elif isinstance(module, nn.Linear):
+                weight = params[f"{name}.weight"].transpose(1, 2)
+                bias = params.get(f"{name}.bias")
+                h = torch.bmm(h, weight) if bias is None else torch.baddbmm(
+                    bias.unsqueeze(1), h, weight)
+            else:
+                h = module(h)
+        return h
+
+    return forward
+
+
+def _leading(shape: torch.Size) -> tuple[slice, ...]:
+    return tuple(slice(0, d) for d in shape)
+
+
+def _stack_padded(padded: nn.Module, modules: list[nn.Module]
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each run's parameters and buffers stacked into zero tensors of the padded shapes."""
+    stacked = []
+    for named in (nn.Module.named_parameters, nn.Module.named_buffers):
+        out = {}
+        for name, ref in named(padded):
+            out[name] = torch.zeros((len(modules), *ref.shape), dtype=ref.dtype, device=ref.device)
+            for r, module in enumerate(modules):
+                own = dict(named(module))[name]
+                out[name][r][_leading(own.shape)] = own.detach()
+        stacked.append(out)
+    params, buffers = stacked
+    return params, buffers
+
+
+def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Copy a run's slice of a (padded) stacked tensor into its own model's parameter."""
+    module_name, _, attr = name.rpartition(".")
+    target = getattr(model.get_submodule(module_name), attr)
+    target.copy_(value[_leading(target.shape)])
+
+
+def _update(optimizer, tensors, grads, state, state2, step, lr, wd, beta1, beta2, momentum,
+            nesterov) -> None:
+    """One step of SGD/Adam/AdamW with per-run hyperparameters, as torch.optim computes it.
+
+    Per-run scalars are combined once per step; each parameter then only needs views.
+    """
+    if optimizer == "sgd":
+        for p, g, buf in zip(tensors, grads, state):
+            d_p = g + _bcast(wd, p) * p
+            mom = _bcast(momentum, p)
+            if step == 1:
+                buf.copy_(d_p)
+            else:
+                buf.mul_(mom).add_(d_p)
+            direction = d_p + mom * buf if nesterov else torch.where(mom > 0, buf, d_p)
+            p.sub_(_bcast(lr, p) * direction)
+        return
+    decay = 1 - lr * wd                      # AdamW's decoupled decay factor
+    blend1, blend2 = 1 - beta1, 1 - beta2
+    step_size = lr / (1 - beta1 ** step)
+    correction2 = torch.sqrt(1 - beta2 ** step)
+    for p, g, s1, s2 in zip(tensors, grads, state, state2):
+        if optimizer == "adamw":
+            p.mul_(_bcast(decay, p))
+        else:
+            g = g + _bcast(wd, p) * p
+        s1.lerp_(g, _bcast(blend1, p))
+        s2.mul_(_bcast(beta2, p)).addcmul_(g, g * _bcast(blend2, p))
+        denom = (s2.sqrt() / _bcast(correction2, p)).add_(1e-8)
+        p.sub_(_bcast(step_size, p) * s1 / denom)

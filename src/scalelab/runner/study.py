@@ -19,7 +19,6 @@ from ..registry import executors
 from ..spec import Study
 from ..store import Store
 from ._base import Executor, Group
-from .grouping import training_groups
 from .shard import parse_shard, select_shard
 
 
@@ -102,6 +101,8 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
                       primary=executor.primary)
     if not todo:
         return result
+    from .grouping import training_groups  # the training stack loads only to train
+
     groups = training_groups(todo, study) if executor.stacks else \
         [Group((r,), stacked=False) for r in todo]
     grouped = f" as {len(groups)} stacked groups" if len(groups) < len(todo) else ""

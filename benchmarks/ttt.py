@@ -34,7 +34,7 @@ def main() -> None:
         "train": {"optimizer": "adam", "lr": 3e-3, "batch_size": 100, "max_steps": 1500,
                   "eval_every": 500}}, "ttt_bench").runs[0].config
     with tempfile.TemporaryDirectory() as tmp:
-        train_run(config, checkpoint=Path(tmp) / "m.pt")
+        (Path(tmp) / "m.pt").write_bytes(train_run(config, checkpoint=True).checkpoint)
         model = load_checkpoint(config, Path(tmp) / "m.pt")
     data = instantiate(tasks, config["task"]).load()
     x = data.x_test[:POINTS]

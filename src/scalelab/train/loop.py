@@ -175,10 +175,12 @@ def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None)
             callback.on_step(step, losses)
         running = losses.clone() if running is None else running.add_(losses)
         count += 1
-        if check_every and step % check_every == 0:
+        # One sync for the whole group; which runs went non-finite only when one did.
+        if check_every and step % check_every == 0 and not math.isfinite(running.sum().item()):
             for r in torch.nonzero(~torch.isfinite(running)).flatten().tolist():
                 if tracks[r].active:
                     _end(strategy, tracks[r], r, step, diverged=True)
+                running[r] = 0.0  # ended: its sum no longer counts
             if not any(t.active for t in tracks):
                 break
         if step % cfg.eval_every and not batch.last:

@@ -7,8 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from scalelab.analysis.select import best_over_nuisance
-from scalelab.analysis.selection import analyze_selection
+from scalelab.analysis.nuisance import best_over_nuisance
+from scalelab.analysis.sample_selection import analyze_selection
 from scalelab.analysis.study import analyze_study, in_study
 
 
@@ -33,6 +33,10 @@ def test_a_setting_that_diverges_on_some_seeds_never_wins_on_its_survivors():
     assert winners[0].diverged == 1
 
 
+#: The comparison roles the bundled methods declare, as a study records them.
+ROLES = {"full": "full", "standard": "full", "random": "random", "ast": None}
+
+
 def _selection_records(seed_offsets=(0.0,)):
     """A selection study that also sweeps model.channels: AST and full at each width."""
     rng = np.random.default_rng(0)
@@ -55,7 +59,7 @@ def _selection_records(seed_offsets=(0.0,)):
 
 def test_selection_cells_are_keyed_by_every_other_axis_in_any_store_order():
     rows = _selection_records()
-    reference = analyze_selection(rows).to_dict()
+    reference = analyze_selection(rows, ROLES).to_dict()
     assert [c["context"] for c in reference["cells"]] == [{"model.channels": "16"},
                                                           {"model.channels": "64"}]
     means = [c["metric_mean"] for c in reference["cells"]]
@@ -69,17 +73,17 @@ def test_selection_cells_are_keyed_by_every_other_axis_in_any_store_order():
     for trial in range(5):
         shuffled = rows[:]
         random.Random(trial).shuffle(shuffled)
-        assert json.dumps(analyze_selection(shuffled).to_dict(), sort_keys=True, default=str) == \
+        assert json.dumps(analyze_selection(shuffled, ROLES).to_dict(), sort_keys=True, default=str) == \
             json.dumps(reference, sort_keys=True, default=str)
 
 
 def test_wall_time_fraction_needs_a_full_run_timed_alone():
     rows = _selection_records()
-    assert analyze_selection(rows).cells[0].wall_fraction == pytest.approx(0.4)
+    assert analyze_selection(rows, ROLES).cells[0].wall_fraction == pytest.approx(0.4)
     for r in rows:
         if r["method.name"] == "full":
             r["group_size"] = 4
-    analysis = analyze_selection(rows)
+    analysis = analyze_selection(rows, ROLES)
     assert analysis.cells[0].wall_fraction is None
     assert any("trained stacked" in n for n in analysis.notes)
 
@@ -100,7 +104,7 @@ def test_runs_not_in_the_study_as_written_are_left_out():
 def test_per_class_differences_are_holm_adjusted_over_the_classes():
     from scipy import stats
 
-    from scalelab.analysis.selection import _class_diffs
+    from scalelab.analysis.sample_selection import _class_diffs
     from scalelab.analysis.stats import holm
 
     rng = np.random.default_rng(4)
@@ -158,7 +162,7 @@ def test_cells_whose_runs_came_out_identical_are_shown_and_tested_once():
             r.update({"method.name": "infobatch_per_batch", "method.scoring": None,
                       "method.target_rate": 0.1})
             twins.append({**r, "run_id": r["run_id"] + "-b", "method.target_rate": 0.2})
-    analysis = analyze_selection(rows + twins)
+    analysis = analyze_selection(rows + twins, ROLES)
     assert len(analysis.cells) == 1
     cell = analysis.cells[0]
     assert cell.label == "infobatch_per_batch@0.1 = @0.2"
@@ -166,3 +170,9 @@ def test_cells_whose_runs_came_out_identical_are_shown_and_tested_once():
     assert cell.comparisons["equal_steps"].p_holm == pytest.approx(
         cell.comparisons["equal_steps"].p_value)  # one test, nothing to adjust for
     assert any("gave exactly the runs of" in n for n in analysis.notes)
+
+
+def test_the_roles_used_here_are_what_the_methods_declare():
+    from scalelab.registry import methods
+
+    assert {name: methods.get(name).comparison_role for name in ROLES} == ROLES

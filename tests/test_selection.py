@@ -1,5 +1,7 @@
 """Sample selection: the controller, real savings, unbiased reweighting, fair baselines."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,10 +11,17 @@ from torch import nn
 
 import scalelab
 from scalelab.errors import StudyError
-from scalelab.methods.selection import InfoBatch, InfoBatchPerBatch, PIController, Random, SelectiveBackprop
+from scalelab.methods.selection.rules import (
+    InfoBatch,
+    InfoBatchPerBatch,
+    PIController,
+    Random,
+    SelectiveBackprop,
+)
 from scalelab.plugin import instantiate
 from scalelab.registry import methods
 from scalelab.spec import load_study, validate_study
+from scalelab.store import Store
 from scalelab.train import COMPLETED, train_run
 
 from .conftest import TINY
@@ -220,6 +229,14 @@ def test_selection_study_report_compares_each_cell_with_its_baselines(tmp_path):
     assert 0 < cell.compute_fraction < 1 and len(cell.class_diffs) == 10
     assert (tmp_path / "out" / "figures" / "selection_pareto.png").exists()
     assert "ast@0.4" in (tmp_path / "out" / "comparison_table.txt").read_text()
+    # the traces AST declares are drawn; random declares none
+    figures = {p.name for p in (tmp_path / "out" / "figures").iterdir()}
+    assert "selection_traces_ast.png" in figures
+    assert not any("traces_random" in name for name in figures)
+    declared = json.loads(Store.open(tmp_path / "out").meta()["methods"])
+    assert declared["ast"]["traces"]["theta"] == ["threshold θ", None]
+    assert {name: d["role"] for name, d in declared.items()} == \
+        {"ast": None, "full": "full", "random": "random"}
 
 
 def test_random_selection_is_reproducible():

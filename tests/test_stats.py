@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from scalelab.analysis.select import best_over_nuisance
+from scalelab.analysis.nuisance import best_over_nuisance
 from scalelab.analysis.stats import compare, hedges_g, holm, paired, power, seeds_needed, unpaired
 from scalelab.errors import ScalelabError
 

@@ -288,40 +288,37 @@ class Study:
             runs += self._baseline_runs(runs, labels)
         return runs
 
+    def method_declarations(self) -> dict[str, dict[str, Any]]:
+        """What each method of the study declares for the analysis and the report (its
+        comparison role and trace curves), recorded with the results."""
+        names = sorted({r.config["method"]["name"] for r in self.runs})
+        return {name: {"role": cls.comparison_role,
+                       "traces": {k: list(v) for k, v in cls.traces.items()}}
+                for name in names for cls in [FAMILIES["method"].get(name)]}
+
     def _baseline_runs(self, runs: list[RunSpec], labels: dict[str, str]) -> list[RunSpec]:
         """The ``baselines`` of every selection run, each once (same seed, same everything
         else). A point names the baseline's method, the rate it matches and, for a
         compute-matched run, whether the runs it matches score each batch (``matched_to``:
         ``scoring`` or ``non-scoring`` selection); one such run serves every method alike."""
+        from .methods.selection.baselines import baselines_of
+
         seen = {r.run_id for r in runs}
         method_label = labels.get("method.name", "method")
         rate_label = labels.get("method.target_rate", "target_rate")
         extra = []
         for run in runs:
-            method = run.config["method"]
-            if "target_rate" not in FAMILIES["method"].get(method["name"]).Config.model_fields:
-                continue
-            rate = method["target_rate"]
-            scoring = bool(FAMILIES["method"].get(method["name"]).scores)
-            wanted = {"full": ({"name": "full"}, None),
-                      "matched_full": ({"name": "full", "match_rate": rate,
-                                        "match_scoring": scoring}, rate),
-                      "random": ({"name": "random", "target_rate": rate}, rate)}
-            for kind in self.spec.baselines:
-                settings, point_rate = wanted[kind]
-                plugin = FAMILIES["method"].get(settings["name"])
-                resolved = {"name": settings["name"], **plugin.Config.model_validate(
-                    {k: v for k, v in settings.items() if k != "name"}).model_dump(mode="json")}
-                config = {**run.config, "method": resolved}
+            for _, method, rate, matched_to in baselines_of(run.config["method"],
+                                                            self.spec.baselines):
+                config = {**run.config, "method": method}
                 rid = run_id(config)
                 if rid in seen:
                     continue
                 seen.add(rid)
                 point = {k: (None if p.startswith("method.") else run.point[k])
                          for p, k in labels.items()} | {"seed": run.point["seed"]}
-                point |= {method_label: settings["name"], rate_label: point_rate,
-                          "matched_to": (("scoring" if scoring else "non-scoring")
-                                         if kind == "matched_full" else None)}
+                point |= {method_label: method["name"], rate_label: rate,
+                          "matched_to": matched_to}
                 extra.append(RunSpec(rid, config, point))
         return extra
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..records import run_id, setting_label
-from .select import at_edge, value_order
+from .nuisance import at_edge, value_order
 from .stats import Comparison, holm, paired, paired_t
 
 TUNED = "tuned"  # the value a tuned setting shows in labels: chosen per shape

@@ -27,8 +27,8 @@ from .laws import (
     holdout_mask,
     select_form,
 )
-from .select import Winner, best_over_nuisance
-from .selection import SelectionAnalysis, analyze_selection
+from .nuisance import Winner, best_over_nuisance
+from .sample_selection import SelectionAnalysis, analyze_selection
 from .stats import Comparison, compare
 
 DATA_PATHS, METHOD_PATH = ("task.num_train", "task.num_train_tokens"), "method.name"
@@ -153,6 +153,12 @@ def analysis_settings(meta: dict[str, str]) -> dict[str, Any]:
     return settings | json.loads(meta.get("analysis", "{}"))
 
 
+def method_roles(meta: dict[str, str]) -> dict[str, str | None]:
+    """Each method's declared comparison role, as the study recorded it (empty for a store
+    written before roles were recorded: ``scalelab run`` on it again records them)."""
+    return {name: d.get("role") for name, d in json.loads(meta.get("methods", "{}")).items()}
+
+
 def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
                   metric: str | None = None, compare_metric: str | None = None,
                   n_resamples: int = 1000) -> StudyAnalysis:
@@ -191,12 +197,14 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
     fits = [f for f in fits if f is not None]
 
     comparisons: list[Comparison] = []
-    selection = analyze_selection(records, compare_metric)
+    roles = method_roles(meta)
+    selection = analyze_selection(records, roles, compare_metric)
     if selection:  # selection studies compare each cell with its own baselines
         notes += selection.notes
     elif method_axis:
         values = [str(v) for v in grid.get(method_axis, [])]
-        baseline = "standard" if "standard" in values else (values[0] if values else "")
+        full = [v for v in values if roles.get(v) == "full"]  # plain training, if on the axis
+        baseline = full[0] if full else (values[0] if values else "")
         within = [a for a in scientific if a != method_axis]
         comparisons = _attempt(notes, compare, selected, compare_metric, method_axis, baseline,
                                "seed", within) or []

@@ -35,6 +35,14 @@ class Method(Plugin):
     #: run's hooks (label smoothing replaces it). Scoring passes keep plain cross-entropy.
     criterion: Callable[..., torch.Tensor] = staticmethod(F.cross_entropy)
 
+    #: What a run of this method is in a sample-selection comparison (recorded with the
+    #: study, read by the analysis): ``full`` (every sample: the equal-steps baseline, or the
+    #: compute-matched one with a ``match_rate`` setting), ``random`` (the same-rate random
+    #: control), or None. A rule with a ``target_rate`` setting is a selection cell itself.
+    comparison_role: ClassVar[str | None] = None
+    #: Per-step curves worth a figure in the report: name -> (axis label, the method setting
+    #: drawn beside it as a dotted reference line, or None).
+    traces: ClassVar[dict[str, tuple[str, str | None]]] = {}
     #: True when the budget is ``train.epochs`` passes over what :meth:`epoch_order` returns,
     #: so pruning an epoch takes fewer steps; the schedule then follows epoch progress.
     epoch_budget: ClassVar[bool] = False

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from ..analysis.select import value_order
+from ..analysis.nuisance import value_order
 from ..analysis.stats import Comparison
 from ..analysis.study import FitEntry, held_out
 
@@ -217,25 +217,26 @@ def pareto_figure(points: Sequence[dict[str, Any]], front: Sequence[dict[str, An
     return fig
 
 
-def traces_figure(curves: Sequence[dict[str, Any]], runs: dict[str, str],
-                  targets: dict[str, float]) -> Figure:
-    """The controller's threshold and EMA activation rate over training, one run per label."""
-    fig = Figure(figsize=(6.0, 5.0), dpi=STYLE["dpi"], layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    for i, (run_id, run_label) in enumerate(runs.items()):
+def traces_figure(curves: Sequence[dict[str, Any]], labels: dict[str, str],
+                  runs: dict[str, dict[str, Any]], traces: dict[str, list]) -> Figure:
+    """A method's declared per-step traces, one panel each, one line per run; a trace's
+    reference setting (e.g. the target rate) is drawn dotted in the run's colour."""
+    fig = Figure(figsize=(6.0, 2.5 * len(traces)), dpi=STYLE["dpi"], layout="constrained")
+    axes = fig.subplots(len(traces), 1, sharex=True, squeeze=False)[:, 0]
+    for i, (run_id, run_label) in enumerate(labels.items()):
         color = f"C{i % 10}"
-        for ax, name in ((top, "ema_rate"), (bottom, "theta")):
+        for ax, (name, (axis_label, reference)) in zip(axes, traces.items()):
             pts = sorted((c["step"], c["value"]) for c in curves
                          if c["run_id"] == run_id and c["name"] == name)
             if pts:
                 steps, vals = zip(*pts)
                 ax.plot(steps, vals, color=color, lw=0.8, label=run_label)
-        top.axhline(targets[run_id], color=color, lw=0.8, ls=":")
-    top.set_ylabel("EMA activation rate (dotted: target)")
-    bottom.set_ylabel("threshold θ")
-    bottom.set_xlabel(label("step"))
-    top.legend(fontsize=7)
-    for ax in (top, bottom):
+            if reference and runs[run_id].get(f"method.{reference}") is not None:
+                ax.axhline(runs[run_id][f"method.{reference}"], color=color, lw=0.8, ls=":")
+            ax.set_ylabel(axis_label)
+    axes[-1].set_xlabel(label("step"))
+    axes[0].legend(fontsize=7)
+    for ax in axes:
         ax.grid(True, alpha=0.25)
     return fig
 

@@ -20,7 +20,7 @@ from ..analysis.evaluations import (
     tune_per_shape,
     validation_twin,
 )
-from ..analysis.selection import KINDS, SelectionAnalysis, pareto_front
+from ..analysis.sample_selection import KINDS, SelectionAnalysis, pareto_front
 from ..analysis.study import StudyAnalysis, analyze_study
 from ..output import fmt_value
 from ..store import Store
@@ -125,7 +125,9 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
             blocks.append(("muted", entry.allocation_note + "."))
         figure(plots.law_figure(entry), f"law_{i}", entry.title)
     if a.selection:
-        _selection_blocks(a.selection, records, curves, blocks, figure)
+        traces = {name: d.get("traces") or {}
+                  for name, d in json.loads(meta.get("methods", "{}")).items()}
+        _selection_blocks(a.selection, records, curves, traces, blocks, figure)
     if evaluations:
         settings = json.loads(meta.get("evaluations", "[]"))
         shape_axes = [x for x in a.scientific if x != "seed"]
@@ -237,7 +239,14 @@ def _evaluation_scale_blocks(rows, settings, records, a: StudyAnalysis, blocks: 
            "evaluations_gain", f"gain over {first} against model size (95% CI)")
 
 
-def _selection_blocks(sel: SelectionAnalysis, records, curves, blocks: list, figure) -> None:
+def _cell_label(r: dict) -> str:
+    """``method@rate (scoring)`` of a selection run."""
+    scoring = f" ({r['method.scoring']})" if r.get("method.scoring") else ""
+    return f"{r['method.name']}@{r['method.target_rate']:g}{scoring}"
+
+
+def _selection_blocks(sel: SelectionAnalysis, records, curves, traces: dict, blocks: list,
+                      figure) -> None:
     """Each selection cell against full data at equal steps, the compute-matched full run and
     a random subset at the same rate; the Pareto front; controller traces; per-class effects."""
     blocks.append(("h2", "Sample selection"))
@@ -281,15 +290,17 @@ def _selection_blocks(sel: SelectionAnalysis, records, curves, blocks: list, fig
     figure(plots.pareto_figure(sel.points, front, sel.metric), "selection_pareto",
            f"{plots.label(sel.metric)} against realized training compute; Pareto front: "
            + ", ".join(p["label"] for p in front))
-    traced = {}
-    for r in records:
-        if r.get("method.name") == "ast" and r.get("seed") == min(
-                x.get("seed") for x in records) and r.get("status") == "completed":
-            traced[r["run_id"]] = f"ast@{r['method.target_rate']:g} ({r.get('method.scoring')})"
-    if traced:
-        targets = {r["run_id"]: r["method.target_rate"] for r in records if r["run_id"] in traced}
-        figure(plots.traces_figure(curves, traced, targets), "selection_traces",
-               "AST threshold controller, first seed of each cell")
+    first_seed = min((x.get("seed") for x in records), default=None, key=repr)
+    for method, declared in sorted(traces.items()):
+        if not declared:
+            continue
+        runs = {r["run_id"]: r for r in records if r.get("method.name") == method
+                and r.get("seed") == first_seed and r.get("status") == "completed"}
+        if runs:
+            labels = {i: _cell_label(r) for i, r in runs.items()}
+            figure(plots.traces_figure(curves, labels, runs, declared),
+                   f"selection_traces_{method}", f"{method}: per-step traces, first seed of "
+                                                 "each cell")
     with_classes = [(c.label, c.class_diffs) for c in sel.cells if c.class_diffs]
     if with_classes:
         figure(plots.class_figure(with_classes), "selection_classes",

@@ -68,6 +68,7 @@ def store_meta(store: Store, study: Study) -> None:
                    grid={labels[path]: values for path, values in study.axes.items()},
                    nuisance=study.nuisance_labels(),
                    analysis=study.spec.analysis.model_dump(mode="json"),
+                   methods=study.method_declarations(),
                    run_ids=[r.run_id for r in study.runs])
 
 

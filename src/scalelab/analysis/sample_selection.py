@@ -92,7 +92,9 @@ def _context(r: dict[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in r.items() if k.startswith(CONTEXT_SECTIONS)))
 
 
-def _role(r: dict[str, Any]) -> tuple:
+def _role(r: dict[str, Any], roles: dict[str, str | None]) -> tuple:
+    """What the run is in the comparison; ``roles`` is what each method declares
+    (``Method.comparison_role``, recorded with the study)."""
     name = r.get("method.name")
     context = _context(r)
     if _is_selection(r):
@@ -100,9 +102,9 @@ def _role(r: dict[str, Any]) -> tuple:
         extra = tuple(sorted((k, repr(v)) for k, v in r.items()
                              if k.startswith("method.") and k not in ROLE_SETTINGS))
         return ("cell", context, name, r["method.target_rate"], r.get("method.scoring"), extra)
-    if name == "full" and r.get("method.match_rate") is not None:
+    if roles.get(name) == "full" and r.get("method.match_rate") is not None:
         return ("matched", context, bool(r.get("method.match_scoring")), r["method.match_rate"])
-    if name in ("full", "standard"):
+    if roles.get(name) == "full":
         return ("full", context)
     return ("other", context, name)
 
@@ -120,17 +122,20 @@ def _fmt_context(context: dict[str, Any]) -> str:
     return ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in context.items())
 
 
-def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc",
-                      level: float = 0.95) -> SelectionAnalysis | None:
-    """None when the study has no selection runs."""
+def analyze_selection(records: Sequence[dict[str, Any]], roles: dict[str, str | None],
+                      metric: str = "test_acc", level: float = 0.95
+                      ) -> SelectionAnalysis | None:
+    """Selection cells against their baselines; None when the study has no selection runs.
+    ``roles``: each method's declared comparison role (``full``, ``random`` or None)."""
     done = [r for r in records if r.get("status") == "completed" and r.get(metric) is not None]
     if not any(_is_selection(r) for r in done):
         return None
     by_role: dict[tuple, dict[Any, dict]] = defaultdict(dict)
     # in seed order, so every mean sums in the same order whatever order the store returns
     for r in sorted(done, key=lambda r: (repr(r.get("seed")), str(r.get("run_id")))):
-        by_role[_role(r)][r.get("seed")] = r
+        by_role[_role(r, roles)][r.get("seed")] = r
     varying = _varying([role[1] for role in by_role])
+    controls = sorted(name for name, role in roles.items() if role == "random")
     notes: list[str] = []
     cells: list[SelectionCell] = []
     fingerprints: list[tuple] = []
@@ -164,8 +169,9 @@ def analyze_selection(records: Sequence[dict[str, Any]], metric: str = "test_acc
         scores = any((r.get("samples_scored") or 0) > 0 for r in runs.values())
         partners = {"equal_compute": by_role.get(("matched", context, scores, rate), {}),
                     "equal_steps": full,
-                    "random": by_role.get(("cell", context, "random", rate, None, ()), {})
-                    if method != "random" else {}}
+                    "random": {} if roles.get(method) == "random" else next(
+                        (by_role[("cell", context, name, rate, None, ())] for name in controls
+                         if ("cell", context, name, rate, None, ()) in by_role), {})}
         for kind, baseline in partners.items():
             seeds = sorted(set(runs) & set(baseline), key=str)
             if len(seeds) < 2:

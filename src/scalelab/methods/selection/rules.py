@@ -1,19 +1,12 @@
-"""Adaptive sample selection: train each step on a subset of the batch.
-
-Scoring methods (``ast``, ``topk_loss``, ``selective_backprop``) run a no-grad forward over
-the batch; only the selected samples go through the forward-with-gradients and the backward,
-so the saving is real and the trainer counts it (scored and trained samples times their
-counted per-sample FLOPs). ``random`` and ``infobatch_per_batch`` score nothing. ``infobatch``
-(as published) prunes whole epochs instead, so it saves steps. ``full`` trains on everything
-and, with ``match_rate``, is the compute-matched baseline of a selection run: the same
-expected training FLOPs in fewer steps, its schedule built for that shorter budget.
+"""Selection rules: ``ast``, ``topk_loss``, ``selective_backprop`` (they score the batch with
+a no-grad forward), ``random`` and ``infobatch_per_batch`` (they score nothing), and
+``infobatch`` as published, which prunes whole epochs instead and so saves steps.
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,75 +14,17 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..plugin import PluginConfig
-from ..registry import methods
-from ._base import Method, StepLoss
-
-
-class Selection(Method, ABC):
-    """Base of the selection methods: choose rows of the batch, train on those."""
-
-    #: True when choosing needs a no-grad forward over the whole batch.
-    scores: ClassVar[bool] = False
-
-    class Config(PluginConfig):
-        target_rate: float = Field(0.2, gt=0, le=1, description="fraction of each batch trained on")
-
-    @property
-    def stackable(self) -> bool:
-        return False  # each step trains on its own choice of rows
-
-    def begin(self, n_train: int, total_steps: int, batch: int, seed: int) -> None:
-        self.total_steps, self.batch = total_steps, batch
-        self.generator = torch.Generator().manual_seed(seed + 7919)  # apart from the data order
-        self.rates: list[float] = []
-
-    @abstractmethod
-    def choose(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
-               step: int) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
-        """(rows to train on, their loss weights or None, trace values)."""
-
-    def step_loss(self, model, x, y, index, step) -> StepLoss:
-        keep, weights, trace = self.choose(model, x, y, index, step)
-        losses = self.criterion(model(x[keep]), y[keep], reduction="none")
-        self.trained_losses(index[keep], losses.detach())
-        if weights is None:
-            loss = losses.mean()
-        else:  # an unbiased estimate of the whole batch's mean loss
-            loss = (losses * weights).sum() / len(y)
-        rate = len(keep) / len(y)
-        self.rates.append(rate)
-        return StepLoss(loss, trained=len(keep), scored=len(y) if self.scores else 0,
-                        trace={"batch_rate": rate, **trace})
-
-    def trained_losses(self, rows: torch.Tensor, losses: torch.Tensor) -> None:
-        """The per-sample losses of the rows just trained on (InfoBatch keeps them)."""
-
-    def summary(self) -> dict[str, Any]:
-        rates = np.array(self.rates)
-        second = rates[len(rates) // 2:] if len(rates) else rates
-        return {"target_rate": self.config.target_rate,
-                "activation_rate": float(rates.mean()) if len(rates) else None,
-                "activation_rate_2nd_half": float(second.mean()) if len(second) else None,
-                "nominal_saving": 1 - self.config.target_rate}
-
-    def k(self, batch: int) -> int:
-        return max(1, round(self.config.target_rate * batch))
-
-
-@torch.no_grad()
-def scoring_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits of the batch without building a graph (the scoring pass)."""
-    return model(x).float()
-
-
-def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y, reduction="none")
+from ...plugin import PluginConfig
+from ...registry import methods
+from .._base import Method, StepLoss
+from ._base import Selection, per_sample_loss, scoring_forward
 
 
 @methods.register("random")
 class Random(Selection):
     """A uniform random subset at the target rate every step (the 'fewer samples' control)."""
+
+    comparison_role = "random"
 
     def choose(self, model, x, y, index, step):
         order = torch.randperm(len(y), generator=self.generator)[: self.k(len(y))]
@@ -155,6 +90,8 @@ class AST(Selection):
     """Adaptive Sparse Training: significance above a PI-controlled threshold is trained on."""
 
     scores = True
+    traces = {"ema_rate": ("EMA activation rate (dotted: target)", "target_rate"),
+              "theta": ("threshold θ", None)}
 
     class Config(Selection.Config):
         scoring: Literal["loss", "loss+intensity", "loss+grad", "loss+entropy", "custom"] = Field(
@@ -380,38 +317,3 @@ class InfoBatch(Method):
                 "epoch_keep_rate": float(np.mean(self.kept)) if self.kept else None}
 
 
-@methods.register("full")
-class Full(Method):
-    """Every sample of every batch; with match_rate, the compute-matched baseline of a
-    selection run (its expected FLOPs, in fewer steps with the schedule rebuilt for them)."""
-
-    class Config(PluginConfig):
-        # Only what sets the matched budget is a setting: selection methods of one rate that
-        # both score (or both do not) share one compute-matched run instead of two
-        # identical configs under different names.
-        match_rate: float | None = Field(
-            None, gt=0, le=1, description="target rate of the selection run this matches")
-        match_scoring: bool = Field(
-            False, description="the matched method also runs a scoring forward over each batch "
-                               "(ast, topk_loss, selective_backprop)")
-
-        @model_validator(mode="after")
-        def _rate_for_scoring(self):
-            if self.match_scoring and self.match_rate is None:
-                raise ValueError("match_scoring needs match_rate")
-            return self
-
-    def budget(self, total_steps, train_flops_per_sample, forward_flops_per_sample):
-        c = self.config
-        if c.match_rate is None:
-            return total_steps
-        # A selection step trains rate * batch samples and, if it scores, runs a forward
-        # over the whole batch: that fraction of a full step's FLOPs.
-        fraction = c.match_rate
-        if c.match_scoring:
-            fraction += forward_flops_per_sample / train_flops_per_sample
-        return max(1, round(total_steps * min(1.0, fraction)))
-
-    @property
-    def stackable(self) -> bool:
-        return self.config.match_rate is None  # stacked runs share one step budget

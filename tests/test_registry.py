@@ -1,10 +1,14 @@
 import pytest
 import torch
 
-import scalelab  # noqa: F401  (registers the built-ins)
 from scalelab.errors import ScalelabError
 from scalelab.plugin import instantiate
-from scalelab.registry import FAMILIES, Registry, models, tasks
+from scalelab.registry import FAMILIES, Registry, evaluators, methods, models, tasks
+from scalelab.spec import validate_study
+from scalelab.train import train_group, train_run
+from scalelab.train.stacking import group_key
+
+from .conftest import TINY
 
 
 def test_register_get_and_wildcards():
@@ -114,3 +118,69 @@ def test_cnn_parameter_count_matches_hand_count():
     conv2 = 4 * 4 * 3 + 4
     head = (4 * 20) * 10 + 10  # stride 2 halves 40 -> 20
     assert sum(p.numel() for p in model.parameters()) == conv1 + conv2 + head
+
+
+@pytest.mark.parametrize("task_name", tasks.names())
+def test_every_task_knows_its_shape_as_loading_it_says(task_name, features, tmp_path):
+    if tasks.get(task_name).data_kind != "classification":
+        pytest.skip("token streams are never stacked: no shape is planned for them")
+    task = instantiate(tasks, settings(task_name, features))
+    data = task.load()
+    assert task.shape() == (data.input_shape, data.num_classes, len(data.y_train))
+
+
+def method_config(name: str) -> dict:
+    """The tiny study with one method at its defaults, budgeted in epochs (a per-epoch
+    method needs that; here it is the same 40 steps)."""
+    train = {k: v for k, v in TINY["train"].items() if k != "max_steps"} | {"epochs": 10}
+    study = validate_study({**TINY, "grid": {}, "seeds": [0], "method": name, "train": train},
+                           "t.yaml")
+    return study.runs[0].config
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_every_method_trains_and_declares_what_it_records(name):
+    config = method_config(name)
+    result = train_run(config)
+    assert result.status == "completed", result.error
+    assert 0 <= result.metrics["test_acc"] <= 1 and result.metrics["train_flops"] > 0
+    names = {n for _, n, _ in result.curves}
+    assert set(methods.get(name).traces) <= names  # every declared trace is recorded
+    assert methods.get(name).comparison_role in (None, "full", "random")
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_every_stackable_method_trains_alike_stacked_and_alone(name):
+    config = method_config(name)
+    method = instantiate(methods, config["method"])
+    if not method.stackable:
+        assert group_key(config) is None  # never put in a stacked group
+        return
+    assert group_key(config) is not None
+    [stacked] = train_group([config])
+    alone = train_run(config)
+    for key in ("test_loss", "val_loss", "train_acc"):
+        assert stacked.metrics[key] == pytest.approx(alone.metrics[key], rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    config = method_config("standard")
+    result = train_run(config, checkpoint=True)
+    return config, result
+
+
+@pytest.mark.parametrize("name", evaluators.names())
+def test_every_evaluator_scores_a_trained_model(name, trained_model, tmp_path):
+    from scalelab.evaluation.rescore import score_checkpoint
+
+    config, result = trained_model
+    (tmp_path / "m.pt").write_bytes(result.checkpoint)
+    [scores] = score_checkpoint(config, tmp_path / "m.pt", [("e", {"name": name})]).values()
+    for split in ("val", "test"):
+        assert 0 <= scores[f"{split}_acc"] <= 1 and scores[f"{split}_loss"] > 0
+    assert len(scores["test_acc_by_class"]) == 10
+    if name == "plain":  # the plain forward is the trainer's own test score (re-scoring
+        # averages in float32 over the whole split, the trainer sums batches: equal to ~1e-7)
+        assert scores["test_acc"] == pytest.approx(result.metrics["test_acc"], rel=1e-6)
+        assert scores["test_loss"] == pytest.approx(result.metrics["test_loss"], rel=1e-5)

@@ -74,6 +74,7 @@ def test_option_errors_are_one_line(tmp_path, tiny_study, monkeypatch, capsys, a
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c(tmp_path, tiny_study):
     study = tiny_study(tmp_path, train={"optimizer": "adam", "lr": 0.01, "batch_size": 50,
                                         "max_steps": 200_000, "eval_every": 1000})

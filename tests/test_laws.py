@@ -126,6 +126,7 @@ def test_too_few_points_and_bad_values_are_errors():
         fit_law(X_ONE, -np.ones(len(X_ONE)), "power")
 
 
+@pytest.mark.slow
 def test_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate():
     rng = np.random.default_rng(7)
     x = np.repeat(np.geomspace(1e3, 1e6, 8), 3)

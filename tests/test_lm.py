@@ -280,6 +280,7 @@ def _curves(out: Path) -> dict[str, list[float]]:
     return series
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path):
     """2 CPU ranks (gloo), each reading half of every global batch, take the same steps as
     one process: loss curves agree to 1e-4 relative (only reduction order differs)."""
@@ -307,6 +308,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         np.testing.assert_allclose(two[name], one[name], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_lm_scaling_quick_study_writes_the_perplexity_fit(tmp_path):
     import scalelab
 

@@ -54,6 +54,7 @@ def fixture_store(tmp_path):
     return out
 
 
+@pytest.mark.slow
 def test_report_files_are_complete_and_self_contained(fixture_store):
     report = write_report(fixture_store, n_resamples=60)
     html = report.html.read_text()
@@ -139,6 +140,7 @@ def test_joint_fit_json_carries_diagnostics_verdict_and_allocation(fixture_store
         assert f["bootstrap"]["resamples"] == 30
 
 
+@pytest.mark.slow
 def test_report_command(fixture_store):
     result = cli.invoke(app, ["report", str(fixture_store), "--bootstrap", "20"])
     assert result.exit_code == 0, result.output

@@ -24,6 +24,7 @@ def invoke(*args):
     return cli.invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_run_then_rerun_trains_nothing(tmp_path, tiny_study):
     study, out = tiny_study(tmp_path), tmp_path / "out"
     first = invoke("run", study, "--out", out, "--workers", 2, "--no-report", "--format", "json")
@@ -120,6 +121,7 @@ def test_export_formats_round_trip(tmp_path, tiny_study):
     assert len(pd.read_csv(tmp_path / "c.csv")) == len(scalelab.load(out, curves=True))
 
 
+@pytest.mark.slow
 def test_checkpoints_are_saved_when_asked(tmp_path, tiny_study):
     out = tmp_path / "o"
     invoke("run", tiny_study(tmp_path, save_checkpoints=True), "--out", out, "--workers", 2,

@@ -18,6 +18,7 @@ from scalelab.spec import load_study
 from scalelab.store import Store
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_fails_only_its_own_runs(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))  # spawned workers inherit it
     import _crashing_task
@@ -49,6 +50,7 @@ def test_runs_whose_runner_is_gone_read_as_interrupted_and_are_retried(tmp_path,
                for i in range(len(study.runs))) == {"completed"}
 
 
+@pytest.mark.slow
 def test_the_readme_snippet_without_a_guard_is_refused_before_anything_is_written(
         tmp_path, tiny_study):
     study = tiny_study(tmp_path)
@@ -67,6 +69,7 @@ def test_the_readme_snippet_without_a_guard_is_refused_before_anything_is_writte
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_guarded_script_trains_with_workers(tmp_path, tiny_study):
     study = tiny_study(tmp_path)
     script = tmp_path / "guarded.py"

@@ -214,6 +214,7 @@ def test_a_bad_axis_in_a_list_of_grids_names_its_grid(tmp_path):
         load_study(path)
 
 
+@pytest.mark.slow
 def test_selection_study_report_compares_each_cell_with_its_baselines(tmp_path):
     path = tmp_path / "sel.yaml"
     path.write_text(yaml.safe_dump(SELECTION))

@@ -1,5 +1,6 @@
 """Test-time augmentation and re-scoring checkpoints without retraining."""
 
+import json
 import pytest
 import torch
 import yaml
@@ -271,3 +272,22 @@ def test_tune_names_must_be_swept_settings_of_their_entry(tmp_path, tiny_study):
     study = load_study(path)
     assert len(study.evaluations) == 3 and len(study.evaluation_tune) == 2
     assert all(v == ["k"] for v in study.evaluation_tune.values())
+
+
+def test_evaluate_command_prints_the_settings_table_and_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from scalelab.cli import app
+
+    study, out = trained(tmp_path)
+    result = CliRunner().invoke(app, ["evaluate", str(out), "--study", str(study), "--device",
+                                      "cpu", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "9 evaluations now, 0 already stored (3 models x 3 settings); nothing was trained" \
+        in result.output
+    assert "tta level=2 untranslated_weight=0.3" in result.output
+    again = CliRunner().invoke(app, ["evaluate", str(out), "--study", str(study), "--device",
+                                     "cpu", "--no-report", "--format", "json"])
+    payload = json.loads(again.output)
+    assert (payload["scored"], payload["already_done"], payload["models"]) == (0, 9, 3)
+    assert len(payload["settings"]) == 3

@@ -112,7 +112,7 @@ def test_export_formats_round_trip(tmp_path, tiny_study):
 
     frame = scalelab.load(out)
     for fmt, reader in (("csv", pd.read_csv), ("json", pd.read_json), ("parquet", pd.read_parquet)):
-        assert invoke("export", out, "--format", fmt).exit_code == 0
+        assert invoke("export", out, "--to", fmt).exit_code == 0
         back = reader(out / f"results.{fmt}")
         assert sorted(back["run_id"]) == sorted(frame["run_id"])
         assert back.set_index("run_id")["test_loss"].to_dict() == pytest.approx(

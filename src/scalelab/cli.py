@@ -301,17 +301,11 @@ def evaluate(
     output: Output = None,
 ) -> int:
     """Re-score every saved checkpoint under the study's `evaluations` settings; trains nothing."""
-    from .analysis.evaluations import compare_evaluations, tune_per_shape, validation_twin
-
     result = api.evaluate(out_dir, study=study, device=device, output=output)
-    tune = result.tune
-    settings = [{"eval_id": i, "config": c, "tune": tune.get(i, [])} for i, c in result.settings]
-    rows, settings, _ = tune_per_shape(result.rows, settings, api.study_records(out_dir),
-                                       result.shape_axes, validation_twin("test_acc"))
-    summary, comparisons = compare_evaluations(rows, settings, "test_acc")
+    summary, comparisons = api.evaluation_summary(out_dir, result)
     by_name = {c.candidate: c for c in comparisons}
     output.info(f"{result.scored} evaluations now, {result.already_done} already stored "
-                f"({result.models} models x {len(settings)} settings); nothing was trained")
+                f"({result.models} models x {len(result.settings)} settings); nothing was trained")
     output.table("test_acc by evaluation setting (paired by model, vs the first)",
                  ["setting", "models", "test_acc", "diff", "p (Holm)"],
                  [[r["setting"], r["models"], r["mean"],
@@ -330,7 +324,7 @@ def evaluate(
 @command
 def export(
     out_dir: Path = typer.Argument(..., help="a study output directory"),
-    to: ExportFmt = typer.Option(ExportFmt.csv, "--format", help="file format (parquet needs pyarrow)"),
+    to: ExportFmt = typer.Option(ExportFmt.csv, "--to", help="file format (parquet needs pyarrow)"),
     path: Path | None = typer.Option(None, "--output", "-o", help="file to write [default: DIR/results.FORMAT]"),
     curves: bool = typer.Option(False, "--curves", help="export the learning curves instead of the runs"),
     output: Output = None,

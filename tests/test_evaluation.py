@@ -1,6 +1,7 @@
 """Test-time augmentation and re-scoring checkpoints without retraining."""
 
 import json
+
 import pytest
 import torch
 import yaml

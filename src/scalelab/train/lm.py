@@ -24,14 +24,14 @@ from ..registry import methods, tasks
 from ..spec import TrainConfig
 from ..tasks.text import TokenData
 from .ddp import all_sum, world, wrap
-from .loop import Batch, Hooks, Strategy, train_loop
-from .optim import lr_factor, make_optimizer, set_lr
+from .loop import Batch, Hooks, train_loop
+from .optim import make_optimizer
 from .run import (
+    OneModel,
     autocast,
     build,
     counted_compute,
     final_metrics,
-    optimizer_step,
     timed,
     tracked_result,
 )
@@ -76,7 +76,7 @@ def language_metrics(prefix: str, loss: float, bytes_per_token: float | None) ->
     return {f"{prefix}_loss": loss, f"{prefix}_ppl": ppl, f"{prefix}_bpb": bpb}
 
 
-class TokenWindows(Strategy):
+class TokenWindows(OneModel):
     """Random context windows of the training stream for one language model (one rank's
     slice of each global batch in a ``torchrun`` job)."""
 
@@ -129,18 +129,11 @@ class TokenWindows(Strategy):
                      None, step - 1, step == self.total_steps)
 
     def step(self, batch: Batch, step: int):
-        cfg = self.cfg
-        self.lr = set_lr(self.optimizer, lr_factor(batch.progress, self.total_steps, cfg)) * cfg.lr
-        with autocast(self.dev, cfg):
+        self.schedule(batch)
+        with autocast(self.dev, self.cfg):
             loss = self.method.training_loss(self.trained, batch.x, batch.y)
-        optimizer_step(self.optimizer, self.model, loss, cfg)
+        self.update(loss)
         return loss.detach().reshape(1), {}
-
-    def parameters(self) -> list[torch.Tensor]:
-        return list(self.model.parameters())
-
-    def lrs(self, batch: Batch) -> list[float]:
-        return [self.lr]
 
     def evaluate(self):
         with autocast(self.dev, self.cfg):
@@ -148,15 +141,10 @@ class TokenWindows(Strategy):
                                                self.cfg.eval_batch_size)
         return [{"val_loss": val_loss}], scored
 
-    def snapshot(self, run: int) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
     def check_every(self) -> int | None:
-        # Free on one CPU process. Ranks must agree on when to stop, so a distributed job
-        # checks only the all-reduced loss at evaluations.
-        if self.size > 1:
-            return None
-        return 1 if self.dev.type == "cpu" else self.cfg.eval_every
+        # Ranks must agree on when to stop, so a distributed job checks only the all-reduced
+        # loss at evaluations.
+        return None if self.size > 1 else super().check_every()
 
     def mean(self, sums: list[float], count: int) -> list[float]:
         return [s / (count * self.size) for s in all_sum(sums, self.dev)]

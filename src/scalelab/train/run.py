@@ -30,7 +30,8 @@ from ..spec import TrainConfig
 from ..tasks import TaskData
 from .evaluate import class_accuracy, evaluate
 from .flops import count_flops, step_flops
-from .loop import Hooks, Outcome, Track
+from .loop import Batch, Hooks, Outcome, Strategy, Track
+from .optim import lr_factor, set_lr
 
 
 def train_run(config: dict[str, Any], device: str = "cpu", checkpoint: bool = False,
@@ -124,6 +125,38 @@ def optimizer_step(optimizer, model: nn.Module, loss: torch.Tensor, cfg: TrainCo
     if cfg.grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
+
+
+class OneModel(Strategy):
+    """What a strategy training one model shares: its optimizer step at the scheduled
+    learning rate, its weights for hooks and snapshots, and the finiteness-check cadence."""
+
+    cfg: TrainConfig
+    dev: torch.device
+    model: nn.Module
+    optimizer: Any
+    lr: float
+
+    def update(self, loss: torch.Tensor) -> None:
+        optimizer_step(self.optimizer, self.model, loss, self.cfg)
+
+    def schedule(self, batch: Batch) -> None:
+        """Set this step's learning rate from the batch's schedule progress."""
+        factor = lr_factor(batch.progress, self.total_steps, self.cfg)
+        self.lr = set_lr(self.optimizer, factor) * self.cfg.lr
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.model.parameters())
+
+    def lrs(self, batch: Batch) -> list[float]:
+        return [self.lr]
+
+    def snapshot(self, run: int) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def check_every(self) -> int | None:
+        # A per-step finiteness check costs a device sync; on the CPU it is free, so exact there.
+        return 1 if self.dev.type == "cpu" else self.cfg.eval_every
 
 
 def tracked_result(track: Track, outcome: Outcome, dev: torch.device) -> RunResult:

@@ -14,22 +14,22 @@ from ..records import RunResult
 from ..registry import methods, tasks
 from ..spec import TrainConfig
 from .evaluate import evaluate
-from .loop import Batch, Hooks, Strategy, train_loop
-from .optim import lr_factor, make_optimizer, set_lr
+from .loop import Batch, Hooks, train_loop
+from .optim import make_optimizer
 from .run import (
+    OneModel,
     autocast,
     budget,
     build,
     counted_compute,
     finalize,
-    optimizer_step,
     step_metrics,
     timed,
     tracked_result,
 )
 
 
-class Examples(Strategy):
+class Examples(OneModel):
     """Batches of training rows for one model; the method turns each into its loss."""
 
     def __init__(self, config: dict[str, Any], data, dev: torch.device, criterion):
@@ -72,33 +72,19 @@ class Examples(Strategy):
         return Batch(self.data.x_train[index], self.data.y_train[index], index, progress, last)
 
     def step(self, batch: Batch, step: int):
-        cfg = self.cfg
-        self.lr = set_lr(self.optimizer, lr_factor(batch.progress, self.total_steps, cfg)) * cfg.lr
-        with autocast(self.dev, cfg):
+        self.schedule(batch)
+        with autocast(self.dev, self.cfg):
             out = self.method.step_loss(self.trained, batch.x, batch.y, batch.index, step)
         self.trained_samples += out.trained
         self.scored_samples += out.scored
-        optimizer_step(self.optimizer, self.model, out.loss, cfg)
+        self.update(out.loss)
         return out.loss.detach().reshape(1), out.trace
-
-    def parameters(self) -> list[torch.Tensor]:
-        return list(self.model.parameters())
-
-    def lrs(self, batch: Batch) -> list[float]:
-        return [self.lr]
 
     def evaluate(self):
         with autocast(self.dev, self.cfg):
             val_loss, val_acc = evaluate(self.model, self.data.x_val, self.data.y_val,
                                          self.cfg.eval_batch_size)
         return [{"val_loss": val_loss, "val_acc": val_acc}], len(self.data.y_val)
-
-    def snapshot(self, run: int) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
-    def check_every(self) -> int:
-        # A per-step finiteness check costs a device sync; on the CPU it is free, so exact there.
-        return 1 if self.dev.type == "cpu" else self.cfg.eval_every
 
     def selection_metrics(self, steps: int) -> dict[str, Any]:
         """What a selection method actually ran: scored and trained samples and their FLOPs

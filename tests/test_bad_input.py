@@ -131,3 +131,97 @@ def test_a_corrupt_checkpoint_is_one_line(tmp_path):
     bad.write_bytes(b"\x80\x04 definitely not a checkpoint")
     with pytest.raises(ScalelabError, match="run.pt: not a readable checkpoint of this run"):
         load_checkpoint(config, bad)
+
+
+def _snapshot(root):
+    """Every file below ``root`` (to check nothing was written)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"name: t\ntask: {name: mnist1d}\n# caf\xe9\n", "not UTF-8 text (byte 0xe9 on line 3)"),
+    (b"name: t\ngrid: {width: " + b"[" * 10_000 + b"]" * 10_000 + b"}\n",
+     "nested too deeply to be a study"),
+    (b"\xff\xfe\x00n", "not UTF-8 text (byte 0xff on line 1)"),
+])
+def test_unreadable_study_files_are_one_line(tmp_path, monkeypatch, capsys, content, message):
+    study = tmp_path / "s.yaml"
+    study.write_bytes(content)
+    before = _snapshot(tmp_path)
+    code, err = run_main(monkeypatch, capsys, "run", study, "--out", tmp_path / "out")
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {study}: ")
+    assert message in err[0], err
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_deeply_nested_set_value_is_one_line(tmp_path, tiny_study, monkeypatch, capsys):
+    code, err = run_main(monkeypatch, capsys, "run", tiny_study(tmp_path), "--out",
+                         tmp_path / "out", "--set", "grid.width=" + "[" * 10_000 + "]" * 10_000)
+    assert code == 2 and len(err) == 1 and "nested too deeply" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_grid_is_refused_fast_naming_the_limit(tmp_path, tiny_study, monkeypatch, capsys):
+    study = tiny_study(tmp_path, grid={"width": list(range(1, 1001)),
+                                       "train.lr": [i / 1e4 for i in range(1, 1001)]})
+    started = time.perf_counter()
+    code, err = run_main(monkeypatch, capsys, "run", study, "--dry-run")
+    assert time.perf_counter() - started < 5
+    assert code == 2 and len(err) == 1
+    assert "2,000,000 runs (cells x seeds) exceed max_runs = 10,000" in err[0]
+    assert "set `max_runs: 2000000`" in err[0]
+
+
+def test_out_pointing_at_a_file_is_one_line(tmp_path, tiny_study, monkeypatch, capsys):
+    target = tmp_path / "a_file"
+    target.write_text("mine")
+    code, err = run_main(monkeypatch, capsys, "run", tiny_study(tmp_path), "--out", target)
+    assert code == 2 and len(err) == 1
+    assert f"error: {target}: File exists; the path exists and is not a folder" in err[0]
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize(("code_", "text"), [
+    (28, "No space left on device; free some space and rerun the same command"),   # ENOSPC
+    (30, "Read-only file system; choose a writable place"),                         # EROFS
+])
+def test_os_refusals_while_storing_are_one_line_and_keep_what_finished(
+        tmp_path, tiny_study, monkeypatch, capsys, code_, text):
+    from scalelab.store import Store
+
+    calls = {"n": 0}
+    original = Store.write_result
+
+    def failing(self, run, result):  # the disk fills up (or turns read-only) after one run
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(code_, os.strerror(code_), str(self.path))
+        return original(self, run, result)
+
+    monkeypatch.setattr(Store, "write_result", failing)
+    out = tmp_path / "out"
+    code, err = run_main(monkeypatch, capsys, "run", tiny_study(tmp_path), "--out", out,
+                         "--workers", "1")
+    errors = [line for line in err if line.startswith("error: ")]  # after the progress lines
+    assert code == 2 and len(errors) == 1 and errors[0] == err[-1]
+    assert text in errors[0] and "results.sqlite" in errors[0]
+    monkeypatch.setattr(Store, "write_result", original)
+    with Store.open(out) as store:
+        assert sorted(store.statuses().values()).count("completed") == 1
+
+
+def test_an_unexpected_exception_is_one_line_pointing_at_its_log(tmp_path, tiny_study,
+                                                                  monkeypatch, capsys):
+    from scalelab import api
+
+    def broken(*args, **kwargs):
+        raise ValueError("something scalelab did not expect")
+
+    monkeypatch.setattr(api, "dry_run", broken)
+    monkeypatch.setenv("SCALELAB_CACHE", str(tmp_path / "cache"))
+    code, err = run_main(monkeypatch, capsys, "run", tiny_study(tmp_path), "--dry-run")
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("error: unexpected ValueError: something scalelab did not expect")
+    logs = list((tmp_path / "cache" / "logs").glob("crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in err[0]
+    assert "Traceback" in logs[0].read_text() and "def broken" not in err[0]

@@ -20,7 +20,7 @@ import typer
 from . import api
 from .analysis import Summary
 from .analysis.laws import parse_holdout
-from .errors import ScalelabError
+from .errors import ScalelabError, log_crash, os_error_line
 from .output import Output
 from .registry import FAMILIES
 
@@ -76,6 +76,18 @@ def command(fn):
             output.error("interrupted; finished runs are stored, rerun the same command to "
                          "train the rest")
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # the one choke point for everything else
+            line = os_error_line(exc) if isinstance(exc, OSError) else None
+            if line is not None:
+                output.error(line)
+                raise typer.Exit(2) from None
+            log = log_crash(exc)
+            output.error(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:200]} "
+                         f"(a bug in scalelab; the traceback is in {log or 'no log: unwritable'}; "
+                         "please report it)")
+            raise typer.Exit(1) from None
         finally:
             _on_sigterm(previous)
         raise typer.Exit(code or 0)

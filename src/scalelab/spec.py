@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -124,6 +125,9 @@ class StudySpec(StrictModel):
         description="grid axes tuned per shape (lr, weight decay, ...); the rest are scientific",
     )
     save_checkpoints: bool = False
+    max_runs: int = Field(
+        10_000, ge=1, description="refuse a study of more runs (cells x seeds) than this: "
+                                  "expanding one takes about 0.3 ms a run; raise it on purpose")
     batch_runs: Literal["auto", "off"] = Field(
         "auto", description="train runs that differ only in seed/lr/wd/betas/momentum together")
     batch_memory_mb: float = Field(1024, gt=0, description="memory limit of one batched group")
@@ -344,7 +348,10 @@ def load_study(
         raw = deep_merge(raw, block)
     for text in overrides:
         raw = apply_override(raw, text)
-    study = validate_study(raw, source)
+    try:
+        study = validate_study(raw, source)
+    except RecursionError:
+        raise StudyError(source, "", TOO_DEEP) from None
     study.quick = quick
     return study
 
@@ -370,6 +377,12 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
         raise StudyError(source, "model.name",
                          f"model {spec.model['name']} learns {' or '.join(learns)} data; task "
                          f"{spec.task['name']} provides {data_kind} data")
+    planned = sum(math.prod(len(v) for v in grid.values()) for grid in spec.grids) \
+        * len(spec.seeds)
+    if planned > spec.max_runs:
+        raise StudyError(source, "grid", f"{planned:,} runs (cells x seeds) exceed max_runs = "
+                                         f"{spec.max_runs:,}; set `max_runs: {planned}` in the "
+                                         "study to expand them all")
     grids = []
     for g, grid in enumerate(spec.grids):
         prefix = f"grid[{g}]" if isinstance(spec.grid, list) else "grid"
@@ -427,16 +440,29 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+TOO_DEEP = "nested too deeply to be a study (settings are a few levels deep)"
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     source = str(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise StudyError(source, "", "no such study file") from None
+    except IsADirectoryError:
+        raise StudyError(source, "", "is a folder, not a study file") from None
     except OSError as exc:
         raise StudyError(source, "", f"cannot read: {exc.strerror}") from None
     try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise StudyError(source, "", f"not UTF-8 text (byte 0x{data[exc.start]:02x} on line "
+                                     f"{line}); save the study file as UTF-8") from None
+    try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise StudyError(source, "", TOO_DEEP) from None
     except _DuplicateKey as exc:
         raise StudyError(source, exc.path, str(exc)) from None
     except yaml.YAMLError as exc:
@@ -468,6 +494,8 @@ def apply_override(raw: Mapping[str, Any], text: str) -> dict[str, Any]:
         raise StudyError("--set", text, "expected key=value, e.g. train.lr=0.01")
     try:
         value = yaml.safe_load(value_text)
+    except RecursionError:
+        raise StudyError("--set", key, TOO_DEEP) from None
     except yaml.YAMLError:
         raise StudyError("--set", key, f"value {value_text!r} is not valid YAML") from None
     if key.startswith("grid."):

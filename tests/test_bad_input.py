@@ -225,3 +225,73 @@ def test_an_unexpected_exception_is_one_line_pointing_at_its_log(tmp_path, tiny_
     logs = list((tmp_path / "cache" / "logs").glob("crash-*.log"))
     assert len(logs) == 1 and str(logs[0]) in err[0]
     assert "Traceback" in logs[0].read_text() and "def broken" not in err[0]
+
+
+def test_a_text_task_whose_path_is_missing_is_refused_at_validation(tmp_path, monkeypatch,
+                                                                     capsys):
+    study = tmp_path / "lm.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "lm", "task": {"name": "text", "source": "files", "path": str(tmp_path / "nope")},
+        "model": {"name": "gpt", "d_model": 16, "n_layers": 1, "n_heads": 2,
+                  "context_length": 16},
+        "train": {"max_steps": 5, "batch_size": 4}}))
+    code, err = run_main(monkeypatch, capsys, "run", study, "--out", tmp_path / "out")
+    assert code == 2 and len(err) == 1
+    assert f"task.path: {tmp_path / 'nope'} does not exist (source files" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def _features_folder(root, broken_name, writer):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 300), ("test", 50)):
+        np.save(root / f"{split}_features.npy", rng.normal(size=(n, 8)).astype(np.float32))
+        np.save(root / f"{split}_labels.npy", rng.integers(0, 3, n))
+    (root / "train_features.npy").unlink()
+    writer(root / broken_name)
+
+
+def _truncated(path):
+    import numpy as np
+
+    np.save(path, np.ones((300, 8), dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _object_array(path):
+    import numpy as np
+
+    np.save(path, np.array([{"a": 1}] * 300, dtype=object), allow_pickle=True)
+
+
+def _pt_dict(path):
+    import torch
+
+    torch.save({"features": torch.ones(300, 8)}, path)
+
+
+def _pt_garbage(path):
+    path.write_bytes(b"this is not a torch file at all")
+
+
+@pytest.mark.parametrize(("name", "writer", "message"), [
+    ("train_features.npy", _truncated, "not a readable .npy array"),
+    ("train_features.npy", _object_array, "not a readable .npy array (Object arrays cannot be "
+                                          "loaded when allow_pickle=False)"),
+    ("train_features.pt", _pt_dict, "expected a numeric array or tensor, found dict"),
+    ("train_features.pt", _pt_garbage, "not a readable .pt array"),
+])
+def test_unreadable_feature_files_are_one_line_before_training(tmp_path, monkeypatch, capsys,
+                                                               name, writer, message):
+    folder = tmp_path / "features"
+    folder.mkdir()
+    _features_folder(folder, name, writer)
+    study = tmp_path / "emb.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "emb", "task": {"name": "embeddings", "path": str(folder), "num_val": 50},
+        "model": {"name": "mlp", "width": 8}, "train": {"max_steps": 5, "batch_size": 10}}))
+    code, err = run_main(monkeypatch, capsys, "run", study, "--out", tmp_path / "out")
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert f"{folder / name}: {message}" in err[0], err
+    assert not (tmp_path / "out").exists()

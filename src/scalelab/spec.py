@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import StudyError
+from .errors import ScalelabError, StudyError
 from .records import RunSpec, run_id
 from .registry import FAMILIES, UnknownNameError
 
@@ -411,7 +411,25 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
                              f"{name!r} is not a grid axis (axes: {', '.join(labels.values())})")
     _ = study.evaluations
     _ = study.runs  # resolve every cell now, so a bad combination fails before anything runs
+    _check_data(study)
     return study
+
+
+def _check_data(study: Study) -> None:
+    """Each distinct task config checks its data files now, so a missing or unreadable file
+    is one line before anything is written instead of a failed run for every cell."""
+    checked = set()
+    for run in study.runs:
+        key = run_id(run.config["task"])
+        if key in checked:
+            continue
+        checked.add(key)
+        settings = dict(run.config["task"])
+        task = FAMILIES["task"].get(settings.pop("name"))
+        try:
+            task(task.Config.model_validate(settings)).check()
+        except ScalelabError as exc:
+            raise StudyError(study.source, "", str(exc)) from None
 
 
 class _DuplicateKey(yaml.YAMLError):

@@ -50,6 +50,11 @@ class Task(Plugin, ABC):
     def load(self) -> TaskData:
         """The fixed train/validation/test tensors this config describes."""
 
+    def check(self) -> None:
+        """Refuse, when the study is validated, data this task could never load (a missing
+        or unreadable file); raise :class:`~scalelab.errors.ScalelabError`. Tasks that
+        generate their data have nothing to check."""
+
     def shape(self) -> tuple[tuple[int, ...], int, int]:
         """(input shape, number of classes, training examples), for planning; a task that
         knows them from its config says so without loading its data."""

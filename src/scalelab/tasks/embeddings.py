@@ -24,12 +24,23 @@ SUFFIXES = (".npy", ".pt")
 
 
 def _load_array(path: Path) -> np.ndarray:
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    value = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(value, torch.Tensor):
-        raise ScalelabError(f"{path}: expected a tensor, found {type(value).__name__}")
-    return value.numpy()
+    """A plain numeric array: never unpickled (``allow_pickle=False``, ``weights_only``)."""
+    try:
+        if path.suffix == ".npy":
+            value = np.load(path, allow_pickle=False)
+        else:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not the format, an object array, a pickled object
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ScalelabError(f"{path}: not a readable {path.suffix} array ({first}); write "
+                            "plain numeric arrays (numpy.save, or torch.save of a tensor)") from None
+    if isinstance(value, torch.Tensor):
+        value = value.numpy()
+    if not isinstance(value, np.ndarray) or not (np.issubdtype(value.dtype, np.number)
+                                                 or value.dtype == np.bool_):
+        kind = type(value).__name__ if not isinstance(value, np.ndarray) else value.dtype
+        raise ScalelabError(f"{path}: expected a numeric array or tensor, found {kind}")
+    return value
 
 
 def _find(root: Path, stem: str, required: bool) -> Path | None:
@@ -76,11 +87,17 @@ class Embeddings(Task):
                                                      "train when there are no val files")
         normalize: bool = Field(False, description="L2-normalise every feature vector (CLIP)")
 
+    def check(self) -> None:
+        self._splits()
+
+    def _splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if not self.config.path:
+            raise ScalelabError("task.path: the embeddings task needs the folder of features")
+        return _read(self.config.path)
+
     def load(self) -> TaskData:
         c = self.config
-        if not c.path:
-            raise ScalelabError("task.path: the embeddings task needs the folder of features")
-        splits = _read(c.path)
+        splits = self._splits()
         x, y = splits["train"]
         if "val" in splits:
             x_val, y_val = splits["val"]

@@ -272,6 +272,14 @@ class Text(Task):
                 raise ValueError("token shards are already tokenized; leave tokenizer unset")
             return self
 
+    def check(self) -> None:
+        c = self.config
+        if c.source in ("files", "shards") and not Path(c.path).expanduser().exists():
+            raise ScalelabError(f"task.path: {c.path} does not exist (source {c.source} reads "
+                                "a text file or folder there)" if c.source == "files" else
+                                f"task.path: {c.path} does not exist (source shards reads "
+                                "llm.c .bin token shards there)")
+
     def load(self) -> TokenData:
         c = self.config
         if c.source == "shards":

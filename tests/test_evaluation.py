@@ -292,3 +292,21 @@ def test_evaluate_command_prints_the_settings_table_and_json(tmp_path):
     payload = json.loads(again.output)
     assert (payload["scored"], payload["already_done"], payload["models"]) == (0, 9, 3)
     assert len(payload["settings"]) == 3
+
+
+def test_a_deleted_checkpoint_is_trained_again_with_the_same_numbers(tmp_path):
+    study, out = trained(tmp_path, save_checkpoints=True)
+    with Store.open(out) as store:
+        before = {r["run_id"]: r for r in store.records()}
+    lost = sorted((out / "checkpoints").glob("*.pt"))[0]
+    lost.unlink()
+    with pytest.raises(ScalelabError, match=r"1 of 3 completed runs have no checkpoint .*"
+                                            r"`scalelab run .* --out .*` trains them again"):
+        scalelab.api.evaluate(out, study=study, device="cpu")
+    result = scalelab.run(study, out=out, device="cpu", workers=1)
+    assert result.trained == {"completed": 1} and lost.exists()
+    with Store.open(out) as store:
+        after = {r["run_id"]: r for r in store.records()}
+        assert len(store.evaluations()) == 9  # and the study's evaluations then ran
+    for key in ("test_loss", "val_loss", "steps"):
+        assert after[lost.stem][key] == before[lost.stem][key]

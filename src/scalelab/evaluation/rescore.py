@@ -65,9 +65,12 @@ def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
         missing = [r["run_id"] for r in runs
                    if not (out / "checkpoints" / f"{r['run_id']}.pt").exists()]
         if missing:
+            remedy = (f"`scalelab run {study.source} --out {out}` trains them again (same "
+                      "numbers, checkpoints back)" if study.spec.save_checkpoints else
+                      "train with `save_checkpoints: true`")
             raise ScalelabError(
                 f"{out}: {len(missing)} of {len(runs)} completed runs have no checkpoint (e.g. "
-                f"checkpoints/{missing[0]}.pt); train with `save_checkpoints: true`")
+                f"checkpoints/{missing[0]}.pt); {remedy}")
         tune = study.evaluation_tune
         store.set_meta(evaluations=[{"eval_id": i, "config": c, "tune": tune.get(i, [])}
                                     for i, c in settings])

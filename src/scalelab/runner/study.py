@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import ScalelabError
 from ..output import Output
-from ..records import FINISHED, RunResult, RunSpec
+from ..records import COMPLETED, FINISHED, RunResult, RunSpec
 from ..registry import executors
 from ..spec import Study
 from ..store import Store
@@ -97,6 +97,15 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
         store_meta(store, study)
         statuses = store.statuses()
     selected, todo = plan(study, statuses, shard)
+    if store is not None and study.spec.save_checkpoints:
+        lost = [r for r in selected if statuses.get(r.run_id) == COMPLETED
+                and not checkpoint_path(out_dir, r).exists()]
+        if lost:  # same config and seed: the same numbers, and its checkpoint back
+            output.info(f"{len(lost)} completed run{'s' if len(lost) > 1 else ''} lost "
+                        f"{'their checkpoints' if len(lost) > 1 else 'its checkpoint'} "
+                        f"(e.g. {checkpoint_path(out_dir, lost[0])}): training again")
+            again = {r.run_id for r in todo} | {r.run_id for r in lost}
+            todo = [r for r in selected if r.run_id in again]
     todo = executor.agree(todo)
     result = StudyRun(study, out_dir, selected, len(selected) - len(todo),
                       primary=executor.primary)
@@ -123,12 +132,16 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
     return result
 
 
+def checkpoint_path(out_dir: Path, run: RunSpec) -> Path:
+    return out_dir / "checkpoints" / f"{run.run_id}.pt"
+
+
 def save_checkpoint(out_dir: Path, run: RunSpec, result: RunResult) -> None:
     """The weights a worker sent back, written under a temporary name and renamed (a kill
     leaves no torn file), before the run's row: a completed run always has its checkpoint."""
     if result.checkpoint is None:
         return
-    path = out_dir / "checkpoints" / f"{run.run_id}.pt"
+    path = checkpoint_path(out_dir, run)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(result.checkpoint)

@@ -295,3 +295,14 @@ def test_unreadable_feature_files_are_one_line_before_training(tmp_path, monkeyp
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
     assert f"{folder / name}: {message}" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("width", [10**9, 10**12])
+def test_a_model_too_large_for_the_machine_is_refused_before_allocating(
+        tmp_path, tiny_study, monkeypatch, capsys, width):
+    code, err = run_main(monkeypatch, capsys, "run", tiny_study(tmp_path), "--out",
+                         tmp_path / "out", "--set", f"grid.width=[{width}]", "--device", "cpu")
+    assert code == 2 and len(err) == 1
+    assert f"model: mlp (width={width}, depth=1) has " in err[0]
+    assert "GiB of cpu; choose smaller sizes" in err[0]
+    assert not (tmp_path / "out").exists()

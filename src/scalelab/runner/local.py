@@ -13,10 +13,22 @@ from multiprocessing import get_context
 
 import torch
 
-from ..records import FAILED, RunResult, RunSpec
+from ..errors import ScalelabError
+from ..records import FAILED, RunResult, RunSpec, run_id
 from ..registry import executors
+from ..spec import Study
 from ..train.run import resolve_device
 from ._base import Executor, Group, train_group_of
+
+
+def device_memory(dev: torch.device) -> int:
+    """Bytes of memory a run on ``dev`` can use at most: the GPU's, or this machine's RAM."""
+    if dev.type == "cuda":
+        return torch.cuda.get_device_properties(dev).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): do not refuse
+        return 2**62
 
 
 def available_cores() -> int:
@@ -46,6 +58,36 @@ class LocalExecutor(Executor):
             self.devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         self.max_workers = workers or (len(self.devices) if dev.type != "cpu" else available_cores())
         self.dev = dev
+
+    def check(self, study: Study) -> None:
+        """Refuse sizes this machine could never hold (weights, gradients and two optimizer
+        moments alone), priced from the config on the meta device before anything is
+        allocated or written."""
+        from ..train.stacking import parameter_count
+
+        available = device_memory(self.dev)
+        seen = set()
+        for run in study.runs:
+            key = run_id({"task": run.config["task"], "model": run.config["model"]})
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                count = parameter_count(run.config)
+            except RuntimeError as exc:  # a tensor too large for even its size to be computed
+                if "overflow" not in str(exc):
+                    raise
+                count = None
+            if count is None or 16 * count > available:
+                sizes = ", ".join(f"{k}={v}" for k, v in run.config["model"].items()
+                                  if k != "name" and isinstance(v, int))
+                need = ("more parameters than can be counted" if count is None else
+                        f"{count:,} parameters: {16 * count / 2**30:,.1f} GiB to train "
+                        "(weights, gradients, two optimizer moments)")
+                raise ScalelabError(
+                    f"{study.source}: model: {run.config['model']['name']} ({sizes}) has "
+                    f"{need}, more than the {available / 2**30:,.1f} GiB of {self.dev}; "
+                    "choose smaller sizes")
 
     def describe(self, groups: int) -> str:
         n = min(self.max_workers, groups)

@@ -272,6 +272,17 @@ class Text(Task):
                 raise ValueError("token shards are already tokenized; leave tokenizer unset")
             return self
 
+    def shape(self) -> tuple[tuple[int, ...], int, int]:
+        """(no input shape: token ids; the vocabulary; training tokens, when known without
+        reading the corpus, else 0)."""
+        c = self.config
+        if c.source == "shards":
+            return (), c.vocab_size, c.num_train_tokens or 0
+        if c.tokenizer == "byte":
+            return (), ByteTokenizer.vocab_size, c.num_train_tokens or 0
+        data = self.load()  # the vocabulary depends on the corpus (char) or tokenizer files
+        return (), data.vocab_size, len(data.train)
+
     def check(self) -> None:
         c = self.config
         if c.source in ("files", "shards") and not Path(c.path).expanduser().exists():

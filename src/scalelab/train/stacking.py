@@ -1,4 +1,4 @@
-"""Which runs can train together as one stacked model, and what a group costs in memory.
+"""Which runs can train together as one stacked model, and what a run costs in memory.
 
 A capability, declared rather than checked by name: a model family says ``stackable`` (no
 cross-sample state) and which sizes are ``paddable``; a method says whether it is
@@ -48,12 +48,23 @@ def padded_model_config(configs: list[dict[str, Any]]) -> dict[str, Any]:
     return model
 
 
-def estimate_bytes(config: dict[str, Any]) -> int:
-    """Memory one run adds to a group: parameters, gradients and two optimizer moments, plus
-    the activations of one training batch kept for the backward pass (float32)."""
+def meta_model(config: dict[str, Any]) -> tuple[torch.nn.Module, tuple[int, ...], int]:
+    """(the run's model on the meta device: shapes, no memory; its input shape; training
+    examples), from the config alone."""
     input_shape, num_classes, num_train = instantiate(tasks, config["task"]).shape()
     with torch.device("meta"):
         model = instantiate(models, config["model"]).build(input_shape, num_classes)
+    return model, input_shape, num_train
+
+
+def parameter_count(config: dict[str, Any]) -> int:
+    return sum(p.numel() for p in meta_model(config)[0].parameters())
+
+
+def estimate_bytes(config: dict[str, Any]) -> int:
+    """Memory one run adds to a group: parameters, gradients and two optimizer moments, plus
+    the activations of one training batch kept for the backward pass (float32)."""
+    model, input_shape, num_train = meta_model(config)
     activations = 0
 
     def count(_module, _inputs, output):

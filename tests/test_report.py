@@ -145,3 +145,22 @@ def test_report_command(fixture_store):
     result = cli.invoke(app, ["report", str(fixture_store), "--bootstrap", "20"])
     assert result.exit_code == 0, result.output
     assert (fixture_store / "report.html").exists() and "wrote" in result.output
+
+
+def test_a_report_built_from_fewer_runs_says_so(tmp_path, tiny_study):
+    import sqlite3
+
+    import scalelab
+
+    out = tmp_path / "out"
+    scalelab.run(tiny_study(tmp_path), out=out, device="cpu", workers=1)
+    first = scalelab.api.report(out, n_resamples=20)
+    assert first.replaced_runs is None
+    with sqlite3.connect(out / "results.sqlite") as db:  # someone deletes a run
+        db.execute("DELETE FROM runs WHERE run_id = (SELECT run_id FROM runs LIMIT 1)")
+    result = CliRunner().invoke(app, ["report", str(out), "--bootstrap", "20"])
+    assert result.exit_code == 0
+    assert "the report is built from 3 runs, fewer than the 4 of the one it replaced" \
+        in result.output
+    assert "This report is built from 3 runs, fewer than the 4" in (out / "report.md").read_text()
+    assert not list(out.glob(".*.tmp*")) and not list((out / "figures").glob(".*"))

@@ -142,7 +142,7 @@ def run(
     elif report and summary.n_params:
         report_path = result.out_dir / "report.html"
         if result.trained or not report_path.exists():
-            api.report(result.out_dir, n_resamples=bootstrap)
+            _write_report(output, result.out_dir, bootstrap)
             output.info(f"report: {report_path}  (and report.md, scaling_law.json beside it)")
         else:
             output.info(f"report: {report_path}  (up to date: nothing new was trained; "
@@ -295,7 +295,7 @@ def report(
     output: Output = None,
 ) -> int:
     """Write report.md, a self-contained report.html, scaling_law.json and comparison_table.txt."""
-    written = api.report(out_dir, n_resamples=bootstrap)
+    written = _write_report(output, out_dir, bootstrap)
     for note in written.analysis.notes:
         output.warn(note)
     output.info(f"wrote {written.html}, {written.markdown.name}, {written.scaling_law.name}, "
@@ -325,7 +325,7 @@ def evaluate(
                    by_name[r["setting"]].p_holm if r["setting"] in by_name else None]
                   for r in summary])
     if report:
-        api.report(out_dir)
+        _write_report(output, out_dir)
         output.info(f"report: {Path(out_dir) / 'report.html'}")
     output.emit({"out_dir": str(out_dir), "scored": result.scored,
                  "already_done": result.already_done, "models": result.models,
@@ -345,6 +345,16 @@ def export(
     written = api.export(out_dir, to.value, path, curves=curves)
     output.info(f"wrote {written}")
     return 0
+
+
+def _write_report(output: Output, out_dir: Path, bootstrap: int = 1000):
+    """Write the report; say so when it counts fewer runs than the one it replaced."""
+    written = api.report(out_dir, n_resamples=bootstrap)
+    if written.replaced_runs is not None:
+        output.warn(f"the report is built from {sum(written.analysis.counts.values())} runs, "
+                    f"fewer than the {written.replaced_runs} of the one it replaced (it says so "
+                    "at its top)")
+    return written
 
 
 def _print_summary(output: Output, summary: Summary) -> None:

@@ -5,6 +5,7 @@ One style everywhere; each figure is saved as PNG and SVG.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,8 +73,10 @@ def _finish(ax, x_name: str, y_name: str, legend: bool) -> None:
 def save(fig: Figure, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for path in paths:
-        fig.savefig(path)
+    for path in paths:  # under a temporary name, then renamed: a kill leaves no torn figure
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+        fig.savefig(tmp)
+        os.replace(tmp, path)
     return paths
 
 

@@ -35,6 +35,7 @@ class Report:
     comparison_table: Path
     figures: list[Path]
     analysis: StudyAnalysis
+    replaced_runs: int | None = None  # set when the report it replaced counted more runs
 
 
 def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
@@ -55,6 +56,13 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
 
     a = analysis
     blocks.append(("h1", f"Study report: {a.study}"))
+    before, now = _previous_run_count(out), sum(a.counts.values())
+    shrunk = before if before is not None and now < before else None
+    if shrunk:
+        blocks.append(("warn", f"This report is built from {now} runs, fewer than the {before} "
+                               "of the report it replaced: runs were removed from the store, or "
+                               "the study file now declares fewer (runs not in it are listed at "
+                               "the end). Restore the store from a backup if that was not meant."))
     if a.fits:
         blocks.append(("h2", "Verdicts"))
         blocks.append(("p", "Each fitted law, judged by its diagnostics: trustworthy (none found a "
@@ -169,7 +177,7 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
             blocks.append(("p", note))
 
     report = Report(out / "report.md", out / "report.html", out / "scaling_law.json",
-                    out / "comparison_table.txt", figures, analysis)
+                    out / "comparison_table.txt", figures, analysis, shrunk)
     _write(report.markdown, _markdown(blocks, out))
     _write(report.html, _html(blocks, a.study))
     _write(report.scaling_law, json.dumps(analysis.to_dict(), indent=2, default=_json_default))
@@ -446,6 +454,15 @@ def _looks_numeric(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _previous_run_count(out: Path) -> int | None:
+    """How many of the study's runs the report already in ``out`` counted (None: none)."""
+    try:
+        counts = json.loads((out / "scaling_law.json").read_text()).get("counts") or {}
+        return sum(int(v) for v in counts.values())
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def _write(path: Path, text: str) -> None:

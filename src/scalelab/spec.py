@@ -364,9 +364,10 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
         raise _from_validation(source, "", exc, StudySpec) from None
     for section in PLUGIN_SECTIONS:
         name = getattr(spec, section).get("name")
-        if name is None:
+        if not isinstance(name, str):
             allowed = ", ".join(FAMILIES[section].names())
-            raise StudyError(source, f"{section}.name", f"required (one of: {allowed})")
+            what = "required" if name is None else "must be a name"
+            raise StudyError(source, f"{section}.name", f"{what} (one of: {allowed})")
         try:
             FAMILIES[section].get(name)
         except UnknownNameError as exc:

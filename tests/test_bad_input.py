@@ -306,3 +306,28 @@ def test_a_model_too_large_for_the_machine_is_refused_before_allocating(
     assert f"model: mlp (width={width}, depth=1) has " in err[0]
     assert "GiB of cpu; choose smaller sizes" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_status_check_runs_the_full_integrity_check_on_demand(tmp_path, monkeypatch, capsys):
+    from scalelab.records import RunResult, RunSpec
+    from scalelab.store import Store
+
+    out = tmp_path / "out"
+    with Store.open(out, create=True) as store:
+        store._db.execute("PRAGMA journal_mode=DELETE")  # one file, no write-ahead log
+        for i in range(300):
+            store.write_result(RunSpec(f"r{i:04d}", {"seed": i}, {"seed": i}),
+                               RunResult("completed", {"test_loss": 1.0 / (i + 1)},
+                                         [(s, "val_loss", 1.0) for s in range(20)]))
+    code, err = run_main(monkeypatch, capsys, "status", out, "--check")
+    assert code == 0 and err[0] == f"{out}: the results store passed SQLite's integrity check"
+    path = out / "results.sqlite"
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    middle = (len(data) // page // 2) * page
+    data[middle + 8: middle + 40] = b"\xff" * 32  # scramble cells of one b-tree page
+    path.write_bytes(bytes(data))
+    code, err = run_main(monkeypatch, capsys, "status", out, "--check")
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {path}: the results store is damaged (")
+    assert "restore it from a backup" in err[0]

@@ -320,6 +320,12 @@ def compare(out_dir: str | Path | None = None, *, metric: str, by: str, baseline
         [resolve_column(rows, w) for w in within], level)
 
 
+def check_store(out_dir: str | Path) -> None:
+    """Raise a one-line error when the store in ``out_dir`` fails SQLite's integrity check."""
+    with Store.open(out_dir) as store:
+        store.check()
+
+
 def report(out_dir: str | Path, n_resamples: int = 1000):
     """Write the study report (md, html, json, txt, figures) into ``out_dir``."""
     from .report import write_report

@@ -169,14 +169,19 @@ def run(
 def status(
     out_dir: Path = typer.Argument(..., help="a study output directory"),
     top: int = typer.Option(5, "--top", min=1, help="best runs to show (by validation loss)"),
+    check: bool = typer.Option(False, "--check", help="first run SQLite's full integrity check of the store (reads all of it)"),
     fmt: Fmt = FormatOption,
     output: Output = None,
 ) -> int:
     """Counts by status, the best runs (chosen by validation loss) and any failures."""
+    if check:
+        api.check_store(out_dir)
+        output.info(f"{out_dir}: the results store passed SQLite's integrity check")
     rows = api.records(out_dir)
     counts = Counter(r["status"] for r in rows)
     output.table(f"{out_dir}: {len(rows)} runs", ["status", "runs"], sorted(counts.items()))
-    done = sorted((r for r in rows if r["status"] == "completed"), key=lambda r: r["val_loss"])
+    done = sorted((r for r in rows if r["status"] == "completed"),
+                  key=lambda r: (r.get("val_loss") is None, r.get("val_loss") or 0.0))
     axes = list(api.study_axes(out_dir)) + ["seed"]
     columns = ["run_id", *axes, "n_params", "val_loss", "test_loss", "test_acc", "wall_time"]
     output.table(f"best {min(top, len(done))} by validation loss", columns,

@@ -108,6 +108,18 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def check(self) -> None:
+        """SQLite's full integrity check (reads every page: on demand, not at every open)."""
+        try:
+            problems = [row[0] for row in self._db.execute("PRAGMA integrity_check")]
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            raise ScalelabError(
+                f"{self.path}: the results store is damaged ({problems[0]}"
+                f"{f' and {len(problems) - 1} more problems' if len(problems) > 1 else ''}); "
+                "restore it from a backup, or move it away to start the study over")
+
     def __enter__(self) -> Store:
         return self
 

@@ -331,3 +331,30 @@ def test_status_check_runs_the_full_integrity_check_on_demand(tmp_path, monkeypa
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"error: {path}: the results store is damaged (")
     assert "restore it from a backup" in err[0]
+
+
+def test_a_store_cut_off_while_its_write_ahead_log_was_live_is_one_line(tmp_path, monkeypatch,
+                                                                        capsys):
+    from scalelab.records import RunResult, RunSpec
+    from scalelab.store import Store
+
+    out = tmp_path / "out"
+    store = Store.open(out, create=True)
+    for i in range(300):
+        store.write_result(RunSpec(f"r{i:04d}", {"seed": i}, {"seed": i}),
+                           RunResult("completed", {"test_loss": 1.0, "val_loss": 1.0},
+                                     [(s, "val_loss", 1.0) for s in range(20)]))
+    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.write_result(RunSpec("last", {"seed": 1}, {"seed": 1}),
+                       RunResult("completed", {"test_loss": 1.0, "val_loss": 1.0}))
+    path = out / "results.sqlite"
+    assert (out / "results.sqlite-wal").stat().st_size > 0  # the log is live
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    for command in ("status", "export", "report"):
+        code, err = run_main(monkeypatch, capsys, command, out)
+        assert code == 2 and len(err) == 1, (command, err)
+        assert err[0] == (f"error: {path}: the results store is damaged (database disk image "
+                          "is malformed); restore it from a backup, or move it away to start "
+                          "the study over")
+    store.close()

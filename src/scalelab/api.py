@@ -209,7 +209,7 @@ def export(out_dir: str | Path, fmt: ExportFormat, path: str | Path | None = Non
             import pyarrow.parquet as pq
         except ImportError:
             raise ScalelabError(
-                "export --format parquet needs pyarrow: pip install 'scalelab[parquet]'"
+                "export --to parquet needs pyarrow: pip install 'scalelab[parquet]'"
             ) from None
     elif fmt not in ("csv", "json"):
         raise ScalelabError(f"export: unknown format {fmt!r} (allowed: csv, json, parquet)")

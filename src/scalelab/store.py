@@ -56,19 +56,62 @@ CREATE TABLE IF NOT EXISTS evaluations (  -- a trained run re-scored under one s
 """
 
 
+def damaged(path: Path, exc: Exception) -> ScalelabError:
+    return ScalelabError(f"{path}: the results store is damaged ({exc}); restore it from a "
+                         "backup, or move it away to start the study over")
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose every query turns SQLite's damaged-file errors into one line
+    naming the store: damage can surface at any query (a cut-off file whose write-ahead log
+    was live when it was opened reads fine until a query reaches the missing pages)."""
+
+    path: Path
+
+    def execute(self, *args):
+        try:
+            return _Rows(super().execute(*args).fetchall(), self.path)
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError and "malformed" not in str(exc):
+                raise  # locked, constraint, programming errors: not damage
+            raise damaged(self.path, exc) from None
+
+    def executemany(self, *args):
+        try:
+            return super().executemany(*args)
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError and "malformed" not in str(exc):
+                raise
+            raise damaged(self.path, exc) from None
+
+
+class _Rows(list):
+    """A query's rows, fetched at once (so reading them cannot fail later)."""
+
+    def __init__(self, rows: list, path: Path):
+        super().__init__(rows)
+        self.path = path
+
+    def fetchone(self):
+        return self[0] if self else None
+
+    def fetchall(self):
+        return list(self)
+
+
 class Store:
     """Read and write one study's results."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                                   factory=_Connection)
+        self._db.path = self.path
         try:
             self._setup()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise ScalelabError(
-                f"{self.path}: the results store is damaged ({exc}); restore it from a backup, "
-                "or move it away to start the study over") from None
+            raise damaged(self.path, exc) from None
 
     def _setup(self) -> None:
         """Open (or create) the schema; a file that is not a store fails here."""
@@ -110,10 +153,7 @@ class Store:
 
     def check(self) -> None:
         """SQLite's full integrity check (reads every page: on demand, not at every open)."""
-        try:
-            problems = [row[0] for row in self._db.execute("PRAGMA integrity_check")]
-        except sqlite3.DatabaseError as exc:
-            problems = [str(exc)]
+        problems = [row[0] for row in self._db.execute("PRAGMA integrity_check")]
         if problems != ["ok"]:
             raise ScalelabError(
                 f"{self.path}: the results store is damaged ({problems[0]}"

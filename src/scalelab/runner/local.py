@@ -74,10 +74,10 @@ class LocalExecutor(Executor):
             seen.add(key)
             try:
                 count = parameter_count(run.config)
-            except RuntimeError as exc:  # a tensor too large for even its size to be computed
+            except Exception as exc:
                 if "overflow" not in str(exc):
-                    raise
-                count = None
+                    continue  # a model that cannot be built fails as a run, with its traceback
+                count = None  # a tensor too large for even its size to be computed
             if count is None or 16 * count > available:
                 sizes = ", ".join(f"{k}={v}" for k, v in run.config["model"].items()
                                   if k != "name" and isinstance(v, int))

@@ -306,9 +306,11 @@ def _selection_blocks(sel: SelectionAnalysis, records, curves, traces: dict, blo
                 and r.get("seed") == first_seed and r.get("status") == "completed"}
         if runs:
             labels = {i: _cell_label(r) for i, r in runs.items()}
+            references = sorted({ref for _, ref in declared.values() if ref})
             figure(plots.traces_figure(curves, labels, runs, declared),
                    f"selection_traces_{method}", f"{method}: per-step traces, first seed of "
-                                                 "each cell")
+                   "each cell" + (f"; dotted: each run's {', '.join(references)}"
+                                  if references else ""))
     with_classes = [(c.label, c.class_diffs) for c in sel.cells if c.class_diffs]
     if with_classes:
         figure(plots.class_figure(with_classes), "selection_classes",

@@ -115,7 +115,8 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
 
     groups = training_groups(todo, study) if executor.stacks else \
         [Group((r,), stacked=False) for r in todo]
-    grouped = f" as {len(groups)} stacked groups" if len(groups) < len(todo) else ""
+    stacked = sum(len(g.runs) > 1 for g in groups)
+    grouped = f" as {len(groups)} groups ({stacked} stacked)" if stacked else ""
     if store is None:  # a secondary rank: it trains, the primary records
         for _ in executor.execute(groups, lambda run: None):
             pass

@@ -90,7 +90,7 @@ class AST(Selection):
     """Adaptive Sparse Training: significance above a PI-controlled threshold is trained on."""
 
     scores = True
-    traces = {"ema_rate": ("EMA activation rate (dotted: target)", "target_rate"),
+    traces = {"ema_rate": ("EMA activation rate", "target_rate"),
               "theta": ("threshold θ", None)}
 
     class Config(Selection.Config):

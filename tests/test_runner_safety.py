@@ -38,7 +38,7 @@ def test_runs_whose_runner_is_gone_read_as_interrupted_and_are_retried(tmp_path,
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     with Store.open(tmp_path / "out", create=True) as store:
-        store.mark_running(study.runs[:2])
+        store.claim(study.runs[:2])
         store._db.execute("UPDATE runs SET owner = ? WHERE run_id = ?",
                           (f"{__import__('socket').gethostname()}:{dead}", study.runs[0].run_id))
         statuses = store.statuses()
@@ -95,3 +95,28 @@ def test_the_api_raises_when_runs_fail(tmp_path, tiny_study, exploding_model):
     assert caught.value.exit_code == 1 and len(caught.value.result.failed) == 1
     result = scalelab.run(path, out=tmp_path / "out", workers=1, check=False)
     assert len(result.failed) == 1 and result.trained["failed"] == 1
+
+
+@pytest.mark.slow
+def test_two_runners_on_one_directory_share_the_work_and_train_nothing_twice(tmp_path,
+                                                                             tiny_study):
+    study = tiny_study(tmp_path, grid={"width": [4, 8, 16]}, seeds=[0, 1, 2, 3],
+                       batch_runs="off",
+                       train={"optimizer": "adam", "lr": 0.01, "batch_size": 50,
+                              "max_steps": 400, "eval_every": 100})
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "scalelab", "run", str(study), "--out", str(out),
+               "--workers", "1", "--no-report", "--format", "json"]
+    runners = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    outputs = [r.communicate(timeout=300) for r in runners]
+    assert [r.returncode for r in runners] == [0, 0], [e for _, e in outputs]
+    reports = [json.loads(stdout) for stdout, _ in outputs]
+    trained = [sum(r["trained"].values()) for r in reports]
+    assert sum(trained) == 12 and min(trained) > 0, trained  # shared, and nothing twice
+    for report, count in zip(reports, trained):  # every run accounted for by each runner
+        assert count + report["already_done"] + report["elsewhere"] == 12, report
+    records = scalelab.api.records(out)
+    assert len(records) == 12 and {r["status"] for r in records} == {"completed"}
+    assert len({r["pid"] for r in records}) >= 2  # trained in both runners' processes
+    assert scalelab.api.claims(out) == []  # every claim ended with its result

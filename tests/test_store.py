@@ -14,7 +14,7 @@ def spec(i: int) -> RunSpec:
 
 def test_round_trip(tmp_path):
     with Store.open(tmp_path, create=True) as store:
-        store.mark_running([spec(1), spec(2)])
+        store.claim([spec(1), spec(2)])
         store.write_result(spec(1), RunResult(
             COMPLETED, {"test_loss": 0.5, "n_params": 10},
             [(10, "val_loss", 0.7), (20, "val_loss", 0.6)], None, {"device": "cpu"}))
@@ -28,10 +28,10 @@ def test_round_trip(tmp_path):
         assert store.meta()["study"] == "s"
 
 
-def test_finished_runs_are_never_marked_running_again(tmp_path):
+def test_finished_runs_are_never_claimed_again(tmp_path):
     with Store.open(tmp_path, create=True) as store:
         store.write_result(spec(1), RunResult(COMPLETED, {"x": 1}))
-        store.mark_running([spec(1)])
+        assert store.claim([spec(1)]) == []
         assert store.statuses()[spec(1).run_id] == COMPLETED
 
 
@@ -55,3 +55,36 @@ def test_missing_store_says_what_to_run(tmp_path):
     with pytest.raises(ScalelabError, match="no results store.*scalelab run STUDY --out"):
         Store.open(tmp_path / "nothing")
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_run_claimed_by_a_live_runner_is_left_to_it_and_taken_over_when_it_is_gone(
+        tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with Store.open(tmp_path, create=True) as store:
+            assert store.claim([spec(1), spec(2)]) == [spec(1), spec(2)]
+            assert store.claim([spec(1)]) == [spec(1)]  # its own claim: still its to train
+            store._db.execute("UPDATE runs SET owner = ? WHERE run_id = ?",
+                              (f"{socket.gethostname()}:{other.pid}", spec(1).run_id))
+            assert store.claim([spec(1), spec(3)]) == [spec(3)]  # run 1 is the other's
+            assert sorted(c["run_id"] for c in store.claims()) == [
+                spec(1).run_id, spec(2).run_id, spec(3).run_id]
+            other.kill()
+            other.wait()
+            assert store.statuses()[spec(1).run_id] == "interrupted"
+            assert store.claim([spec(1)]) == [spec(1)]  # its runner is gone: taken over
+            # A runner on another host is trusted while its heartbeat is fresh.
+            store._db.execute("UPDATE runs SET owner = 'elsewhere:1', heartbeat = ? "
+                              "WHERE run_id = ?", (time.time(), spec(2).run_id))
+            assert store.claim([spec(2)]) == []
+            store._db.execute("UPDATE runs SET heartbeat = ? WHERE run_id = ?",
+                              (time.time() - 3600, spec(2).run_id))
+            assert store.statuses()[spec(2).run_id] == "interrupted"
+            assert store.claim([spec(2)]) == [spec(2)]
+    finally:
+        other.kill()

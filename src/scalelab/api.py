@@ -320,6 +320,12 @@ def compare(out_dir: str | Path | None = None, *, metric: str, by: str, baseline
         [resolve_column(rows, w) for w in within], level)
 
 
+def claims(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The runs being trained now by a live runner, with its host:pid and heartbeat age."""
+    with Store.open(out_dir) as store:
+        return store.claims()
+
+
 def check_store(out_dir: str | Path) -> None:
     """Raise a one-line error when the store in ``out_dir`` fails SQLite's integrity check."""
     with Store.open(out_dir) as store:

@@ -132,6 +132,9 @@ def run(
     if result.already_done == len(result.selected):
         output.info(f"all {len(result.selected)} runs are already stored in {result.out_dir}; "
                     "nothing to train")
+    if result.elsewhere:
+        output.info(f"{result.elsewhere} run(s) were left to another runner training into "
+                    f"{result.out_dir} (`scalelab status {result.out_dir}` shows who runs what)")
     summary = api.summary(result.out_dir)
     _print_summary(output, summary)
     output.info(f"results: {result.out_dir / 'results.sqlite'}  (scalelab status {result.out_dir})")
@@ -157,7 +160,7 @@ def run(
     output.emit({
         "study": result.study.name, "out_dir": str(result.out_dir),
         "runs": len(result.selected), "already_done": result.already_done,
-        "trained": dict(result.trained),
+        "trained": dict(result.trained), "elsewhere": result.elsewhere,
         "failed": [{"run_id": r.run_id, "point": r.point, "error": m} for r, m in result.failed],
         "summary": summary.to_dict(),
         "report": str(report_path) if report_path else None,
@@ -186,11 +189,16 @@ def status(
     columns = ["run_id", *axes, "n_params", "val_loss", "test_loss", "test_acc", "wall_time"]
     output.table(f"best {min(top, len(done))} by validation loss", columns,
                  [[r.get(c) for c in columns] for r in done[:top]])
+    claims = api.claims(out_dir)
+    output.table("running now", ["run_id", "runner (host:pid)", "running for (s)",
+                                 "last heartbeat (s ago)"],
+                 [[c["run_id"], c["owner"], round(c["running_s"]), round(c["heartbeat_s"])]
+                  for c in claims])
     failed = [r for r in rows if r["status"] == "failed"]
     for r in failed:
         last = (r["error"] or "").strip().splitlines()[-1:] or [""]
         output.error(f"run {r['run_id']} failed: {last[0]}")
-    output.emit({"counts": counts, "best": done[:top],
+    output.emit({"counts": counts, "best": done[:top], "running": claims,
                  "failed": [{"run_id": r["run_id"], "error": r["error"]} for r in failed]})
     return 0
 

@@ -1,9 +1,11 @@
 """The results store: one SQLite file (WAL) per study output directory.
 
-Only the runner's parent process writes. Each finished run is one transaction (its row and
-its curves together), so a kill at any moment leaves every stored run whole; a run that was
-in flight stays ``running`` with its owner (host and pid of the runner), is read back as
-``interrupted`` once that owner is gone, and is trained again by the next ``scalelab run``.
+Only runner parent processes write. Each finished run is one transaction (its row and its
+curves together), so a kill at any moment leaves every stored run whole. A runner *claims* a
+run before training it (in one transaction: status ``running``, its owner host:pid and a
+heartbeat), so several ``scalelab run`` on one directory share the work and never train a
+run twice. A claim whose owner is gone (its pid, on this host) or whose heartbeat is older
+than :data:`STALE_S` (another host) reads as ``interrupted`` and is taken over.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ from typing import Any
 from .errors import ScalelabError
 from .records import FINISHED, INTERRUPTED, RUNNING, RunResult, RunSpec
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 FILENAME = "results.sqlite"
+#: A claim from another host whose heartbeat is older than this (seconds) is taken over.
+STALE_S = 600.0
+#: How often a runner renews the heartbeat of the runs it trains (seconds).
+HEARTBEAT_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,7 +42,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at  REAL,
     finished_at REAL,
     batch_group TEXT,            -- runs trained together as one stacked model share this id
-    owner       TEXT             -- host:pid of the runner that marked it running
+    owner       TEXT,            -- host:pid of the runner that claimed it
+    heartbeat   REAL             -- last time that runner said it is still training it
 );
 CREATE TABLE IF NOT EXISTS curves (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
@@ -127,6 +134,8 @@ class Store:
             self._db.execute("ALTER TABLE runs ADD COLUMN batch_group TEXT")
         if "owner" not in columns:  # schema 3 -> 4
             self._db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+        if "heartbeat" not in columns:  # schema 4 -> 5
+            self._db.execute("ALTER TABLE runs ADD COLUMN heartbeat REAL")
         if version is None or int(version) < SCHEMA_VERSION:
             self.set_meta(schema_version=SCHEMA_VERSION)
 
@@ -180,19 +189,54 @@ class Store:
 
     # ---------------------------------------------------------------- writing
 
-    def mark_running(self, runs: Iterable[RunSpec]) -> None:
-        """Record runs as started; never touches a run that already finished."""
-        now = time.time()
+    def claim(self, runs: Iterable[RunSpec], retrain: Iterable[str] = ()) -> list[RunSpec]:
+        """Claim the runs this process may train, in one transaction: those not finished (or
+        in ``retrain``: finished, to be trained again) and not claimed by another runner
+        that is still alive. Returns them (possibly none)."""
+        retrain = set(retrain)
+        runs = list(runs)
+        me, now = owner(), time.time()
         with self._transaction():
+            held = {run_id: (status, marked_by, beat) for run_id, status, marked_by, beat
+                    in self._db.execute(
+                        "SELECT run_id, status, owner, heartbeat FROM runs WHERE run_id IN "
+                        f"({_placeholders(runs)})", [r.run_id for r in runs])}
+            mine = []
+            for run in runs:
+                status, marked_by, beat = held.get(run.run_id, (None, None, None))
+                if (status in FINISHED and run.run_id not in retrain) or (
+                        _live_status(status, marked_by, beat) == RUNNING and marked_by != me):
+                    continue
+                mine.append(run)
             self._db.executemany(
-                "INSERT INTO runs (run_id, status, config, point, started_at, owner) "
-                "VALUES (?,?,?,?,?,?) "
+                "INSERT INTO runs (run_id, status, config, point, started_at, owner, heartbeat) "
+                "VALUES (?,?,?,?,?,?,?) "
                 "ON CONFLICT(run_id) DO UPDATE SET status=excluded.status, "
-                "started_at=excluded.started_at, point=excluded.point, owner=excluded.owner "
-                f"WHERE runs.status NOT IN ({_placeholders(FINISHED)})",
-                [(r.run_id, RUNNING, json.dumps(r.config), json.dumps(r.point), now, owner(),
-                  *FINISHED) for r in runs],
-            )
+                "started_at=excluded.started_at, point=excluded.point, owner=excluded.owner, "
+                "heartbeat=excluded.heartbeat",
+                [(r.run_id, RUNNING, json.dumps(r.config), json.dumps(r.point), now, me, now)
+                 for r in mine])
+        return mine
+
+    def heartbeat(self, run_ids: Iterable[str]) -> None:
+        """Say this runner is still training these runs."""
+        ids = list(run_ids)
+        if ids:
+            with self._transaction():
+                self._db.execute(
+                    f"UPDATE runs SET heartbeat = ? WHERE owner = ? AND status = ? AND run_id IN "
+                    f"({_placeholders(ids)})", [time.time(), owner(), RUNNING, *ids])
+
+    def claims(self) -> list[dict[str, Any]]:
+        """Runs claimed by a runner that is still alive: run id, owner, seconds since claimed
+        and since its last heartbeat."""
+        now = time.time()
+        return [{"run_id": run_id, "owner": marked_by, "running_s": now - (started or now),
+                 "heartbeat_s": now - (beat or started or now)}
+                for run_id, status, marked_by, started, beat in self._db.execute(
+                    "SELECT run_id, status, owner, started_at, heartbeat FROM runs "
+                    "WHERE status = ? ORDER BY started_at", [RUNNING])
+                if _live_status(status, marked_by, beat) == RUNNING]
 
     def write_result(self, run: RunSpec, result: RunResult) -> None:
         """Store a run's row and curves in one transaction (replacing any earlier attempt)."""
@@ -244,19 +288,20 @@ class Store:
                 for run_id, config in self._db.execute("SELECT run_id, config FROM runs")}
 
     def statuses(self) -> dict[str, str]:
-        return {run_id: _live_status(status, marked_by) for run_id, status, marked_by
-                in self._db.execute("SELECT run_id, status, owner FROM runs")}
+        return {run_id: _live_status(status, marked_by, beat) for run_id, status, marked_by, beat
+                in self._db.execute("SELECT run_id, status, owner, heartbeat FROM runs")}
 
     def records(self) -> list[dict[str, Any]]:
         """One flat dict per run: id, status, grid point, metrics, dotted config, provenance."""
         rows = self._db.execute(
             "SELECT run_id, status, point, metrics, config, provenance, error, started_at, "
-            "finished_at, batch_group, owner FROM runs ORDER BY rowid"
+            "finished_at, batch_group, owner, heartbeat FROM runs ORDER BY rowid"
         )
         out = []
         for (run_id, status, point, metrics, config, prov, error, started, finished, group,
-             marked_by) in rows:
-            record: dict[str, Any] = {"run_id": run_id, "status": _live_status(status, marked_by)}
+             marked_by, beat) in rows:
+            record: dict[str, Any] = {"run_id": run_id,
+                                      "status": _live_status(status, marked_by, beat)}
             record.update(json.loads(point))
             record.update(json.loads(metrics or "{}"))
             record.update(_flatten(json.loads(config)))
@@ -296,16 +341,20 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _live_status(status: str, marked_by: str | None) -> str:
-    """``interrupted`` for a ``running`` row whose runner is no longer alive on this host
-    (or that has no owner: written before owners were recorded). A runner on another host
-    cannot be checked from here, so its runs stay ``running``."""
+def _live_status(status: str | None, marked_by: str | None, beat: float | None = None
+                 ) -> str | None:
+    """``interrupted`` for a ``running`` row whose runner is gone: on this host its pid no
+    longer exists; on another host its heartbeat is older than :data:`STALE_S`. A row with
+    no owner (written before owners were recorded) is interrupted too."""
     if status != RUNNING:
         return status
     if not marked_by:
         return INTERRUPTED
     host, _, pid = marked_by.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
+    if host != socket.gethostname():
+        fresh = beat is None or time.time() - beat < STALE_S  # no heartbeat: schema 4
+        return status if fresh else INTERRUPTED
+    if pid.isdigit() and int(pid) != os.getpid():
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:

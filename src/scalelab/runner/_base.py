@@ -1,9 +1,10 @@
 """Executor base class: where a study's groups of runs train.
 
-An executor only trains: given groups, it yields each run's :class:`RunResult` (checkpoint
-bytes included) as it finishes. Planning, the store, checkpoints on disk and progress are
-``runner.study``'s, once for every executor, so a worker needs no access to the output
-directory. A new backend is one module with a registered subclass.
+An executor only trains: given groups, it claims each just before starting it (another
+runner may have taken some of its runs meanwhile) and yields each run's :class:`RunResult`
+(checkpoint bytes included) as it finishes. Planning, claims, the store, checkpoints on disk
+and progress are ``runner.study``'s, once for every executor, so a worker needs no access to
+the output directory. A new backend is one module with a registered subclass.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ class Group:
 
     runs: tuple[RunSpec, ...]
     stacked: bool
+
+    def only(self, runs: list[RunSpec]) -> Group | None:
+        """This group cut down to ``runs`` (None when that leaves nothing)."""
+        kept = tuple(r for r in self.runs if r in runs)
+        return Group(kept, self.stacked) if kept else None
 
     @property
     def id(self) -> str | None:
@@ -73,10 +79,11 @@ class Executor(ABC):
         """Where the training happens, for the line printed before it starts."""
 
     @abstractmethod
-    def execute(self, groups: Sequence[Group], on_start: Callable[[RunSpec], None]
+    def execute(self, groups: Sequence[Group], claim: Callable[[Group], Group | None]
                 ) -> Iterator[tuple[RunSpec, RunResult]]:
-        """Train every group, calling ``on_start`` for each run as its group starts, and
-        yield each run's result as it arrives."""
+        """Train every group, calling ``claim`` just before starting it and training only
+        the runs it returns (None: none; another runner has them), and yield each run's
+        result as it arrives."""
 
     def __enter__(self) -> Executor:
         return self

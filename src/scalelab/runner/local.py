@@ -94,15 +94,15 @@ class LocalExecutor(Executor):
         return f"on {self.dev} with {n} worker{'s' if n > 1 else ''}"
 
     def execute(
-        self, groups: Sequence[Group], on_start: Callable[[RunSpec], None]
+        self, groups: Sequence[Group], claim: Callable[[Group], Group | None]
     ) -> Iterator[tuple[RunSpec, RunResult]]:
         self.workers = max(1, min(self.max_workers, len(groups)))
         if self.workers == 1:
             for group in groups:
-                for run in group.runs:
-                    on_start(run)
-                yield from zip(group.runs, train_group_of(group, self.devices[0],
-                                                          self.checkpoint))
+                group = claim(group)
+                if group is not None:
+                    yield from zip(group.runs, train_group_of(group, self.devices[0],
+                                                              self.checkpoint))
             return
         pending = deque(enumerate(groups))
         in_flight: dict[Future, tuple[int, Group]] = {}
@@ -114,8 +114,9 @@ class LocalExecutor(Executor):
                 queue, limit = (suspects, 1) if alone else (pending, self.workers)
                 while queue and len(in_flight) < limit:
                     index, group = queue.popleft()
-                    for run in group.runs:
-                        on_start(run)
+                    group = claim(group)
+                    if group is None:
+                        continue
                     device = self.devices[index % len(self.devices)]
                     future = pool.submit(train_group_of, group, device, self.checkpoint)
                     in_flight[future] = (index, group)

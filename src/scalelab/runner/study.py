@@ -7,8 +7,8 @@ executor. Only the primary process touches the output directory.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from ..output import Output
 from ..records import COMPLETED, FINISHED, RunResult, RunSpec
 from ..registry import executors
 from ..spec import Study
-from ..store import Store
+from ..store import HEARTBEAT_S, Store, owner
 from ._base import Executor, Group
 from .shard import parse_shard, select_shard
 
@@ -33,6 +33,7 @@ class StudyRun:
     trained: Counter = field(default_factory=Counter)  # status -> runs trained now
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
     primary: bool = True  # False on the non-zero ranks of a torchrun job: they write nothing
+    elsewhere: int = 0    # runs left to another runner training them into the same store
 
     @property
     def ok(self) -> bool:
@@ -93,10 +94,13 @@ def execute_study(study: Study, out_dir: Path, workers: int | None = None, devic
 def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
              executor: Executor, store: Store | None) -> StudyRun:
     statuses: dict[str, str] = {}
+    others: set[str] = set()  # runs another live runner is training into this store
     if store is not None:
         store_meta(store, study)
         statuses = store.statuses()
+        others = {c["run_id"] for c in store.claims() if c["owner"] != owner()}
     selected, todo = plan(study, statuses, shard)
+    retrain: set[str] = set()
     if store is not None and study.spec.save_checkpoints:
         lost = [r for r in selected if statuses.get(r.run_id) == COMPLETED
                 and not checkpoint_path(out_dir, r).exists()]
@@ -104,33 +108,82 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
             output.info(f"{len(lost)} completed run{'s' if len(lost) > 1 else ''} lost "
                         f"{'their checkpoints' if len(lost) > 1 else 'its checkpoint'} "
                         f"(e.g. {checkpoint_path(out_dir, lost[0])}): training again")
-            again = {r.run_id for r in todo} | {r.run_id for r in lost}
-            todo = [r for r in selected if r.run_id in again]
-    todo = executor.agree(todo)
-    result = StudyRun(study, out_dir, selected, len(selected) - len(todo),
-                      primary=executor.primary)
+            retrain = {r.run_id for r in lost}
+            todo = [r for r in selected if r in todo or r.run_id in retrain]
+    elsewhere = [r for r in todo if r.run_id in others]
+    todo = executor.agree([r for r in todo if r not in elsewhere])
+    result = StudyRun(study, out_dir, selected, len(selected) - len(todo) - len(elsewhere),
+                      primary=executor.primary, elsewhere=len(elsewhere))
     if not todo:
         return result
     from .grouping import training_groups  # the training stack loads only to train
 
     groups = training_groups(todo, study) if executor.stacks else \
         [Group((r,), stacked=False) for r in todo]
-    stacked = sum(len(g.runs) > 1 for g in groups)
-    grouped = f" as {len(groups)} groups ({stacked} stacked)" if stacked else ""
-    if store is None:  # a secondary rank: it trains, the primary records
-        for _ in executor.execute(groups, lambda run: None):
+    if store is None:  # a secondary rank: it trains, the primary claims and records
+        for _ in executor.execute(groups, lambda group: group):
             pass
         return result
+    stacked = sum(len(g.runs) > 1 for g in groups)
+    grouped = f" as {len(groups)} groups ({stacked} stacked)" if stacked else ""
     output.info(f"training {len(todo)} of {len(selected)} runs{grouped} "
-                f"{executor.describe(len(groups))} -> {out_dir}")
-    on_start: Callable[[RunSpec], None] = lambda run: store.mark_running([run])  # noqa: E731
-    with output.progress(len(todo), study.name) as progress:
-        for run, run_result in executor.execute(groups, on_start):
+                f"{executor.describe(len(groups))} -> {out_dir}"
+                + (f"; {len(elsewhere)} more are being trained by another runner"
+                   if elsewhere else ""))
+    with Heartbeat(out_dir) as beating, output.progress(len(todo), study.name) as progress:
+        def claim(group: Group) -> Group | None:
+            mine = group.only(store.claim(group.runs, retrain))
+            missed = len(group.runs) - (len(mine.runs) if mine else 0)
+            if missed:  # another runner claimed them since the plan
+                result.elsewhere += missed
+                for _ in range(missed):
+                    progress.advance("elsewhere", "claimed by another runner")
+            beating.add(mine.runs if mine else ())
+            return mine
+
+        for run, run_result in executor.execute(groups, claim):
             save_checkpoint(out_dir, run, run_result)
             store.write_result(run, run_result)
+            beating.discard(run)
             record(result, run, run_result)
             progress.advance(run_result.status, _label(run, run_result))
     return result
+
+
+class Heartbeat:
+    """Renews, every :data:`HEARTBEAT_S` seconds from a background thread with its own
+    connection, the claims of the runs this runner is training."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir, self.runs = out_dir, set()
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def add(self, runs) -> None:
+        with self.lock:
+            self.runs |= {r.run_id for r in runs}
+
+    def discard(self, run: RunSpec) -> None:
+        with self.lock:
+            self.runs.discard(run.run_id)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            with self.lock:
+                ids = sorted(self.runs)
+            try:
+                with Store.open(self.out_dir) as store:
+                    store.heartbeat(ids)
+            except Exception:  # a missed beat only shortens the claim's life; never fatal
+                pass
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
 
 
 def checkpoint_path(out_dir: Path, run: RunSpec) -> Path:

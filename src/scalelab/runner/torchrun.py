@@ -81,8 +81,10 @@ class TorchrunExecutor(Executor):
     def describe(self, groups: int) -> str:
         return f"on {dist.get_world_size()} processes ({self.dev.type})"
 
-    def execute(self, groups: Sequence[Group], on_start: Callable[[RunSpec], None]
+    def execute(self, groups: Sequence[Group], claim: Callable[[Group], Group | None]
                 ) -> Iterator[tuple[RunSpec, RunResult]]:
         for group in groups:
-            on_start(group.runs[0])
-            yield group.runs[0], train_group_of(group, str(self.dev), self.checkpoint)[0]
+            decision = [claim(group) is not None]  # rank 0's claim decides for every rank
+            dist.broadcast_object_list(decision, src=0)
+            if decision[0]:
+                yield group.runs[0], train_group_of(group, str(self.dev), self.checkpoint)[0]

@@ -165,3 +165,44 @@ def test_sigkill_mid_study_then_rerun_completes_exactly_the_missing_runs(tmp_pat
     assert {s for _, s in rows} == {"completed"}
     assert payload["already_done"] + payload["trained"]["completed"] == 12
     assert payload["already_done"] >= 3
+
+
+def test_shard_stores_read_as_one_and_merge(tmp_path, tiny_study):
+    study = tiny_study(tmp_path)
+    together = tmp_path / "together"
+    scalelab.run(study, out=together, device="cpu", workers=1)
+    out = tmp_path / "sharded"
+    for i in range(2):  # a job array: each shard writes its own store file
+        result = invoke("run", study, "--out", out, "--shard", f"{i}/2", "--shard-store",
+                        "--workers", 1, "--no-report")
+        assert result.exit_code == 0, result.output
+    assert not (out / "results.sqlite").exists()
+    assert sorted(p.name for p in out.glob("results*.sqlite")) == [
+        "results.shard-0-of-2.sqlite", "results.shard-1-of-2.sqlite"]
+    expected = {r["run_id"]: r for r in scalelab.api.records(together)}
+    sharded = {r["run_id"]: r for r in scalelab.api.records(out)}  # readers see all files
+    assert sharded.keys() == expected.keys()
+    for run_id, record in expected.items():
+        assert sharded[run_id]["test_loss"] == record["test_loss"]
+    status = invoke("status", out, "--format", "json")
+    assert json.loads(status.output)["counts"] == {"completed": 4}
+    rerun = invoke("run", study, "--out", out, "--workers", 1, "--no-report")
+    assert "all 4 runs are already stored" in rerun.output  # the plan sees the shard files
+    refused = invoke("evaluate", out)
+    assert refused.exit_code == 2 and "shard store(s); run `scalelab merge" in refused.output
+    curves_before = scalelab.api.export(out, "json", tmp_path / "c.json", curves=True)
+    merged = invoke("merge", out)
+    assert merged.exit_code == 0 and "4 run(s) merged from shard stores" in merged.output
+    assert sorted(p.name for p in out.glob("results*")) == ["results.sqlite"]
+    after = {r["run_id"]: r for r in scalelab.api.records(out)}
+    assert {k: r["test_loss"] for k, r in after.items()} == \
+        {k: r["test_loss"] for k, r in sharded.items()}
+    curves_after = scalelab.api.export(out, "json", tmp_path / "d.json", curves=True)
+    assert json.loads(curves_after.read_text()) == json.loads(curves_before.read_text())
+    assert "nothing to merge" in invoke("merge", out).output
+
+
+def test_shard_store_needs_a_shard(tmp_path, tiny_study):
+    result = invoke("run", tiny_study(tmp_path), "--out", tmp_path / "o", "--shard-store")
+    assert result.exit_code == 2 and "--shard-store: only with --shard i/k" in result.output
+    assert not (tmp_path / "o").exists()

@@ -88,3 +88,24 @@ def test_a_run_claimed_by_a_live_runner_is_left_to_it_and_taken_over_when_it_is_
             assert store.claim([spec(2)]) == [spec(2)]
     finally:
         other.kill()
+
+
+def test_a_run_in_several_store_files_counts_once_as_its_finished_row(tmp_path):
+    from scalelab.store import Stores
+
+    with Store.open(tmp_path, create=True, shard=(0, 2)) as first:
+        first.write_result(spec(1), RunResult(FAILED, error="boom", curves=[(1, "a", 9.0)]))
+        first.write_result(spec(2), RunResult(COMPLETED, {"test_loss": 0.2}))
+    with Store.open(tmp_path, create=True, shard=(1, 2)) as second:
+        second.write_result(spec(1), RunResult(COMPLETED, {"test_loss": 0.1},
+                                               curves=[(5, "a", 1.0)]))
+    with Store.open(tmp_path) as both:
+        assert isinstance(both, Stores)
+        assert both.statuses() == {spec(1).run_id: COMPLETED, spec(2).run_id: COMPLETED}
+        assert sorted(r["test_loss"] for r in both.records()) == [0.1, 0.2]
+        assert [(c["step"], c["value"]) for c in both.curves(spec(1).run_id)] == [(5, 1.0)]
+        assert both.merge() == 2
+    with Store.open(tmp_path) as merged:
+        assert isinstance(merged, Store)
+        assert merged.statuses() == {spec(1).run_id: COMPLETED, spec(2).run_id: COMPLETED}
+        assert [(c["step"], c["value"]) for c in merged.curves(spec(1).run_id)] == [(5, 1.0)]

@@ -25,7 +25,7 @@ from .errors import ScalelabError
 from .output import Output
 from .runner import StudyRun, execute_study, parse_shard, plan
 from .spec import RunSpec, Study, load_study
-from .store import FILENAME, Store
+from .store import FILENAME, Store, Stores
 
 ExportFormat = Literal["csv", "json", "parquet"]
 
@@ -52,6 +52,7 @@ def run(
     output: Output | None = None,
     check: bool = True,
     backend: str = "auto",
+    shard_store: bool = False,
 ) -> StudyRun:
     """Train every run of ``study`` that ``out`` does not hold yet, storing each result; then,
     if the study declares ``evaluations`` (and saves checkpoints), re-score what is missing.
@@ -68,7 +69,7 @@ def run(
     if workers != 1:
         check_main_guard()
     result = execute_study(spec, out_dir, workers=workers, device=device, shard=shard,
-                           output=output, backend=backend)
+                           output=output, backend=backend, shard_store=shard_store)
     if spec.spec.evaluations and spec.spec.save_checkpoints and not shard and result.primary:
         evaluate(out_dir, study=spec, device=device, output=output)
     if check and result.failed:
@@ -324,6 +325,13 @@ def claims(out_dir: str | Path) -> list[dict[str, Any]]:
     """The runs being trained now by a live runner, with its host:pid and heartbeat age."""
     with Store.open(out_dir) as store:
         return store.claims()
+
+
+def merge(out_dir: str | Path) -> int:
+    """Fold the shard stores of ``out_dir`` into its main store and remove them; returns the
+    runs taken from shards (0 when there were none)."""
+    with Store.open(out_dir) as store:
+        return store.merge() if isinstance(store, Stores) else 0
 
 
 def check_store(out_dir: str | Path) -> None:

@@ -110,6 +110,7 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable), e.g. train.lr=0.01 or grid.model.width=[16,32]"),
     quick: bool = typer.Option(False, "--quick", help="apply the study's own `quick:` overrides for a fast first look (kept apart in runs/<name>-quick)"),
     shard: str | None = typer.Option(None, "--shard", help="run only slice i of k (i/k, 0 <= i < k) for job arrays"),
+    shard_store: bool = typer.Option(False, "--shard-store", help="with --shard: write this shard's own store file (job arrays on network filesystems); readers see all, `scalelab merge` folds them"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their state; train and write nothing"),
     report: bool = typer.Option(True, "--report/--no-report", help="write the study report when done"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="bootstrap resamples for the report's intervals"),
@@ -126,7 +127,8 @@ def run(
                      for r, state in planned])
         return 0
     result = api.run(study, out=out, workers=workers, device=device, overrides=set_,
-                     quick=quick, shard=shard, output=output, check=False, backend=backend)
+                     quick=quick, shard=shard, output=output, check=False, backend=backend,
+                     shard_store=shard_store)
     if not result.primary:  # a non-zero torchrun rank: rank 0 reports
         return 0
     if result.already_done == len(result.selected):
@@ -343,6 +345,18 @@ def evaluate(
     output.emit({"out_dir": str(out_dir), "scored": result.scored,
                  "already_done": result.already_done, "models": result.models,
                  "settings": summary, "comparisons": [c.to_dict() for c in comparisons]})
+    return 0
+
+
+@command
+def merge(
+    out_dir: Path = typer.Argument(..., help="a study output directory holding shard stores"),
+    output: Output = None,
+) -> int:
+    """Fold the shard stores (`--shard-store`) of a directory into its results.sqlite."""
+    taken = api.merge(out_dir)
+    output.info(f"{out_dir}: {taken} run(s) merged from shard stores into results.sqlite"
+                if taken else f"{out_dir}: nothing to merge (no shard stores, or nothing new in them)")
     return 0
 
 

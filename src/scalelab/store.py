@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ScalelabError
-from .records import FINISHED, INTERRUPTED, RUNNING, RunResult, RunSpec
+from .records import COMPLETED, DIVERGED, FINISHED, INTERRUPTED, RUNNING, RunResult, RunSpec
 
 SCHEMA_VERSION = 5
 FILENAME = "results.sqlite"
+#: Shard stores (``--shard i/k --shard-store``): one file per shard, read with the main one.
+SHARD_GLOB = "results.shard-*-of-*.sqlite"
 #: A claim from another host whose heartbeat is older than this (seconds) is taken over.
 STALE_S = 600.0
 #: How often a runner renews the heartbeat of the runs it trains (seconds).
@@ -140,21 +142,34 @@ class Store:
             self.set_meta(schema_version=SCHEMA_VERSION)
 
     @classmethod
-    def open(cls, out_dir: str | Path, create: bool = False) -> Store:
+    def open(cls, out_dir: str | Path, create: bool = False,
+             shard: tuple[int, int] | None = None) -> Store | Stores:
+        """The directory's store. With ``shard`` (i, k): that shard's own file. Otherwise,
+        when shard files are present beside (or instead of) the main file, all of them read
+        as one (:class:`Stores`)."""
         out = Path(out_dir)
-        path = out / FILENAME
+        path = out / (shard_filename(*shard) if shard else FILENAME)
+        shards = [] if shard else sorted(out.glob(SHARD_GLOB))
+        if not path.exists():
+            if create:
+                out.mkdir(parents=True, exist_ok=True)
+            elif not shards:
+                raise ScalelabError(
+                    f"{out}: no results store ({FILENAME}); run `scalelab run STUDY --out {out}` first"
+                )
+        main = cls._checked(path) if path.exists() or create else None
+        if not shards:
+            return main
+        return Stores(main, [cls._checked(p) for p in shards])
+
+    @classmethod
+    def _checked(cls, path: Path) -> Store:
         if path.exists():
             damage = _truncation(path)
             if damage:
                 raise ScalelabError(
                     f"{path}: the results store is {damage}; restore it from a backup, or move "
                     "it away to start the study over")
-        if not path.exists():
-            if not create:
-                raise ScalelabError(
-                    f"{out}: no results store ({FILENAME}); run `scalelab run STUDY --out {out}` first"
-                )
-            out.mkdir(parents=True, exist_ok=True)
         return cls(path)
 
     def close(self) -> None:
@@ -334,6 +349,156 @@ class _Transaction:
 
     def __exit__(self, exc_type, *_):
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def shard_filename(index: int, count: int) -> str:
+    return f"results.shard-{index}-of-{count}.sqlite"
+
+
+#: Which of two stored rows of one run to believe: a finished one, then one in flight.
+_RANK = {COMPLETED: 3, DIVERGED: 3, RUNNING: 2}
+
+
+def _better(status: str | None, finished: float | None, than: tuple | None) -> bool:
+    if than is None:
+        return True
+    return (_RANK.get(status, 1), finished or 0.0) > (_RANK.get(than[0], 1), than[1] or 0.0)
+
+
+class Stores:
+    """The main store and the shard stores of one directory, read as one store: a run stored
+    in several files counts once, as its finished (then latest) row. Writes of a run go to
+    the main store; evaluations wait for ``scalelab merge``."""
+
+    def __init__(self, main: Store | None, shards: list[Store]):
+        self.main, self.shards = main, shards
+        self.stores = ([main] if main else []) + shards
+        self.path = self.stores[0].path
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+
+    def __enter__(self) -> Stores:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _writer(self) -> Store:
+        if self.main is None:
+            raise ScalelabError(f"{self.path.parent}: holds only shard stores; run `scalelab "
+                                f"merge {self.path.parent}` first")
+        return self.main
+
+    def require_merged(self, *args, **kwargs):
+        """Refuse what needs one file (re-scoring writes evaluations of runs in the shards)."""
+        raise ScalelabError(f"{self.path.parent}: holds {len(self.shards)} shard store(s); run "
+                            f"`scalelab merge {self.path.parent}` first")
+
+    write_evaluation = require_merged
+
+    def set_meta(self, **values: Any) -> None:
+        self._writer().set_meta(**values)
+
+    def claim(self, runs, retrain=()):
+        mine = {r.run_id for r in runs if self.statuses().get(r.run_id) not in FINISHED
+                or r.run_id in set(retrain)}
+        return self._writer().claim([r for r in runs if r.run_id in mine], retrain)
+
+    def heartbeat(self, run_ids) -> None:
+        self._writer().heartbeat(run_ids)
+
+    def write_result(self, run: RunSpec, result: RunResult) -> None:
+        self._writer().write_result(run, result)
+
+    def check(self) -> None:
+        for store in self.stores:
+            store.check()
+
+    def meta(self) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for store in reversed(self.stores):  # the main store's values win
+            merged.update(store.meta())
+        return merged
+
+    def _chosen(self) -> dict[str, Store]:
+        """Which file holds each run's believed row."""
+        best: dict[str, tuple] = {}
+        where: dict[str, Store] = {}
+        for store in self.stores:
+            for run_id, status, finished in store._db.execute(
+                    "SELECT run_id, status, finished_at FROM runs"):
+                if _better(status, finished, best.get(run_id)):
+                    best[run_id], where[run_id] = (status, finished), store
+        return where
+
+    def records(self) -> list[dict[str, Any]]:
+        where = self._chosen()
+        return [r for store in self.stores for r in store.records()
+                if where[r["run_id"]] is store]
+
+    def statuses(self) -> dict[str, str]:
+        where = self._chosen()
+        return {k: v for store in self.stores for k, v in store.statuses().items()
+                if where[k] is store}
+
+    def configs(self) -> dict[str, dict[str, Any]]:
+        where = self._chosen()
+        return {k: v for store in self.stores for k, v in store.configs().items()
+                if where[k] is store}
+
+    def curves(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        where = self._chosen()
+        rows = [c for store in self.stores for c in store.curves(run_id)
+                if where[c["run_id"]] is store]
+        return sorted(rows, key=lambda c: (c["run_id"], c["name"], c["step"]))
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        return [e for store in self.stores for e in store.evaluations()]
+
+    def claims(self) -> list[dict[str, Any]]:
+        return [c for store in self.stores for c in store.claims()]
+
+    def merge(self) -> int:
+        """Fold every shard store into the main one (each run's believed row and its curves,
+        evaluations), then remove the shard files; returns how many runs were taken from
+        shards.
+        Safe to repeat after a crash: it only ever replaces a row by a better one."""
+        main = self.main or Store._checked(self.path.parent / FILENAME)
+        taken: set[str] = set()
+        for shard in self.shards:
+            columns = [row[1] for row in shard._db.execute("PRAGMA table_info(runs)")]
+            names = ", ".join(columns)
+            held = {run_id: (status, finished) for run_id, status, finished in main._db.execute(
+                "SELECT run_id, status, finished_at FROM runs")}
+            with main._transaction():
+                for row in shard._db.execute(f"SELECT {names} FROM runs"):
+                    values = dict(zip(columns, row))
+                    if not _better(values["status"], values["finished_at"],
+                                   held.get(values["run_id"])):
+                        continue
+                    main._db.execute("DELETE FROM curves WHERE run_id = ?", (values["run_id"],))
+                    main._db.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES "
+                                     f"({_placeholders(columns)})", row)
+                    main._db.executemany(
+                        "INSERT INTO curves VALUES (?,?,?,?)",
+                        shard._db.execute("SELECT run_id, step, name, value FROM curves "
+                                          "WHERE run_id = ?", (values["run_id"],)))
+                    taken.add(values["run_id"])
+                main._db.executemany(
+                    "INSERT OR IGNORE INTO evaluations VALUES (?,?,?,?,?)",
+                    shard._db.execute("SELECT run_id, eval_id, config, metrics, created_at "
+                                      "FROM evaluations"))
+                missing = {k: v for k, v in shard.meta().items() if k not in main.meta()}
+                if missing:
+                    main._db.executemany("INSERT INTO meta VALUES (?, ?)", missing.items())
+        for shard in self.shards:
+            shard.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{shard.path}{suffix}").unlink(missing_ok=True)
+        self.shards, self.stores, self.main = [], [main], main
+        return len(taken)
 
 
 def owner() -> str:

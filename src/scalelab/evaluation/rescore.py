@@ -16,7 +16,7 @@ from ..plugin import instantiate
 from ..records import COMPLETED, setting_label
 from ..registry import evaluators, tasks
 from ..spec import Study, load_study
-from ..store import Store
+from ..store import Store, Stores
 from ..train.run import load_checkpoint, resolve_device
 
 
@@ -51,6 +51,8 @@ def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
     out = Path(out_dir)
     dev = resolve_device(device)
     with Store.open(out) as store:
+        if isinstance(store, Stores):
+            store.require_merged()
         meta = store.meta()
         if not isinstance(study, Study):
             source = study or meta.get("source")

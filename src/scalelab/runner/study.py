@@ -75,15 +75,20 @@ def store_meta(store: Store, study: Study) -> None:
 
 def execute_study(study: Study, out_dir: Path, workers: int | None = None, device: str = "auto",
                   shard: str | None = None, output: Output | None = None,
-                  backend: str = "auto") -> StudyRun:
-    """Train what ``out_dir`` does not hold yet; every result is stored as it arrives."""
+                  backend: str = "auto", shard_store: bool = False) -> StudyRun:
+    """Train what ``out_dir`` does not hold yet; every result is stored as it arrives. With
+    ``shard_store``, a ``shard`` writes its own store file in ``out_dir`` (for job arrays on
+    filesystems where SQLite's locking is unsafe); readers see all of them as one."""
     output = output or Output()
     out_dir = Path(out_dir)
+    if shard_store and not shard:
+        raise ScalelabError("--shard-store: only with --shard i/k (each shard its own file)")
+    own_file = parse_shard(shard) if shard_store else None
     # Everything that can be refused is refused here, before anything is written.
     executor = make_executor(backend, device, workers, study.spec.save_checkpoints)
     executor.check(study)
     with executor:
-        store = Store.open(out_dir, create=True) if executor.primary else None
+        store = Store.open(out_dir, create=True, shard=own_file) if executor.primary else None
         try:
             return _execute(study, out_dir, shard, output, executor, store)
         finally:
@@ -130,7 +135,7 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
                 f"{executor.describe(len(groups))} -> {out_dir}"
                 + (f"; {len(elsewhere)} more are being trained by another runner"
                    if elsewhere else ""))
-    with Heartbeat(out_dir) as beating, output.progress(len(todo), study.name) as progress:
+    with Heartbeat(store.path) as beating, output.progress(len(todo), study.name) as progress:
         def claim(group: Group) -> Group | None:
             mine = group.only(store.claim(group.runs, retrain))
             missed = len(group.runs) - (len(mine.runs) if mine else 0)
@@ -154,8 +159,8 @@ class Heartbeat:
     """Renews, every :data:`HEARTBEAT_S` seconds from a background thread with its own
     connection, the claims of the runs this runner is training."""
 
-    def __init__(self, out_dir: Path):
-        self.out_dir, self.runs = out_dir, set()
+    def __init__(self, path: Path):
+        self.path, self.runs = path, set()
         self.lock, self.stop = threading.Lock(), threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
@@ -172,7 +177,7 @@ class Heartbeat:
             with self.lock:
                 ids = sorted(self.runs)
             try:
-                with Store.open(self.out_dir) as store:
+                with Store(self.path) as store:
                     store.heartbeat(ids)
             except Exception:  # a missed beat only shortens the claim's life; never fatal
                 pass

@@ -10,8 +10,9 @@ __all__ = ["__version__", "load", "run"]
 
 
 def __getattr__(name: str):
-    if name in ("load", "run"):
-        from . import api
+    if name in ("api", "load", "run"):
+        import importlib
 
-        return getattr(api, name)
+        api = importlib.import_module("scalelab.api")
+        return api if name == "api" else getattr(api, name)
     raise AttributeError(f"module 'scalelab' has no attribute {name!r}")

@@ -53,6 +53,7 @@ def run(
     check: bool = True,
     backend: str = "auto",
     shard_store: bool = False,
+    address: str | None = None,
 ) -> StudyRun:
     """Train every run of ``study`` that ``out`` does not hold yet, storing each result; then,
     if the study declares ``evaluations`` (and saves checkpoints), re-score what is missing.
@@ -69,7 +70,8 @@ def run(
     if workers != 1:
         check_main_guard()
     result = execute_study(spec, out_dir, workers=workers, device=device, shard=shard,
-                           output=output, backend=backend, shard_store=shard_store)
+                           output=output, backend=backend, shard_store=shard_store,
+                           address=address)
     if spec.spec.evaluations and spec.spec.save_checkpoints and not shard and result.primary:
         evaluate(out_dir, study=spec, device=device, output=output)
     if check and result.failed:

@@ -106,7 +106,8 @@ def run(
     out: Path | None = typer.Option(None, "--out", help="output directory [default: runs/<study name>, or runs/<study name>-quick with --quick]"),
     workers: int | None = typer.Option(None, "--workers", min=1, help="parallel worker processes [default: cores, or one per GPU]"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N|mps (auto takes a GPU when there is one)"),
-    backend: str = typer.Option("auto", "--backend", help="executor: local (worker processes), torchrun (inside a torchrun job); auto picks"),
+    backend: str = typer.Option("auto", "--backend", help="executor: local (worker processes), torchrun (inside a torchrun job), ray (a Ray cluster); auto picks local or torchrun"),
+    address: str | None = typer.Option(None, "--address", help="with --backend ray: the cluster (auto, or ray://HOST:PORT) [default: a local Ray]"),
     set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable), e.g. train.lr=0.01 or grid.model.width=[16,32]"),
     quick: bool = typer.Option(False, "--quick", help="apply the study's own `quick:` overrides for a fast first look (kept apart in runs/<name>-quick)"),
     shard: str | None = typer.Option(None, "--shard", help="run only slice i of k (i/k, 0 <= i < k) for job arrays"),
@@ -128,7 +129,7 @@ def run(
         return 0
     result = api.run(study, out=out, workers=workers, device=device, overrides=set_,
                      quick=quick, shard=shard, output=output, check=False, backend=backend,
-                     shard_store=shard_store)
+                     shard_store=shard_store, address=address)
     if not result.primary:  # a non-zero torchrun rank: rank 0 reports
         return 0
     if result.already_done == len(result.selected):

@@ -109,7 +109,8 @@ models: Registry = Registry("model", ("scalelab.models",))
 methods: Registry = Registry("method", ("scalelab.methods",))
 laws: Registry = Registry("law", ("scalelab.analysis.laws",))
 evaluators: Registry = Registry("evaluator", ("scalelab.evaluation",))
-executors: Registry = Registry("executor", ("scalelab.runner.local", "scalelab.runner.torchrun"))
+executors: Registry = Registry("executor", ("scalelab.runner.local", "scalelab.runner.torchrun",
+                                             "scalelab.runner.ray"))
 
 FAMILIES: dict[str, Registry] = {"task": tasks, "model": models, "method": methods, "law": laws,
                                  "evaluator": evaluators, "executor": executors}

@@ -106,6 +106,14 @@ class AnalysisConfig(StrictModel):
         return forms
 
 
+class Resources(StrictModel):
+    """What one training task (a run, or a stacked group) asks of a cluster (``--backend ray``)."""
+
+    cpus: float = Field(1.0, gt=0, description="CPU cores per task (also its torch threads)")
+    gpus: float = Field(0.0, ge=0, description="GPUs per task (fractions share one GPU); > 0 "
+                                               "trains on CUDA")
+
+
 class StudySpec(StrictModel):
     """The top level of a study file."""
 
@@ -125,6 +133,8 @@ class StudySpec(StrictModel):
         description="grid axes tuned per shape (lr, weight decay, ...); the rest are scientific",
     )
     save_checkpoints: bool = False
+    resources: Resources = Field(default_factory=Resources,
+                                 description="per-task resources on a cluster (--backend ray)")
     max_runs: int = Field(
         10_000, ge=1, description="refuse a study of more runs (cells x seeds) than this: "
                                   "expanding one takes about 0.3 ms a run; raise it on purpose")

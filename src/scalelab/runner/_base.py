@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..errors import ScalelabError
 from ..plugin import PluginConfig
 from ..records import RunResult, RunSpec, run_id
 from ..spec import Study
@@ -57,9 +58,15 @@ class Executor(ABC):
     stacks: ClassVar[bool] = True
     #: Settings of the executor (none yet: it takes the command line's device and workers).
     Config: ClassVar[type[PluginConfig]] = PluginConfig
+    #: Whether ``--address`` (a cluster to connect to) means anything to this executor.
+    takes_address: ClassVar[bool] = False
 
-    def __init__(self, device: str, workers: int | None, checkpoint: bool):
+    def __init__(self, device: str, workers: int | None, checkpoint: bool,
+                 address: str | None = None):
+        if address is not None and not self.takes_address:
+            raise ScalelabError("--address: only for a cluster backend (--backend ray)")
         self.device, self.workers, self.checkpoint = device, workers, checkpoint
+        self.address = address
 
     @property
     def primary(self) -> bool:

@@ -47,7 +47,11 @@ def plan_groups(runs: Sequence[RunSpec], mode: str = "auto", memory_mb: float = 
     groups = []
     for members in by_key.values():
         largest = {**members[0].config, "model": padded_model_config([m.config for m in members])}
-        cap = max(1, int(memory_mb * 2**20 // estimate_bytes(largest)))
+        try:
+            cap = max(1, int(memory_mb * 2**20 // estimate_bytes(largest)))
+        except Exception:  # the model cannot even run on the meta device: each run fails alone
+            groups += [[r] for r in members]
+            continue
         for chunk in (members[i:i + cap] for i in range(0, len(members), cap)):
             smallest = min_runs or models.get(members[0].config["model"]["name"]).min_stack_group
             groups += [chunk] if len(chunk) >= smallest else [[r] for r in chunk]

@@ -50,8 +50,9 @@ class LocalExecutor(Executor):
     as failed while the others finish.
     """
 
-    def __init__(self, device: str, workers: int | None, checkpoint: bool):
-        super().__init__(device, workers, checkpoint)
+    def __init__(self, device: str, workers: int | None, checkpoint: bool,
+                 address: str | None = None):
+        super().__init__(device, workers, checkpoint, address)
         dev = resolve_device(device)  # a bad --device is refused before anything is written
         self.devices = [str(dev)]
         if dev.type == "cuda" and dev.index is None:

@@ -51,14 +51,15 @@ def plan(
     return runs, todo
 
 
-def make_executor(backend: str, device: str, workers: int | None, checkpoint: bool) -> Executor:
+def make_executor(backend: str, device: str, workers: int | None, checkpoint: bool,
+                  address: str | None = None) -> Executor:
     """The named executor (``auto``: torchrun inside a torchrun job, else local)."""
     if backend == "auto":
         backend = "torchrun" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "local"
     if backend not in executors:
         raise ScalelabError(f"--backend: unknown executor {backend!r} (allowed: auto, "
                             f"{', '.join(executors.names())})")
-    return executors.get(backend)(device, workers, checkpoint)
+    return executors.get(backend)(device, workers, checkpoint, address)
 
 
 def store_meta(store: Store, study: Study) -> None:
@@ -75,7 +76,8 @@ def store_meta(store: Store, study: Study) -> None:
 
 def execute_study(study: Study, out_dir: Path, workers: int | None = None, device: str = "auto",
                   shard: str | None = None, output: Output | None = None,
-                  backend: str = "auto", shard_store: bool = False) -> StudyRun:
+                  backend: str = "auto", shard_store: bool = False,
+                  address: str | None = None) -> StudyRun:
     """Train what ``out_dir`` does not hold yet; every result is stored as it arrives. With
     ``shard_store``, a ``shard`` writes its own store file in ``out_dir`` (for job arrays on
     filesystems where SQLite's locking is unsafe); readers see all of them as one."""
@@ -85,7 +87,7 @@ def execute_study(study: Study, out_dir: Path, workers: int | None = None, devic
         raise ScalelabError("--shard-store: only with --shard i/k (each shard its own file)")
     own_file = parse_shard(shard) if shard_store else None
     # Everything that can be refused is refused here, before anything is written.
-    executor = make_executor(backend, device, workers, study.spec.save_checkpoints)
+    executor = make_executor(backend, device, workers, study.spec.save_checkpoints, address)
     executor.check(study)
     with executor:
         store = Store.open(out_dir, create=True, shard=own_file) if executor.primary else None

@@ -29,8 +29,9 @@ class TorchrunExecutor(Executor):
 
     stacks = False
 
-    def __init__(self, device: str, workers: int | None, checkpoint: bool):
-        super().__init__(device, workers, checkpoint)
+    def __init__(self, device: str, workers: int | None, checkpoint: bool,
+                 address: str | None = None):
+        super().__init__(device, workers, checkpoint, address)
         if int(os.environ.get("WORLD_SIZE", "1")) < 2:
             raise ScalelabError("--backend torchrun: not inside a torchrun job (start it with "
                                 "`torchrun --nproc_per_node=N -m scalelab run ...`)")

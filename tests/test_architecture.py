@@ -102,7 +102,7 @@ def test_no_function_in_train_is_over_80_lines():
 
 
 def test_executors_are_a_registered_family():
-    assert executors.names() == ["local", "torchrun"]
+    assert executors.names() == ["local", "ray", "torchrun"]
     result = CliRunner().invoke(app, ["list", "executor"])
     assert result.exit_code == 0 and "torchrun" in result.output
 
@@ -112,7 +112,7 @@ def test_an_unknown_backend_is_refused_before_anything_is_written(tmp_path, tiny
     result = CliRunner().invoke(app, ["run", str(tiny_study(tmp_path)), "--out", str(out),
                                       "--backend", "slurm"])
     assert result.exit_code == 2
-    assert "--backend: unknown executor 'slurm' (allowed: auto, local, torchrun)" in result.output
+    assert "--backend: unknown executor 'slurm' (allowed: auto, local, ray, torchrun)" in result.output
     assert not out.exists()
 
 

@@ -128,7 +128,7 @@ def test_runner_batches_by_default_and_records_the_group(tmp_path, tiny_study):
         assert a[run_id]["test_loss"] == pytest.approx(b[run_id]["test_loss"], rel=1e-4)
 
 
-def test_a_schema_1_store_gains_the_group_and_owner_columns_and_evaluations_table(tmp_path):
+def test_a_schema_1_store_gains_the_newer_columns_and_evaluations_table(tmp_path):
     db = sqlite3.connect(tmp_path / "results.sqlite")
     db.executescript("CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT NOT NULL, "
                      "config TEXT NOT NULL, point TEXT NOT NULL, metrics TEXT, error TEXT, "
@@ -141,8 +141,10 @@ def test_a_schema_1_store_gains_the_group_and_owner_columns_and_evaluations_tabl
     with Store.open(tmp_path) as store:
         assert store.records()[0]["batch_group"] is None
         assert store.evaluations() == []
-        assert store.meta()["schema_version"] == "4"
+        assert store.meta()["schema_version"] == "5"
         assert store.statuses() == {"a": "completed"}
+        columns = [row[1] for row in store._db.execute("PRAGMA table_info(runs)")]
+        assert columns[-3:] == ["batch_group", "owner", "heartbeat"]
 
 
 @pytest.mark.slow

@@ -54,6 +54,7 @@ def run(
     backend: str = "auto",
     shard_store: bool = False,
     address: str | None = None,
+    track: Sequence[str] = (),
 ) -> StudyRun:
     """Train every run of ``study`` that ``out`` does not hold yet, storing each result; then,
     if the study declares ``evaluations`` (and saves checkpoints), re-score what is missing.
@@ -71,7 +72,7 @@ def run(
         check_main_guard()
     result = execute_study(spec, out_dir, workers=workers, device=device, shard=shard,
                            output=output, backend=backend, shard_store=shard_store,
-                           address=address)
+                           address=address, track=track)
     if spec.spec.evaluations and spec.spec.save_checkpoints and not shard and result.primary:
         evaluate(out_dir, study=spec, device=device, output=output)
     if check and result.failed:

@@ -107,6 +107,7 @@ def run(
     workers: int | None = typer.Option(None, "--workers", min=1, help="parallel worker processes [default: cores, or one per GPU]"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N|mps (auto takes a GPU when there is one)"),
     backend: str = typer.Option("auto", "--backend", help="executor: local (worker processes), torchrun (inside a torchrun job), ray (a Ray cluster); auto picks local or torchrun"),
+    track: list[str] = typer.Option([], "--track", help="also log every run to this tracker (mlflow, wandb; repeatable), with its defaults; a study's `track:` sets them"),
     address: str | None = typer.Option(None, "--address", help="with --backend ray: the cluster (auto, or ray://HOST:PORT) [default: a local Ray]"),
     set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable), e.g. train.lr=0.01 or grid.model.width=[16,32]"),
     quick: bool = typer.Option(False, "--quick", help="apply the study's own `quick:` overrides for a fast first look (kept apart in runs/<name>-quick)"),
@@ -129,7 +130,7 @@ def run(
         return 0
     result = api.run(study, out=out, workers=workers, device=device, overrides=set_,
                      quick=quick, shard=shard, output=output, check=False, backend=backend,
-                     shard_store=shard_store, address=address)
+                     shard_store=shard_store, address=address, track=track)
     if not result.primary:  # a non-zero torchrun rank: rank 0 reports
         return 0
     if result.already_done == len(result.selected):
@@ -148,8 +149,13 @@ def run(
     elif report and summary.n_params:
         report_path = result.out_dir / "report.html"
         if result.trained or not report_path.exists():
-            _write_report(output, result.out_dir, bootstrap)
+            written = _write_report(output, result.out_dir, bootstrap)
             output.info(f"report: {report_path}  (and report.md, scaling_law.json beside it)")
+            if result.study.spec.track or track:
+                from .tracking import attach_report
+
+                attach_report(result.study, [written.html, written.markdown,
+                                             written.scaling_law], output, track)
         else:
             output.info(f"report: {report_path}  (up to date: nothing new was trained; "
                         f"`scalelab report {result.out_dir}` rewrites it)")

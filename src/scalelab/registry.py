@@ -112,5 +112,8 @@ evaluators: Registry = Registry("evaluator", ("scalelab.evaluation",))
 executors: Registry = Registry("executor", ("scalelab.runner.local", "scalelab.runner.torchrun",
                                              "scalelab.runner.ray"))
 
+trackers: Registry = Registry("tracker", ("scalelab.tracking",))
+
 FAMILIES: dict[str, Registry] = {"task": tasks, "model": models, "method": methods, "law": laws,
-                                 "evaluator": evaluators, "executor": executors}
+                                 "evaluator": evaluators, "executor": executors,
+                                 "tracker": trackers}

@@ -133,6 +133,9 @@ class StudySpec(StrictModel):
         description="grid axes tuned per shape (lr, weight decay, ...); the rest are scientific",
     )
     save_checkpoints: bool = False
+    track: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="experiment trackers and their settings, e.g. "
+                                          "{mlflow: {tracking_uri: ...}} or {wandb: {mode: offline}}")
     resources: Resources = Field(default_factory=Resources,
                                  description="per-task resources on a cluster (--backend ray)")
     max_runs: int = Field(
@@ -382,6 +385,14 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
             FAMILIES[section].get(name)
         except UnknownNameError as exc:
             raise StudyError(source, f"{section}.name", str(exc)) from None
+    for name, settings in spec.track.items():
+        try:
+            tracker = FAMILIES["tracker"].get(name)
+            tracker.Config.model_validate(settings)
+        except UnknownNameError as exc:
+            raise StudyError(source, f"track.{name}", str(exc)) from None
+        except ValidationError as exc:
+            raise _from_validation(source, f"track.{name}", exc, tracker.Config) from None
     data_kind = FAMILIES["task"].get(spec.task["name"]).data_kind
     learns = FAMILIES["model"].get(spec.model["name"]).data_kinds
     if data_kind not in learns:

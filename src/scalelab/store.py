@@ -177,7 +177,8 @@ class Store:
 
     def check(self) -> None:
         """SQLite's full integrity check (reads every page: on demand, not at every open)."""
-        problems = [row[0] for row in self._db.execute("PRAGMA integrity_check")]
+        problems = [line for row in self._db.execute("PRAGMA integrity_check")
+                    for line in str(row[0]).splitlines() if line.strip() and "***" not in line]
         if problems != ["ok"]:
             raise ScalelabError(
                 f"{self.path}: the results store is damaged ({problems[0]}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ..records import COMPLETED, FINISHED, RunResult, RunSpec
 from ..registry import executors
 from ..spec import Study
 from ..store import HEARTBEAT_S, Store, owner
+from ..tracking._base import Tracking
 from ._base import Executor, Group
 from .shard import parse_shard, select_shard
 
@@ -77,7 +79,7 @@ def store_meta(store: Store, study: Study) -> None:
 def execute_study(study: Study, out_dir: Path, workers: int | None = None, device: str = "auto",
                   shard: str | None = None, output: Output | None = None,
                   backend: str = "auto", shard_store: bool = False,
-                  address: str | None = None) -> StudyRun:
+                  address: str | None = None, track: Sequence[str] = ()) -> StudyRun:
     """Train what ``out_dir`` does not hold yet; every result is stored as it arrives. With
     ``shard_store``, a ``shard`` writes its own store file in ``out_dir`` (for job arrays on
     filesystems where SQLite's locking is unsafe); readers see all of them as one."""
@@ -90,16 +92,17 @@ def execute_study(study: Study, out_dir: Path, workers: int | None = None, devic
     executor = make_executor(backend, device, workers, study.spec.save_checkpoints, address)
     executor.check(study)
     with executor:
+        tracking = Tracking(study, output, track) if executor.primary else None
         store = Store.open(out_dir, create=True, shard=own_file) if executor.primary else None
         try:
-            return _execute(study, out_dir, shard, output, executor, store)
+            return _execute(study, out_dir, shard, output, executor, store, tracking)
         finally:
             if store is not None:
                 store.close()
 
 
 def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
-             executor: Executor, store: Store | None) -> StudyRun:
+             executor: Executor, store: Store | None, tracking: Tracking | None) -> StudyRun:
     statuses: dict[str, str] = {}
     others: set[str] = set()  # runs another live runner is training into this store
     if store is not None:
@@ -151,6 +154,7 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
         for run, run_result in executor.execute(groups, claim):
             save_checkpoint(out_dir, run, run_result)
             store.write_result(run, run_result)
+            tracking.log_run(run, run_result)
             beating.discard(run)
             record(result, run, run_result)
             progress.advance(run_result.status, _label(run, run_result))

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["overhead", "batched", "padding", "time_to_accuracy", "fit", "selection", "ttt", "lm"]
+ORDER = ["overhead", "batched", "padding", "time_to_accuracy", "fit", "selection", "ttt", "lm",
+         "claims"]
 
 
 def scripts() -> list[Path]:

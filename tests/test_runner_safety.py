@@ -27,7 +27,7 @@ def test_a_worker_that_dies_fails_only_its_own_runs(tmp_path, monkeypatch):
     runs = [RunSpec(f"r{w}", {}, {"width": w, "seed": 0}) for w in (4, 8, 16, 32)]
     executor = local.LocalExecutor("cpu", 2, checkpoint=False)
     groups = [Group((r,), stacked=False) for r in runs]
-    results = {spec.run_id: r for spec, r in executor.execute(groups, lambda r: None)}
+    results = {spec.run_id: r for spec, r in executor.execute(groups, lambda group: group)}
     assert set(results) == {"r4", "r8", "r16", "r32"}
     assert results["r8"].status == "failed" and "worker process died" in results["r8"].error
     assert all(results[k].status == "completed" for k in ("r4", "r16", "r32"))

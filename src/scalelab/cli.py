@@ -214,14 +214,14 @@ def status(
 
 @command
 def list_(
-    family: str | None = typer.Argument(None, help="task, model, method, law, evaluator or executor [default: all]"),
+    family: str | None = typer.Argument(None, help="task, model, method, law, evaluator, executor or tracker [default: all]"),
     pattern: str = typer.Option("*", "--match", help="shell-style wildcard on names"),
     settings: bool = typer.Option(False, "--settings", help="also list each plug-in's settings"),
     fmt: Fmt = FormatOption,
     output: Output = None,
 ) -> int:
-    """What is registered: tasks, model families, methods, law forms, evaluators and
-    executors, with a line each."""
+    """What is registered: tasks, model families, methods, law forms, evaluators, executors
+    and trackers, with a line each."""
     if family is not None and family not in FAMILIES:
         raise ScalelabError(f"list: unknown family {family!r} (allowed: {', '.join(FAMILIES)})")
     chosen = [family] if family else list(FAMILIES)

@@ -44,6 +44,13 @@ class StudyError(ScalelabError):
         super().__init__(f"{where}: {message}")
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when it has none), for a
+    one-line error that quotes what a library said."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line[:limit] if limit else line
+
+
 def os_error_line(exc: OSError) -> str | None:
     """The one line for an expected OS refusal (None for one that is not expected)."""
     advice = _OS_ADVICE.get(exc.errno)

@@ -65,9 +65,15 @@ CREATE TABLE IF NOT EXISTS evaluations (  -- a trained run re-scored under one s
 """
 
 
-def damaged(path: Path, exc: Exception) -> ScalelabError:
-    return ScalelabError(f"{path}: the results store is damaged ({exc}); restore it from a "
-                         "backup, or move it away to start the study over")
+def damaged(path: Path, what: str) -> ScalelabError:
+    """The one line for a store that cannot be used: what is wrong, and how to recover."""
+    return ScalelabError(f"{path}: the results store is {what}; restore it from a backup, or "
+                         "move it away to start the study over")
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """A damaged or foreign file, as opposed to a locked store, a constraint or a bug."""
+    return type(exc) is sqlite3.DatabaseError or "malformed" in str(exc)
 
 
 class _Connection(sqlite3.Connection):
@@ -81,17 +87,17 @@ class _Connection(sqlite3.Connection):
         try:
             return _Rows(super().execute(*args).fetchall(), self.path)
         except sqlite3.DatabaseError as exc:
-            if type(exc) is not sqlite3.DatabaseError and "malformed" not in str(exc):
-                raise  # locked, constraint, programming errors: not damage
-            raise damaged(self.path, exc) from None
+            if not _is_damage(exc):
+                raise
+            raise damaged(self.path, f"damaged ({exc})") from None
 
     def executemany(self, *args):
         try:
             return super().executemany(*args)
         except sqlite3.DatabaseError as exc:
-            if type(exc) is not sqlite3.DatabaseError and "malformed" not in str(exc):
+            if not _is_damage(exc):
                 raise
-            raise damaged(self.path, exc) from None
+            raise damaged(self.path, f"damaged ({exc})") from None
 
 
 class _Rows(list):
@@ -120,7 +126,7 @@ class Store:
             self._setup()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise damaged(self.path, exc) from None
+            raise damaged(self.path, f"damaged ({exc})") from None
 
     def _setup(self) -> None:
         """Open (or create) the schema; a file that is not a store fails here."""
@@ -167,9 +173,7 @@ class Store:
         if path.exists():
             damage = _truncation(path)
             if damage:
-                raise ScalelabError(
-                    f"{path}: the results store is {damage}; restore it from a backup, or move "
-                    "it away to start the study over")
+                raise damaged(path, damage)
         return cls(path)
 
     def close(self) -> None:
@@ -180,10 +184,8 @@ class Store:
         problems = [line for row in self._db.execute("PRAGMA integrity_check")
                     for line in str(row[0]).splitlines() if line.strip() and "***" not in line]
         if problems != ["ok"]:
-            raise ScalelabError(
-                f"{self.path}: the results store is damaged ({problems[0]}"
-                f"{f' and {len(problems) - 1} more problems' if len(problems) > 1 else ''}); "
-                "restore it from a backup, or move it away to start the study over")
+            more = f" and {len(problems) - 1} more problems" if len(problems) > 1 else ""
+            raise damaged(self.path, f"damaged ({problems[0]}{more})")
 
     def __enter__(self) -> Store:
         return self
@@ -403,9 +405,11 @@ class Stores:
         self._writer().set_meta(**values)
 
     def claim(self, runs, retrain=()):
-        mine = {r.run_id for r in runs if self.statuses().get(r.run_id) not in FINISHED
-                or r.run_id in set(retrain)}
-        return self._writer().claim([r for r in runs if r.run_id in mine], retrain)
+        """Claims in the main store, of runs no file holds finished (unless retrained)."""
+        statuses, retrain = self.statuses(), set(retrain)
+        open_runs = [r for r in runs if statuses.get(r.run_id) not in FINISHED
+                     or r.run_id in retrain]
+        return self._writer().claim(open_runs, retrain)
 
     def heartbeat(self, run_ids) -> None:
         self._writer().heartbeat(run_ids)
@@ -491,7 +495,8 @@ class Stores:
                     "INSERT OR IGNORE INTO evaluations VALUES (?,?,?,?,?)",
                     shard._db.execute("SELECT run_id, eval_id, config, metrics, created_at "
                                       "FROM evaluations"))
-                missing = {k: v for k, v in shard.meta().items() if k not in main.meta()}
+                known = main.meta()
+                missing = {k: v for k, v in shard.meta().items() if k not in known}
                 if missing:
                     main._db.executemany("INSERT INTO meta VALUES (?, ?)", missing.items())
         for shard in self.shards:

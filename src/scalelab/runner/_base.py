@@ -30,7 +30,8 @@ class Group:
 
     def only(self, runs: list[RunSpec]) -> Group | None:
         """This group cut down to ``runs`` (None when that leaves nothing)."""
-        kept = tuple(r for r in self.runs if r in runs)
+        ids = {r.run_id for r in runs}
+        kept = tuple(r for r in self.runs if r.run_id in ids)
         return Group(kept, self.stacked) if kept else None
 
     @property

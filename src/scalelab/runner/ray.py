@@ -16,7 +16,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
-from ..errors import ScalelabError
+from ..errors import ScalelabError, first_line
 from ..records import FAILED, RunResult, RunSpec
 from ..registry import executors
 from ..spec import Resources, Study
@@ -115,7 +115,7 @@ class RayExecutor(Executor):
                     try:
                         results = ray.get(ref)
                     except ray.exceptions.RayError as exc:  # retries exhausted: lost again
-                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        first = first_line(exc)
                         message = (f"the Ray task was lost {MAX_RETRIES + 1} times (its worker "
                                    f"or node died each time): {first}")
                         results = [RunResult(FAILED, error=message) for _ in group.runs]

@@ -119,9 +119,10 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
                         f"{'their checkpoints' if len(lost) > 1 else 'its checkpoint'} "
                         f"(e.g. {checkpoint_path(out_dir, lost[0])}): training again")
             retrain = {r.run_id for r in lost}
-            todo = [r for r in selected if r in todo or r.run_id in retrain]
+            again = {r.run_id for r in todo} | retrain
+            todo = [r for r in selected if r.run_id in again]
     elsewhere = [r for r in todo if r.run_id in others]
-    todo = executor.agree([r for r in todo if r not in elsewhere])
+    todo = executor.agree([r for r in todo if r.run_id not in others])
     result = StudyRun(study, out_dir, selected, len(selected) - len(todo) - len(elsewhere),
                       primary=executor.primary, elsewhere=len(elsewhere))
     if not todo:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..errors import ScalelabError
+from ..errors import ScalelabError, first_line
 from ..plugin import PluginConfig
 from ..registry import tasks
 from ._base import Task, TaskData
@@ -31,7 +31,7 @@ def _load_array(path: Path) -> np.ndarray:
         else:
             value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not the format, an object array, a pickled object
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = first_line(exc, 160)
         raise ScalelabError(f"{path}: not a readable {path.suffix} array ({first}); write "
                             "plain numeric arrays (numpy.save, or torch.save of a tensor)") from None
     if isinstance(value, torch.Tensor):

@@ -5,11 +5,12 @@ in one line and stops, and training goes on."""
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ScalelabError
+from ..errors import ScalelabError, first_line
 from ..output import Output
 from ..plugin import Plugin, instantiate
 from ..records import RunResult, RunSpec
@@ -17,7 +18,7 @@ from ..registry import trackers
 from ..spec import Study
 
 
-class Tracker(Plugin):
+class Tracker(Plugin, ABC):
     """Logs runs somewhere; subclasses implement :meth:`log_run` and :meth:`log_report`."""
 
     #: The optional extra that installs the tracker's library.
@@ -29,14 +30,16 @@ class Tracker(Plugin):
         """Raise a one-line error naming the extra when the tracker's library is missing."""
         self.require(self.module)
 
-    def start(self, study: Study) -> None:
+    def start(self, study: Study) -> None:  # noqa: B027  (a do-nothing default)
         """Called once before the first run is logged (connect, find the experiment)."""
 
+    @abstractmethod
     def log_run(self, run: RunSpec, result: RunResult) -> None:
-        raise NotImplementedError
+        """Log one trained run: its config, metrics, curves and status."""
 
+    @abstractmethod
     def log_report(self, study: Study, files: Sequence[Path]) -> None:
-        raise NotImplementedError
+        """Attach the study's report files."""
 
     def require(self, module: str):
         """The tracker's library, or a one-line error naming the extra to install."""
@@ -85,6 +88,10 @@ class Tracking:
         for tracker in list(self.active):
             self._call(tracker, "log_run", run, result)
 
+    def log_report(self, study: Study, files: Sequence[Path]) -> None:
+        for tracker in list(self.active):
+            self._call(tracker, "log_report", study, files)
+
     def _call(self, tracker: Tracker, method: str, *args) -> None:
         try:
             getattr(tracker, method)(*args)
@@ -92,7 +99,7 @@ class Tracking:
             raise
         except Exception as exc:  # the store has every result; tracking is a copy
             self.active.remove(tracker)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            first = first_line(exc, 200)
             self.output.warn(f"track: {tracker.name} stopped after an error ({first}); every "
                              "result is still in the store")
 
@@ -108,6 +115,4 @@ def trackers_for(study: Study, extra: Sequence[str] = ()) -> list[Tracker]:
 def attach_report(study: Study, files: Sequence[Path], output: Output,
                   extra: Sequence[str] = ()) -> None:
     """Log the study's report files with every tracker (failures: one line each)."""
-    tracking = Tracking(study, output, extra)
-    for tracker in list(tracking.active):
-        tracking._call(tracker, "log_report", study, files)
+    Tracking(study, output, extra).log_report(study, files)

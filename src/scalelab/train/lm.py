@@ -158,7 +158,7 @@ def train_lm(config: dict[str, Any], dev: torch.device, checkpoint: bool,
     outcome = train_loop(s, s.cfg, hooks)
     track = outcome.tracks[0]
     steps = track.steps(outcome.step)
-    result = tracked_result(track, outcome, dev)
+    result = tracked_result(track, dev)
     result.provenance["world_size"] = s.size
     n_nonembed = non_embedding_parameters(s.model)
     tokens_per_step = s.batch * s.length

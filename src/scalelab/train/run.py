@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import ScalelabError
+from ..errors import ScalelabError, first_line
 from ..plugin import instantiate
 from ..records import COMPLETED, FAILED, RunResult
 from ..registry import models, tasks
@@ -30,7 +30,7 @@ from ..spec import TrainConfig
 from ..tasks import TaskData
 from .evaluate import class_accuracy, evaluate
 from .flops import count_flops, step_flops
-from .loop import Batch, Hooks, Outcome, Strategy, Track
+from .loop import Batch, Hooks, Strategy, Track
 from .optim import lr_factor, set_lr
 
 
@@ -159,7 +159,7 @@ class OneModel(Strategy):
         return 1 if self.dev.type == "cpu" else self.cfg.eval_every
 
 
-def tracked_result(track: Track, outcome: Outcome, dev: torch.device) -> RunResult:
+def tracked_result(track: Track, dev: torch.device) -> RunResult:
     """A run's result as the loop left it: status, curves, how far it went and its best step."""
     result = RunResult(track.status, curves=track.curves, provenance=provenance(dev))
     result.metrics.update(track.metrics, stopped_early=track.stopped_early,
@@ -232,7 +232,7 @@ def load_checkpoint(config: dict[str, Any], path: Path, device: str = "cpu") -> 
             state = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:  # missing, truncated, not a checkpoint, another model's weights
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise ScalelabError(f"{path}: not a readable checkpoint of this run ({first})") from None
     return model.to(device).eval()
 

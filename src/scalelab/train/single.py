@@ -108,7 +108,7 @@ def train_single(config: dict[str, Any], dev: torch.device, checkpoint: bool,
     outcome = train_loop(strategy, strategy.cfg, hooks)
     track = outcome.tracks[0]
     steps = track.steps(outcome.step)
-    result = tracked_result(track, outcome, dev)
+    result = tracked_result(track, dev)
     result.metrics.update(
         step_metrics(steps, strategy.batch, strategy.n, strategy.flops_per_step),
         n_params=count_parameters(strategy.model), batch_size=strategy.batch,

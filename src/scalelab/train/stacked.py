@@ -137,9 +137,9 @@ class Stacked(Strategy):
                 norms = torch.sqrt(grad.pow(2).flatten(1).sum(1))
                 grad = grad * _bcast(torch.clamp(cfg.grad_clip / (norms + 1e-6), max=1.0), grad)
             step_lr = hyper["lr"] * lr_factor(batch.progress, self.total_steps, cfg) * self.active
-            _update(cfg.optimizer, [self.flat], [grad], [self.state], [self.state2], step,
-                    step_lr, hyper["weight_decay"], hyper["beta1"], hyper["beta2"],
-                    hyper["momentum"], cfg.nesterov)
+            _update(cfg.optimizer, self.flat, grad, self.state, self.state2, step, step_lr,
+                    hyper["weight_decay"], hyper["beta1"], hyper["beta2"], hyper["momentum"],
+                    cfg.nesterov)
         return losses.detach(), {}
 
     def parameters(self) -> list[torch.Tensor]:
@@ -191,7 +191,7 @@ def _train_group(configs, dev, checkpoint, group, hooks) -> list[RunResult]:
     for r, track in enumerate(outcome.tracks):
         steps = track.steps(outcome.step)
         flops_per_step, forward_flops_per_sample = s.counted[r]
-        result = tracked_result(track, outcome, dev)
+        result = tracked_result(track, dev)
         result.batch_group = group
         result.metrics.update(step_metrics(steps, s.batch, s.n, flops_per_step),
                               n_params=count_parameters(s.modules[r]), batch_size=s.batch,
@@ -258,33 +258,27 @@ def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
     target.copy_(value[_leading(target.shape)])
 
 
-def _update(optimizer, tensors, grads, state, state2, step, lr, wd, beta1, beta2, momentum,
-            nesterov) -> None:
-    """One step of SGD/Adam/AdamW with per-run hyperparameters, as torch.optim computes it.
-
-    Per-run scalars are combined once per step; each parameter then only needs views.
-    """
+def _update(optimizer, p, g, s1, s2, step, lr, wd, beta1, beta2, momentum, nesterov) -> None:
+    """One step of SGD/Adam/AdamW on the (runs, parameters) tensor ``p`` with per-run
+    hyperparameters, as torch.optim computes it (``s1``: SGD's momentum buffer or Adam's
+    first moment, ``s2``: Adam's second moment)."""
     if optimizer == "sgd":
-        for p, g, buf in zip(tensors, grads, state):
-            d_p = g + _bcast(wd, p) * p
-            mom = _bcast(momentum, p)
-            if step == 1:
-                buf.copy_(d_p)
-            else:
-                buf.mul_(mom).add_(d_p)
-            direction = d_p + mom * buf if nesterov else torch.where(mom > 0, buf, d_p)
-            p.sub_(_bcast(lr, p) * direction)
+        d_p = g + _bcast(wd, p) * p
+        mom = _bcast(momentum, p)
+        if step == 1:
+            s1.copy_(d_p)
+        else:
+            s1.mul_(mom).add_(d_p)
+        direction = d_p + mom * s1 if nesterov else torch.where(mom > 0, s1, d_p)
+        p.sub_(_bcast(lr, p) * direction)
         return
-    decay = 1 - lr * wd                      # AdamW's decoupled decay factor
-    blend1, blend2 = 1 - beta1, 1 - beta2
     step_size = lr / (1 - beta1 ** step)
     correction2 = torch.sqrt(1 - beta2 ** step)
-    for p, g, s1, s2 in zip(tensors, grads, state, state2):
-        if optimizer == "adamw":
-            p.mul_(_bcast(decay, p))
-        else:
-            g = g + _bcast(wd, p) * p
-        s1.lerp_(g, _bcast(blend1, p))
-        s2.mul_(_bcast(beta2, p)).addcmul_(g, g * _bcast(blend2, p))
-        denom = (s2.sqrt() / _bcast(correction2, p)).add_(1e-8)
-        p.sub_(_bcast(step_size, p) * s1 / denom)
+    if optimizer == "adamw":
+        p.mul_(_bcast(1 - lr * wd, p))  # decoupled decay
+    else:
+        g = g + _bcast(wd, p) * p
+    s1.lerp_(g, _bcast(1 - beta1, p))
+    s2.mul_(_bcast(beta2, p)).addcmul_(g, g * _bcast(1 - beta2, p))
+    denom = (s2.sqrt() / _bcast(correction2, p)).add_(1e-8)
+    p.sub_(_bcast(step_size, p) * s1 / denom)

@@ -109,3 +109,28 @@ def test_a_run_in_several_store_files_counts_once_as_its_finished_row(tmp_path):
         assert isinstance(merged, Store)
         assert merged.statuses() == {spec(1).run_id: COMPLETED, spec(2).run_id: COMPLETED}
         assert [(c["step"], c["value"]) for c in merged.curves(spec(1).run_id)] == [(5, 1.0)]
+
+
+def _open_at_once(directory, barrier) -> str:
+    barrier.wait()
+    try:
+        Store.open(directory, create=True).close()
+        return "ok"
+    except Exception as exc:  # reported to the parent, which names it in the assertion
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_processes_creating_one_store_at_the_same_moment_all_open_it(tmp_path):
+    """Two `scalelab run` started together once read each other's half-made file as a
+    truncated store, or its switch to write-ahead logging as damage (a CI failure)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(4) as pool:
+        for attempt in range(15):
+            barrier = manager.Barrier(4)
+            directory = tmp_path / str(attempt)
+            outcomes = pool.starmap(_open_at_once, [(directory, barrier)] * 4)
+            assert outcomes == ["ok"] * 4
+            assert sorted(p.name for p in directory.iterdir()
+                          if not p.name.endswith(("-wal", "-shm"))) == ["results.sqlite"]

@@ -126,6 +126,8 @@ class Store:
             self._setup()
         except sqlite3.DatabaseError as exc:
             self._db.close()
+            if not _is_damage(exc):
+                raise
             raise damaged(self.path, f"damaged ({exc})") from None
 
     def _setup(self) -> None:
@@ -163,10 +165,28 @@ class Store:
                 raise ScalelabError(
                     f"{out}: no results store ({FILENAME}); run `scalelab run STUDY --out {out}` first"
                 )
-        main = cls._checked(path) if path.exists() or create else None
+        if create and not path.exists():
+            cls._create(path)
+        main = cls._checked(path) if path.exists() else None
         if not shards:
             return main
         return Stores(main, [cls._checked(p) for p in shards])
+
+    @classmethod
+    def _create(cls, path: Path) -> None:
+        """Make a new store whole, beside its place, and link it in: another process opening
+        the directory at the same moment sees either no store or a complete one, never a
+        half-made file (which would read as a truncated store) or a mode switch in progress."""
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.new")
+        try:
+            cls(partial).close()
+            os.link(partial, path)
+        except FileExistsError:
+            pass  # another process made it first: theirs is the store
+        finally:
+            for leftover in (partial, *(partial.with_name(partial.name + x)
+                                        for x in ("-wal", "-shm"))):
+                leftover.unlink(missing_ok=True)
 
     @classmethod
     def _checked(cls, path: Path) -> Store:
@@ -554,8 +574,10 @@ def _truncation(path: Path) -> str | None:
     pages = int.from_bytes(header[28:32], "big")
     # The header's page count is valid only when written by the same change as the counter;
     # with a live write-ahead log a checkpoint may be growing the file right now.
-    wal = path.with_name(path.name + "-wal")
-    live = wal.exists() and wal.stat().st_size > 0
+    try:  # another process's last connection may delete the log between two looks
+        live = path.with_name(path.name + "-wal").stat().st_size > 0
+    except FileNotFoundError:
+        live = False
     if header[24:28] == header[92:96] and not live and size < pages * page_size:
         return f"truncated ({size:,} bytes where its header says {pages * page_size:,})"
     return None

@@ -206,3 +206,20 @@ def test_shard_store_needs_a_shard(tmp_path, tiny_study):
     result = invoke("run", tiny_study(tmp_path), "--out", tmp_path / "o", "--shard-store")
     assert result.exit_code == 2 and "--shard-store: only with --shard i/k" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_runner_sharing_the_store_with_another_trains_on_its_share_of_the_threads():
+    """Two runners on one directory each spinning every core's threads ran 10x slower."""
+    import torch
+
+    from scalelab.runner.local import LocalExecutor
+
+    before = torch.get_num_threads()
+    executor = LocalExecutor("cpu", 1, False)
+    try:
+        executor.share(2)
+        assert torch.get_num_threads() == max(1, before // 2)
+        executor.share(1)  # alone again: all of them back
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)

@@ -78,6 +78,11 @@ class Executor(ABC):
     def check(self, study: Study) -> None:  # noqa: B027  (a do-nothing default)
         """Refuse, before anything is written, a study this executor cannot train."""
 
+    def share(self, runners: int) -> None:  # noqa: B027  (a do-nothing default)
+        """Told before each group how many runners (this one included) are training into
+        the same store now, so one that trains on this machine's cores takes only its share:
+        two runners each spinning every core's thread pool ran 10x slower than one."""
+
     def agree(self, todo: list[RunSpec]) -> list[RunSpec]:
         """The runs to train, as the primary process planned them."""
         return todo

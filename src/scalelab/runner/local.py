@@ -59,6 +59,10 @@ class LocalExecutor(Executor):
             self.devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         self.max_workers = workers or (len(self.devices) if dev.type != "cpu" else available_cores())
         self.dev = dev
+        self.threads = torch.get_num_threads()  # for training in this process (one worker)
+
+    def share(self, runners: int) -> None:
+        torch.set_num_threads(max(1, self.threads // runners))
 
     def check(self, study: Study) -> None:
         """Refuse sizes this machine could never hold (weights, gradients and two optimizer

@@ -150,6 +150,7 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
                 for _ in range(missed):
                     progress.advance("elsewhere", "claimed by another runner")
             beating.add(mine.runs if mine else ())
+            executor.share(len({c["owner"] for c in store.claims()} | {owner()}))
             return mine
 
         for run, run_result in executor.execute(groups, claim):

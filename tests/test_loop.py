@@ -60,9 +60,9 @@ def test_callbacks_see_every_step_and_evaluation(kind):
 def test_a_batch_transform_reaches_every_training_batch(kind):
     seen = []
 
-    def blank(x, y, step):  # no input left to learn from: the model can only learn the prior
-        seen.append((step, tuple(x.shape)))
-        return torch.zeros_like(x), y
+    def blank(batch, step):  # no input left to learn from: the model can only learn the prior
+        seen.append((step, tuple(batch.x.shape)))
+        return torch.zeros_like(batch.x), batch.y
 
     [plain] = train(kind, Hooks())
     [blanked] = train(kind, Hooks(batch_transform=blank))
@@ -91,7 +91,7 @@ def test_the_criterion_is_the_training_loss(kind):
 
 def test_single_and_stacked_apply_the_same_hooks_alike():
     def hooks():
-        return Hooks(batch_transform=lambda x, y, step: (x.flip(-1), y),
+        return Hooks(batch_transform=lambda batch, step: (batch.x.flip(-1), batch.y),
                      criterion=functools.partial(F.cross_entropy, label_smoothing=0.1))
 
     [alone] = train("single", hooks())
@@ -122,9 +122,9 @@ def test_post_step_hooks_see_the_weights_after_each_update(kind):
 def test_a_stacked_group_passes_runs_by_batch_inputs_to_the_transform():
     shapes = set()
 
-    def record(x, y, step):
-        shapes.add((tuple(x.shape), tuple(y.shape)))
-        return x, y
+    def record(batch, step):
+        shapes.add((tuple(batch.x.shape), tuple(batch.y.shape)))
+        return batch.x, batch.y
 
     results = train_group(configs(runs=2), hooks=Hooks(batch_transform=record))
     assert [r.status for r in results] == ["completed", "completed"]

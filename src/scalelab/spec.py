@@ -41,6 +41,49 @@ class EarlyStopping(StrictModel):
     min_delta: float = Field(0.0, ge=0, description="smallest val-loss drop that counts")
 
 
+class Augment(StrictModel):
+    """On-device augmentation of in-memory training images (or signals), drawn per run from
+    its seed; evaluation never sees it (test-time augmentation is an evaluator)."""
+
+    flip: Literal["none", "random", "alternating"] = Field(
+        "none", description="horizontal flip: random per image, or airbench's alternating "
+        "(a random flip fixed per image, and every image flipped again in odd epochs)")
+    translate: int = Field(0, ge=0, description="random shift of up to this many pixels, "
+                           "edges filled by reflection")
+    cutout: int = Field(0, ge=0, description="side of a square zeroed at a random place")
+
+
+class ParamGroup(StrictModel):
+    """Training settings of the parameters whose names match ``match`` (the first group that
+    matches a name wins; names as ``model.named_parameters()`` gives them)."""
+
+    match: str = Field(min_length=1, description="glob over parameter names, e.g. '*norm*.bias'")
+    lr_scale: float = Field(1.0, gt=0, description="multiplies train.lr for these parameters")
+    weight_decay_scale: float = Field(1.0, ge=0, description="multiplies train.weight_decay")
+    frozen_after_epochs: float | None = Field(
+        None, gt=0, description="trained for this many epochs, then left as they are")
+
+
+class Averaging(StrictModel):
+    """Averaged weights (airbench's lookahead, or an EMA): every ``every`` steps the average
+    moves toward the weights by 1 - decay x (step / total steps) ^ warmup_power; lookahead
+    also puts the average back into the model. Both end the run on the averaged weights."""
+
+    kind: Literal["lookahead", "ema"] = Field(description="lookahead or ema")
+    every: int = Field(1, ge=1, description="steps between updates of the average")
+    decay: float = Field(ge=0, lt=1, description="weight kept by the average at full strength")
+    warmup_power: float = Field(0.0, ge=0, description="decay ramps up as (step / total) ^ "
+                                "this (airbench: 3); 0 keeps it constant")
+
+
+#: Training settings added after stores existed, with their defaults: left out of a run's
+#: resolved config (and so of its id) while at the default, so upgrading scalelab never
+#: turns a finished study into new runs.
+LATER_TRAIN_SETTINGS: dict[str, Any] = {
+    "warmup_fraction": None, "initial_lr_ratio": 0.0, "channels_last": False,
+    "label_smoothing": 0.0, "augment": None, "param_groups": [], "averaging": None}
+
+
 class TrainConfig(StrictModel):
     """Optimisation settings shared by every run of a study (each can be a grid axis)."""
 
@@ -58,8 +101,15 @@ class TrainConfig(StrictModel):
         128, ge=1, description="examples (sequences for a language model) per step; capped at num_train")
     max_steps: int | None = Field(None, ge=1, description="budget in optimizer steps")
     epochs: float | None = Field(None, gt=0, description="budget in passes over the train set")
-    schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="decay")
+    schedule: Literal["constant", "cosine", "linear", "airbench"] = Field(
+        "cosine", description="decay after warm-up; airbench: straight lines from "
+        "initial_lr_ratio up to lr at the warm-up's end and down to final_lr_ratio at the "
+        "budget's end (airbench's np.interp)")
     warmup_steps: int = Field(0, ge=0, description="linear warmup from 0 to lr")
+    warmup_fraction: float | None = Field(
+        None, ge=0, lt=1, description="warm-up as a fraction of the budget (replaces warmup_steps)")
+    initial_lr_ratio: float = Field(0.0, ge=0, le=1,
+                                    description="airbench schedule: lr at step 0 / peak lr")
     final_lr_ratio: float = Field(0.0, ge=0, le=1, description="lr at the end / peak lr")
     eval_every: int = Field(100, ge=1, description="steps between validation evaluations")
     early_stopping: EarlyStopping | None = Field(None, description="stop on val-loss plateau")
@@ -72,6 +122,14 @@ class TrainConfig(StrictModel):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: autocast forward passes to bfloat16 (weights stay fp32)")
     compile: bool = Field(False, description="torch.compile the model before training")
+    channels_last: bool = Field(False, description="image models and batches in channels-last "
+                                "memory layout (faster convolutions on GPUs)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="of the training loss; "
+                                   "evaluation scores plain cross-entropy")
+    augment: Augment | None = Field(None, description="on-device training augmentation")
+    param_groups: list[ParamGroup] = Field(
+        default_factory=list, description="per-parameter-group lr/weight-decay scales")
+    averaging: Averaging | None = Field(None, description="lookahead or EMA of the weights")
 
     @model_validator(mode="after")
     def _one_budget(self):
@@ -79,6 +137,9 @@ class TrainConfig(StrictModel):
             raise ValueError("give exactly one budget: max_steps or epochs")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs optimizer: sgd with momentum > 0")
+        if self.param_groups and self.optimizer == "muon":
+            raise ValueError("param_groups: not with optimizer muon (it splits the "
+                             "parameters itself)")
         return self
 
 
@@ -605,7 +666,8 @@ def resolve(
         train = TrainConfig.model_validate(sections["train"])
     except ValidationError as exc:
         raise _from_validation(source, "train", exc, TrainConfig, where) from None
-    resolved["train"] = train.model_dump(mode="json")
+    resolved["train"] = {k: v for k, v in train.model_dump(mode="json").items()
+                         if not (k in LATER_TRAIN_SETTINGS and v == LATER_TRAIN_SETTINGS[k])}
     if getattr(FAMILIES["method"].get(resolved["method"]["name"]), "epoch_budget", False) \
             and train.epochs is None:
         raise StudyError(source, where or "train.epochs",

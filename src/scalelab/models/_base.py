@@ -28,6 +28,10 @@ class ModelFamily(Plugin, ABC):
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         """A freshly initialised model for inputs of ``input_shape``."""
 
+    def initialize(self, model: nn.Module, data) -> None:
+        """Data-dependent initialisation from the run's data (airbench's whitening layer
+        reads the training images), after :meth:`build`; nothing by default."""
+
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

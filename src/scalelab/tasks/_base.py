@@ -28,6 +28,7 @@ class TaskData:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    class_names: list[str] | None = None  # for per-class reports; None: class indices
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -26,6 +26,7 @@ from ..tasks.text import TokenData
 from .ddp import all_sum, world, wrap
 from .loop import Batch, Hooks, train_loop
 from .optim import make_optimizer
+from .options import with_options
 from .run import (
     OneModel,
     autocast,
@@ -154,6 +155,8 @@ def train_lm(config: dict[str, Any], dev: torch.device, checkpoint: bool,
              hooks: Hooks) -> RunResult:
     started = time.perf_counter()
     data: TokenData = instantiate(tasks, config["task"]).load()
+    hooks = with_options(hooks, TrainConfig.model_validate(config["train"]), [config["seed"]],
+                         len(data.train))
     s = TokenWindows(config, data, dev, hooks.criterion)
     outcome = train_loop(s, s.cfg, hooks)
     track = outcome.tracks[0]

@@ -41,19 +41,20 @@ class Callback:
 class Hooks:
     """Extension points of the loop; the defaults leave training as it is.
 
-    - ``batch_transform(x, y, step) -> (x, y)``: applied on the device to every training
-      batch after it is drawn (augmentation); stacked groups pass (runs, batch, ...) inputs.
+    - ``batch_transform(batch, step) -> (x, y)``: applied on the device to every training
+      :class:`Batch` after it is drawn (augmentation); stacked groups pass (runs, batch, ...)
+      inputs and (runs, batch) rows.
     - ``criterion(logits, targets, reduction=...)``: the training loss, with the signature of
       ``F.cross_entropy`` (label smoothing is ``partial(F.cross_entropy, label_smoothing=s)``);
       strategies take it when built; evaluation always scores plain cross-entropy.
-    - ``post_step(step, parameters)``: after each optimizer update, with the trained tensors
-      (a model's parameters, or a stacked group's one (runs, all parameters) tensor), for
-      weight averaging such as EMA or lookahead.
+    - ``post_step(step, tensors)``: after each optimizer update, with the trained tensors
+      (a model's float state, or a stacked group's one (runs, all parameters) tensor), for
+      weight averaging such as EMA or lookahead; a hook with a ``begin(tensors,
+      total_steps)`` method is first shown the starting weights and the budget.
     - ``callbacks``: :class:`Callback` objects.
     """
 
-    batch_transform: Callable[[torch.Tensor, torch.Tensor, int],
-                              tuple[torch.Tensor, torch.Tensor]] | None = None
+    batch_transform: Callable[[Batch, int], tuple[torch.Tensor, torch.Tensor]] | None = None
     criterion: Callable[..., torch.Tensor] = F.cross_entropy
     post_step: list[Callable[[int, list[torch.Tensor]], None]] = field(default_factory=list)
     callbacks: list[Callback] = field(default_factory=list)
@@ -62,13 +63,15 @@ class Hooks:
 @dataclass
 class Batch:
     """One drawn training batch: inputs, targets, the training rows they are (None for token
-    windows), the learning-rate progress in steps, and whether it is the budget's last."""
+    windows), the learning-rate progress in steps, whether it is the budget's last, and the
+    epochs completed before it (2.5: halfway through the third)."""
 
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor | None
     progress: int
     last: bool
+    epoch: float = 0.0
 
 
 class Strategy(ABC):
@@ -90,7 +93,8 @@ class Strategy(ABC):
 
     @abstractmethod
     def parameters(self) -> list[torch.Tensor]:
-        """The tensors the optimizer updates (for post-step hooks)."""
+        """The trained state post-step hooks may read and change in place: a model's
+        float tensors (parameters and running statistics), a stacked group's one tensor."""
 
     @abstractmethod
     def lrs(self, batch: Batch) -> list[float]:
@@ -158,11 +162,14 @@ def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None)
     total = strategy.total_steps
     check_every = strategy.check_every()
     running, count, step, eval_time = None, 0, 0, 0.0
+    for hook in hooks.post_step:
+        if hasattr(hook, "begin"):
+            hook.begin(strategy.parameters(), total)
     started = time.perf_counter()
     for step in range(1, total + 1):
         batch = strategy.draw(step)
         if hooks.batch_transform is not None:
-            batch.x, batch.y = hooks.batch_transform(batch.x, batch.y, step)
+            batch.x, batch.y = hooks.batch_transform(batch, step)
         losses, trace = strategy.step(batch, step)
         if hooks.post_step:
             parameters = strategy.parameters()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from fnmatch import fnmatch
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,8 +16,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig):
     """The study's optimizer over ``model``'s parameters.
 
     Every parameter group remembers its peak rate as ``base_lr``; the schedule scales that.
+    ``train.param_groups`` give matching parameters their own lr and weight-decay scales.
     """
-    params = list(model.parameters())
+    params = param_groups(model, cfg) if cfg.param_groups else list(model.parameters())
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                     nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
@@ -29,6 +32,24 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig):
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
     return optimizer
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """torch parameter groups from ``train.param_groups`` (first matching glob wins; the
+    rest form a last group at the study's settings). Groups that match nothing are left out;
+    frozen groups carry the step after which they stop training."""
+    chosen: list[list[nn.Parameter]] = [[] for _ in cfg.param_groups]
+    rest = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        i = next((i for i, g in enumerate(cfg.param_groups) if fnmatch(name, g.match)), None)
+        (rest if i is None else chosen[i]).append(p)
+    groups = [{"params": ps, "lr": cfg.lr * g.lr_scale,
+               "weight_decay": cfg.weight_decay * g.weight_decay_scale,
+               "frozen_after_epochs": g.frozen_after_epochs}
+              for g, ps in zip(cfg.param_groups, chosen) if ps]
+    return groups + ([{"params": rest}] if rest else [])
 
 
 def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
@@ -85,25 +106,34 @@ def _muon(model: nn.Module, cfg: TrainConfig) -> Combined:
     return Combined(*parts)
 
 
-def set_lr(optimizer, factor: float) -> float:
+def set_lr(optimizer, factor: float, epochs_done: float = 0.0) -> float:
     """Scale every group's peak rate by ``factor`` (the schedule, without LambdaLR's per-step
-    overhead); returns ``factor``."""
+    overhead), and stop groups frozen after fewer than ``epochs_done`` epochs; returns
+    ``factor``."""
     for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
+        frozen = group.get("frozen_after_epochs")
+        group["lr"] = 0.0 if frozen is not None and epochs_done >= frozen else \
+            group["base_lr"] * factor
     return factor
 
 
 def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
     """Multiplier of the peak lr for the update after ``step`` updates (0-based).
 
-    Linear warmup over ``warmup_steps``, then constant, cosine or linear decay to
-    ``final_lr_ratio`` at the last step.
+    Linear warmup over ``warmup_steps`` (or ``warmup_fraction`` of the budget), then
+    constant, cosine or linear decay to ``final_lr_ratio`` at the last step; ``airbench``
+    interpolates (0, initial_lr_ratio), (warm-up end, 1), (total_steps, final_lr_ratio).
     """
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    decay_steps = max(1, total_steps - cfg.warmup_steps - 1)
-    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    warmup = cfg.warmup_steps if cfg.warmup_fraction is None else \
+        int(cfg.warmup_fraction * total_steps)
     floor = cfg.final_lr_ratio
+    if cfg.schedule == "airbench":
+        return float(np.interp(step, [0, warmup, total_steps],
+                               [cfg.initial_lr_ratio, 1.0, floor]))
+    if step < warmup:
+        return (step + 1) / warmup
+    decay_steps = max(1, total_steps - warmup - 1)
+    progress = min(1.0, (step - warmup) / decay_steps)
     if cfg.schedule == "cosine":
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     if cfg.schedule == "linear":

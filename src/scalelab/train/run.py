@@ -91,7 +91,10 @@ def resolve_device(device: str) -> torch.device:
 def build(config: dict[str, Any], data) -> nn.Module:
     """The run's model, initialised from its seed."""
     torch.manual_seed(config["seed"])
-    return instantiate(models, config["model"]).build(data.input_shape, data.num_classes)
+    family = instantiate(models, config["model"])
+    model = family.build(data.input_shape, data.num_classes)
+    family.initialize(model, data)
+    return model
 
 
 def budget(cfg: TrainConfig, n: int) -> tuple[int, int]:
@@ -141,12 +144,13 @@ class OneModel(Strategy):
         optimizer_step(self.optimizer, self.model, loss, self.cfg)
 
     def schedule(self, batch: Batch) -> None:
-        """Set this step's learning rate from the batch's schedule progress."""
+        """Set this step's learning rate from the batch's schedule progress (and stop the
+        parameter groups frozen by now)."""
         factor = lr_factor(batch.progress, self.total_steps, self.cfg)
-        self.lr = set_lr(self.optimizer, factor) * self.cfg.lr
+        self.lr = set_lr(self.optimizer, factor, batch.epoch) * self.cfg.lr
 
     def parameters(self) -> list[torch.Tensor]:
-        return list(self.model.parameters())
+        return [t for t in self.model.state_dict().values() if t.is_floating_point()]
 
     def lrs(self, batch: Batch) -> list[float]:
         return [self.lr]

@@ -16,6 +16,7 @@ from ..spec import TrainConfig
 from .evaluate import evaluate
 from .loop import Batch, Hooks, train_loop
 from .optim import make_optimizer
+from .options import with_options
 from .run import (
     OneModel,
     autocast,
@@ -46,6 +47,8 @@ class Examples(OneModel):
         self.total_steps = self.method.budget(total_steps, self.flops_per_step / self.batch,
                                               self.forward_flops_per_sample)
         self.method.begin(n, self.total_steps, self.batch, config["seed"])
+        if cfg.channels_last and data.x_train.dim() == 4:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, cfg)
         self.trained = torch.compile(self.model) if cfg.compile else self.model
         self.generator = torch.Generator().manual_seed(config["seed"])
@@ -67,9 +70,12 @@ class Examples(OneModel):
         epochs, epoch = self.epochs, self.epoch
         last = step == self.total_steps or (epochs is not None and epoch == epochs
                                             and self.cursor + batch > len(order))
-        progress = step - 1 if epochs is None else \
-            round((epoch - 1 + (self.cursor - batch) / len(order)) / epochs * self.total_steps)
-        return Batch(self.data.x_train[index], self.data.y_train[index], index, progress, last)
+        done = epoch - 1 + (self.cursor - batch) / len(order)  # epochs completed before it
+        progress = step - 1 if epochs is None else round(done / epochs * self.total_steps)
+        x = self.data.x_train[index]
+        if self.cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return Batch(x, self.data.y_train[index], index, progress, last, done)
 
     def step(self, batch: Batch, step: int):
         self.schedule(batch)
@@ -104,6 +110,8 @@ def train_single(config: dict[str, Any], dev: torch.device, checkpoint: bool,
                  hooks: Hooks) -> RunResult:
     started = time.perf_counter()
     data = instantiate(tasks, config["task"]).load().to(dev)
+    cfg = TrainConfig.model_validate(config["train"])
+    hooks = with_options(hooks, cfg, [config["seed"]], len(data.y_train))
     strategy = Examples(config, data, dev, hooks.criterion)
     outcome = train_loop(strategy, strategy.cfg, hooks)
     track = outcome.tracks[0]

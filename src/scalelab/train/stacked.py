@@ -28,6 +28,7 @@ from ..spec import TrainConfig
 from .evaluate import evaluate_stacked
 from .loop import Batch, Hooks, Strategy, train_loop
 from .optim import lr_factor
+from .options import with_options
 from .run import (
     budget,
     build,
@@ -103,7 +104,7 @@ class Stacked(Strategy):
         self.state2 = torch.zeros_like(self.flat)   # exp_avg_sq
         self.active = torch.ones(self.runs, dtype=torch.bool, device=dev)
         self.generators = [torch.Generator().manual_seed(c["seed"]) for c in configs]
-        self.orders, self.cursor = None, self.n
+        self.orders, self.cursor, self.epoch = None, self.n, 0
 
     def views(self, source: torch.Tensor) -> dict[str, torch.Tensor]:
         out, offset = {}, 0
@@ -119,8 +120,10 @@ class Stacked(Strategy):
             self.cursor = 0
         index = self.orders[:, self.cursor:self.cursor + self.batch]
         self.cursor += self.batch
+        if self.cursor == self.batch:
+            self.epoch += 1
         return Batch(self.data.x_train[index], self.data.y_train[index], index, step - 1,
-                     step == self.total_steps)
+                     step == self.total_steps, self.epoch - 1 + (self.cursor - self.batch) / self.n)
 
     def step(self, batch: Batch, step: int):
         cfg, hyper = self.cfg, self.hyper
@@ -184,6 +187,8 @@ class Stacked(Strategy):
 def _train_group(configs, dev, checkpoint, group, hooks) -> list[RunResult]:
     started = time.perf_counter()
     data = instantiate(tasks, configs[0]["task"]).load().to(dev)
+    hooks = with_options(hooks, TrainConfig.model_validate(configs[0]["train"]),
+                         [c["seed"] for c in configs], len(data.y_train))
     s = Stacked(configs, data, dev, hooks.criterion)
     outcome = train_loop(s, s.cfg, hooks)
     s.load_into_modules()

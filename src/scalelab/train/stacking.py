@@ -31,8 +31,9 @@ def group_key(config: dict[str, Any], pad: bool = False) -> str | None:
     if not family.stackable or not instantiate(methods, config["method"]).stackable:
         return None
     train = config["train"]
-    if train["optimizer"] == "muon" or train["precision"] != "fp32" or train["compile"]:
-        return None  # the stacked trainer implements fp32 SGD/Adam/AdamW only
+    if train["optimizer"] == "muon" or train["precision"] != "fp32" or train["compile"] or \
+            train.get("param_groups") or train.get("channels_last"):
+        return None  # the stacked trainer implements fp32 SGD/Adam/AdamW on one tensor only
     shared = {k: v for k, v in config.items() if k != "seed"}
     shared["train"] = {k: v for k, v in config["train"].items() if k not in PER_RUN_TRAIN}
     if pad:

@@ -1,0 +1,139 @@
+"""What the in-memory image tasks (MNIST, CIFAR) share: their settings, the split of the
+official training set into nested training prefixes and a validation tail, normalisation,
+the one-line error for missing files, and small synthetic sets written in the real format.
+
+A task reads only files the user put at ``path``: nothing is downloaded. ``synthetic: N``
+instead writes N images per class of class-dependent noise in the task's own file format
+into the cache and reads them back through the same reader, so quick studies and tests run
+the real loading code on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..errors import ScalelabError
+from ..plugin import PluginConfig
+from ._base import TaskData, cache_dir
+
+
+class ImageConfig(PluginConfig):
+    path: str = Field("", description="folder holding the dataset's standard files")
+    num_train: int | None = Field(None, ge=1, description="training images used: a prefix of "
+                                  "the official training set (nested across sizes)")
+    num_val: int = Field(5000, ge=1, description="validation images: the tail of the official "
+                         "training set, never trained on")
+    synthetic: int = Field(0, ge=0, description="when > 0: ignore path, write this many images "
+                           "per class in the real file format into the cache and read them")
+
+
+#: Folders of readers already parsed in this process (tests, one worker's many runs).
+_read_cache: dict[tuple, dict] = {}
+
+
+def read_once(key: tuple, read: Callable[[], dict]) -> dict:
+    if key not in _read_cache:
+        if len(_read_cache) >= 4:
+            _read_cache.pop(next(iter(_read_cache)))
+        _read_cache[key] = read()
+    return _read_cache[key]
+
+
+def data_folder(task: str, config: ImageConfig, expected: str, where: str,
+                write_synthetic: Callable[[Path, np.ndarray, np.ndarray, np.ndarray,
+                                           np.ndarray], None],
+                shape: tuple[int, int, int], classes: int) -> Path:
+    """The folder to read: the user's ``path``, or a synthetic set written once in the cache.
+    A missing folder is refused in one line naming the files expected and where to get them."""
+    if config.synthetic:
+        return synthetic_folder(task, config.synthetic, write_synthetic, shape, classes)
+    if not config.path:
+        raise ScalelabError(f"task.path: the {task} task reads {expected} from a folder; give "
+                            f"its path ({where}), or `synthetic: N` for generated images")
+    root = Path(config.path).expanduser()
+    if not root.is_dir():
+        raise ScalelabError(f"task.path: {root} is not a folder; the {task} task expects "
+                            f"{expected} there ({where})")
+    return root
+
+
+def missing(task: str, root: Path, expected: str, where: str) -> ScalelabError:
+    return ScalelabError(f"task.path: {root} has no {task} files: expected {expected} "
+                         f"({where})")
+
+
+def synthetic_folder(task: str, per_class: int,
+                     write: Callable[[Path, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                                     None],
+                     shape: tuple[int, int, int], classes: int) -> Path:
+    """A folder of ``per_class`` training and ``per_class // 5`` (at least 2) test images per
+    class in the task's format, generated once per size and renamed into place whole."""
+    digest = hashlib.sha256(f"{task}:{per_class}:{shape}:{classes}".encode()).hexdigest()[:12]
+    folder = cache_dir() / "synthetic" / f"{task}-{per_class}-{digest}"
+    if folder.is_dir():
+        return folder
+    rng = np.random.default_rng(per_class)
+    x_train, y_train = synthetic_images(rng, classes, per_class, shape)
+    x_test, y_test = synthetic_images(rng, classes, max(2, per_class // 5), shape)
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    partial.mkdir(parents=True, exist_ok=True)
+    write(partial, x_train, y_train, x_test, y_test)
+    try:
+        partial.rename(folder)
+    except OSError:  # another process finished first: its folder is the same set
+        if not folder.is_dir():
+            raise
+    return folder
+
+
+def synthetic_images(rng: np.random.Generator, classes: int, per_class: int,
+                     shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, H, W, C) in shuffled order: each class a smooth random template,
+    each image its template, randomly shifted, plus noise (learnable, not trivially)."""
+    h, w, c = shape
+    coarse = rng.uniform(0, 255, size=(classes, 4, 4, c))
+    templates = coarse.repeat(-(-h // 4), 1).repeat(-(-w // 4), 2)[:, :h, :w]
+    labels = np.repeat(np.arange(classes), per_class)
+    rng.shuffle(labels)
+    shifts = rng.integers(-2, 3, size=(len(labels), 2))
+    images = np.stack([np.roll(templates[y], tuple(s), axis=(0, 1))
+                       for y, s in zip(labels, shifts)])
+    images = images + rng.normal(0, 40, size=images.shape)
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def split(config: ImageConfig, task: str, x_train: np.ndarray, y_train: np.ndarray,
+          x_test: np.ndarray, y_test: np.ndarray, classes: list[str]) -> TaskData:
+    """TaskData from uint8 (N, H, W, C) arrays: validation from the tail of the official
+    training set, training images a prefix of the rest, pixels normalised per channel with
+    the statistics of the training pool."""
+    n = len(y_train)
+    if config.num_val >= n:
+        raise ScalelabError(f"task.num_val: {config.num_val} leaves no training images of the "
+                            f"{n} in {task}'s training set")
+    pool = n - config.num_val
+    num_train = config.num_train or pool
+    if num_train > pool:
+        raise ScalelabError(f"task.num_train: {num_train} exceeds the {pool} training images "
+                            f"of {task} left after num_val={config.num_val}")
+    mean = x_train[:pool].reshape(-1, x_train.shape[-1]).mean(0) / 255
+    std = x_train[:pool].reshape(-1, x_train.shape[-1]).std(0) / 255
+
+    def tensor(images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float().div_(255)
+        return x.sub_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)).div_(
+            torch.tensor(std, dtype=torch.float32).clamp_min(1e-6).view(1, -1, 1, 1))
+
+    labels = [torch.from_numpy(y.astype(np.int64)) for y in (y_train, y_test)]
+    return TaskData(
+        x_train=tensor(x_train[:num_train]), y_train=labels[0][:num_train],
+        x_val=tensor(x_train[pool:]), y_val=labels[0][pool:],
+        x_test=tensor(x_test), y_test=labels[1], num_classes=len(classes),
+        class_names=list(classes))

@@ -80,8 +80,11 @@ def synthetic_folder(task: str, per_class: int,
     if folder.is_dir():
         return folder
     rng = np.random.default_rng(per_class)
-    x_train, y_train = synthetic_images(rng, classes, per_class, shape)
-    x_test, y_test = synthetic_images(rng, classes, max(2, per_class // 5), shape)
+    h, w, c = shape
+    coarse = rng.uniform(60, 195, size=(1, 4, 4, c)) + rng.normal(0, 15, size=(classes, 4, 4, c))
+    templates = coarse.repeat(-(-h // 4), 1).repeat(-(-w // 4), 2)[:, :h, :w]
+    x_train, y_train = synthetic_images(rng, templates, per_class)
+    x_test, y_test = synthetic_images(rng, templates, max(2, per_class // 5))
     partial = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     partial.mkdir(parents=True, exist_ok=True)
     write(partial, x_train, y_train, x_test, y_test)
@@ -93,19 +96,18 @@ def synthetic_folder(task: str, per_class: int,
     return folder
 
 
-def synthetic_images(rng: np.random.Generator, classes: int, per_class: int,
-                     shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, H, W, C) in shuffled order: each class a smooth random template,
-    each image its template, randomly shifted, plus noise (learnable, not trivially)."""
-    h, w, c = shape
-    coarse = rng.uniform(0, 255, size=(classes, 4, 4, c))
-    templates = coarse.repeat(-(-h // 4), 1).repeat(-(-w // 4), 2)[:, :h, :w]
+def synthetic_images(rng: np.random.Generator, templates: np.ndarray, per_class: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, H, W, C) in shuffled order: each one its class's template (one
+    blocky random image, nudged per class), randomly shifted, plus heavy pixel noise: a
+    small net learns it, not perfectly."""
+    classes = len(templates)
     labels = np.repeat(np.arange(classes), per_class)
     rng.shuffle(labels)
     shifts = rng.integers(-2, 3, size=(len(labels), 2))
     images = np.stack([np.roll(templates[y], tuple(s), axis=(0, 1))
                        for y, s in zip(labels, shifts)])
-    images = images + rng.normal(0, 40, size=images.shape)
+    images = images + rng.normal(0, 60, size=images.shape)
     return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 

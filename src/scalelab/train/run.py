@@ -29,7 +29,7 @@ from ..registry import models, tasks
 from ..spec import TrainConfig
 from ..tasks import TaskData
 from .evaluate import class_accuracy, evaluate
-from .flops import count_flops, step_flops
+from .flops import buffers_kept, count_flops, step_flops
 from .loop import Batch, Hooks, Strategy, Track
 from .optim import lr_factor, set_lr
 
@@ -106,8 +106,9 @@ def budget(cfg: TrainConfig, n: int) -> tuple[int, int]:
 def counted_compute(method, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     batch: int) -> tuple[int, float]:
     """(FLOPs of one training step, forward FLOPs per sample), counted on the real model."""
-    per_step = step_flops(lambda: method.training_loss(model, x[:batch], y[:batch]), model)
-    return per_step, count_flops(lambda: model(x[:batch])) / batch
+    with buffers_kept(model):  # counting must not move BatchNorm's running statistics
+        per_step = step_flops(lambda: method.training_loss(model, x[:batch], y[:batch]), model)
+        return per_step, count_flops(lambda: model(x[:batch])) / batch
 
 
 def step_metrics(steps: int, batch: int, n: int, flops_per_step: int) -> dict[str, Any]:

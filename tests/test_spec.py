@@ -34,9 +34,10 @@ BAD = [
     (with_changes(train__max_steps=1.5), "train.max_steps", "valid integer"),
     (with_changes(grid={"width": []}), "grid", "axis 'width' is empty"),
     (with_changes(task={"name": "mnist2d"}), "task.name",
-     "unknown task 'mnist2d' (registered: digits, embeddings, mnist1d, text)"),
-    (with_changes(model={"name": "resnet"}), "model.name",
-     "unknown model 'resnet' (registered: cnn, gpt, mlp)"),
+     "unknown task 'mnist2d' (registered: cifar10, cifar100, digits, embeddings, "
+     "fashion_mnist, mnist, mnist1d, text)"),
+    (with_changes(model={"name": "resnet2"}), "model.name",
+     "unknown model 'resnet2' (registered: airbench, cnn, gpt, mlp, resnet, vit)"),
     (with_changes(method={"name": "magic"}), "method.name",
      "unknown method 'magic' (registered: ast, full, infobatch, infobatch_per_batch, random, "
      "selective_backprop, standard, topk_loss)"),

@@ -460,6 +460,9 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
         raise StudyError(source, "model.name",
                          f"model {spec.model['name']} learns {' or '.join(learns)} data; task "
                          f"{spec.task['name']} provides {data_kind} data")
+    if data_kind != "classification" and spec.train.get("augment"):
+        raise StudyError(source, "train.augment", f"only for image or signal inputs; task "
+                         f"{spec.task['name']} provides {data_kind} data")
     planned = sum(math.prod(len(v) for v in grid.values()) for grid in spec.grids) \
         * len(spec.seeds)
     if planned > spec.max_runs:

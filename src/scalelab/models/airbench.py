@@ -74,8 +74,9 @@ class Airbench(ModelFamily):
                                    "initialise the whitening layer")
 
     def build(self, input_shape, num_classes) -> nn.Module:
-        if len(input_shape) != 3:
-            raise ValueError(f"airbench needs images (C, H, W), got {input_shape}")
+        if len(input_shape) != 3 or min(input_shape[1:]) < 16:
+            raise ValueError(f"airbench needs images (C, H, W) of at least 16 x 16 pixels "
+                             f"(three halvings), got {input_shape}")
         c = self.config
         channels = input_shape[0]
         whiten_width = 2 * channels * 2 * 2

@@ -316,3 +316,20 @@ def test_per_epoch_infobatch_needs_an_epoch_budget():
             "method": "infobatch"}
     with pytest.raises(StudyError, match="prunes once per epoch.*set train.epochs"):
         validate_study(spec, "ib.yaml")
+
+
+def test_curriculum_slides_from_the_easiest_rows_to_the_hardest():
+    from scalelab.methods.selection.rules import Curriculum
+
+    method = Curriculum(Curriculum.Config(target_rate=0.25))
+    method.begin(n_train=40, total_steps=100, batch=2, seed=0)  # 5 epochs of 20 steps
+    assert method.epochs == 5
+    first = method.epoch_order(torch.randperm(40), 0)
+    assert len(first) == 10
+    method.score = torch.arange(40, dtype=torch.float32).flip(0)  # row 39 is the easiest
+    easiest = method.epoch_order(torch.randperm(40), 1)
+    hardest = method.epoch_order(torch.randperm(40), 4)
+    assert sorted(easiest.tolist()) == list(range(30, 40))
+    assert sorted(hardest.tolist()) == list(range(0, 10))
+    middle = method.epoch_order(torch.randperm(40), 2)
+    assert sorted(middle.tolist()) == list(range(20, 30))

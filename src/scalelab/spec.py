@@ -460,6 +460,10 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
         raise StudyError(source, "model.name",
                          f"model {spec.model['name']} learns {' or '.join(learns)} data; task "
                          f"{spec.task['name']} provides {data_kind} data")
+    if spec.evaluations and not FAMILIES["task"].get(spec.task["name"]).in_memory:
+        raise StudyError(source, "evaluations", f"re-scoring checkpoints is not yet supported "
+                         f"on streamed {spec.task['name']} data (in-memory tasks only); each "
+                         "run's own test metrics and per-class accuracy are recorded")
     if data_kind != "classification" and spec.train.get("augment"):
         raise StudyError(source, "train.augment", f"only for image or signal inputs; task "
                          f"{spec.task['name']} provides {data_kind} data")

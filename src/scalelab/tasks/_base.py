@@ -46,6 +46,9 @@ class Task(Plugin, ABC):
     #: What :meth:`load` returns: ``classification`` (a :class:`TaskData`) or ``language``
     #: (token streams); a model family declares which kinds it can learn.
     data_kind: ClassVar[str] = "classification"
+    #: Whether :meth:`load` holds every split in memory as tensors (a :class:`TaskData`);
+    #: a streamed task (image folders) cannot stack runs or be re-scored by evaluators.
+    in_memory: ClassVar[bool] = True
 
     @abstractmethod
     def load(self) -> TaskData:

@@ -192,6 +192,8 @@ def finalize(result: RunResult, model: nn.Module, data: TaskData, cfg: TrainConf
     if result.status == COMPLETED:  # which classes a method helps or hurts
         result.metrics["test_acc_by_class"] = class_accuracy(model, data.x_test, data.y_test,
                                                              data.num_classes, cfg.eval_batch_size)
+        if data.class_names is not None:
+            result.metrics["class_names"] = data.class_names
         evaluated += len(data.y_test)
     result.metrics["eval_flops"] = int(forward_flops_per_sample * evaluated)
 

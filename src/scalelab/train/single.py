@@ -13,6 +13,7 @@ from ..plugin import instantiate
 from ..records import RunResult
 from ..registry import methods, tasks
 from ..spec import TrainConfig
+from ..tasks import TaskData
 from .evaluate import evaluate
 from .loop import Batch, Hooks, train_loop
 from .optim import make_optimizer
@@ -43,11 +44,11 @@ class Examples(OneModel):
         self.batch, total_steps = budget(cfg, n)
         with autocast(dev, cfg):  # counting runs the real kernels once: the warm-up step
             self.flops_per_step, self.forward_flops_per_sample = counted_compute(
-                self.method, self.model, data.x_train, data.y_train, self.batch)
+                self.method, self.model, *self.probe(), self.batch)
         self.total_steps = self.method.budget(total_steps, self.flops_per_step / self.batch,
                                               self.forward_flops_per_sample)
         self.method.begin(n, self.total_steps, self.batch, config["seed"])
-        if cfg.channels_last and data.x_train.dim() == 4:
+        if cfg.channels_last and len(data.input_shape) == 3:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, cfg)
         self.trained = torch.compile(self.model) if cfg.compile else self.model
@@ -58,6 +59,10 @@ class Examples(OneModel):
         self.trained_samples = self.scored_samples = 0
         self.lr = cfg.lr
         self.model.train()
+
+    def probe(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training inputs and targets of at least one batch, for counting FLOPs."""
+        return self.data.x_train[:self.batch], self.data.y_train[:self.batch]
 
     def draw(self, step: int) -> Batch:
         batch, order = self.batch, self.order
@@ -92,6 +97,11 @@ class Examples(OneModel):
                                          self.cfg.eval_batch_size)
         return [{"val_loss": val_loss, "val_acc": val_acc}], len(self.data.y_val)
 
+    def finalize(self, result: RunResult, track, steps: int, checkpoint: bool) -> None:
+        """Final metrics on every split, per-class accuracy, the checkpoint."""
+        finalize(result, self.model, self.data, self.cfg, track, steps, checkpoint,
+                 self.forward_flops_per_sample)
+
     def selection_metrics(self, steps: int) -> dict[str, Any]:
         """What a selection method actually ran: scored and trained samples and their FLOPs
         (empty for a method that trains every sample of every batch)."""
@@ -112,7 +122,12 @@ def train_single(config: dict[str, Any], dev: torch.device, checkpoint: bool,
     data = instantiate(tasks, config["task"]).load().to(dev)
     cfg = TrainConfig.model_validate(config["train"])
     hooks = with_options(hooks, cfg, [config["seed"]], len(data.y_train))
-    strategy = Examples(config, data, dev, hooks.criterion)
+    if isinstance(data, TaskData):
+        strategy = Examples(config, data, dev, hooks.criterion)
+    else:  # a streamed image folder
+        from .streamed import Streamed
+
+        strategy = Streamed(config, data, dev, hooks.criterion)
     outcome = train_loop(strategy, strategy.cfg, hooks)
     track = outcome.tracks[0]
     steps = track.steps(outcome.step)
@@ -124,6 +139,5 @@ def train_single(config: dict[str, Any], dev: torch.device, checkpoint: bool,
     result.metrics.update(strategy.selection_metrics(steps))
     result.metrics.update(strategy.method.summary())
     with autocast(dev, strategy.cfg):
-        finalize(result, strategy.model, data, strategy.cfg, track, steps, checkpoint,
-                 strategy.forward_flops_per_sample)
+        strategy.finalize(result, track, steps, checkpoint)
     return timed(result, started)

@@ -28,7 +28,8 @@ def group_key(config: dict[str, Any], pad: bool = False) -> str | None:
     zero-padded to the largest).
     """
     family = models.get(config["model"]["name"])
-    if not family.stackable or not instantiate(methods, config["method"]).stackable:
+    if not family.stackable or not instantiate(methods, config["method"]).stackable or \
+            not tasks.get(config["task"]["name"]).in_memory:
         return None
     train = config["train"]
     if train["optimizer"] == "muon" or train["precision"] != "fp32" or train["compile"] or \

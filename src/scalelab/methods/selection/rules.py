@@ -1,6 +1,7 @@
 """Selection rules: ``ast``, ``topk_loss``, ``selective_backprop`` (they score the batch with
 a no-grad forward), ``random`` and ``infobatch_per_batch`` (they score nothing), and
-``infobatch`` as published, which prunes whole epochs instead and so saves steps.
+``infobatch`` as published, which prunes whole epochs instead and so saves steps, and
+``curriculum`` (easy to hard by loss, a share of the rows per epoch).
 """
 
 from __future__ import annotations
@@ -317,3 +318,53 @@ class InfoBatch(Method):
                 "epoch_keep_rate": float(np.mean(self.kept)) if self.kept else None}
 
 
+
+
+@methods.register("curriculum")
+class Curriculum(Method):
+    """Curriculum learning, easy to hard by loss, at a fixed share of the data per epoch (a
+    baseline for adaptive selection at the same rate).
+
+    The first epoch trains on a random ``target_rate`` of the rows. After it, every epoch
+    ranks all rows by their last training loss (rows not trained yet rank at the median)
+    and trains on a window of ``target_rate`` of them, in random order, that slides from the
+    easiest rows (second epoch) to the hardest (last epoch). The budget is ``train.epochs``;
+    each epoch takes ``target_rate`` of the steps of a full one.
+    """
+
+    epoch_budget = True
+
+    class Config(PluginConfig):
+        target_rate: float = Field(0.5, gt=0, le=1, description="share of the rows per epoch")
+
+    @property
+    def stackable(self) -> bool:
+        return False  # epochs of its own length and order
+
+    def begin(self, n_train, total_steps, batch, seed):
+        self.nominal_steps, self.batch = total_steps, batch
+        self.epochs = max(1, round(total_steps / max(1, n_train // batch)))
+        self.score = torch.full((n_train,), math.nan)
+        self.generator = torch.Generator().manual_seed(seed + 7907)  # apart from the data order
+
+    def epoch_order(self, order, epoch):
+        n = len(order)
+        keep = max(self.batch, round(self.config.target_rate * n))
+        if epoch == 0 or keep >= n:
+            return order[:keep]
+        score = self.score.clone()
+        seen = ~torch.isnan(score)
+        score[~seen] = score[seen].median() if seen.any() else 0.0
+        ranked = torch.argsort(score, stable=True)  # easiest first
+        later = max(1, self.epochs - 2)
+        start = round((n - keep) * min(1.0, (epoch - 1) / later))
+        window = ranked[start:start + keep]
+        return window[torch.randperm(len(window), generator=self.generator)]
+
+    def step_loss(self, model, x, y, index, step) -> StepLoss:
+        losses = self.criterion(model(x), y, reduction="none")
+        self.score[index.cpu()] = losses.detach().float().cpu()
+        return StepLoss(losses.mean(), trained=len(y))
+
+    def summary(self) -> dict[str, Any]:
+        return {"nominal_steps": self.nominal_steps}

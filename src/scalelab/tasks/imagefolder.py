@@ -1,0 +1,265 @@
+"""Image folders (ImageNet, ImageNet-100, any custom set): ``train/`` and ``val/`` folders of
+one subfolder per class, *streamed*: images are decoded with Pillow in DataLoader worker
+processes, batch by batch, never loaded whole.
+
+- training images: random-resized crop (scale 0.08-1, aspect 3/4-4/3) to ``image_size``
+  and a random horizontal flip; evaluation: resize the shorter side to ``resize``, centre
+  crop ``image_size``; pixels standardised with ImageNet's channel statistics;
+- ``num_train`` takes the first images of every class (sorted by file name): nested
+  per-class subsets for data-scaling axes; the last ``num_val`` images of every class in
+  ``train/`` are the validation split; ``val/`` is the reported test split (ImageNet's
+  labelled held-out set);
+- class names are the folder names, kept for per-class reports.
+
+Only training classification runs (one model at a time) read folders: stacking and the
+re-scoring evaluators need tensors in memory and refuse folders in words.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ..errors import ScalelabError
+from ..plugin import PluginConfig
+from ..registry import tasks
+from ._base import Task, cache_dir
+from ._images import synthetic_images
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's channel statistics
+WHERE = ("train/CLASS/*.jpg and val/CLASS/*.jpg (ImageNet: the ILSVRC2012 train and val "
+         "archives with val sorted into class folders, from https://image-net.org)")
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ScalelabError("task: imagefolder needs Pillow: pip install pillow") from None
+    return Image
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """(image tensor, label, row) for each file, decoded when asked for (in a worker)."""
+
+    def __init__(self, files: list[tuple[str, int]], image_size: int, resize: int,
+                 train: bool):
+        self.files, self.size, self.resize, self.train = files, image_size, resize, train
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, row: int):
+        path, label = self.files[row]
+        try:
+            with _pil().open(path) as f:
+                image = f.convert("RGB")
+        except Exception as exc:  # truncated, not an image
+            raise ScalelabError(f"{path}: not a readable image ({exc})") from None
+        image = self._train_view(image) if self.train else self._eval_view(image)
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        x = x.float().div_(255)
+        x = (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+        return x, label, row
+
+    def _train_view(self, image):
+        """Random-resized crop and flip (torch's RNG: seeded per worker by the loader)."""
+        w, h = image.size
+        area = w * h
+        box = None
+        for _ in range(10):
+            target = area * (0.08 + 0.92 * torch.rand(()).item())
+            ratio = math.exp(math.log(3 / 4) + math.log(16 / 9) * torch.rand(()).item())
+            cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+            if 0 < cw <= w and 0 < ch <= h:
+                left = int(torch.randint(0, w - cw + 1, ()).item())
+                top = int(torch.randint(0, h - ch + 1, ()).item())
+                box = (left, top, left + cw, top + ch)
+                break
+        if box is None:  # fall back to the central square
+            side = min(w, h)
+            box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
+        image = image.resize((self.size, self.size), _pil().BILINEAR, box=box)
+        if torch.rand(()).item() < 0.5:
+            image = image.transpose(_pil().FLIP_LEFT_RIGHT)
+        return image
+
+    def _eval_view(self, image):
+        w, h = image.size
+        scale = self.resize / min(w, h)
+        image = image.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))),
+                             _pil().BILINEAR)
+        w, h = image.size
+        left, top = (w - self.size) // 2, (h - self.size) // 2
+        return image.crop((left, top, left + self.size, top + self.size))
+
+
+@dataclass
+class FolderData:
+    """A streamed image-folder split set: the same questions as in-memory TaskData, answered
+    through DataLoaders."""
+
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    test: list[tuple[str, int]]
+    class_names: list[str]
+    image_size: int
+    resize: int
+    workers: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.image_size, self.image_size)
+
+    @property
+    def y_train(self) -> torch.Tensor:
+        return torch.tensor([label for _, label in self.train])
+
+    def to(self, device) -> FolderData:
+        return self  # images reach the device batch by batch
+
+    def dataset(self, split: str, train_view: bool = False) -> ImageFiles:
+        return ImageFiles(getattr(self, split), self.image_size, self.resize, train_view)
+
+    def loader(self, split: str, batch_size: int, limit: int | None = None
+               ) -> torch.utils.data.DataLoader:
+        """An evaluation loader over ``split`` (its first ``limit`` images)."""
+        dataset = self.dataset(split)
+        if limit is not None and limit < len(dataset):
+            dataset = torch.utils.data.Subset(dataset, range(limit))
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size,
+                                           num_workers=self.workers)
+
+
+@tasks.register("imagefolder")
+class ImageFolder(Task):
+    """train/ and val/ folders of class subfolders (ImageNet layout), streamed with Pillow."""
+
+    in_memory = False
+
+    class Config(PluginConfig):
+        path: str = Field("", description="folder holding train/ and val/ class folders")
+        num_train: int | None = Field(None, ge=1, description="training images per class "
+                                      "(the first by file name: nested subsets)")
+        num_val: int = Field(10, ge=1, description="images per class from the end of train/ "
+                             "held out for validation")
+        image_size: int = Field(224, ge=8, description="side of the square crops")
+        resize: int = Field(256, ge=8, description="evaluation: shorter side resized to this, "
+                            "then centre-cropped to image_size")
+        workers: int = Field(2, ge=0, description="DataLoader worker processes decoding images")
+        synthetic: int = Field(0, ge=0, description="when > 0: ignore path, write this many "
+                               "PNG/JPEG images per class (4 classes) into the cache and read them")
+
+    def _root(self) -> Path:
+        c = self.config
+        if c.synthetic:
+            return synthetic_folder(c.synthetic)
+        if not c.path:
+            raise ScalelabError(f"task.path: the imagefolder task reads {WHERE}; give the "
+                                "folder's path, or `synthetic: N` for generated images")
+        root = Path(c.path).expanduser()
+        if not (root / "train").is_dir() or not (root / "val").is_dir():
+            raise ScalelabError(f"task.path: {root} needs train/ and val/ folders of class "
+                                f"folders: {WHERE}")
+        return root
+
+    def _scan(self) -> FolderData:
+        c = self.config
+        root = self._root()
+        classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        if not classes:
+            raise ScalelabError(f"{root / 'train'}: no class folders")
+        by_class = {name: sorted(str(f) for f in (root / "train" / name).iterdir()
+                                 if f.suffix.lower() in EXTENSIONS) for name in classes}
+        train, val = [], []
+        for label, name in enumerate(classes):
+            files = by_class[name]
+            if len(files) <= c.num_val:
+                raise ScalelabError(f"{root / 'train' / name}: {len(files)} images, not more "
+                                    f"than task.num_val = {c.num_val}")
+            pool = files[:-c.num_val]
+            if c.num_train is not None and c.num_train > len(pool):
+                raise ScalelabError(f"task.num_train: {c.num_train} per class exceeds the "
+                                    f"{len(pool)} training images of class {name!r}")
+            train += [(f, label) for f in pool[: c.num_train]]
+            val += [(f, label) for f in files[-c.num_val:]]
+        test = []
+        for label, name in enumerate(classes):
+            folder = root / "val" / name
+            if folder.is_dir():
+                test += [(str(f), label) for f in sorted(folder.iterdir())
+                         if f.suffix.lower() in EXTENSIONS]
+        unknown = {p.name for p in (root / "val").iterdir() if p.is_dir()} - set(classes)
+        if unknown or not test:
+            raise ScalelabError(f"{root / 'val'}: " + (
+                f"class folders not in train/: {', '.join(sorted(unknown)[:3])}" if unknown
+                else "no images in class folders"))
+        return FolderData(train, val, test, classes, c.image_size, c.resize, c.workers)
+
+    def check(self) -> None:
+        self._scan()
+
+    def shape(self):
+        data = self._scan()
+        return data.input_shape, data.num_classes, len(data.train)
+
+    def load(self) -> FolderData:
+        return self._scan()
+
+
+def synthetic_folder(per_class: int, classes: int = 4) -> Path:
+    """A train/ and val/ image folder of generated PNG (train) and JPEG (val) files."""
+    folder = cache_dir() / "synthetic" / f"imagefolder-{per_class}"
+    if folder.is_dir():
+        return folder
+    rng = np.random.default_rng(per_class)
+    coarse = rng.uniform(60, 195, size=(1, 4, 4, 3)) + rng.normal(0, 25, (classes, 4, 4, 3))
+    templates = coarse.repeat(12, 1).repeat(16, 2)  # 48 x 64: not square, as photos are not
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    image = _pil()
+    for split, count, suffix in (("train", per_class, ".png"),
+                                 ("val", max(2, per_class // 5), ".jpg")):
+        x, y = synthetic_images(rng, templates, count)
+        for i, (pixels, label) in enumerate(zip(x, y)):
+            target = partial / split / f"class_{label}"
+            target.mkdir(parents=True, exist_ok=True)
+            image.fromarray(pixels).save(target / f"{i:05d}{suffix}")
+    try:
+        partial.rename(folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+    return folder
+
+
+def score(model: torch.nn.Module, loader, device
+          ) -> tuple[float, float, int, torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy, accuracy, images, predictions, labels) of ``model`` over a
+    loader."""
+    was_training = model.training
+    model.eval()
+    loss, correct, seen, preds, labels = 0.0, 0, 0, [], []
+    with torch.no_grad():
+        for x, y, _ in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x).float()
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            pred = logits.argmax(1)
+            correct += int((pred == y).sum())
+            seen += len(y)
+            preds.append(pred.cpu())
+            labels.append(y.cpu())
+    model.train(was_training)
+    return loss / max(1, seen), correct / max(1, seen), seen, torch.cat(preds), torch.cat(labels)

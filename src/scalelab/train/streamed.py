@@ -1,0 +1,102 @@
+"""One model on a streamed image folder: the examples strategy, with batches decoded and
+augmented by DataLoader workers instead of indexed from tensors in memory. The epoch order
+(a selection method may prune it) and everything else are the in-memory strategy's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..records import COMPLETED, RunResult
+from ..tasks.imagefolder import FolderData, score
+from .evaluate import accuracy_by_class
+from .loop import Batch, Track
+from .run import final_metrics
+from .single import Examples
+
+
+class EpochBatches:
+    """The training rows of each epoch in batches; the strategy sets the next epoch's order
+    before the loader asks for it (the loader's persistent workers keep their processes)."""
+
+    def __init__(self, batch: int):
+        self.batch, self.order = batch, torch.empty(0, dtype=torch.long)
+
+    def __iter__(self):
+        order = self.order
+        for start in range(0, len(order) - self.batch + 1, self.batch):
+            yield order[start:start + self.batch].tolist()
+
+    def __len__(self) -> int:
+        return len(self.order) // self.batch
+
+
+class Streamed(Examples):
+    """Examples from an image folder, through a DataLoader of Pillow-decoding workers."""
+
+    def __init__(self, config: dict[str, Any], data: FolderData, dev: torch.device, criterion):
+        self.sampler = EpochBatches(1)
+        self.loader_generator = torch.Generator().manual_seed(config["seed"] + 1)
+        self.iterator = None
+        self.data_folder = data
+        super().__init__(config, data, dev, criterion)
+        self.sampler.batch = self.batch
+        self.loader = torch.utils.data.DataLoader(
+            data.dataset("train", train_view=True), batch_sampler=self.sampler,
+            num_workers=data.workers, pin_memory=dev.type == "cuda",
+            persistent_workers=data.workers > 0, generator=self.loader_generator)
+
+    def probe(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, _ = next(iter(self.data.loader("train", self.batch)))
+        return x.to(self.dev), y.to(self.dev)
+
+    def draw(self, step: int) -> Batch:
+        batch = self.batch
+        if self.iterator is None or self.cursor + batch > len(self.order):
+            self.order = self.method.epoch_order(
+                torch.randperm(self.n, generator=self.generator), self.epoch)
+            self.sampler.order = self.order
+            self.iterator = iter(self.loader)
+            self.cursor, self.epoch = 0, self.epoch + 1
+        x, y, index = next(self.iterator)
+        self.cursor += batch
+        epochs, epoch, order = self.epochs, self.epoch, self.order
+        last = step == self.total_steps or (epochs is not None and epoch == epochs
+                                            and self.cursor + batch > len(order))
+        done = epoch - 1 + (self.cursor - batch) / len(order)
+        progress = step - 1 if epochs is None else round(done / epochs * self.total_steps)
+        x = x.to(self.dev, non_blocking=True)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return Batch(x, y.to(self.dev, non_blocking=True), index.to(self.dev), progress, last,
+                     done)
+
+    def evaluate(self):
+        loss, acc, seen, _, _ = score(self.model, self.data.loader(
+            "val", self.cfg.eval_batch_size), self.dev)
+        return [{"val_loss": loss, "val_acc": acc}], seen
+
+    def finalize(self, result: RunResult, track: Track, steps: int, checkpoint: bool) -> None:
+        data, cfg = self.data, self.cfg
+        limits = {"train": cfg.eval_train_samples, "val": None, "test": None}
+
+        def evaluate_all(module):
+            out, seen = {}, 0
+            for split, limit in limits.items():
+                loss, acc, n, _, _ = score(module, data.loader(split, cfg.eval_batch_size,
+                                                               limit), self.dev)
+                out[f"{split}_loss"], out[f"{split}_acc"] = loss, acc
+                seen += n
+            return out, seen
+
+        evaluated = track.evaluated + final_metrics(result, self.model, evaluate_all, cfg,
+                                                    track, steps, checkpoint)
+        if result.status == COMPLETED:
+            _, _, n, pred, labels = score(self.model, data.loader("test", cfg.eval_batch_size),
+                                          self.dev)
+            result.metrics["test_acc_by_class"] = accuracy_by_class(pred, labels,
+                                                                    data.num_classes)
+            result.metrics["class_names"] = data.class_names
+            evaluated += n
+        result.metrics["eval_flops"] = int(self.forward_flops_per_sample * evaluated)

@@ -182,3 +182,74 @@ def test_gzip_detection_follows_the_name(tmp_path):
     idx_set(tmp_path, gz=True)
     with gzip.open(tmp_path / (FILES["train_labels"] + ".gz")) as f:
         assert f.read(4) == b"\x00\x00\x08\x01"
+
+
+def image_folder(root, classes=("cat", "dog", "<b>eel"), per_class=6):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split, count in (("train", per_class), ("val", 2)):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (20 + 4 * c, 30, 3), dtype=np.uint8)
+                suffix = ".png" if i % 2 else ".jpg"
+                Image.fromarray(pixels).save(folder / f"{i:03d}{suffix}")
+    return root
+
+
+def test_an_image_folder_streams_nested_per_class_subsets_with_names(tmp_path):
+    root = image_folder(tmp_path)
+    task = instantiate(tasks, {"name": "imagefolder", "path": str(root), "num_val": 2,
+                               "num_train": 3, "image_size": 16, "resize": 18, "workers": 0})
+    data = task.load()
+    assert data.class_names == ["<b>eel", "cat", "dog"]  # sorted folder names, as data
+    assert len(data.train) == 9 and len(data.val) == 6 and len(data.test) == 6
+    more = instantiate(tasks, {"name": "imagefolder", "path": str(root), "num_val": 2,
+                               "num_train": 4, "workers": 0}).load()
+    assert set(data.train) < set(more.train)  # nested
+    assert not {f for f, _ in more.train} & {f for f, _ in more.val}
+    x, y, rows = next(iter(data.loader("test", 4)))
+    assert x.shape == (4, 3, 16, 16) and rows.tolist() == [0, 1, 2, 3]
+    train_view = data.dataset("train", train_view=True)
+    torch.manual_seed(0)
+    a = train_view[0][0]
+    torch.manual_seed(1)
+    b = train_view[0][0]
+    assert a.shape == (3, 16, 16) and not torch.equal(a, b)  # random crops differ
+    assert task.shape() == ((3, 16, 16), 3, 9)
+
+
+def test_a_broken_image_folder_is_refused_in_one_line(tmp_path):
+    root = image_folder(tmp_path)
+    with pytest.raises(ScalelabError, match="needs train/ and val/ folders"):
+        load("imagefolder", root / "train")
+    with pytest.raises(ScalelabError, match="exceeds the 4 training images of class '<b>eel'"):
+        load("imagefolder", root, num_val=2, num_train=5)
+    bad = root / "train" / "cat" / "000.jpg"
+    bad.write_bytes(b"not a jpeg")
+    data = load("imagefolder", root, num_val=2, workers=0, image_size=16, resize=16)
+    row = [f for f, _ in data.train].index(str(bad))
+    with pytest.raises(ScalelabError, match="000.jpg: not a readable image"):
+        data.dataset("train")[row]
+
+
+@pytest.mark.slow
+def test_a_run_on_an_image_folder_trains_and_scores_each_class_by_name(tmp_path):
+    from scalelab.spec import validate_study
+    from scalelab.train import train_run
+
+    root = image_folder(tmp_path, per_class=10)
+    raw = {"name": "f", "task": {"name": "imagefolder", "path": str(root), "num_val": 2,
+                                  "image_size": 16, "resize": 18, "workers": 1},
+           "model": {"name": "resnet", "depth": 18, "width": 4, "stem": "cifar"},
+           "method": {"name": "ast", "target_rate": 0.5},
+           "train": {"optimizer": "sgd", "lr": 0.05, "batch_size": 8, "epochs": 2,
+                     "eval_every": 2}, "seeds": 1}
+    result = train_run(validate_study(raw, "f.yaml").runs[0].config)
+    assert result.status == "completed", result.error
+    m = result.metrics
+    assert m["class_names"] == ["<b>eel", "cat", "dog"] and len(m["test_acc_by_class"]) == 3
+    assert m["steps"] == 6 and m["samples_trained"] < 6 * 8  # AST trained on part of each batch
+    assert [s for s, n, _ in result.curves if n == "val_loss"] == [2, 4, 6]

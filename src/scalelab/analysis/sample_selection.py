@@ -259,18 +259,21 @@ def pareto_front(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _class_diffs(runs: dict, baseline: dict, level: float) -> list[tuple]:
     """Per-class test accuracy difference to the baseline, paired by seed: (class, mean
-    difference, t CI low, high, p, Holm-adjusted p over the cell's classes). The CIs are
-    unadjusted (exploratory); which classes gain or lose is decided on the Holm p."""
+    difference, t CI low, high, p, Holm-adjusted p over the cell's classes), in class order;
+    a class is its name where the task recorded names (image folders, CIFAR), else its
+    index. The CIs are unadjusted (exploratory); which classes gain or lose is decided on
+    the Holm p."""
     seeds = sorted(set(runs) & set(baseline), key=str)
     if len(seeds) < 2 or not all(runs[s].get("test_acc_by_class") and
                                  baseline[s].get("test_acc_by_class") for s in seeds):
         return []
     a = np.array([runs[s]["test_acc_by_class"] for s in seeds], dtype=float)
     b = np.array([baseline[s]["test_acc_by_class"] for s in seeds], dtype=float)
+    names = runs[seeds[0]].get("class_names") or list(range(a.shape[1]))
     out = []
     for c in range(a.shape[1]):
         comparison = paired(a[:, c], b[:, c], level=level, n_resamples=200)
-        out.append((c, comparison.mean_diff, comparison.ci_low, comparison.ci_high,
+        out.append((names[c], comparison.mean_diff, comparison.ci_low, comparison.ci_high,
                     comparison.p_value))
     adjusted = holm([p for *_, p in out])
     return [(*row, float(p)) for row, p in zip(out, adjusted)]

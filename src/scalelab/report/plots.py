@@ -251,12 +251,15 @@ def class_figure(rows: Sequence[tuple[str, list[tuple]]]) -> Figure:
     classes = max(len(diffs) for _, diffs in rows)
     grid = np.full((len(rows), classes), np.nan)
     for i, (_, diffs) in enumerate(rows):
-        for c, d, *_ in diffs:
+        for c, (_, d, *_) in enumerate(diffs):
             grid[i, c] = d
     bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
     image = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
     ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=7)
-    ax.set_xticks(range(classes))
+    names = [str(c) for c, *_ in max((diffs for _, diffs in rows), key=len)]
+    if classes <= 30:
+        ax.set_xticks(range(classes), names, fontsize=7, rotation=90 if
+                      max(map(len, names)) > 3 else 0)
     ax.set_xlabel("class")
     fig.colorbar(image, ax=ax, label="accuracy difference vs compute-matched full")
     return fig

@@ -35,11 +35,11 @@ BAD = [
     (with_changes(grid={"width": []}), "grid", "axis 'width' is empty"),
     (with_changes(task={"name": "mnist2d"}), "task.name",
      "unknown task 'mnist2d' (registered: cifar10, cifar100, digits, embeddings, "
-     "fashion_mnist, mnist, mnist1d, text)"),
+     "fashion_mnist, imagefolder, mnist, mnist1d, text)"),
     (with_changes(model={"name": "resnet2"}), "model.name",
      "unknown model 'resnet2' (registered: airbench, cnn, gpt, mlp, resnet, vit)"),
     (with_changes(method={"name": "magic"}), "method.name",
-     "unknown method 'magic' (registered: ast, full, infobatch, infobatch_per_batch, random, "
+     "unknown method 'magic' (registered: ast, curriculum, full, infobatch, infobatch_per_batch, random, "
      "selective_backprop, standard, topk_loss)"),
     (with_changes(grid={"width": [4, -2]}), "grid.model.width[1]", "greater than or equal to 1"),
     (with_changes(grid={"colour": [1]}), "grid.colour", "no setting of that name"),

@@ -136,3 +136,32 @@ def test_settings_left_at_their_defaults_keep_the_run_ids_of_older_stores():
     assert "augment" not in config["train"] and "label_smoothing" not in config["train"]
     [smoothed] = configs(1, label_smoothing=0.1)
     assert smoothed["train"]["label_smoothing"] == 0.1
+
+
+def test_rapl_counters_give_a_runs_energy_across_a_wraparound(tmp_path, monkeypatch):
+    from scalelab.train import energy
+
+    package = tmp_path / "intel-rapl:0"
+    (tmp_path / "intel-rapl:0:0").mkdir(parents=True)  # a sub-domain (cores): not counted
+    package.mkdir()
+    (package / "energy_uj").write_text("999000000")
+    (package / "max_energy_range_uj").write_text("1000000000")
+    (tmp_path / "intel-rapl:0:0" / "energy_uj").write_text("5")
+    monkeypatch.setattr(energy, "POWERCAP", tmp_path)
+    with energy.EnergyMeter(torch.device("cpu")) as meter:
+        (package / "energy_uj").write_text("2500000")  # wrapped: 1,000 J + 2.5 J later
+    assert meter.joules == pytest.approx(3.5) and meter.source == "rapl:intel-rapl:0"
+    assert energy.energy_metrics(meter, runs=2) == {"energy_j": pytest.approx(1.75),
+                                                    "energy_source": "rapl:intel-rapl:0"}
+    monkeypatch.setattr(energy, "shared_cpu", True)  # other workers on the same package
+    with energy.EnergyMeter(torch.device("cpu")) as shared:
+        pass
+    assert shared.joules is None and energy.energy_metrics(shared) == {}
+
+
+def test_no_counter_means_no_energy_recorded(tmp_path, monkeypatch):
+    from scalelab.train import energy
+
+    monkeypatch.setattr(energy, "POWERCAP", tmp_path / "absent")
+    result = train_run(configs(1)[0])
+    assert "energy_j" not in result.metrics and result.status == "completed"

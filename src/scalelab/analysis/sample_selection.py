@@ -41,6 +41,7 @@ class SelectionCell:
     class_diffs: list[tuple] = field(default_factory=list)  # see _class_diffs
     context: dict[str, Any] = field(default_factory=dict)  # the other settings that vary
     same_as: list[str] = field(default_factory=list)  # cells whose runs came out identical
+    energy_fraction: float | None = None  # measured energy / full at the same steps
 
     @property
     def label(self) -> str:
@@ -54,7 +55,8 @@ class SelectionCell:
                 "context": self.context, "same_as": self.same_as,
                 "seeds": self.seeds, "metric_mean": self.metric_mean,
                 "metric_std": self.metric_std, "compute_fraction": self.compute_fraction,
-                "wall_fraction": self.wall_fraction, "activation_2nd_half": self.activation,
+                "wall_fraction": self.wall_fraction, "energy_fraction": self.energy_fraction,
+                "activation_2nd_half": self.activation,
                 "matched_compute_fraction": self.matched_compute,
                 "controller": self.controller,
                 "comparisons": {k: c.to_dict() for k, c in self.comparisons.items()},
@@ -166,6 +168,13 @@ def analyze_selection(records: Sequence[dict[str, Any]], roles: dict[str, str | 
                                                    "steady_state_error")
              if any(r.get(k) is not None for r in runs.values())},
             context={k: v for k, v in dict(context).items() if k in varying})
+        # Energy as measured by the hardware's counters (never derived), where both the
+        # cell's runs and the full runs were measured alone.
+        full_energy = _mean([r for r in full.values() if (r.get("group_size") or 1) == 1],
+                            "energy_j")
+        cell_energy = _mean(runs.values(), "energy_j")
+        if full_energy and cell_energy is not None:
+            cell.energy_fraction = cell_energy / full_energy
         scores = any((r.get("samples_scored") or 0) > 0 for r in runs.values())
         partners = {"equal_compute": by_role.get(("matched", context, scores, rate), {}),
                     "equal_steps": full,

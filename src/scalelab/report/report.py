@@ -262,10 +262,12 @@ def _selection_blocks(sel: SelectionAnalysis, records, curves, traces: dict, blo
                         "Compute is the counted training FLOPs actually spent (scoring forward "
                         "plus forward/backward of the selected samples) and wall time the "
                         "measured training time, both as a fraction of full data at the same "
-                        "steps. Differences are paired by seed; p (Holm) adjusts over every "
+                        "steps; energy, where the hardware's counters measured it (NVML on "
+                        "NVIDIA GPUs, RAPL on CPUs), likewise ('—': not measured). "
+                        "Differences are paired by seed; p (Holm) adjusts over every "
                         "test in this table; d_z is Cohen's paired effect size."))
     headers = ["method", "rate", "scoring", "seeds", sel.metric, "compute", "matched run's compute",
-               "wall", "activation (2nd half)"]
+               "wall", "energy", "activation (2nd half)"]
     for kind in KINDS:
         headers += [f"Δ vs {KINDS[kind]} [CI]", "p", "p (Holm)", "d_z"]
     rows = []
@@ -278,6 +280,7 @@ def _selection_blocks(sel: SelectionAnalysis, records, curves, traces: dict, blo
         row = [cell.method, rate, cell.scoring or "—", *where, cell.seeds,
                _mean_std(cell.metric_mean, cell.metric_std),
                cell.compute_fraction, cell.matched_compute, cell.wall_fraction,
+               cell.energy_fraction,
                f"{cell.activation[0]:.3f}–{cell.activation[1]:.3f}" if cell.activation else "—"]
         for kind in KINDS:
             c = cell.comparisons.get(kind)

@@ -17,6 +17,7 @@ from ..errors import ScalelabError
 from ..records import FAILED, RunResult, RunSpec, run_id
 from ..registry import executors
 from ..spec import Study
+from ..train import energy
 from ..train.run import resolve_device
 from ._base import Executor, Group, train_group_of
 
@@ -156,7 +157,8 @@ class LocalExecutor(Executor):
     def _pool(self, workers: int) -> ProcessPoolExecutor:
         threads = max(1, available_cores() // self.workers)
         return ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                   initializer=_init_worker, initargs=(threads, os.getpid()))
+                                   initializer=_init_worker,
+                                   initargs=(threads, os.getpid(), workers > 1))
 
 
 def _terminate_workers(pool: ProcessPoolExecutor) -> None:
@@ -168,8 +170,9 @@ def _terminate_workers(pool: ProcessPoolExecutor) -> None:
             process.terminate()
 
 
-def _init_worker(threads: int, parent: int) -> None:
+def _init_worker(threads: int, parent: int, shared: bool) -> None:
     torch.set_num_threads(threads)
+    energy.shared_cpu = shared  # other workers train beside it: CPU counters would mix runs
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 

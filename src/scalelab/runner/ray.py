@@ -40,7 +40,10 @@ def _train_on_worker(group: Group, device: str, checkpoint: bool, threads: int
     """What a Ray task runs: the group, with the task's share of cores as torch threads."""
     import torch
 
+    from ..train import energy
+
     torch.set_num_threads(threads)
+    energy.shared_cpu = True  # Ray packs tasks onto a node's CPUs: package counters would mix
     return train_group_of(group, device, checkpoint)
 
 

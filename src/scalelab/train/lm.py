@@ -24,6 +24,7 @@ from ..registry import methods, tasks
 from ..spec import TrainConfig
 from ..tasks.text import TokenData
 from .ddp import all_sum, world, wrap
+from .energy import EnergyMeter, energy_metrics
 from .loop import Batch, Hooks, train_loop
 from .optim import make_optimizer
 from .options import with_options
@@ -158,7 +159,8 @@ def train_lm(config: dict[str, Any], dev: torch.device, checkpoint: bool,
     hooks = with_options(hooks, TrainConfig.model_validate(config["train"]), [config["seed"]],
                          len(data.train))
     s = TokenWindows(config, data, dev, hooks.criterion)
-    outcome = train_loop(s, s.cfg, hooks)
+    with EnergyMeter(dev) as meter:
+        outcome = train_loop(s, s.cfg, hooks)
     track = outcome.tracks[0]
     steps = track.steps(outcome.step)
     result = tracked_result(track, dev)
@@ -174,7 +176,8 @@ def train_lm(config: dict[str, Any], dev: torch.device, checkpoint: bool,
         world_size=s.size, steps=steps, samples_seen=steps * s.batch, tokens_seen=tokens_seen,
         epochs_seen=tokens_seen / len(s.data.train), train_flops=s.flops_per_step * steps,
         train_flops_6nd=6 * n_nonembed * tokens_seen, wall_time=train_time,
-        tokens_per_second=tokens_seen / max(1e-9, train_time - outcome.eval_time))
+        tokens_per_second=tokens_seen / max(1e-9, train_time - outcome.eval_time),
+        **energy_metrics(meter))
     splits = {"train": s.data.train[: s.cfg.eval_train_samples], "val": s.data.val,
               "test": s.data.test}
 

@@ -14,6 +14,7 @@ from ..records import RunResult
 from ..registry import methods, tasks
 from ..spec import TrainConfig
 from ..tasks import TaskData
+from .energy import EnergyMeter, energy_metrics
 from .evaluate import evaluate
 from .loop import Batch, Hooks, train_loop
 from .optim import make_optimizer
@@ -128,14 +129,16 @@ def train_single(config: dict[str, Any], dev: torch.device, checkpoint: bool,
         from .streamed import Streamed
 
         strategy = Streamed(config, data, dev, hooks.criterion)
-    outcome = train_loop(strategy, strategy.cfg, hooks)
+    with EnergyMeter(dev) as meter:
+        outcome = train_loop(strategy, strategy.cfg, hooks)
     track = outcome.tracks[0]
     steps = track.steps(outcome.step)
     result = tracked_result(track, dev)
     result.metrics.update(
         step_metrics(steps, strategy.batch, strategy.n, strategy.flops_per_step),
         n_params=count_parameters(strategy.model), batch_size=strategy.batch,
-        flops_per_step=strategy.flops_per_step, wall_time=outcome.train_time)
+        flops_per_step=strategy.flops_per_step, wall_time=outcome.train_time,
+        **energy_metrics(meter))
     result.metrics.update(strategy.selection_metrics(steps))
     result.metrics.update(strategy.method.summary())
     with autocast(dev, strategy.cfg):

@@ -25,6 +25,7 @@ from ..plugin import instantiate
 from ..records import FAILED, RunResult, run_id
 from ..registry import methods, models, tasks
 from ..spec import TrainConfig
+from .energy import EnergyMeter, energy_metrics
 from .evaluate import evaluate_stacked
 from .loop import Batch, Hooks, Strategy, train_loop
 from .optim import lr_factor
@@ -190,7 +191,8 @@ def _train_group(configs, dev, checkpoint, group, hooks) -> list[RunResult]:
     hooks = with_options(hooks, TrainConfig.model_validate(configs[0]["train"]),
                          [c["seed"] for c in configs], len(data.y_train))
     s = Stacked(configs, data, dev, hooks.criterion)
-    outcome = train_loop(s, s.cfg, hooks)
+    with EnergyMeter(dev) as meter:
+        outcome = train_loop(s, s.cfg, hooks)
     s.load_into_modules()
     results = []
     for r, track in enumerate(outcome.tracks):
@@ -201,7 +203,8 @@ def _train_group(configs, dev, checkpoint, group, hooks) -> list[RunResult]:
         result.metrics.update(step_metrics(steps, s.batch, s.n, flops_per_step),
                               n_params=count_parameters(s.modules[r]), batch_size=s.batch,
                               flops_per_step=flops_per_step,
-                              wall_time=outcome.train_time / s.runs, group_size=s.runs)
+                              wall_time=outcome.train_time / s.runs, group_size=s.runs,
+                              **energy_metrics(meter, s.runs))
         finalize(result, s.modules[r], data, s.cfgs[r], track, steps, checkpoint,
                  forward_flops_per_sample)
         result.metrics["total_time"] = (time.perf_counter() - started) / s.runs

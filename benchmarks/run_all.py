@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ORDER = ["overhead", "batched", "padding", "time_to_accuracy", "fit", "selection", "ttt", "lm",
-         "cluster"]
+         "cluster", "vision"]
 
 
 def scripts() -> list[Path]:

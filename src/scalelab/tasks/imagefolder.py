@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..errors import ScalelabError
+from ..errors import ScalelabError, first_line
 from ..plugin import PluginConfig
 from ..registry import tasks
 from ._base import Task, cache_dir
@@ -59,47 +59,48 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, row: int):
         path, label = self.files[row]
+        image_module = _pil()
         try:
-            with _pil().open(path) as f:
-                image = f.convert("RGB")
+            with image_module.open(path) as f:
+                w, h = f.size
+                box = self._random_box(w, h) if self.train else self._centre_box(w, h)
+                # JPEG: decode at the smallest DCT scale that keeps the box at least `size`
+                # pixels across (ImageNet photos shrink 2-4x before any pixel is decoded).
+                f.draft("RGB", (math.ceil(w * self.size / (box[2] - box[0])),
+                                math.ceil(h * self.size / (box[3] - box[1]))))
+                sx, sy = f.size[0] / w, f.size[1] / h
+                image = f.convert("RGB").resize(
+                    (self.size, self.size), image_module.BILINEAR,
+                    box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
         except Exception as exc:  # truncated, not an image
-            raise ScalelabError(f"{path}: not a readable image ({exc})") from None
-        image = self._train_view(image) if self.train else self._eval_view(image)
+            raise ScalelabError(f"{path}: not a readable image ({first_line(exc)})") from None
+        if self.train and torch.rand(()).item() < 0.5:
+            image = image.transpose(image_module.FLIP_LEFT_RIGHT)
         x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
         x = x.float().div_(255)
-        x = (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
-        return x, label, row
+        return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1), \
+            label, row
 
-    def _train_view(self, image):
-        """Random-resized crop and flip (torch's RNG: seeded per worker by the loader)."""
-        w, h = image.size
-        area = w * h
-        box = None
+    def _random_box(self, w: int, h: int) -> tuple[int, int, int, int]:
+        """Random-resized crop: 8-100% of the area at an aspect ratio of 3/4-4/3 (torch's
+        RNG, seeded per worker by the loader); the central square if 10 draws miss."""
         for _ in range(10):
-            target = area * (0.08 + 0.92 * torch.rand(()).item())
+            area = w * h * (0.08 + 0.92 * torch.rand(()).item())
             ratio = math.exp(math.log(3 / 4) + math.log(16 / 9) * torch.rand(()).item())
-            cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+            cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
             if 0 < cw <= w and 0 < ch <= h:
                 left = int(torch.randint(0, w - cw + 1, ()).item())
                 top = int(torch.randint(0, h - ch + 1, ()).item())
-                box = (left, top, left + cw, top + ch)
-                break
-        if box is None:  # fall back to the central square
-            side = min(w, h)
-            box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
-        image = image.resize((self.size, self.size), _pil().BILINEAR, box=box)
-        if torch.rand(()).item() < 0.5:
-            image = image.transpose(_pil().FLIP_LEFT_RIGHT)
-        return image
+                return left, top, left + cw, top + ch
+        side = min(w, h)
+        return (w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2
 
-    def _eval_view(self, image):
-        w, h = image.size
-        scale = self.resize / min(w, h)
-        image = image.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))),
-                             _pil().BILINEAR)
-        w, h = image.size
-        left, top = (w - self.size) // 2, (h - self.size) // 2
-        return image.crop((left, top, left + self.size, top + self.size))
+    def _centre_box(self, w: int, h: int) -> tuple[int, int, int, int]:
+        """Resize the shorter side to ``resize`` and centre-crop ``size``, as one box in the
+        original image."""
+        side = max(1, round(self.size * min(w, h) / self.resize))
+        left, top = (w - side) // 2, (h - side) // 2
+        return left, top, left + side, top + side
 
 
 @dataclass

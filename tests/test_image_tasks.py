@@ -253,3 +253,24 @@ def test_a_run_on_an_image_folder_trains_and_scores_each_class_by_name(tmp_path)
     assert m["class_names"] == ["<b>eel", "cat", "dog"] and len(m["test_acc_by_class"]) == 3
     assert m["steps"] == 6 and m["samples_trained"] < 6 * 8  # AST trained on part of each batch
     assert [s for s, n, _ in result.curves if n == "val_loss"] == [2, 4, 6]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["airbench94", "ast_imagenet"])
+def test_the_vision_studies_quick_blocks_run_on_generated_data(tmp_path, monkeypatch, name):
+    import io
+
+    import scalelab.api
+    from scalelab.output import Output
+
+    from .golden import ROOT
+
+    monkeypatch.setenv("SCALELAB_CACHE", str(tmp_path / "cache"))
+    result = scalelab.api.run(ROOT / "studies" / f"{name}.yaml", out=tmp_path / "out",
+                              quick=True, device="cpu",
+                              output=Output(stdout=io.StringIO(), stderr=io.StringIO()))
+    records = scalelab.api.records(tmp_path / "out")
+    assert {r["status"] for r in records} == {"completed"} and len(records) >= 3
+    assert np.mean([r["test_acc"] for r in records]) > 0.5  # learned the generated classes
+    assert all(r["class_names"] for r in records)
+    assert result.trained == {"completed": len(records)}

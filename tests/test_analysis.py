@@ -176,3 +176,17 @@ def test_the_roles_used_here_are_what_the_methods_declare():
     from scalelab.registry import methods
 
     assert {name: methods.get(name).comparison_role for name in ROLES} == ROLES
+
+
+def test_a_cell_without_a_matched_run_reports_its_controller_and_no_matched_compute():
+    """The controller numbers once landed in the matched-compute column (positional field)."""
+    rows = _selection_records()
+    for r in rows:
+        if r["method.name"] == "ast":
+            r.update(settling_step=40.0 + r["seed"], overshoot=0.1, energy_j=3.0)
+        else:
+            r["energy_j"] = 10.0
+    cells = analyze_selection(rows, ROLES).cells
+    assert all(c.matched_compute is None for c in cells)
+    assert cells[0].controller == {"settling_step": 41.5, "overshoot": 0.1}
+    assert cells[0].energy_fraction == pytest.approx(0.3)

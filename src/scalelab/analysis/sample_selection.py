@@ -164,9 +164,9 @@ def analyze_selection(records: Sequence[dict[str, Any]], roles: dict[str, str | 
             _mean(runs.values(), "train_flops") / full_flops if full_flops else None,
             _mean(runs.values(), "wall_time") / full_wall if full_wall else None,
             _range(runs.values(), "activation_rate_2nd_half"),
-            {k: _mean(runs.values(), k) for k in ("settling_step", "overshoot",
-                                                   "steady_state_error")
-             if any(r.get(k) is not None for r in runs.values())},
+            controller={k: _mean(runs.values(), k) for k in ("settling_step", "overshoot",
+                                                              "steady_state_error")
+                        if any(r.get(k) is not None for r in runs.values())},
             context={k: v for k, v in dict(context).items() if k in varying})
         # Energy as measured by the hardware's counters (never derived), where both the
         # cell's runs and the full runs were measured alone.

@@ -31,7 +31,7 @@ from ..errors import ScalelabError, first_line
 from ..plugin import PluginConfig
 from ..registry import tasks
 from ._base import Task, cache_dir
-from ._images import synthetic_images
+from ._images import read_once, synthetic_images
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's channel statistics
@@ -177,6 +177,12 @@ class ImageFolder(Task):
         return root
 
     def _scan(self) -> FolderData:
+        """The folder's file lists (listed once per process and settings: ImageNet's 1.3 M
+        files take seconds to list, and planning asks for the shape of every run)."""
+        key = ("imagefolder", self.config.model_dump_json())
+        return read_once(key, lambda: {"data": self._list()})["data"]
+
+    def _list(self) -> FolderData:
         c = self.config
         root = self._root()
         classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())

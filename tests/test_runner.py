@@ -31,7 +31,7 @@ def test_run_then_rerun_trains_nothing(tmp_path, tiny_study):
     assert first.exit_code == 0, first.output
     payload = json.loads(first.stdout)
     assert payload["trained"] == {"completed": 4} and payload["already_done"] == 0
-    assert set(payload["summary"]["fits"]) == {"test_loss"}
+    assert payload["summary"]["fits"] == {}  # two sizes: too few for a first fit
     second = json.loads(invoke("run", study, "--out", out, "--no-report", "--format", "json").stdout)
     assert second["trained"] == {} and second["already_done"] == 4
     frame = scalelab.load(out)

@@ -84,6 +84,6 @@ def summarize(records: list[dict[str, Any]], axes: dict[str, str], metric: str =
     fits = {}
     for column in columns:
         xs = [n for n in n_params if (n, column) in cells]
-        if len(xs) >= 2:
+        if len(xs) >= 3:  # through two points any line fits (R² = 1): no evidence of a law
             fits[column] = fit_loglog(xs, [cells[(n, column)][0] for n in xs])
     return Summary(metric, [row_names[n] for n in n_params], columns, cells, fits, n_params)

@@ -40,18 +40,18 @@ def test_run_then_rerun_trains_nothing(tmp_path, tiny_study):
 
 
 def test_text_output_has_table_and_fit(tmp_path, tiny_study):
-    result = invoke("run", tiny_study(tmp_path), "--out", tmp_path / "o", "--workers", 1,
-                    "--bootstrap", 20)
+    study = tiny_study(tmp_path, grid={"width": [4, 8, 16]}, seeds=[0])  # a fit needs 3 sizes
+    result = invoke("run", study, "--out", tmp_path / "o", "--workers", 1, "--bootstrap", 20)
     assert result.exit_code == 0
     assert "mean test_loss" in result.output and "A · N^(−α)" in result.output
     assert f"report: {tmp_path / 'o' / 'report.html'}" in result.output
     assert (tmp_path / "o" / "scaling_law.json").exists()
     before = (tmp_path / "o" / "report.html").stat().st_mtime_ns
-    again = invoke("run", tiny_study(tmp_path), "--out", tmp_path / "o", "--bootstrap", 20)
+    again = invoke("run", study, "--out", tmp_path / "o", "--bootstrap", 20)
     assert "up to date: nothing new was trained" in again.output
     assert (tmp_path / "o" / "report.html").stat().st_mtime_ns == before
     status = invoke("status", tmp_path / "o")
-    assert "completed" in status.output and "best 4 by validation loss" in status.output
+    assert "completed" in status.output and "best 3 by validation loss" in status.output
 
 
 def test_bad_study_exits_2_and_writes_nothing(tmp_path, tiny_study):

@@ -14,6 +14,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,10 +36,11 @@ class ImageConfig(PluginConfig):
 
 
 #: Folders of readers already parsed in this process (tests, one worker's many runs).
-_read_cache: dict[tuple, dict] = {}
+_read_cache: dict[tuple, Any] = {}
 
 
-def read_once(key: tuple, read: Callable[[], dict]) -> dict:
+def read_once(key: tuple, read: Callable[[], Any]) -> Any:
+    """``read()``, once per ``key`` in this process (the last four kept)."""
     if key not in _read_cache:
         if len(_read_cache) >= 4:
             _read_cache.pop(next(iter(_read_cache)))
@@ -72,16 +74,18 @@ def missing(task: str, root: Path, expected: str, where: str) -> ScalelabError:
 def synthetic_folder(task: str, per_class: int,
                      write: Callable[[Path, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
                                      None],
-                     shape: tuple[int, int, int], classes: int) -> Path:
+                     shape: tuple[int, int, int], classes: int, spread: float = 15.0) -> Path:
     """A folder of ``per_class`` training and ``per_class // 5`` (at least 2) test images per
-    class in the task's format, generated once per size and renamed into place whole."""
-    digest = hashlib.sha256(f"{task}:{per_class}:{shape}:{classes}".encode()).hexdigest()[:12]
+    class (H x W x C ``shape``; class templates ``spread`` apart) in the task's format,
+    written by ``write``, generated once per size and renamed into place whole."""
+    digest = hashlib.sha256(f"{task}:{per_class}:{shape}:{classes}:{spread}".encode()
+                            ).hexdigest()[:12]
     folder = cache_dir() / "synthetic" / f"{task}-{per_class}-{digest}"
     if folder.is_dir():
         return folder
     rng = np.random.default_rng(per_class)
     h, w, c = shape
-    coarse = rng.uniform(60, 195, size=(1, 4, 4, c)) + rng.normal(0, 15, size=(classes, 4, 4, c))
+    coarse = rng.uniform(60, 195, size=(1, 4, 4, c)) + rng.normal(0, spread, size=(classes, 4, 4, c))
     templates = coarse.repeat(-(-h // 4), 1).repeat(-(-w // 4), 2)[:, :h, :w]
     x_train, y_train = synthetic_images(rng, templates, per_class)
     x_test, y_test = synthetic_images(rng, templates, max(2, per_class // 5))

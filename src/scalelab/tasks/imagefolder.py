@@ -18,7 +18,6 @@ re-scoring evaluators need tensors in memory and refuse folders in words.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +29,8 @@ from pydantic import Field
 from ..errors import ScalelabError, first_line
 from ..plugin import PluginConfig
 from ..registry import tasks
-from ._base import Task, cache_dir
-from ._images import read_once, synthetic_images
+from ._base import Task
+from ._images import read_once, synthetic_folder
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's channel statistics
@@ -166,7 +165,7 @@ class ImageFolder(Task):
     def _root(self) -> Path:
         c = self.config
         if c.synthetic:
-            return synthetic_folder(c.synthetic)
+            return synthetic_image_folder(c.synthetic)
         if not c.path:
             raise ScalelabError(f"task.path: the imagefolder task reads {WHERE}; give the "
                                 "folder's path, or `synthetic: N` for generated images")
@@ -180,7 +179,7 @@ class ImageFolder(Task):
         """The folder's file lists (listed once per process and settings: ImageNet's 1.3 M
         files take seconds to list, and planning asks for the shape of every run)."""
         key = ("imagefolder", self.config.model_dump_json())
-        return read_once(key, lambda: {"data": self._list()})["data"]
+        return read_once(key, self._list)
 
     def _list(self) -> FolderData:
         c = self.config
@@ -226,29 +225,20 @@ class ImageFolder(Task):
         return self._scan()
 
 
-def synthetic_folder(per_class: int, classes: int = 4) -> Path:
-    """A train/ and val/ image folder of generated PNG (train) and JPEG (val) files."""
-    folder = cache_dir() / "synthetic" / f"imagefolder-{per_class}"
-    if folder.is_dir():
-        return folder
-    rng = np.random.default_rng(per_class)
-    coarse = rng.uniform(60, 195, size=(1, 4, 4, 3)) + rng.normal(0, 25, (classes, 4, 4, 3))
-    templates = coarse.repeat(12, 1).repeat(16, 2)  # 48 x 64: not square, as photos are not
-    partial = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+def synthetic_image_folder(per_class: int, classes: int = 4) -> Path:
+    """A train/ and val/ folder of generated 48 x 64 images (not square, as photos are not):
+    PNG for training, JPEG for validation."""
     image = _pil()
-    for split, count, suffix in (("train", per_class, ".png"),
-                                 ("val", max(2, per_class // 5), ".jpg")):
-        x, y = synthetic_images(rng, templates, count)
-        for i, (pixels, label) in enumerate(zip(x, y)):
-            target = partial / split / f"class_{label}"
-            target.mkdir(parents=True, exist_ok=True)
-            image.fromarray(pixels).save(target / f"{i:05d}{suffix}")
-    try:
-        partial.rename(folder)
-    except OSError:
-        if not folder.is_dir():
-            raise
-    return folder
+
+    def write(folder: Path, x_train, y_train, x_val, y_val) -> None:
+        for split, x, y, suffix in (("train", x_train, y_train, ".png"),
+                                    ("val", x_val, y_val, ".jpg")):
+            for i, (pixels, label) in enumerate(zip(x, y)):
+                target = folder / split / f"class_{label}"
+                target.mkdir(parents=True, exist_ok=True)
+                image.fromarray(pixels).save(target / f"{i:05d}{suffix}")
+
+    return synthetic_folder("imagefolder", per_class, write, (48, 64, 3), classes, spread=25.0)
 
 
 def score(model: torch.nn.Module, loader, device

@@ -66,22 +66,29 @@ class Examples(OneModel):
         return self.data.x_train[:self.batch], self.data.y_train[:self.batch]
 
     def draw(self, step: int) -> Batch:
-        batch, order = self.batch, self.order
-        if self.cursor + batch > len(order):
-            order = self.method.epoch_order(torch.randperm(self.n, generator=self.generator),
-                                            self.epoch).to(self.dev)
-            self.order, self.cursor, self.epoch = order, 0, self.epoch + 1
-        index = order[self.cursor:self.cursor + batch]
+        batch = self.batch
+        if self.cursor + batch > len(self.order):
+            self.order = self.start_epoch(self.method.epoch_order(
+                torch.randperm(self.n, generator=self.generator), self.epoch))
+            self.cursor, self.epoch = 0, self.epoch + 1
+        x, y, index = self.fetch(self.order[self.cursor:self.cursor + batch])
         self.cursor += batch
-        epochs, epoch = self.epochs, self.epoch
+        epochs, epoch, order = self.epochs, self.epoch, self.order
         last = step == self.total_steps or (epochs is not None and epoch == epochs
                                             and self.cursor + batch > len(order))
         done = epoch - 1 + (self.cursor - batch) / len(order)  # epochs completed before it
         progress = step - 1 if epochs is None else round(done / epochs * self.total_steps)
-        x = self.data.x_train[index]
         if self.cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return Batch(x, self.data.y_train[index], index, progress, last, done)
+        return Batch(x, y, index, progress, last, done)
+
+    def start_epoch(self, order: torch.Tensor) -> torch.Tensor:
+        """Prepare an epoch visiting ``order``; returns the order as :meth:`fetch` takes it."""
+        return order.to(self.dev)
+
+    def fetch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inputs, targets and row indices of the next batch (``rows`` of the epoch order)."""
+        return self.data.x_train[rows], self.data.y_train[rows], rows
 
     def step(self, batch: Batch, step: int):
         self.schedule(batch)

@@ -118,11 +118,9 @@ class Stacked(Strategy):
         if self.cursor + self.batch > self.n:
             self.orders = torch.stack([torch.randperm(self.n, generator=g)
                                        for g in self.generators]).to(self.dev)
-            self.cursor = 0
+            self.cursor, self.epoch = 0, self.epoch + 1
         index = self.orders[:, self.cursor:self.cursor + self.batch]
         self.cursor += self.batch
-        if self.cursor == self.batch:
-            self.epoch += 1
         return Batch(self.data.x_train[index], self.data.y_train[index], index, step - 1,
                      step == self.total_steps, self.epoch - 1 + (self.cursor - self.batch) / self.n)
 

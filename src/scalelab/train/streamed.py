@@ -11,7 +11,7 @@ import torch
 from ..records import COMPLETED, RunResult
 from ..tasks.imagefolder import FolderData, score
 from .evaluate import accuracy_by_class
-from .loop import Batch, Track
+from .loop import Track
 from .run import final_metrics
 from .single import Examples
 
@@ -36,41 +36,27 @@ class Streamed(Examples):
     """Examples from an image folder, through a DataLoader of Pillow-decoding workers."""
 
     def __init__(self, config: dict[str, Any], data: FolderData, dev: torch.device, criterion):
-        self.sampler = EpochBatches(1)
-        self.loader_generator = torch.Generator().manual_seed(config["seed"] + 1)
-        self.iterator = None
-        self.data_folder = data
         super().__init__(config, data, dev, criterion)
-        self.sampler.batch = self.batch
+        self.sampler = EpochBatches(self.batch)
         self.loader = torch.utils.data.DataLoader(
             data.dataset("train", train_view=True), batch_sampler=self.sampler,
             num_workers=data.workers, pin_memory=dev.type == "cuda",
-            persistent_workers=data.workers > 0, generator=self.loader_generator)
+            persistent_workers=data.workers > 0,
+            generator=torch.Generator().manual_seed(config["seed"] + 1))
 
     def probe(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, _ = next(iter(self.data.loader("train", self.batch)))
         return x.to(self.dev), y.to(self.dev)
 
-    def draw(self, step: int) -> Batch:
-        batch = self.batch
-        if self.iterator is None or self.cursor + batch > len(self.order):
-            self.order = self.method.epoch_order(
-                torch.randperm(self.n, generator=self.generator), self.epoch)
-            self.sampler.order = self.order
-            self.iterator = iter(self.loader)
-            self.cursor, self.epoch = 0, self.epoch + 1
-        x, y, index = next(self.iterator)
-        self.cursor += batch
-        epochs, epoch, order = self.epochs, self.epoch, self.order
-        last = step == self.total_steps or (epochs is not None and epoch == epochs
-                                            and self.cursor + batch > len(order))
-        done = epoch - 1 + (self.cursor - batch) / len(order)
-        progress = step - 1 if epochs is None else round(done / epochs * self.total_steps)
-        x = x.to(self.dev, non_blocking=True)
-        if self.cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return Batch(x, y.to(self.dev, non_blocking=True), index.to(self.dev), progress, last,
-                     done)
+    def start_epoch(self, order: torch.Tensor) -> torch.Tensor:
+        self.sampler.order = order  # the loader's workers decode this epoch's batches in order
+        self.iterator = iter(self.loader)
+        return order
+
+    def fetch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y, index = next(self.iterator)  # the loader yields ``rows``, decoded
+        return (x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True),
+                index.to(self.dev))
 
     def evaluate(self):
         loss, acc, seen, _, _ = score(self.model, self.data.loader(

@@ -27,14 +27,25 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A head (no CPUs: it only schedules) and two worker nodes of one CPU each; a plug-in
-    package on PYTHONPATH registers a model that fails when built."""
+    package on PYTHONPATH registers a model that fails when built and one that marks each
+    attempt to build it and holds its task on a chosen node (so that node dies mid-task)."""
     from ray.cluster_utils import Cluster
 
     site = tmp_path_factory.mktemp("site")
     (site / "explodes").mkdir()
     (site / "explodes" / "__init__.py").write_text(textwrap.dedent('''
+        import os
+        import pathlib
+        import time
+
+        import ray
+        import torch
+
         from scalelab.models import ModelFamily
+        from scalelab.models.mlp import MLP
         from scalelab.registry import models
+
+        SITE = pathlib.Path(SITE_PATH)
 
         @models.register("explodes_on_worker")
         class Explodes(ModelFamily):
@@ -42,7 +53,24 @@ def cluster(tmp_path_factory):
 
             def build(self, input_shape, num_classes):
                 raise RuntimeError("boom in the run")
-        '''))
+
+        @models.register("held_on_node")
+        class HeldOnNode(MLP):
+            """An MLP whose build, in a Ray task, leaves a mark named by its node and run
+            (width and seed) and, on the node named in the file `hold`, waits there until the
+            node is gone."""
+
+            def build(self, input_shape, num_classes):
+                context = ray.get_runtime_context() if ray.is_initialized() else None
+                if context is not None and context.worker.mode == ray.WORKER_MODE:
+                    node, run = context.get_node_id(), torch.initial_seed()
+                    (SITE / "marks" / f"{node}.{self.config.width}-{run}.{os.getpid()}").touch()
+                    hold = SITE / "hold"
+                    if hold.exists() and hold.read_text() == node:
+                        time.sleep(300)
+                return super().build(input_shape, num_classes)
+        ''').replace("SITE_PATH", repr(str(site))))
+    (site / "marks").mkdir()
     info = site / "explodes-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: explodes\nVersion: 1.0\n")
@@ -52,7 +80,7 @@ def cluster(tmp_path_factory):
     made = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [made.add_node(num_cpus=1) for _ in range(2)]
     made.wait_for_nodes()
-    yield made, workers
+    yield made, workers, site
     made.shutdown()
     if old is None:
         os.environ.pop("PYTHONPATH", None)
@@ -87,7 +115,7 @@ def wait_for_completed(out, count, timeout=120):
 
 
 def test_a_study_on_ray_gives_the_local_numbers(tmp_path, cluster):
-    made, _ = cluster
+    made, *_ = cluster
     path = study_file(tmp_path)
     proc = scalelab_run(path, tmp_path / "ray", made.address)
     stdout, stderr = proc.communicate(timeout=300)
@@ -105,16 +133,27 @@ def test_a_study_on_ray_gives_the_local_numbers(tmp_path, cluster):
 
 def test_losing_a_worker_node_mid_study_loses_no_run_and_stores_none_twice(tmp_path,
                                                                            cluster):
-    made, workers = cluster
-    path = study_file(tmp_path, train={**TINY["train"], "max_steps": 400, "eval_every": 100})
+    made, workers, site = cluster
+    doomed = workers[0].node_id
+    (site / "hold").write_text(doomed)  # the first task there waits for the node to die
+    path = study_file(tmp_path, model={**TINY["model"], "name": "held_on_node"})
     out = tmp_path / "out"
     proc = scalelab_run(path, out, made.address)
-    wait_for_completed(out, 2)
-    made.remove_node(workers[0])  # its task in flight dies with it and is retried elsewhere
-    stdout, stderr = proc.communicate(timeout=300)
-    workers[0] = made.add_node(num_cpus=1)  # for the tests after this one
+    try:
+        deadline = time.time() + 120
+        while not list((site / "marks").glob(f"{doomed}.*")):
+            assert time.time() < deadline and proc.poll() is None, "no task reached the node"
+            time.sleep(0.1)
+        made.remove_node(workers[0])  # its task in flight dies with it and is retried elsewhere
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        (site / "hold").unlink()
+        workers[0] = made.add_node(num_cpus=1)  # for the tests after this one
     assert proc.returncode == 0, stderr
-    assert "will be retried" in stderr  # Ray retried the task lost with the node
+    [lost] = list((site / "marks").glob(f"{doomed}.*"))
+    run = lost.name.split(".")[1]
+    retried = [m for m in (site / "marks").glob(f"*.{run}.*") if m != lost]
+    assert retried, "the task lost with its node was not run again"
     with Store.open(out) as store:
         statuses = store.statuses()
         curves = store.curves()
@@ -125,7 +164,7 @@ def test_losing_a_worker_node_mid_study_loses_no_run_and_stores_none_twice(tmp_p
 
 
 def test_a_run_that_raises_is_stored_failed_with_its_traceback(tmp_path, cluster):
-    made, _ = cluster
+    made, *_ = cluster
     path = study_file(tmp_path, grid={"model.name": ["mlp", "explodes_on_worker"]},
                       seeds=[0], model={"name": "mlp"})
     proc = scalelab_run(path, tmp_path / "out", made.address)
@@ -137,7 +176,7 @@ def test_a_run_that_raises_is_stored_failed_with_its_traceback(tmp_path, cluster
 
 
 def test_a_killed_driver_is_resumed_training_only_what_is_missing(tmp_path, cluster):
-    made, _ = cluster
+    made, *_ = cluster
     path = study_file(tmp_path, train={**TINY["train"], "max_steps": 400, "eval_every": 100})
     out = tmp_path / "out"
     first = scalelab_run(path, out, made.address)

@@ -369,3 +369,21 @@ def evaluation_summary(out_dir: str | Path, result, metric: str = "test_acc"):
     rows, settings, _ = tune_per_shape(result.rows, settings, study_records(out_dir),
                                        result.shape_axes, validation_twin(metric))
     return compare_evaluations(rows, settings, metric)
+
+
+def coordcheck(study: str | Path | Study, *, out: str | Path | None = None,
+               widths: Sequence[int] | None = None, steps: int = 5, seeds: int = 3,
+               lr: float | None = None, overrides: Sequence[str] = (), quick: bool = False):
+    """Coordinate check of the study's model under standard and μP (see
+    :mod:`scalelab.train.coordcheck`); writes ``coordcheck.png``/``.svg``/``.json`` into
+    ``out`` (default: the study's output directory) and returns the check and the figure."""
+    from .files import write_atomically
+    from .report.plots import coordcheck_figure, save
+    from .train.coordcheck import coordinate_check
+
+    study = _as_study(study, overrides, quick)
+    check = coordinate_check(study, list(widths) if widths else None, steps, seeds, lr)
+    out_dir = Path(out) if out is not None else default_out_dir(study)
+    figure = save(coordcheck_figure(check.to_dict()), out_dir / "coordcheck")[0]
+    write_atomically(out_dir / "coordcheck.json", json.dumps(check.to_dict(), indent=2))
+    return check, figure

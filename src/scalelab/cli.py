@@ -286,6 +286,48 @@ def fit(
 
 
 @command
+def coordcheck(
+    study: Path = typer.Argument(..., help="study YAML file (its model must have a width: mlp, gpt)"),
+    out: Path | None = typer.Option(None, "--out", help="where coordcheck.png/.svg/.json go [default: the study's output directory]"),
+    widths: str | None = typer.Option(None, "--widths", help="comma-separated widths [default: the study grid's widths]"),
+    steps: int = typer.Option(5, "--steps", min=1, help="training steps per width"),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="seeds averaged per width"),
+    lr: float | None = typer.Option(None, "--lr", min=0, help="the constant learning rate [default: the study's train.lr]"),
+    set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable)"),
+    quick: bool = typer.Option(False, "--quick", help="apply the study's `quick:` overrides"),
+    fmt: Fmt = FormatOption,
+    output: Output = None,
+) -> int:
+    """Coordinate check: train each width a few steps under standard and μP and plot every
+    layer's activation size against width; passes (exit 0) when μP is flat, exit 1 if not."""
+    sizes = None
+    if widths is not None:
+        try:
+            sizes = [int(w) for w in widths.split(",")]
+        except ValueError:
+            raise ScalelabError(f"--widths: expected comma-separated integers, got {widths!r}") from None
+    check, figure = api.coordcheck(study, out=out, widths=sizes, steps=steps, seeds=seeds,
+                                   lr=lr, overrides=set_, quick=quick)
+    for name, slopes in check.slopes.items():
+        last = check.sizes[name][:, :, -1]
+        output.table(f"{name}: mean |activation| after {check.steps} steps ({check.optimizer}, "
+                     f"lr {check.lr:g})", ["layer", *map(str, check.widths), "slope"],
+                     [[layer, *map(float, last[:, i]), slopes[layer]]
+                      for i, layer in enumerate(check.layers)])
+    verdict = ("PASS: μP activations are flat across widths"
+               if check.passed else "FAIL: some μP activations change with width")
+    contrast = ("standard parametrization grows with width, as expected" if check.separates
+                else "standard parametrization does not grow at this lr either: raise --lr "
+                "for an informative check" if check.passed else "")
+    output.info(f"{verdict} (|slope of log size vs log width| <= {check.tolerance} for every "
+                "layer)"
+                + (f"; {contrast}" if contrast else ""))
+    output.info(f"figure: {figure}")
+    output.emit({**check.to_dict(), "figure": str(figure)})
+    return 0 if check.passed else 1
+
+
+@command
 def compare(
     out_dir: Path | None = typer.Argument(None, help="a study output directory (or use --csv)"),
     metric: str = typer.Option("test_acc", "--metric", help="the column to compare"),

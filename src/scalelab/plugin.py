@@ -17,6 +17,17 @@ class PluginConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    #: Settings added after stores existed, with their defaults: left out of a run's resolved
+    #: config (and so of its id) while at the default, so upgrading scalelab never turns a
+    #: finished study into new runs.
+    later_settings: ClassVar[dict[str, object]] = {}
+
+    def identity(self) -> dict[str, object]:
+        """The settings as they enter a run's resolved config and id."""
+        later = self.later_settings
+        return {k: v for k, v in self.model_dump(mode="json").items()
+                if not (k in later and v == later[k])}
+
 
 class Plugin:
     Config: ClassVar[type[PluginConfig]] = PluginConfig

@@ -668,13 +668,17 @@ def resolve(
             raise _from_validation(
                 source, section, exc, plugin.Config, where, also_allowed=("name",)
             ) from None
-        resolved[section] = {"name": name, **config.model_dump(mode="json")}
+        resolved[section] = {"name": name, **config.identity()}
     try:
         train = TrainConfig.model_validate(sections["train"])
     except ValidationError as exc:
         raise _from_validation(source, "train", exc, TrainConfig, where) from None
     resolved["train"] = {k: v for k, v in train.model_dump(mode="json").items()
                          if not (k in LATER_TRAIN_SETTINGS and v == LATER_TRAIN_SETTINGS[k])}
+    if resolved["model"].get("parametrization") == "mup" and train.optimizer == "muon":
+        raise StudyError(source, where or "model.parametrization",
+                         "mup scales the learning rates of sgd, adam and adamw; muon has its "
+                         "own width rule: use parametrization: standard with muon")
     if getattr(FAMILIES["method"].get(resolved["method"]["name"]), "epoch_budget", False) \
             and train.epochs is None:
         raise StudyError(source, where or "train.epochs",

@@ -23,6 +23,9 @@ class ModelFamily(Plugin, ABC):
     min_stack_group: ClassVar[int] = 3
     #: The task data kinds (``Task.data_kind``) this family can learn.
     data_kinds: ClassVar[tuple[str, ...]] = ("classification",)
+    #: The config setting that is the model's width, for families with μP
+    #: (``parametrization: mup``); None where there is none.
+    width_setting: ClassVar[str | None] = None
 
     @abstractmethod
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -2,7 +2,8 @@
 
 Pre-norm blocks of causal self-attention (``scaled_dot_product_attention``) and an MLP.
 Options: learned or rotary positions, LayerNorm or RMSNorm, GELU or ReLU², QK-norm,
-zero-initialised output projections and tied input/output embeddings.
+zero-initialised output projections, tied input/output embeddings, and μP
+(``parametrization: mup``, with d_model as the width; see models.mup).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..plugin import PluginConfig
 from ..registry import models
 from ._base import ModelFamily
+from .mup import WidthParametrization, WidthScale, mark, scale_init
 
 
 @models.register("gpt")
@@ -25,8 +26,9 @@ class GPT(ModelFamily):
     """Decoder-only transformer language model (rotary, RMSNorm, ReLU², QK-norm as options)."""
 
     data_kinds = ("language",)
+    width_setting = "d_model"  # the width μP scales (see models.mup)
 
-    class Config(PluginConfig):
+    class Config(WidthParametrization):
         d_model: int = Field(64, ge=1, description="width of the residual stream")
         n_layers: int = Field(2, ge=1, description="transformer blocks")
         n_heads: int = Field(4, ge=1, description="attention heads (must divide d_model)")
@@ -48,6 +50,9 @@ class GPT(ModelFamily):
                 raise ValueError(f"n_heads {self.n_heads} must divide d_model {self.d_model}")
             if self.positions == "rotary" and (self.d_model // self.n_heads) % 2:
                 raise ValueError("rotary positions need an even head size (d_model / n_heads)")
+            if self.parametrization == "mup" and self.base_width % self.n_heads:
+                raise ValueError(f"n_heads {self.n_heads} must divide base_width "
+                                 f"{self.base_width} (the base d_model of mup)")
             return self
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -94,6 +99,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(c.d_model, 3 * c.d_model, bias=False)
         self.proj = nn.Linear(c.d_model, c.d_model, bias=False)
         self.qk_norm = c.qk_norm
+        # μP scores q·k by 1/d_head (× sqrt of the base head size, so base width = standard).
+        self.scale = math.sqrt(c.base_width // c.n_heads) / self.head_dim \
+            if c.parametrization == "mup" else None
         self.rotary = Rotary(self.head_dim, c.context_length, c.rope_base) \
             if c.positions == "rotary" else None
 
@@ -105,7 +113,7 @@ class Attention(nn.Module):
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -143,6 +151,8 @@ class GPTModule(nn.Module):
         self.wpe = nn.Embedding(c.context_length, c.d_model) if c.positions == "learned" else None
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layers))
         self.norm = _norm(c.norm, c.d_model)
+        m = c.multiplier(c.d_model)
+        self.readout_scale = WidthScale(1 / m) if c.parametrization == "mup" else None
         self.head = nn.Linear(c.d_model, vocab_size, bias=False)
         # GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * layers).
         for module in self.modules():
@@ -156,6 +166,21 @@ class GPTModule(nn.Module):
                     nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * c.n_layers))
         if c.tied_embeddings:
             self.head.weight = self.wte.weight
+        if self.readout_scale is not None:
+            self._mup(m)
+
+    def _mup(self, m: float) -> None:
+        """μP on top of the GPT-2 initialisation: width × width matrices start at std / √m
+        (var ∝ 1/fan_in), the readout's input is scaled by 1/m (see models.mup)."""
+        hidden = [layer for block in self.blocks
+                  for layer in (block.attn.qkv, block.attn.proj, block.mlp.fc, block.mlp.proj)]
+        for layer in hidden:
+            scale_init(layer, 1 / math.sqrt(m))
+        names = {id(layer.weight) for layer in hidden}
+        roles = {name: "hidden" if id(p) in names else
+                 "readout" if name == "head.weight" else "vector"
+                 for name, p in self.named_parameters()}
+        mark(self, roles, m)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         t = idx.shape[1]
@@ -166,4 +191,7 @@ class GPTModule(nn.Module):
             x = x + self.wpe(torch.arange(t, device=idx.device))
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x))
+        x = self.norm(x)
+        if self.readout_scale is not None:
+            x = self.readout_scale(x)
+        return self.head(x)

@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from ..plugin import PluginConfig
 from ..registry import models
 from ._base import ACTIVATIONS, ModelFamily
+from .mup import WidthParametrization, WidthScale, mark, scale_init
 
 
 @models.register("mlp")
@@ -25,8 +25,10 @@ class MLP(ModelFamily):
     # Stacked MLPs train with batched matrix multiplies; a pair ran 1.0-1.2x the speed of two
     # single runs (1 thread, widths 16-128), so pairs are worth stacking. Others need 3.
     min_stack_group = 2
+    #: The setting μP scales (see models.mup).
+    width_setting = "width"
 
-    class Config(PluginConfig):
+    class Config(WidthParametrization):
         width: int = Field(64, ge=1, description="units per hidden layer")
         depth: int = Field(2, ge=0, description="hidden layers (0 = a linear classifier)")
         activation: Literal["relu", "gelu", "tanh"] = Field("relu", description="nonlinearity")
@@ -38,5 +40,22 @@ class MLP(ModelFamily):
         for _ in range(c.depth):
             layers += [nn.Linear(fan_in, c.width), ACTIVATIONS[c.activation]()]
             fan_in = c.width
-        layers.append(nn.Linear(fan_in, num_classes))
-        return nn.Sequential(*layers)
+        readout = nn.Linear(fan_in, num_classes)
+        if c.parametrization == "standard":
+            return nn.Sequential(*layers, readout)
+        # μP (see models.mup): PyTorch's default init is already var ∝ 1/fan_in for the
+        # input and hidden layers; the readout's is made width-independent and its input
+        # scaled by 1/m. A linear classifier (depth 0) has no width: m = 1.
+        m = c.multiplier(c.width) if c.depth else 1.0
+        scale_init(readout, math.sqrt(m))
+        model = nn.Sequential(*layers, WidthScale(1 / m), readout)
+        roles = {}
+        for i, layer in enumerate(model):
+            if isinstance(layer, nn.Linear):
+                first = i == 1
+                roles[f"{i}.weight"] = "readout" if layer is readout else \
+                    "vector" if first else "hidden"
+                roles[f"{i}.bias"] = "fixed" if layer is readout else "vector"
+        if not c.depth:
+            roles = dict.fromkeys(roles, "fixed")
+        return mark(model, roles, m)

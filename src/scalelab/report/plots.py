@@ -304,3 +304,26 @@ def settings_figure(gains: Sequence[dict[str, Any]], data_axis: str | None, gain
     ax.set_ylabel(f"gain in {metric}" if gain else name)
     ax.legend(fontsize=6)
     return fig
+
+
+def coordcheck_figure(check: dict[str, Any]) -> Figure:
+    """Mean |activation| of every layer against width at the last step of a coordinate
+    check, one panel per parametrization (flat lines: width-stable)."""
+    fig = Figure(figsize=(9.0, 3.8), dpi=STYLE["dpi"], layout="constrained")
+    axes = fig.subplots(1, len(check["sizes"]), sharey=True)
+    for ax, (name, sizes) in zip(np.atleast_1d(axes), check["sizes"].items()):
+        last = np.asarray(sizes)[:, :, -1]
+        for i, layer in enumerate(check["layers"]):
+            slope = check["slopes"][name][layer]
+            ax.plot(check["widths"], last[:, i], marker="o", label=f"{layer} (slope {slope:+.2f})")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.25)
+        verdict = "flat" if all(abs(s) <= check["flat_tolerance"]
+                                for s in check["slopes"][name].values()) else "grows with width"
+        ax.set_title(f"{name}: {verdict}", fontsize=9)
+        ax.set_xlabel(f"model.{check['width_setting']}")
+        ax.legend(fontsize=7)
+    np.atleast_1d(axes)[0].set_ylabel(f"mean |activation| after {check['steps']} steps")
+    return fig

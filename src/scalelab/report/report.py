@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from ..analysis.evaluations import (
 )
 from ..analysis.sample_selection import KINDS, SelectionAnalysis, pareto_front
 from ..analysis.study import StudyAnalysis, analyze_study
+from ..files import write_atomically
 from ..output import fmt_value
 from ..store import Store
 from . import plots
@@ -178,10 +178,10 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
 
     report = Report(out / "report.md", out / "report.html", out / "scaling_law.json",
                     out / "comparison_table.txt", figures, analysis, shrunk)
-    _write(report.markdown, _markdown(blocks, out))
-    _write(report.html, _html(blocks, a.study))
-    _write(report.scaling_law, json.dumps(analysis.to_dict(), indent=2, default=_json_default))
-    _write(report.comparison_table, comparison_text(analysis))
+    write_atomically(report.markdown, _markdown(blocks, out))
+    write_atomically(report.html, _html(blocks, a.study))
+    write_atomically(report.scaling_law, json.dumps(analysis.to_dict(), indent=2, default=_json_default))
+    write_atomically(report.comparison_table, comparison_text(analysis))
     return report
 
 
@@ -468,12 +468,6 @@ def _previous_run_count(out: Path) -> int | None:
         return sum(int(v) for v in counts.values())
     except (OSError, ValueError, AttributeError, TypeError):
         return None
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _json_default(value: Any):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ScalelabError
+from ..files import write_atomically
 from ..output import Output
 from ..records import COMPLETED, FINISHED, RunResult, RunSpec
 from ..registry import executors
@@ -208,11 +209,7 @@ def save_checkpoint(out_dir: Path, run: RunSpec, result: RunResult) -> None:
     leaves no torn file), before the run's row: a completed run always has its checkpoint."""
     if result.checkpoint is None:
         return
-    path = checkpoint_path(out_dir, run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(result.checkpoint)
-    os.replace(tmp, path)
+    write_atomically(checkpoint_path(out_dir, run), result.checkpoint)
     result.checkpoint = None
 
 

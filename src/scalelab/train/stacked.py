@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ..models import count_parameters
+from ..models.mup import WidthScale, lr_multipliers
 from ..plugin import instantiate
 from ..records import FAILED, RunResult, run_id
 from ..registry import methods, models, tasks
@@ -61,6 +62,10 @@ def _per_run(values: list[float], dev: torch.device) -> torch.Tensor:
 
 
 def _bcast(vector: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-run (runs,) vector shaped to broadcast over ``like``; a tensor already of
+    ``like``'s rank (per-run, per-parameter values) as it is."""
+    if vector.dim() == like.dim():
+        return vector
     return vector.view(-1, *([1] * (like.dim() - 1)))
 
 
@@ -94,6 +99,11 @@ class Stacked(Strategy):
         self.flat = torch.cat([t.detach().flatten(1) for t in stacked.values()], 1)
         self.flat.requires_grad_()
         self.layout = [(k, t.shape[1:], t[0].numel()) for k, t in stacked.items()]
+        # μP: each run's own per-parameter learning-rate multipliers, at its own width.
+        scales = [lr_multipliers(m, cfg.optimizer) for m in self.modules]
+        self.lr_scale = None if scales[0] is None else torch.stack([torch.cat(
+            [torch.full((size,), s[name]) for name, _, size in self.layout]) for s in scales]
+        ).to(dev)
         self.own_shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in self.modules]
         skeleton = copy.deepcopy(padded).to("meta")
         self.forward = bmm_forward(skeleton) or vmap(
@@ -139,6 +149,8 @@ class Stacked(Strategy):
                 norms = torch.sqrt(grad.pow(2).flatten(1).sum(1))
                 grad = grad * _bcast(torch.clamp(cfg.grad_clip / (norms + 1e-6), max=1.0), grad)
             step_lr = hyper["lr"] * lr_factor(batch.progress, self.total_steps, cfg) * self.active
+            if self.lr_scale is not None:
+                step_lr = _bcast(step_lr, self.flat) * self.lr_scale
             _update(cfg.optimizer, self.flat, grad, self.state, self.state2, step, step_lr,
                     hyper["weight_decay"], hyper["beta1"], hyper["beta2"], hyper["momentum"],
                     cfg.nesterov)
@@ -215,7 +227,7 @@ def bmm_forward(skeleton: nn.Module):
     functional_call per step), or None for other models; inputs are (runs, batch, ...)."""
     elementwise = (nn.ReLU, nn.GELU, nn.Tanh)
     if not isinstance(skeleton, nn.Sequential) or not all(
-            isinstance(m, (nn.Flatten, nn.Linear, *elementwise)) for m in skeleton):
+            isinstance(m, (nn.Flatten, nn.Linear, WidthScale, *elementwise)) for m in skeleton):
         return None
     if any(isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) != (1, -1) for m in skeleton):
         return None
@@ -230,6 +242,8 @@ def bmm_forward(skeleton: nn.Module):
                 bias = params.get(f"{name}.bias")
                 h = torch.bmm(h, weight) if bias is None else torch.baddbmm(
                     bias.unsqueeze(1), h, weight)
+            elif isinstance(module, WidthScale):  # each run's own factor
+                h = h * buffers[f"{name}.factor"].view(-1, 1, 1)
             else:
                 h = module(h)
         return h
@@ -267,24 +281,25 @@ def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
 def _update(optimizer, p, g, s1, s2, step, lr, wd, beta1, beta2, momentum, nesterov) -> None:
     """One step of SGD/Adam/AdamW on the (runs, parameters) tensor ``p`` with per-run
     hyperparameters, as torch.optim computes it (``s1``: SGD's momentum buffer or Adam's
-    first moment, ``s2``: Adam's second moment)."""
+    first moment, ``s2``: Adam's second moment). ``lr`` is per run, or per run and
+    parameter (μP)."""
+    lr, wd, beta1, beta2, momentum = (_bcast(v, p) for v in (lr, wd, beta1, beta2, momentum))
     if optimizer == "sgd":
-        d_p = g + _bcast(wd, p) * p
-        mom = _bcast(momentum, p)
+        d_p = g + wd * p
         if step == 1:
             s1.copy_(d_p)
         else:
-            s1.mul_(mom).add_(d_p)
-        direction = d_p + mom * s1 if nesterov else torch.where(mom > 0, s1, d_p)
-        p.sub_(_bcast(lr, p) * direction)
+            s1.mul_(momentum).add_(d_p)
+        direction = d_p + momentum * s1 if nesterov else torch.where(momentum > 0, s1, d_p)
+        p.sub_(lr * direction)
         return
     step_size = lr / (1 - beta1 ** step)
     correction2 = torch.sqrt(1 - beta2 ** step)
     if optimizer == "adamw":
-        p.mul_(_bcast(1 - lr * wd, p))  # decoupled decay
+        p.mul_(1 - lr * wd)  # decoupled decay
     else:
-        g = g + _bcast(wd, p) * p
-    s1.lerp_(g, _bcast(1 - beta1, p))
-    s2.mul_(_bcast(beta2, p)).addcmul_(g, g * _bcast(1 - beta2, p))
-    denom = (s2.sqrt() / _bcast(correction2, p)).add_(1e-8)
-    p.sub_(_bcast(step_size, p) * s1 / denom)
+        g = g + wd * p
+    s1.lerp_(g, 1 - beta1)
+    s2.mul_(beta2).addcmul_(g, g * (1 - beta2))
+    denom = (s2.sqrt() / correction2).add_(1e-8)
+    p.sub_(step_size * s1 / denom)

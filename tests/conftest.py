@@ -56,3 +56,23 @@ def exploding_model(monkeypatch):
 
     monkeypatch.setitem(models._entries, "_explodes", Explodes)
     return Explodes
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run the `scalelab` entry point in this process as a user would; returns its exit
+    code, stdout and stderr."""
+    import sys
+    from types import SimpleNamespace
+
+    from scalelab import cli
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["scalelab", *map(str, args)])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        captured = capsys.readouterr()
+        return SimpleNamespace(exit_code=exited.value.code, stdout=captured.out,
+                               stderr=captured.err, output=captured.out + captured.err)
+
+    return run

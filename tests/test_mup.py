@@ -1,0 +1,150 @@
+"""μP (maximal-update parametrization) for mlp and gpt: identical to standard at the base
+width, the per-layer learning rates of the paper's table, stacked runs that train as alone,
+run ids unchanged for standard studies, and the coordinate check that tells the two apart."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from scalelab.errors import StudyError
+from scalelab.models.mup import lr_multipliers
+from scalelab.plugin import instantiate
+from scalelab.registry import models
+from scalelab.spec import TrainConfig, validate_study
+from scalelab.train import train_run
+from scalelab.train.coordcheck import coordinate_check
+from scalelab.train.optim import make_optimizer
+from scalelab.train.stacked import train_group
+from scalelab.train.stacking import group_key
+
+from .conftest import TINY
+
+
+def mlp(width, parametrization="mup", base_width=16, depth=2):
+    torch.manual_seed(0)
+    return instantiate(models, {"name": "mlp", "width": width, "depth": depth,
+                                "parametrization": parametrization,
+                                "base_width": base_width}).build((40,), 10)
+
+
+def trained_logits(model, steps=3, optimizer="adam"):
+    x, y = torch.randn(32, 40, generator=torch.Generator().manual_seed(1)), torch.arange(32) % 10
+    opt = make_optimizer(model, TrainConfig(optimizer=optimizer, lr=0.01, max_steps=1))
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model(x)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_mup_at_its_base_width_is_the_standard_parametrization(optimizer):
+    standard = trained_logits(mlp(16, "standard"), optimizer=optimizer)
+    assert torch.equal(trained_logits(mlp(16, "mup"), optimizer=optimizer), standard)
+
+
+def test_learning_rates_follow_the_mup_table():
+    model = mlp(64)  # m = 64 / 16 = 4
+    adam = lr_multipliers(model, "adam")
+    sgd = lr_multipliers(model, "sgd")
+    # input layer, hidden matrix, readout, readout bias (Sequential indices 1, 3, 6)
+    assert (adam["1.weight"], adam["3.weight"], adam["6.weight"], adam["6.bias"]) == (1, 0.25, 1, 1)
+    assert (sgd["1.weight"], sgd["3.weight"], sgd["6.weight"], sgd["6.bias"]) == (4, 1, 4, 1)
+    assert adam["3.bias"] == 1 and sgd["3.bias"] == 4
+    groups = make_optimizer(model, TrainConfig(lr=0.02, max_steps=1)).param_groups
+    by_param = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert by_param[id(model[3].weight)] == pytest.approx(0.005)
+    assert by_param[id(model[1].weight)] == pytest.approx(0.02)
+    # the readout starts width-independent (var 1/base fan-in) and sees its input / m
+    assert model[5].factor.item() == 0.25
+    assert model[6].weight.std().item() == pytest.approx(1 / math.sqrt(3 * 16), rel=0.1)
+
+
+def test_gpt_mup_scales_hidden_init_attention_and_readout():
+    def gpt(parametrization, d_model=128):
+        torch.manual_seed(0)
+        return instantiate(models, {"name": "gpt", "d_model": d_model, "n_heads": 4,
+                                    "context_length": 16, "parametrization": parametrization,
+                                    "base_width": 32}).build((16,), 50)
+
+    standard, mup = gpt("standard"), gpt("mup")
+    m = 128 / 32
+    assert mup.blocks[0].attn.qkv.weight.std().item() == pytest.approx(
+        standard.blocks[0].attn.qkv.weight.std().item() / math.sqrt(m), rel=0.05)
+    assert mup.blocks[0].attn.scale == pytest.approx(math.sqrt(8) / 32)
+    assert mup.readout_scale.factor.item() == 1 / m
+    rates = lr_multipliers(mup, "adamw")
+    assert rates["blocks.0.mlp.fc.weight"] == 1 / m and rates["wte.weight"] == 1
+    idx = torch.randint(0, 50, (2, 16))
+    assert torch.equal(gpt("mup", 32)(idx), gpt("standard", 32)(idx))  # base width: the same
+
+
+def spec(**changes):
+    out = {**TINY, "model": {"name": "mlp", "depth": 2, "base_width": 8}, **changes}
+    out["train"] = {**TINY["train"], "max_steps": 40, **changes.get("train", {})}
+    return out
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_mup_runs_stack_across_widths_and_train_as_alone(optimizer):
+    runs = validate_study(spec(grid={"width": [8, 16, 32], "lr": [0.01, 0.03],
+                                     "parametrization": ["mup"]}, seeds=[0],
+                               train={"optimizer": optimizer}), "t.yaml").runs
+    configs = [r.config for r in runs]
+    assert len({group_key(c, pad=True) for c in configs}) == 1  # stacked where standard is
+    together = train_group(configs)
+    for config, stacked in zip(configs, together):
+        alone = train_run(config)
+        assert stacked.status == alone.status == "completed"
+        for key in ("test_loss", "val_loss", "final_test_loss"):
+            assert stacked.metrics[key] == pytest.approx(alone.metrics[key], rel=1e-4), key
+
+
+def test_standard_runs_keep_their_ids_and_mup_runs_get_new_ones():
+    plain = validate_study(spec(model={"name": "mlp", "depth": 2}), "t.yaml").runs
+    with_base = validate_study(spec(), "t.yaml").runs  # base_width is moot without μP
+    assert [r.run_id for r in plain] == [r.run_id for r in with_base]
+    assert "parametrization" not in plain[0].config["model"]
+    mup = validate_study(spec(grid={"width": [4, 8], "parametrization": ["mup"]}), "t.yaml").runs
+    assert mup[0].config["model"]["base_width"] == 8
+    assert not {r.run_id for r in mup} & {r.run_id for r in plain}
+
+
+def test_mup_with_muon_is_refused_with_the_field():
+    with pytest.raises(StudyError, match="model.parametrization.*sgd, adam and adamw"):
+        validate_study(spec(model={"name": "mlp", "parametrization": "mup"},
+                            train={"optimizer": "muon"}), "t.yaml")
+
+
+def test_coordinate_check_separates_the_two_parametrizations():
+    study = validate_study(spec(model={"name": "mlp", "depth": 2, "base_width": 16},
+                                grid={"width": [16, 64, 256]}, train={"lr": 0.01}), "t.yaml")
+    check = coordinate_check(study, steps=5, seeds=2)
+    assert check.layers == ["layer 1", "layer 2", "logits"]
+    assert check.passed and check.separates
+    assert all(abs(s) <= 0.2 for s in check.slopes["mup"].values())
+    assert check.slopes["standard"]["logits"] > 0.4  # Adam's update adds up over the width
+    # at the base width both parametrizations are the same network
+    assert check.sizes["mup"][0].tolist() == check.sizes["standard"][0].tolist()
+
+
+def test_coordcheck_command_writes_the_figure_and_exits_by_verdict(tmp_path, run_cli):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec(model={"name": "mlp", "depth": 2, "base_width": 16},
+                                        grid={"width": [16, 64, 256]}, train={"lr": 0.01})))
+    result = run_cli("coordcheck", path, "--out", tmp_path / "cc", "--seeds", "2",
+                     "--format", "json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["passed"] and (tmp_path / "cc" / "coordcheck.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "cc" / "coordcheck.json").read_text())["widths"] == [16, 64, 256]
+    # before any update μP's logits shrink as 1/sqrt(m) (its readout starts small): a fail
+    at_init = run_cli("coordcheck", path, "--out", tmp_path / "cc", "--steps", "1")
+    assert at_init.exit_code == 1 and "FAIL: some μP activations change with width" in at_init.stderr
+    bad = run_cli("coordcheck", path, "--widths", "8,x")
+    assert bad.exit_code == 2 and "--widths: expected comma-separated integers" in bad.stderr

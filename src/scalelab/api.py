@@ -387,3 +387,17 @@ def coordcheck(study: str | Path | Study, *, out: str | Path | None = None,
     figure = save(coordcheck_figure(check.to_dict()), out_dir / "coordcheck")[0]
     write_atomically(out_dir / "coordcheck.json", json.dumps(check.to_dict(), indent=2))
     return check, figure
+
+
+def next(out_dir: str | Path, budget: float, *, study: str | Path | None = None,  # noqa: A001
+         where: dict[str, str] | None = None, extra: int = 2, append: bool = False,
+         n_resamples: int = 1000):
+    """The next runs of a stored study at compute ``budget`` (FLOPs), from its joint law: the
+    compute-optimal run snapped to a buildable shape and ``extra`` runs that most shrink the
+    uncertainty there, each with its predicted metric and interval; recorded in the store's
+    extrapolation ledger, and with ``append`` added to the study file's grid (see
+    :mod:`scalelab.proposal`). ``scalelab.next`` in a notebook."""
+    from .proposal import propose
+
+    return propose(out_dir, budget, study=study, where=where, extra=extra, append=append,
+                   n_resamples=n_resamples)

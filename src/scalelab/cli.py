@@ -328,6 +328,55 @@ def coordcheck(
 
 
 @command
+def next_(
+    out_dir: Path = typer.Argument(..., help="a study output directory with a joint law (model size x data)"),
+    budget: float = typer.Option(..., "--budget", help="training compute of the next run, in FLOPs (e.g. 1e13)"),
+    study: Path | None = typer.Option(None, "--study", help="the study file [default: the one the store was run from]"),
+    where: list[str] = typer.Option([], "--where", help="AXIS=VALUE: which joint fit, when the study has several (e.g. method=full)"),
+    extra: int = typer.Option(2, "--extra", min=0, max=5, help="runs besides the compute-optimal one, chosen to shrink its uncertainty"),
+    append: bool = typer.Option(False, "--append", help="add the proposed runs to the study file's grid (comments kept); `scalelab run` then trains exactly them"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="bootstrap resamples"),
+    fmt: Fmt = FormatOption,
+    output: Output = None,
+) -> int:
+    """Propose the next runs from the fitted law: the compute-optimal (N, D) at --budget and
+    the runs that most shrink its uncertainty, each with its predicted loss and interval;
+    every prediction is kept in the store's extrapolation ledger and graded in the report."""
+    filters = {}
+    for item in where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ScalelabError(f"--where: expected AXIS=VALUE, got {item!r}")
+        filters[key] = value
+    result = api.next(out_dir, budget, study=study, where=filters, extra=extra, append=append,
+                      n_resamples=bootstrap)
+    label, reasons = result.fit.fit.verdict
+    level = int(round(100 * result.level))
+    output.info(f"from {result.fit.title}: verdict {label} — {reasons}")
+    output.info(f"C = {result.budget:.3g} FLOPs = k·N·D with k = {result.k:.3g}: N_opt "
+                f"{result.n_opt:.4g} [{result.n_opt_ci[0]:.4g}, {result.n_opt_ci[1]:.4g}], D_opt "
+                f"{result.d_opt:.4g} [{result.d_opt_ci[0]:.4g}, {result.d_opt_ci[1]:.4g}] "
+                f"({level}% bootstrap intervals)")
+    metric = result.fit.y_name
+    output.table(f"proposed runs ({result.seeds} seed(s) each; {level}% interval of the mean "
+                 "over seeds)", ["kind", "grid point", "N", "D", "FLOPs", f"predicted {metric}",
+                                 "low", "high", "shrinks optimum's variance"],
+                 [[p.kind, _point(p.point), p.n, p.d, p.flops, p.predicted, *p.interval,
+                   f"{p.shrinks:.0%}"] for p in result.proposals])
+    output.info(f"recorded {len(result.proposals)} prediction(s) in the extrapolation ledger of "
+                f"{out_dir}; the report grades them once their runs exist")
+    if append:
+        runs = sum(len(p.run_ids) for p in result.proposals)
+        output.info(f"appended {result.appended} grid entr{'y' if result.appended == 1 else 'ies'}"
+                    f" to {result.study_file}" if result.appended else
+                    f"{result.study_file} already holds these grid entries")
+        output.info(f"`scalelab run {result.study_file} --out {out_dir}` trains exactly them "
+                    f"({runs} runs)")
+    output.emit(result.to_dict())
+    return 0
+
+
+@command
 def compare(
     out_dir: Path | None = typer.Argument(None, help="a study output directory (or use --csv)"),
     metric: str = typer.Option("test_acc", "--metric", help="the column to compare"),

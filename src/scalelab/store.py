@@ -62,6 +62,12 @@ CREATE TABLE IF NOT EXISTS evaluations (  -- a trained run re-scored under one s
     created_at REAL,
     PRIMARY KEY (run_id, eval_id)
 );
+CREATE TABLE IF NOT EXISTS predictions (  -- the extrapolation ledger of `scalelab next`
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    run_ids    TEXT NOT NULL,   -- the proposed runs (JSON list; every seed and nuisance value)
+    prediction TEXT NOT NULL    -- law, the data it was fitted on, prediction, interval (JSON)
+);
 """
 
 
@@ -307,6 +313,18 @@ class Store:
                 "INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?)",
                 (run_id, eval_id, json.dumps(config), json.dumps(metrics), time.time()))
 
+    def add_predictions(self, predictions: Iterable[dict[str, Any]]) -> None:
+        """Record extrapolations in the ledger (each with its ``run_ids``); never edited."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO predictions (created_at, run_ids, prediction) VALUES (?, ?, ?)",
+                [(time.time(), json.dumps(p["run_ids"]), json.dumps(p)) for p in predictions])
+
+    def predictions(self) -> list[dict[str, Any]]:
+        """The ledger, oldest first: each prediction with its id and time."""
+        rows = self._db.execute("SELECT id, created_at, prediction FROM predictions ORDER BY id")
+        return [{**json.loads(p), "id": i, "created_at": t} for i, t, p in rows]
+
     def evaluations(self) -> list[dict[str, Any]]:
         """One row per (run, setting): ids, the run's grid point, the setting, its metrics."""
         rows = self._db.execute(
@@ -481,6 +499,13 @@ class Stores:
 
     def evaluations(self) -> list[dict[str, Any]]:
         return [e for store in self.stores for e in store.evaluations()]
+
+    def add_predictions(self, predictions) -> None:
+        self._writer().add_predictions(predictions)
+
+    def predictions(self) -> list[dict[str, Any]]:
+        return sorted((p for store in self.stores for p in store.predictions()),
+                      key=lambda p: p["created_at"])
 
     def claims(self) -> list[dict[str, Any]]:
         return [c for store in self.stores for c in store.claims()]

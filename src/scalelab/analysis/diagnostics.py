@@ -57,6 +57,31 @@ def is_law(diagnostics: Sequence[Diagnostic]) -> bool:
     return not any(d.severity == "error" for d in diagnostics)
 
 
+#: A fitted law whose prediction falls by less than this (relative) across the whole range
+#: of an input has no power law in that input (its term vanished: A → 0).
+MIN_FALL = 1e-3
+
+
+def _flat_directions(fit: LawFit, X: np.ndarray, names: Sequence[str], y_name: str
+                     ) -> list[Diagnostic]:
+    """An error for each input along which the fitted law does not fall across the data
+    (the others held at their medians): its term vanished, whatever its exponent says."""
+    out = []
+    middle = np.median(X, axis=0)
+    for j, name in enumerate(names):
+        lo, hi = middle.copy(), middle.copy()
+        lo[j], hi[j] = X[:, j].min(), X[:, j].max()
+        if lo[j] == hi[j]:
+            continue
+        start, end = fit.predict(np.array([lo, hi]))
+        if not start - end > MIN_FALL * start:
+            out.append(Diagnostic("error", "flat_in_input",
+                                  f"The fitted {y_name} falls by {(start - end) / start:.2%} "
+                                  f"from {name} = {lo[j]:.3g} to {hi[j]:.3g}: its {name} term "
+                                  f"vanished, so it is no power law in {name}."))
+    return out
+
+
 def _exponents(params: dict[str, float]) -> list[str]:
     return [k for k in params if k.lower().startswith(("alpha", "beta"))]
 
@@ -80,6 +105,7 @@ def diagnose(fit: LawFit, X: np.ndarray, y: np.ndarray, boot: Bootstrap | None =
             out.append(Diagnostic("error", "exponent_not_positive",
                                   f"{k} = {fit.params[k]:.3g} ≤ 0: {y_name} does not fall with "
                                   f"{_axis_of(k, names)}."))
+    out += _flat_directions(fit, X, names, y_name)
     if not fit.converged:
         out.append(Diagnostic("warning", "not_converged",
                               f"The optimiser did not converge (max |gradient| "

@@ -482,6 +482,7 @@ class Bootstrap:
     level: float
     n_resamples: int = 0
     undefined: dict[str, int] = field(default_factory=dict)
+    thetas: np.ndarray | None = None  # (used resamples, raw parameters): predictions anywhere
 
     def to_dict(self) -> dict[str, Any]:
         return {"resamples": self.n_resamples, "used": len(self.samples), "failed": self.failed,
@@ -555,7 +556,7 @@ def bootstrap(
     undefined = {name: int(np.sum(~np.isfinite(v))) for name, v in derived_values.items()}
     fit.intervals = intervals
     boot = Bootstrap(samples, intervals, prediction, derived_iv, failed, level, n_resamples,
-                     undefined)
+                     undefined, np.array(thetas))
     fit.diagnostics = diagnose(fit, X, y, boot)
     return boot
 

@@ -89,3 +89,113 @@ def value_order(value: Any) -> tuple:
         return (0, float(value), "")
     except (TypeError, ValueError):
         return (1, 0, str(value))
+
+
+@dataclass
+class Transfer:
+    """How a tuned setting's optimum moves with model width, at one point of the other
+    scientific axes (e.g. per parametrization). ``rows``: per width, the best grid value,
+    the optimum interpolated by a parabola in log(value) through the best value and its two
+    neighbours, its mean validation loss, whether it is at the grid's edge, and the mean
+    validation loss at every grid value (``values``; None where a seed diverged)."""
+
+    axis: str
+    values: list[float]
+    width_axis: str
+    group: dict[str, Any]
+    rows: list[dict[str, Any]]
+    grid_step: float      # typical ratio between neighbouring grid values
+    drift: float          # largest / smallest interpolated optimum across widths
+    direction: str        # "falls", "rises" or "" with width
+
+    @property
+    def steps(self) -> float:
+        """The drift in grid steps."""
+        return float(np.log(self.drift) / np.log(self.grid_step))
+
+    @property
+    def stays(self) -> bool:
+        """Within one grid step across every width: the setting transfers."""
+        return self.steps <= 1.0 + 1e-9
+
+    @property
+    def edges(self) -> list[Any]:
+        return [r[self.width_axis] for r in self.rows if r["at_edge"]]
+
+    def sentence(self) -> str:
+        where = ", ".join(f"{k}={v}" for k, v in self.group.items()) or "all runs"
+        first, last = self.rows[0], self.rows[-1]
+        span = (f"{self.width_axis} {first[self.width_axis]} to {last[self.width_axis]}")
+        if self.stays:
+            text = (f"{where}: the best {self.axis} stays put across {span} (the interpolated "
+                    f"optima are within {self.drift:.2g}x, one grid step = {self.grid_step:.2g}x)")
+        else:
+            text = (f"{where}: the best {self.axis} {self.direction} with width, by "
+                    f"{self.drift:.2g}x ({self.steps:.1f} grid steps) across {span}")
+        if self.edges:
+            text += (f"; at {self.width_axis} = {', '.join(map(str, self.edges))} the best value "
+                     "is at the edge of the grid, so the real optimum lies beyond it and the "
+                     "drift may be larger")
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axis": self.axis, "values": self.values, "width_axis": self.width_axis,
+                "group": self.group,
+                "rows": self.rows, "grid_step": self.grid_step, "drift": self.drift,
+                "steps": self.steps, "stays": self.stays, "direction": self.direction,
+                "sentence": self.sentence()}
+
+
+def transfer(records: Sequence[dict[str, Any]], scientific: Sequence[str],
+             nuisance: Sequence[str], width_axis: str, grid: Mapping[str, Sequence[Any]],
+             metric: str = "val_loss") -> list[Transfer]:
+    """For each positive, multiplicatively spaced nuisance axis (learning rate, weight
+    decay) with at least three values, and each point of the scientific axes other than
+    ``width_axis``: how its optimum moves across two or more widths. Settings are ranked as
+    :func:`best_over_nuisance` ranks them (a setting with diverged seeds loses)."""
+    out = []
+    others = [a for a in scientific if a != width_axis]
+    for axis in nuisance:
+        values = sorted(v for v in grid.get(axis, []) if isinstance(v, Real) and v > 0)
+        if len(values) < 3 or len(values) != len(grid.get(axis, [])):
+            continue
+        step = float(np.exp(np.median(np.diff(np.log(values)))))
+        table: dict[tuple, dict[Any, dict[Any, list[dict]]]] = defaultdict(
+            lambda: defaultdict(lambda: defaultdict(list)))
+        for r in records:
+            if r.get("status") in ("completed", "diverged"):
+                table[tuple(r[a] for a in others)][r[width_axis]][r[axis]].append(r)
+        for key, widths in table.items():
+            if len(widths) < 2:
+                continue
+            rows = [_optimum(width_axis, w, by_value, values, metric)
+                    for w, by_value in sorted(widths.items(), key=lambda kv: value_order(kv[0]))]
+            optima = [r["optimum"] for r in rows]
+            drift = max(optima) / min(optima)
+            trend = np.polyfit(np.log([float(r[width_axis]) for r in rows]), np.log(optima), 1)[0]
+            direction = "" if drift == 1 else "falls" if trend < 0 else "rises"
+            out.append(Transfer(axis, values, width_axis, dict(zip(others, key)), rows, step,
+                                float(drift), direction))
+    return out
+
+
+def _optimum(width_axis: str, width: Any, by_value: Mapping[Any, list[dict]],
+             values: Sequence[float], metric: str) -> dict[str, Any]:
+    """The best value at one width, and the parabola-interpolated optimum in log(value)."""
+    def loss(v):
+        runs = by_value.get(v, [])
+        ok = [r[metric] for r in runs if r["status"] == "completed" and r.get(metric) is not None]
+        return np.mean(ok) if ok and len(ok) == len(runs) else np.inf
+
+    losses = np.array([loss(v) for v in values])
+    i = int(np.argmin(losses))
+    optimum = float(values[i])
+    edge = i in (0, len(values) - 1)
+    if not edge and np.all(np.isfinite(losses[i - 1:i + 2])):
+        x = np.log(values[i - 1:i + 2])
+        a, b, _ = np.polyfit(x, losses[i - 1:i + 2], 2)
+        if a > 0:  # convex: its vertex lies between the neighbours
+            optimum = float(np.exp(np.clip(-b / (2 * a), x[0], x[2])))
+    return {width_axis: width, "best": values[i], "optimum": optimum,
+            "val_loss": float(losses[i]), "at_edge": edge,
+            "losses": [float(v) if np.isfinite(v) else None for v in losses]}

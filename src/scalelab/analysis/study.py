@@ -27,7 +27,8 @@ from .laws import (
     holdout_mask,
     select_form,
 )
-from .nuisance import Winner, best_over_nuisance
+from .ledger import grade
+from .nuisance import Transfer, Winner, best_over_nuisance, transfer
 from .sample_selection import SelectionAnalysis, analyze_selection
 from .stats import Comparison, compare
 
@@ -48,6 +49,8 @@ class FitEntry:
     grid: np.ndarray            # where the curve and band are drawn
     allocation: list[dict[str, Any]] = field(default_factory=list)
     allocation_note: str = ""   # the compute model used, or why no allocation is shown
+    point: dict[str, Any] = field(default_factory=dict)  # the other axes' values it is fitted at
+    compute: ComputeModel | None = None  # C = k·N·D, where the runs follow one
 
     @property
     def diagnostics(self) -> list[Diagnostic]:
@@ -121,6 +124,8 @@ class StudyAnalysis:
     selection: SelectionAnalysis | None = None
     # stored runs not in the study as its file is now written: id, status and grid point
     excluded: list[dict[str, Any]] = field(default_factory=list)
+    transfers: list[Transfer] = field(default_factory=list)  # tuned optima across widths
+    ledger: list[dict[str, Any]] = field(default_factory=list)  # graded `scalelab next` predictions
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "metric": self.metric, "size": self.size,
@@ -130,6 +135,8 @@ class StudyAnalysis:
                 "winners": [w.to_dict() for w in self.winners],
                 "comparisons": [c.to_dict() for c in self.comparisons], "notes": self.notes,
                 "runs_not_in_study": self.excluded,
+                "transfer": [t.to_dict() for t in self.transfers],
+                "ledger": self.ledger,
                 "selection": self.selection.to_dict() if self.selection else None}
 
 
@@ -161,9 +168,12 @@ def method_roles(meta: dict[str, str]) -> dict[str, str | None]:
 
 def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
                   metric: str | None = None, compare_metric: str | None = None,
-                  n_resamples: int = 1000) -> StudyAnalysis:
-    """Per-shape optima, scaling-law fits and method comparisons of one stored study;
-    ``metric`` and ``compare_metric`` default to the study's ``analysis:`` settings."""
+                  n_resamples: int = 1000,
+                  predictions: Sequence[dict[str, Any]] = ()) -> StudyAnalysis:
+    """Per-shape optima, scaling-law fits and method comparisons of one stored study, and
+    its ledger of ``predictions`` graded; ``metric`` and ``compare_metric`` default to the
+    study's ``analysis:`` settings."""
+    ledger = grade(predictions, records, meta)  # every stored run: proposals may be new
     records, excluded = in_study(records, meta)
     settings = analysis_settings(meta)
     metric = metric or settings["metric"]
@@ -178,6 +188,9 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
             notes.append(f"at {_fmt_point(w.point)} the best {', '.join(w.at_edge)} is at the "
                          "edge of its grid: widen the grid")
     model_axes = [a for a in scientific if axes[a].startswith("model.")]
+    sizes = [a for a in model_axes if all(isinstance(v, int | float) and not isinstance(v, bool)
+                                          for v in grid.get(a, [None]))]
+    transfers = transfer(records, scientific, nuisance, sizes[0], grid) if sizes else []
     data_axis = next((a for a in scientific if axes[a] in DATA_PATHS), None)
     method_axis = next((a for a in scientific if axes[a] == METHOD_PATH), None)
 
@@ -188,12 +201,7 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
             for form in settings["forms"] if model_axes else ["auto"]:
                 fits.append(_attempt(notes, fit_rows, rows, [x_name], metric, key, n_resamples,
                                      form))
-    data_column = data_axis if settings.get("data", "auto") == "auto" else settings["data"]
-    if model_axes and data_column:
-        for key, rows in _groups(selected, [a for a in scientific
-                                            if a not in model_axes and a != data_axis]).items():
-            fits.append(_attempt(notes, fit_rows, rows, [size, data_column], metric, key,
-                                 n_resamples, "chinchilla", DEFAULT_HOLDOUT, True))
+    fits += joint_fits(selected, meta, metric, n_resamples, notes)
     fits = [f for f in fits if f is not None]
 
     comparisons: list[Comparison] = []
@@ -222,7 +230,29 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
         selected=selected if done else [], selection=selection,
         excluded=[{"run_id": r["run_id"], "status": r.get("status"),
                    "point": {a: r.get(a) for a in [*axes, "seed"] if a in r}} for r in excluded],
+        transfers=transfers, ledger=ledger,
     )
+
+
+def joint_fits(selected: Sequence[dict[str, Any]], meta: dict[str, str], metric: str,
+               n_resamples: int = 1000, notes: list[str] | None = None) -> list[FitEntry]:
+    """The joint laws L(N, D) of a study, one per point of its other scientific axes, fitted
+    on ``selected`` (the per-shape optimum), with compute-optimal allocation; a group the data
+    cannot support is left out with the reason in ``notes``."""
+    settings = analysis_settings(meta)
+    axes, _, nuisance = _axes(meta)
+    scientific = [a for a in axes if a not in nuisance]
+    model_axes = [a for a in scientific if axes[a].startswith("model.")]
+    data_axis = next((a for a in scientific if axes[a] in DATA_PATHS), None)
+    data_column = data_axis if settings.get("data", "auto") == "auto" else settings["data"]
+    if not (model_axes and data_column):
+        return []
+    notes = [] if notes is None else notes
+    fits = [_attempt(notes, fit_rows, rows, [settings["size"], data_column], metric, key,
+                     n_resamples, "chinchilla", DEFAULT_HOLDOUT, True)
+            for key, rows in _groups(selected, [a for a in scientific if a not in model_axes
+                                                and a != data_axis]).items()]
+    return [f for f in fits if f is not None]
 
 
 def in_study(records: Sequence[dict[str, Any]], meta: dict[str, str]
@@ -303,7 +333,8 @@ def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str
     boot = bootstrap(fit, xs, y, n_resamples=n_resamples, predict_at=grid, derived=derived)
     fit.diagnostics = diagnose(fit, x, y, boot, x_names, metric)
     entry = FitEntry(title, list(x_names), metric, x, y, fit, boot, grid,
-                     allocation_note=model.describe() if model else note)
+                     allocation_note=model.describe() if model else note, point=dict(key),
+                     compute=model)
     if model:
         n_opt, d_opt = compute_optimal(fit.params, budgets, flops_per_param_sample=model.k)
         for i, (c, n, d) in enumerate(zip(budgets, n_opt, d_opt)):

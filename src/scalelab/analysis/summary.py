@@ -65,14 +65,17 @@ class Summary:
 
 
 def summarize(records: list[dict[str, Any]], axes: dict[str, str], metric: str = "test_loss") -> Summary:
-    """Summary of completed runs; ``axes`` maps each grid axis label to its config path."""
-    model_axes = [label for label, path in axes.items() if path.startswith("model.")]
-    other_axes = [label for label, path in axes.items() if not path.startswith("model.")]
+    """Summary of completed runs; ``axes`` maps each grid axis label to its config path.
+
+    Rows are the numeric model axes (sizes); every other axis, a model setting such as the
+    parametrization included, makes columns, so two models of one size never share a row."""
+    done = [r for r in records if r["status"] == "completed" and r.get(metric) is not None]
+    model_axes = [label for label, path in axes.items() if path.startswith("model.")
+                  and all(isinstance(r.get(label), int | float) for r in done)]
+    other_axes = [label for label in axes if label not in model_axes]
     groups: dict[tuple[int, str], list[float]] = defaultdict(list)
     row_names: dict[int, str] = {}
-    for r in records:
-        if r["status"] != "completed" or r.get(metric) is None:
-            continue
+    for r in done:
         n = r["n_params"]
         column = ", ".join(f"{a}={r[a]}" for a in other_axes) or metric
         groups[(n, column)].append(r[metric])

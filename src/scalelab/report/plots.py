@@ -327,3 +327,27 @@ def coordcheck_figure(check: dict[str, Any]) -> Figure:
         ax.legend(fontsize=7)
     np.atleast_1d(axes)[0].set_ylabel(f"mean |activation| after {check['steps']} steps")
     return fig
+
+
+def transfer_figure(transfers: Sequence[Any]) -> Figure:
+    """Validation loss against a tuned setting per width, one panel per group (the μTransfer
+    picture: under μP the minima line up, under standard they move)."""
+    fig = Figure(figsize=(4.2 * len(transfers), 3.8), dpi=STYLE["dpi"], layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(transfers), sharey=True))
+    for ax, t in zip(axes, transfers):
+        for row in t.rows:
+            ys = np.array([np.nan if v is None else v for v in row["losses"]])
+            line, = ax.plot(t.values, ys, marker="o", ms=3, label=f"{t.width_axis}={row[t.width_axis]}")
+            best = row["val_loss"]
+            ax.plot([row["optimum"]], [best], marker="*", ms=11, color=line.get_color())
+        ax.set_xscale("log", base=2)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.set_title(", ".join(f"{k}={v}" for k, v in t.group.items()) or "all runs", fontsize=9)
+        ax.set_xlabel(t.axis)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(label("val_loss"))
+    finite = [v for t in transfers for r in t.rows for v in r["losses"] if v is not None]
+    if finite:  # diverged-looking plateaus (chance level) would squash the minima
+        lo = min(finite)
+        axes[0].set_ylim(lo - 0.05 * abs(lo), min(max(finite), lo + 3 * (np.median(finite) - lo) + 1e-9))
+    return fig

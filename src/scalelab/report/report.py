@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from ..analysis.evaluations import (
     tune_per_shape,
     validation_twin,
 )
+from ..analysis.ledger import scorecard
 from ..analysis.sample_selection import KINDS, SelectionAnalysis, pareto_front
 from ..analysis.study import StudyAnalysis, analyze_study
 from ..files import write_atomically
@@ -43,8 +45,8 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
     out = Path(out_dir)
     with Store.open(out) as store:
         records, meta, curves = store.records(), store.meta(), store.curves()
-        evaluations = store.evaluations()
-    analysis = analyze_study(records, meta, n_resamples=n_resamples)
+        evaluations, predictions = store.evaluations(), store.predictions()
+    analysis = analyze_study(records, meta, n_resamples=n_resamples, predictions=predictions)
     fig_dir = out / "figures"
     blocks: list[tuple] = []
     figures: list[Path] = []
@@ -93,6 +95,10 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
         blocks.append(("table", ["point", *a.nuisance, "val_loss", "at grid edge"],
                        [[_point(w.point), *w.nuisance.values(), w.val_loss,
                          ", ".join(w.at_edge) or "—"] for w in a.winners]))
+    if a.transfers:
+        _transfer_blocks(a.transfers, blocks, figure)
+    if a.ledger:
+        _ledger_blocks(a.ledger, blocks)
     if a.fits:
         blocks.append(("h2", "Scaling laws"))
     for i, entry in enumerate(a.fits):
@@ -183,6 +189,47 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
     write_atomically(report.scaling_law, json.dumps(analysis.to_dict(), indent=2, default=_json_default))
     write_atomically(report.comparison_table, comparison_text(analysis))
     return report
+
+
+def _ledger_blocks(ledger: list[dict[str, Any]], blocks: list) -> None:
+    """Predicted against measured for every extrapolation `scalelab next` made."""
+    blocks.append(("h2", "Extrapolation ledger"))
+    card = scorecard(ledger)
+    missed = any(g["held"] is False for g in ledger)
+    blocks.append(("warn" if missed else "p", card + "."))
+    blocks.append(("p", "Every prediction `scalelab next` made, with the law and data it was "
+                        "fitted on stored beside it (scaling_law.json), graded once its runs "
+                        "exist: measured is the mean over seeds at the best nuisance setting."))
+    blocks.append(("table", ["made (UTC)", "kind", "grid point", "N", "D", "budget C",
+                             "predicted", "interval", "measured (runs)", "held"],
+                   [[time.strftime("%Y-%m-%d %H:%M", time.gmtime(g["created_at"])), g["kind"],
+                     _point(g["point"]), g["n"], g["d"], g["budget"], g["predicted"],
+                     f"[{g['interval'][0]:.4g}, {g['interval'][1]:.4g}]",
+                     "—" if g["measured"] is None else
+                     f"{g['measured']:.4g} ({g['runs']}/{g['proposed']})",
+                     {True: "yes", False: "NO"}.get(g["held"], "pending")] for g in ledger]))
+
+
+def _transfer_blocks(transfers, blocks: list, figure) -> None:
+    """Does each tuned setting's optimum move with width? A sentence and a table per group,
+    and the validation loss against the setting, one line per width."""
+    blocks.append(("h2", "Do tuned settings transfer across widths?"))
+    blocks.append(("p", "For each width, the best grid value (lowest mean validation loss) and "
+                        "the optimum interpolated by a parabola in log scale through it and its "
+                        "two neighbours. A setting transfers when the optima stay within one "
+                        "grid step."))
+    for t in transfers:
+        blocks.append(("p" if t.stays and not t.edges else "warn", t.sentence() + "."))
+        blocks.append(("table", [t.width_axis, f"best {t.axis} (grid)",
+                                 f"interpolated {t.axis}", "val_loss", "at grid edge"],
+                       [[r[t.width_axis], r["best"], r["optimum"], r["val_loss"],
+                         "yes" if r["at_edge"] else "—"] for r in t.rows]))
+    axes = {t.axis for t in transfers}
+    for axis in sorted(axes):
+        chosen = [t for t in transfers if t.axis == axis]
+        figure(plots.transfer_figure(chosen), f"transfer_{axis}",
+               f"Validation loss against {axis}, one line per {chosen[0].width_axis}; a star "
+               "marks each width's interpolated optimum (one panel per group).")
 
 
 def _evaluation_blocks(rows, settings, metric: str, blocks: list, figure) -> None:

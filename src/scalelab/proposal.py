@@ -1,0 +1,369 @@
+"""From a fitted law to the next experiment (``scalelab next``).
+
+The study's joint law L(N, D) and its compute model C = k·N·D give the compute-optimal
+(N, D) at a budget C, with bootstrap intervals. N is snapped to a shape the model family
+can build (its size axes, counted on PyTorch's meta device, nothing allocated) and D set so
+that the run spends C. Then one or two more affordable runs are chosen greedily for how much
+they would shrink the uncertainty of the prediction at the optimum: in the bootstrap's
+Gaussian (linearised) picture, measuring point c with noise s² removes
+cov(t, c)² / (var(c) + s²) of the variance at the target t. Every proposal carries the
+predicted loss and an interval for the mean over the study's seeds (bootstrap of the law
+plus the fit's own residual scatter), and is written to the store's extrapolation ledger, so
+that the report can grade it once the run exists. ``append`` adds the proposals to the study
+file as new grid entries, comments and order kept.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .analysis.laws import compute_optimal
+from .analysis.study import (
+    DATA_PATHS,
+    FitEntry,
+    analysis_settings,
+    in_study,
+    joint_fits,
+    per_shape_optimum,
+)
+from .errors import ScalelabError, StudyError
+from .files import write_atomically
+from .spec import _read_yaml, load_study, validate_study
+from .store import Store
+
+
+@dataclass
+class Proposal:
+    """One proposed grid point: its size and data, cost, predicted metric and interval."""
+
+    kind: str                       # "compute-optimal" or "uncertainty"
+    point: dict[str, Any]           # grid axis label -> value (nuisance axes left to tune)
+    n: float                        # model size (the fit's size column) of the snapped shape
+    d: float                        # data (the fit's data column)
+    flops: float
+    predicted: float
+    interval: tuple[float, float]
+    shrinks: float                  # fraction of the optimum's log-variance it would remove
+    run_ids: list[str] = field(default_factory=list)
+    grid: dict[str, list[Any]] = field(default_factory=dict)  # its entry for the study's grid
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "point": self.point, "n": self.n, "d": self.d,
+                "flops": self.flops, "predicted": self.predicted,
+                "interval": list(self.interval), "shrinks": self.shrinks,
+                "run_ids": self.run_ids, "grid": self.grid}
+
+
+@dataclass
+class NextRuns:
+    """What ``scalelab next`` proposes, and from which fit."""
+
+    fit: FitEntry
+    budget: float
+    k: float
+    n_opt: float
+    d_opt: float
+    n_opt_ci: tuple[float, float]
+    d_opt_ci: tuple[float, float]
+    level: float
+    seeds: int
+    proposals: list[Proposal]
+    study_file: Path
+    appended: int = 0               # grid entries added to the study file
+
+    def to_dict(self) -> dict[str, Any]:
+        label, reasons = self.fit.fit.verdict
+        return {"fit": self.fit.title, "verdict": label, "verdict_reasons": reasons,
+                "budget": self.budget, "k": self.k, "n_opt": self.n_opt, "d_opt": self.d_opt,
+                "n_opt_ci": list(self.n_opt_ci), "d_opt_ci": list(self.d_opt_ci),
+                "level": self.level, "seeds": self.seeds, "study_file": str(self.study_file),
+                "appended": self.appended, "proposals": [p.to_dict() for p in self.proposals]}
+
+
+def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = None,
+            where: dict[str, str] | None = None, extra: int = 2, append: bool = False,
+            n_resamples: int = 1000, seed: int = 0) -> NextRuns:
+    """The next runs for the study stored in ``out_dir`` at compute ``budget`` (FLOPs)."""
+    if not (math.isfinite(budget) and budget > 0):
+        raise ScalelabError(f"--budget: expected a positive number of FLOPs, got {budget!r}")
+    out = Path(out_dir)
+    with Store.open(out) as store:
+        records, meta, configs = store.records(), store.meta(), store.configs()
+    path = Path(study if study is not None else meta.get("source", ""))
+    if json.loads(meta.get("quick", "false")) and append:
+        raise ScalelabError(f"{out}: was run with --quick, whose grid replaces the file's; "
+                            "--append would add runs to the full study instead. Run next on "
+                            "the full study's directory, or add the grid entry by hand")
+    the_study = load_study(path)
+    settings = analysis_settings(meta)
+    selected, _ = per_shape_optimum(in_study(records, meta)[0], meta)
+    entry = _joint_fit(joint_fits(selected, meta, settings["metric"], n_resamples), where or {},
+                       out)
+    label, reasons = entry.fit.verdict
+    if label == "not a law":
+        raise ScalelabError(f"next: refusing to extrapolate {entry.title}: it is not a law "
+                            f"({reasons})")
+    if entry.compute is None:
+        raise ScalelabError(f"next: {entry.title}: {entry.allocation_note}")
+    k = entry.compute.k
+    fit, boot = entry.fit, entry.boot
+    n_opt, d_opt = (float(v[0]) for v in compute_optimal(fit.params, [budget],
+                                                         flops_per_param_sample=k))
+    if not (math.isfinite(n_opt) and math.isfinite(d_opt)):
+        raise ScalelabError(f"next: {entry.title} has no finite compute-optimal point "
+                            f"(alpha = {fit.params['alpha']:.3g}, beta = {fit.params['beta']:.3g})")
+    studied = entry.x.max(axis=0)
+    reach = max(n_opt / studied[0], d_opt / studied[1])
+    if reach > MAX_REACH or min(n_opt, d_opt) < 1:
+        raise ScalelabError(
+            f"next: at --budget {budget:.3g} the law's optimum is N = {n_opt:.3g}, D = "
+            f"{d_opt:.3g}, {reach:.3g}x past the largest size or data studied: no fit on these "
+            f"runs supports an extrapolation that far (at most {MAX_REACH:g}x); choose a "
+            "smaller --budget or study larger runs first")
+    per_sample = [compute_optimal(s, [budget], flops_per_param_sample=k) for s in boot.samples]
+    lo, hi = 100 * (1 - boot.level) / 2, 100 * (1 + boot.level) / 2
+    n_ci, d_ci = (tuple(float(np.nanpercentile([p[i][0] for p in per_sample], q))
+                        for q in (lo, hi)) for i in (0, 1))
+
+    axes = json.loads(meta["axes"])
+    grid = json.loads(meta["grid"])
+    nuisance = json.loads(meta.get("nuisance", "[]"))
+    size_axes = [a for a in axes if axes[a].startswith("model.") and a not in nuisance
+                 and a not in entry.point]
+    data_axis = next(a for a in axes if axes[a] in DATA_PATHS)
+    if entry.x_names[1] != data_axis:
+        raise ScalelabError(f"next: the joint law is fitted against {entry.x_names[1]} "
+                            f"(analysis.data), but next proposes runs along the grid's data "
+                            f"axis {data_axis}; fit against it (analysis.data: auto) to use next")
+    template = _template(records, meta, configs, entry)
+    shapes = _shapes(template, size_axes, axes, grid, settings["size"], n_opt)
+    seeds = len(the_study.spec.seeds)
+
+    def grid_entry(shape: dict[str, Any], d: float) -> dict[str, list[Any]]:
+        return {**{a: [v] for a, v in shape.items()}, data_axis: [int(round(d))],
+                **{a: [v] for a, v in entry.point.items()},
+                **{a: list(grid[a]) for a in nuisance}}
+
+    best_shape, best_n = min(shapes, key=lambda s: abs(math.log(s[1] / n_opt)))
+    target = (best_n, budget / (k * best_n))
+    # Affordable runs: every shape at each data size of the grid, and at the data that spends C.
+    candidates = [(s, n, d) for s, n in shapes
+                  for d in sorted({*map(float, grid[data_axis]), budget / (k * n)})
+                  if k * n * d <= budget * (1 + 1e-9) and d >= 1 and s != best_shape]
+    points = np.array([target] + [(n, d) for _, n, d in candidates])
+    raw = _read_yaml(path)
+
+    def runnable(i: int) -> list[str] | None:
+        """The run ids of candidate i (0: the compute-optimal run), or None when the study
+        cannot run it (more data than the task holds, ...)."""
+        shape, _, d = (best_shape, *target) if i == 0 else candidates[i - 1]
+        try:
+            return [r.run_id for r in validate_study(
+                {**raw, "grid": grid_entry(shape, d)}, str(path)).runs]
+        except StudyError as exc:
+            if i == 0:
+                point = " ".join(f"{a}={v}" for a, v in shape.items())
+                raise ScalelabError(f"next: the compute-optimal run ({point}, {data_axis}="
+                                    f"{int(round(d))}) is not valid for this study: {exc}"
+                                    ) from None
+            return None
+
+    chosen = _most_informative(entry, points, seeds, extra, runnable)
+    rng = np.random.default_rng(seed)
+    proposals = []
+    for i, shrink, run_ids in chosen:
+        shape, n, d = (best_shape, *target) if i == 0 else candidates[i - 1]
+        d = float(int(round(d)))
+        predicted, interval = _predict(entry, (n, d), seeds, rng)
+        proposals.append(Proposal("compute-optimal" if i == 0 else "uncertainty",
+                                  {**shape, data_axis: int(d), **entry.point}, n, d, k * n * d,
+                                  predicted, interval, shrink, run_ids, grid_entry(shape, d)))
+    result = NextRuns(entry, budget, k, n_opt, d_opt, n_ci, d_ci, boot.level, seeds,
+                      proposals, path)
+    ledger = [{**p.to_dict(), "budget": budget, "fit": entry.title, "metric": entry.y_name,
+               "x_names": entry.x_names, "level": boot.level, "seeds": seeds,
+               "law": fit.to_dict(), "fitted_on": {"x": entry.x.tolist(), "y": entry.y.tolist()},
+               "study_file": str(path)} for p in proposals]
+    if append:
+        result.appended = append_to_study(path, [p.grid for p in proposals])
+    with Store.open(out) as store:
+        store.add_predictions(ledger)
+    return result
+
+
+def _joint_fit(fits: list[FitEntry], where: dict[str, str], out: Path) -> FitEntry:
+    joint = [f for f in fits if len(f.x_names) == 2]
+    if not joint:
+        raise ScalelabError(f"next: {out} has no joint law of model size and data to extrapolate: "
+                            "the study needs a model-size axis and a data axis (task.num_train "
+                            "or task.num_train_tokens) in its grid, with at least 3 sizes")
+    chosen = [f for f in joint if all(str(f.point.get(k)) == v for k, v in where.items())]
+    if len(chosen) != 1:
+        options = "; ".join(" ".join(f"{k}={v}" for k, v in f.point.items()) for f in joint)
+        raise ScalelabError(f"next: {len(chosen)} joint fits match --where "
+                            f"{' '.join(f'{k}={v}' for k, v in where.items()) or '(none)'}; "
+                            f"choose one with --where AXIS=VALUE (fits: {options})")
+    return chosen[0]
+
+
+def _template(records, meta, configs, entry: FitEntry) -> dict[str, Any]:
+    """A completed run of the fit's group: the config every proposed shape is built from."""
+    rows, _ = in_study(records, meta)
+    for r in rows:
+        if r.get("status") == "completed" and all(r.get(k) == v for k, v in entry.point.items()):
+            return configs[r["run_id"]]
+    raise ScalelabError(f"next: no completed run of {entry.title} to build proposals from")
+
+
+#: How far past the largest studied N or D a proposal may reach.
+MAX_REACH = 100.0
+#: Extra runs differ from every proposed one by at least this factor in N or in D.
+DISTINCT = 1.25
+#: Candidate widths: multiples of the grid's common step up to this factor past the optimum.
+SHAPE_RANGE = 30.0
+
+
+def _shapes(template: dict[str, Any], size_axes: list[str], axes: dict[str, str],
+            grid: dict[str, list[Any]], size_column: str, n_opt: float
+            ) -> list[tuple[dict[str, Any], float]]:
+    """Shapes the family can build, each with its size as the fit counts it: the first size
+    axis at every multiple of its grid's common step (up to well past ``n_opt``), the other
+    size axes at their grid values. Counted on the meta device: nothing is allocated."""
+    import itertools
+
+    import torch
+
+    from .models import count_parameters
+    from .models.gpt import non_embedding_parameters
+    from .plugin import instantiate
+    from .registry import models, tasks
+
+    counters = {"n_params": count_parameters, "n_params_nonembed": non_embedding_parameters}
+    if size_column not in counters:
+        raise ScalelabError(f"next: cannot count {size_column!r} for a new shape (analysis.size "
+                            f"must be one of {', '.join(counters)})")
+    if not size_axes:
+        raise ScalelabError("next: the study has no model-size axis to choose a shape along")
+    first, *others = size_axes
+    values = [int(v) for v in grid[first]]
+    step = math.gcd(*values)
+    input_shape, num_classes, _ = instantiate(tasks, template["task"]).shape()
+    family = models.get(template["model"]["name"])
+    out = []
+    for rest in itertools.product(*(grid[a] for a in others)):
+        multiple = 0
+        while True:  # every multiple at first, then 3% apart: a few hundred shapes at most
+            multiple = max(multiple + 1, round(multiple * 1.03))
+            shape = {first: step * multiple, **dict(zip(others, rest))}
+            settings = {**template["model"]}
+            settings.update({axes[a].split(".", 1)[1]: v for a, v in shape.items()})
+            settings.pop("name")
+            try:
+                config = family.Config.model_validate(settings)
+            except ValueError:
+                continue  # e.g. heads that do not divide this d_model
+            with torch.device("meta"):
+                size = counters[size_column](family(config).build(input_shape, num_classes))
+            out.append((shape, float(size)))
+            if size > SHAPE_RANGE * n_opt:
+                break
+    return out
+
+
+def _most_informative(entry: FitEntry, points: np.ndarray, seeds: int, extra: int,
+                      runnable) -> list[tuple[int, float, list[str]]]:
+    """Greedy choice among ``points`` (row 0: the compute-optimal run, always taken) of
+    ``extra`` more that most reduce the variance of log L at row 0, in the linearised
+    picture of the bootstrap, skipping those ``runnable`` refuses: (index, fraction of the
+    initial variance it removes, its run ids)."""
+    law = entry.fit.law
+    logs = np.log(np.array([law.predict(t, points) for t in entry.boot.thetas]))
+    cov = np.cov(logs, rowvar=False) if len(logs) > 1 else np.zeros((len(points),) * 2)
+    residuals = np.log(entry.y) - np.log(entry.fit.predict(entry.x))
+    noise = float(np.mean(residuals ** 2)) / seeds  # a new point: the mean of `seeds` runs
+    initial = cov[0, 0]
+    chosen: list[tuple[int, float, list[str]]] = []
+    left = set(range(len(points)))
+    while left and len(chosen) < 1 + extra:
+        gain = {i: cov[0, i] ** 2 / (cov[i, i] + noise) if cov[i, i] + noise > 0 else 0.0
+                for i in left}
+        pick = 0 if not chosen else max(gain, key=gain.get)
+        if chosen and gain[pick] <= 0:
+            break
+        left.discard(pick)
+        if any(np.all(np.abs(np.log(points[pick] / points[c])) < math.log(DISTINCT))
+               for c, _, _ in chosen):
+            continue  # nearly a run already proposed
+        run_ids = runnable(pick)
+        if run_ids is None:
+            continue
+        chosen.append((pick, float(gain[pick] / initial) if initial > 0 else 0.0, run_ids))
+        column = cov[:, pick].copy()
+        cov = cov - np.outer(column, column) / (column[pick] + noise)
+    return chosen
+
+
+def _predict(entry: FitEntry, point: tuple[float, float], seeds: int,
+             rng: np.random.Generator) -> tuple[float, tuple[float, float]]:
+    """The law's prediction at ``point`` and an interval for the mean of ``seeds`` runs
+    there: the bootstrap's spread of the law plus the fit's own residual scatter."""
+    law, fit = entry.fit.law, entry.fit
+    x = np.array([point], dtype=float)
+    center = float(fit.predict(x)[0])
+    logs = np.log([law.predict(t, x)[0] for t in entry.boot.thetas])
+    residuals = np.log(entry.y) - np.log(fit.predict(entry.x))
+    noise = rng.choice(residuals, (len(logs), seeds)).mean(axis=1)
+    lo, hi = 100 * (1 - entry.boot.level) / 2, 100 * (1 + entry.boot.level) / 2
+    spread = np.exp(logs + noise)
+    return center, (float(np.percentile(spread, lo)), float(np.percentile(spread, hi)))
+
+
+def append_to_study(path: Path, entries: list[dict[str, list[Any]]]) -> int:
+    """Add each grid entry to the study file's grid (a mapping becomes a list of grids), its
+    comments, order and layout kept; entries already there are not added twice. The edited
+    file is validated before it replaces the old one. Returns the entries added."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    text = path.read_text()
+    doc = yaml.load(text)
+    grid = doc.get("grid")
+    if isinstance(grid, dict):
+        grids = CommentedSeq([grid])
+        doc["grid"] = grids
+    elif isinstance(grid, list):
+        grids = grid
+    else:
+        raise ScalelabError(f"{path}: grid: --append needs a grid (a mapping or a list)")
+    existing = [json.loads(json.dumps(g)) for g in grids]
+    added = 0
+    for entry in entries:
+        if entry in existing:
+            continue
+        node = CommentedMap()
+        for axis, values in entry.items():
+            seq = CommentedSeq(values)
+            seq.fa.set_flow_style()
+            node[axis] = seq
+        grids.append(node)
+        existing.append(entry)
+        added += 1
+    if not added:
+        return 0
+    buffer = io.StringIO()
+    yaml.dump(doc, buffer)
+    new = buffer.getvalue()
+    import yaml as pyyaml
+
+    validate_study(pyyaml.safe_load(new), str(path))  # the edited study must load first
+    write_atomically(path, new)
+    return added

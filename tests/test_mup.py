@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from scalelab.errors import StudyError
+from scalelab.models import mup
 from scalelab.models.mup import lr_multipliers
 from scalelab.plugin import instantiate
 from scalelab.registry import models
@@ -129,11 +130,13 @@ def test_coordinate_check_separates_the_two_parametrizations():
     assert check.passed and check.separates
     assert all(abs(s) <= 0.2 for s in check.slopes["mup"].values())
     assert check.slopes["standard"]["logits"] > 0.4  # Adam's update adds up over the width
+    assert len(check.sizes["mup"][0][0]) == 4  # changes after updates 1-4 of 5 steps
     # at the base width both parametrizations are the same network
     assert check.sizes["mup"][0].tolist() == check.sizes["standard"][0].tolist()
 
 
-def test_coordcheck_command_writes_the_figure_and_exits_by_verdict(tmp_path, run_cli):
+def test_coordcheck_command_writes_the_figure_and_exits_by_verdict(tmp_path, run_cli,
+                                                                   monkeypatch):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec(model={"name": "mlp", "depth": 2, "base_width": 16},
                                         grid={"width": [16, 64, 256]}, train={"lr": 0.01})))
@@ -143,8 +146,10 @@ def test_coordcheck_command_writes_the_figure_and_exits_by_verdict(tmp_path, run
     payload = json.loads(result.stdout)
     assert payload["passed"] and (tmp_path / "cc" / "coordcheck.png").stat().st_size > 1000
     assert json.loads((tmp_path / "cc" / "coordcheck.json").read_text())["widths"] == [16, 64, 256]
-    # before any update μP's logits shrink as 1/sqrt(m) (its readout starts small): a fail
-    at_init = run_cli("coordcheck", path, "--out", tmp_path / "cc", "--steps", "1")
-    assert at_init.exit_code == 1 and "FAIL: some μP activations change with width" in at_init.stderr
+    # a broken μP (hidden matrices at the full Adam rate) is caught
+    monkeypatch.setitem(mup.LR_POWER["adam"], "hidden", 0)
+    broken = run_cli("coordcheck", path, "--out", tmp_path / "cc", "--seeds", "2")
+    assert broken.exit_code == 1
+    assert "FAIL: some μP layers' updates change size with width" in broken.stderr
     bad = run_cli("coordcheck", path, "--widths", "8,x")
     assert bad.exit_code == 2 and "--widths: expected comma-separated integers" in bad.stderr

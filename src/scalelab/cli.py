@@ -290,7 +290,7 @@ def coordcheck(
     study: Path = typer.Argument(..., help="study YAML file (its model must have a width: mlp, gpt)"),
     out: Path | None = typer.Option(None, "--out", help="where coordcheck.png/.svg/.json go [default: the study's output directory]"),
     widths: str | None = typer.Option(None, "--widths", help="comma-separated widths [default: the study grid's widths]"),
-    steps: int = typer.Option(5, "--steps", min=1, help="training steps per width"),
+    steps: int = typer.Option(5, "--steps", min=2, help="training steps per width"),
     seeds: int = typer.Option(3, "--seeds", min=1, help="seeds averaged per width"),
     lr: float | None = typer.Option(None, "--lr", min=0, help="the constant learning rate [default: the study's train.lr]"),
     set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable)"),
@@ -298,8 +298,9 @@ def coordcheck(
     fmt: Fmt = FormatOption,
     output: Output = None,
 ) -> int:
-    """Coordinate check: train each width a few steps under standard and μP and plot every
-    layer's activation size against width; passes (exit 0) when μP is flat, exit 1 if not."""
+    """Coordinate check: train each width a few steps under standard and μP and plot how far
+    every layer's activations moved against width; passes (exit 0) when μP is flat, exit 1
+    if not."""
     sizes = None
     if widths is not None:
         try:
@@ -310,12 +311,12 @@ def coordcheck(
                                    lr=lr, overrides=set_, quick=quick)
     for name, slopes in check.slopes.items():
         last = check.sizes[name][:, :, -1]
-        output.table(f"{name}: mean |activation| after {check.steps} steps ({check.optimizer}, "
-                     f"lr {check.lr:g})", ["layer", *map(str, check.widths), "slope"],
+        output.table(f"{name}: mean |change of activation| after {check.steps - 1} updates "
+                     f"({check.optimizer}, lr {check.lr:g})", ["layer", *map(str, check.widths), "slope"],
                      [[layer, *map(float, last[:, i]), slopes[layer]]
                       for i, layer in enumerate(check.layers)])
-    verdict = ("PASS: μP activations are flat across widths"
-               if check.passed else "FAIL: some μP activations change with width")
+    verdict = ("PASS: μP's updates are the same size at every width"
+               if check.passed else "FAIL: some μP layers' updates change size with width")
     contrast = ("standard parametrization grows with width, as expected" if check.separates
                 else "standard parametrization does not grow at this lr either: raise --lr "
                 "for an informative check" if check.passed else "")

@@ -111,7 +111,10 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
         raise ScalelabError(f"next: refusing to extrapolate {entry.title}: it is not a law "
                             f"({reasons})")
     if entry.compute is None:
-        raise ScalelabError(f"next: {entry.title}: {entry.allocation_note}")
+        why = entry.allocation_note.split(". Fit the joint law")[0]
+        raise ScalelabError(f"next: {entry.title}: {why}. next proposes runs along the grid's "
+                            "data axis, so it needs runs whose compute is k·N·D: train each "
+                            "for a fixed number of passes (train.epochs instead of max_steps)")
     k = entry.compute.k
     fit, boot = entry.fit, entry.boot
     n_opt, d_opt = (float(v[0]) for v in compute_optimal(fit.params, [budget],

@@ -307,8 +307,8 @@ def settings_figure(gains: Sequence[dict[str, Any]], data_axis: str | None, gain
 
 
 def coordcheck_figure(check: dict[str, Any]) -> Figure:
-    """Mean |activation| of every layer against width at the last step of a coordinate
-    check, one panel per parametrization (flat lines: width-stable)."""
+    """How far every layer's activations moved from initialisation, against width, at the
+    last step of a coordinate check; one panel per parametrization (flat: width-stable)."""
     fig = Figure(figsize=(9.0, 3.8), dpi=STYLE["dpi"], layout="constrained")
     axes = fig.subplots(1, len(check["sizes"]), sharey=True)
     for ax, (name, sizes) in zip(np.atleast_1d(axes), check["sizes"].items()):
@@ -325,7 +325,7 @@ def coordcheck_figure(check: dict[str, Any]) -> Figure:
         ax.set_title(f"{name}: {verdict}", fontsize=9)
         ax.set_xlabel(f"model.{check['width_setting']}")
         ax.legend(fontsize=7)
-    np.atleast_1d(axes)[0].set_ylabel(f"mean |activation| after {check['steps']} steps")
+    np.atleast_1d(axes)[0].set_ylabel(f"mean |Δ activation| after {check['steps'] - 1} updates")
     return fig
 
 

@@ -1,11 +1,13 @@
 """Coordinate check (Yang et al. 2022): is a parametrization width-stable?
 
 Each width of the study is trained a few steps, under standard and under μP, at one constant
-learning rate on one fixed batch, and the mean absolute value of every layer's output is
-recorded at every step. Under μP those sizes stay flat as width grows; under standard
-parametrization with Adam the hidden layers and logits grow with width. The slope of log
-size against log width at the last step says which: μP passes when no layer's slope
-exceeds :data:`FLAT` in size.
+learning rate on one fixed batch, and how far every layer's output has moved from its value
+at initialisation (mean |x_t − x_0| on that batch) is recorded at every step. μP's promise is
+that every layer's update is of the same size at every width; under standard
+parametrization with Adam the updates of the hidden layers and logits grow with width. (The
+change, not the activation itself: μP's logits start near zero by design, shrinking as
+1/√width, which says nothing about training.) The slope of log change against log width at
+the last step says which: μP passes when no layer's slope exceeds :data:`FLAT` in size.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ PARAMETRIZATIONS = ("standard", "mup")
 
 @dataclass
 class CoordCheck:
-    """Per parametrization: the (widths, layers, steps) mean |activation| (averaged over
-    seeds) and each layer's slope of log size against log width at the last step."""
+    """Per parametrization: the (widths, layers, steps) mean |change of activation since
+    initialisation| (averaged over seeds; steps 1, 2, ...) and each layer's slope of log
+    change against log width at the last step."""
 
     model: str
     width_setting: str
@@ -70,8 +73,12 @@ class CoordCheck:
 def coordinate_check(study: Study, widths: list[int] | None = None, steps: int = 5,
                      seeds: int = 3, lr: float | None = None) -> CoordCheck:
     """Run the check on the study's first run, at each of ``widths`` (default: the widths of
-    the study's grid) and ``lr`` (default: the study's ``train.lr``)."""
+    the study's grid) and ``lr`` (default: the study's ``train.lr``, not a grid value)."""
+    if steps < 2:
+        raise ScalelabError("coordcheck: --steps must be at least 2 (changes are measured "
+                            "from the first step's activations)")
     config = study.runs[0].config
+    lr = lr if lr is not None else study.spec.train.get("lr", config["train"]["lr"])
     family = models.get(config["model"]["name"])
     setting = family.width_setting
     if setting is None:
@@ -82,8 +89,7 @@ def coordinate_check(study: Study, widths: list[int] | None = None, steps: int =
     if len(widths) < 3:
         raise ScalelabError(f"coordcheck: needs at least 3 widths (model.{setting} in the grid, "
                             f"or --widths); got {widths}")
-    train = TrainConfig.model_validate({**config["train"], "schedule": "constant",
-                                        **({"lr": lr} if lr is not None else {})})
+    train = TrainConfig.model_validate({**config["train"], "schedule": "constant", "lr": lr})
     data = instantiate(tasks, config["task"]).load()
     batch = _fixed_batch(data, train.batch_size, config)
     check = CoordCheck(config["model"]["name"], setting, widths, [], steps, train.lr,
@@ -139,15 +145,20 @@ def layer_labels(model: nn.Module) -> dict[nn.Module, str]:
 
 def _probe(config: dict[str, Any], data, batch, train: TrainConfig, steps: int
            ) -> dict[str, list[float]]:
-    """Mean |output| of every weight layer at each of ``steps`` training steps."""
+    """Mean |output − output at step 0| of every weight layer at training steps 1, 2, ...,
+    ``steps`` − 1, on one fixed batch."""
     model = build(config, data)
     optimizer = make_optimizer(model, train)
     layers = layer_labels(model)
     sizes: dict[str, list[float]] = {label: [] for label in layers.values()}
+    first: dict[str, torch.Tensor] = {}
 
     def record(name):
         def hook(_module, _inputs, output):
-            sizes[name].append(output.detach().abs().mean().item())
+            if name not in first:
+                first[name] = output.detach().clone()
+            else:
+                sizes[name].append((output.detach() - first[name]).abs().mean().item())
         return hook
 
     handles = [m.register_forward_hook(record(label)) for m, label in layers.items()]

@@ -337,6 +337,8 @@ def append_to_study(path: Path, entries: list[dict[str, list[Any]]]) -> int:
 
     yaml = YAML()
     yaml.preserve_quotes = True
+    yaml.width = 4096  # never re-wrap the file's own lines
+    yaml.indent(mapping=2, sequence=4, offset=2)
     text = path.read_text()
     doc = yaml.load(text)
     grid = doc.get("grid")

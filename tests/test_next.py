@@ -178,3 +178,29 @@ def test_next_without_a_data_axis_says_what_it_needs(tmp_path, tiny_study, run_c
     assert refused.exit_code == 2 and "no joint law of model size and data" in refused.stderr
     bad = run_cli("next", out, "--budget", "-1")
     assert bad.exit_code == 2 and "--budget: expected a positive number of FLOPs" in bad.stderr
+
+
+def test_append_keeps_a_list_grid_and_its_comments_and_never_writes_a_bad_study(tmp_path):
+    from scalelab.errors import StudyError
+    from scalelab.proposal import append_to_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: s  # the name\n"
+        "task: {name: mnist1d, num_train: 200, num_val: 100, num_test: 200, pool_size: 400}\n"
+        "model: {name: mlp, depth: 1}\n"
+        "train: {optimizer: adam, lr: 0.01, batch_size: 50, max_steps: 20, eval_every: 10}\n"
+        "grid:\n"
+        "  - {width: [4, 8]}   # first grid\n"
+        "  # a comment between grids\n"
+        "  - {width: [16], num_train: [100]}\n"
+        "seeds: [0]\n")
+    assert append_to_study(path, [{"width": [32], "num_train": [150]}]) == 1
+    text = path.read_text()
+    assert "# the name" in text and "# first grid" in text and "# a comment between grids" in text
+    grids = yaml.safe_load(text)["grid"]
+    assert grids[-1] == {"width": [32], "num_train": [150]} and len(grids) == 3
+    before = path.read_text()
+    with pytest.raises(StudyError, match="exceeds pool_size"):
+        append_to_study(path, [{"width": [64], "num_train": [390]}])
+    assert path.read_text() == before

@@ -96,7 +96,9 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
     out = Path(out_dir)
     with Store.open(out) as store:
         records, meta, configs = store.records(), store.meta(), store.configs()
-    path = Path(study if study is not None else meta.get("source", ""))
+    if study is None and not meta.get("source"):
+        raise ScalelabError(f"next: {out} does not record its study file; pass --study FILE")
+    path = Path(study if study is not None else meta["source"])
     if json.loads(meta.get("quick", "false")) and append:
         raise ScalelabError(f"{out}: was run with --quick, whose grid replaces the file's; "
                             "--append would add runs to the full study instead. Run next on "

@@ -18,7 +18,15 @@ from torch import nn
 
 from ..registry import models
 from ._base import ModelFamily
-from .mup import WidthParametrization, WidthScale, mark, scale_init
+from .mup import (
+    BASE_WIDTH,
+    PARAMETRIZATION,
+    Parametrization,
+    WidthParametrization,
+    WidthScale,
+    mark,
+    scale_init,
+)
 
 
 @models.register("gpt")
@@ -43,6 +51,8 @@ class GPT(ModelFamily):
             False, description="zero-initialise attention/MLP output projections")
         tied_embeddings: bool = Field(True, description="output head shares the token embedding")
         rope_base: float = Field(10_000.0, gt=1, description="rotary frequency base")
+        parametrization: Parametrization = PARAMETRIZATION
+        base_width: int = BASE_WIDTH
 
         @model_validator(mode="after")
         def _heads_divide(self):

@@ -10,7 +10,15 @@ from torch import nn
 
 from ..registry import models
 from ._base import ACTIVATIONS, ModelFamily
-from .mup import WidthParametrization, WidthScale, mark, scale_init
+from .mup import (
+    BASE_WIDTH,
+    PARAMETRIZATION,
+    Parametrization,
+    WidthParametrization,
+    WidthScale,
+    mark,
+    scale_init,
+)
 
 
 @models.register("mlp")
@@ -32,6 +40,8 @@ class MLP(ModelFamily):
         width: int = Field(64, ge=1, description="units per hidden layer")
         depth: int = Field(2, ge=0, description="hidden layers (0 = a linear classifier)")
         activation: Literal["relu", "gelu", "tanh"] = Field("relu", description="nonlinearity")
+        parametrization: Parametrization = PARAMETRIZATION
+        base_width: int = BASE_WIDTH
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         c = self.config

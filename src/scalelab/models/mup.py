@@ -37,14 +37,19 @@ from ..plugin import PluginConfig
 Role = Literal["vector", "hidden", "readout", "fixed"]
 
 
-class WidthParametrization(PluginConfig):
-    """The parametrization settings a width-scalable family's config shares."""
+Parametrization = Literal["standard", "mup"]
+#: The two settings of a width-scalable family's config, declared after its own (so that
+#: messages list width and depth first): ``parametrization: Parametrization = PARAMETRIZATION``
+#: and ``base_width: int = BASE_WIDTH``.
+PARAMETRIZATION = Field("standard", description="standard, or mup: maximal-update "
+                        "parametrization (one learning rate transfers across widths)")
+BASE_WIDTH = Field(64, ge=1, description="mup: the width at which mup equals standard (tune "
+                   "there, then scale)")
 
-    parametrization: Literal["standard", "mup"] = Field(
-        "standard", description="standard, or mup: maximal-update parametrization (one "
-        "learning rate transfers across widths)")
-    base_width: int = Field(64, ge=1, description="mup: the width at which mup equals standard "
-                            "(tune there, then scale)")
+
+class WidthParametrization(PluginConfig):
+    """What a width-scalable family's config shares: its run identity and m (the subclass
+    declares the two fields)."""
 
     later_settings: ClassVar[dict[str, object]] = {"parametrization": "standard",
                                                    "base_width": 64}

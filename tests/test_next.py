@@ -102,6 +102,7 @@ def law_study(tmp_path, law_family):
     return path, out
 
 
+@pytest.mark.slow
 def test_next_proposes_the_analytic_optimum_and_the_ledger_grades_it(law_study, run_cli):
     path, out = law_study
     k = _k(out)

@@ -12,10 +12,9 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict
 
 
-class PluginConfig(BaseModel):
-    """Settings of one plug-in; strict so that a typo is an error, not a silent default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class Identity:
+    """Mixed into a settings model whose values enter a run's resolved config and id (a
+    plug-in's config, the study's ``train`` section)."""
 
     #: Settings added after stores existed, with their defaults: left out of a run's resolved
     #: config (and so of its id) while at the default, so upgrading scalelab never turns a
@@ -27,6 +26,12 @@ class PluginConfig(BaseModel):
         later = self.later_settings
         return {k: v for k, v in self.model_dump(mode="json").items()
                 if not (k in later and v == later[k])}
+
+
+class PluginConfig(Identity, BaseModel):
+    """Settings of one plug-in; strict so that a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Plugin:

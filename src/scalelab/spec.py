@@ -18,12 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ScalelabError, StudyError
+from .plugin import Identity
 from .records import RunSpec, run_id
 from .registry import FAMILIES, UnknownNameError
 
@@ -76,16 +77,12 @@ class Averaging(StrictModel):
                                 "this (airbench: 3); 0 keeps it constant")
 
 
-#: Training settings added after stores existed, with their defaults: left out of a run's
-#: resolved config (and so of its id) while at the default, so upgrading scalelab never
-#: turns a finished study into new runs.
-LATER_TRAIN_SETTINGS: dict[str, Any] = {
-    "warmup_fraction": None, "initial_lr_ratio": 0.0, "channels_last": False,
-    "label_smoothing": 0.0, "augment": None, "param_groups": [], "averaging": None}
-
-
-class TrainConfig(StrictModel):
+class TrainConfig(Identity, StrictModel):
     """Optimisation settings shared by every run of a study (each can be a grid axis)."""
+
+    later_settings: ClassVar[dict[str, object]] = {
+        "warmup_fraction": None, "initial_lr_ratio": 0.0, "channels_last": False,
+        "label_smoothing": 0.0, "augment": None, "param_groups": [], "averaging": None}
 
     optimizer: Literal["sgd", "adam", "adamw", "muon"] = Field(
         "adam", description="optimizer (muon: Muon for hidden matrices, AdamW for the rest)")
@@ -673,8 +670,7 @@ def resolve(
         train = TrainConfig.model_validate(sections["train"])
     except ValidationError as exc:
         raise _from_validation(source, "train", exc, TrainConfig, where) from None
-    resolved["train"] = {k: v for k, v in train.model_dump(mode="json").items()
-                         if not (k in LATER_TRAIN_SETTINGS and v == LATER_TRAIN_SETTINGS[k])}
+    resolved["train"] = train.identity()
     if resolved["model"].get("parametrization") == "mup" and train.optimizer == "muon":
         raise StudyError(source, where or "model.parametrization",
                          "mup scales the learning rates of sgd, adam and adamw; muon has its "

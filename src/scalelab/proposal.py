@@ -16,6 +16,7 @@ file as new grid entries, comments and order kept.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -105,7 +106,8 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
                             "the full study's directory, or add the grid entry by hand")
     the_study = load_study(path)
     settings = analysis_settings(meta)
-    selected, _ = per_shape_optimum(in_study(records, meta)[0], meta)
+    rows, _ = in_study(records, meta)
+    selected, _ = per_shape_optimum(rows, meta)
     entry = _joint_fit(joint_fits(selected, meta, settings["metric"], n_resamples), where or {},
                        out)
     label, reasons = entry.fit.verdict
@@ -147,7 +149,7 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
         raise ScalelabError(f"next: the joint law is fitted against {entry.x_names[1]} "
                             f"(analysis.data), but next proposes runs along the grid's data "
                             f"axis {data_axis}; fit against it (analysis.data: auto) to use next")
-    template = _template(records, meta, configs, entry)
+    template = _template(rows, configs, entry)
     shapes = _shapes(template, size_axes, axes, grid, settings["size"], n_opt)
     seeds = len(the_study.spec.seeds)
 
@@ -218,9 +220,9 @@ def _joint_fit(fits: list[FitEntry], where: dict[str, str], out: Path) -> FitEnt
     return chosen[0]
 
 
-def _template(records, meta, configs, entry: FitEntry) -> dict[str, Any]:
-    """A completed run of the fit's group: the config every proposed shape is built from."""
-    rows, _ = in_study(records, meta)
+def _template(rows, configs, entry: FitEntry) -> dict[str, Any]:
+    """A completed run of the fit's group (``rows``: the study's runs): the config every
+    proposed shape is built from."""
     for r in rows:
         if r.get("status") == "completed" and all(r.get(k) == v for k, v in entry.point.items()):
             return configs[r["run_id"]]
@@ -241,8 +243,6 @@ def _shapes(template: dict[str, Any], size_axes: list[str], axes: dict[str, str]
     """Shapes the family can build, each with its size as the fit counts it: the first size
     axis at every multiple of its grid's common step (up to well past ``n_opt``), the other
     size axes at their grid values. Counted on the meta device: nothing is allocated."""
-    import itertools
-
     import torch
 
     from .models import count_parameters

@@ -156,9 +156,12 @@ class LocalExecutor(Executor):
 
     def _pool(self, workers: int) -> ProcessPoolExecutor:
         threads = max(1, available_cores() // self.workers)
+        # More workers than GPUs: some card trains two runs at once, and its energy counter
+        # would count both (workers are spread over the cards round-robin).
+        shared_gpu = self.dev.type == "cuda" and workers > len(self.devices)
         return ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                                    initializer=_init_worker,
-                                   initargs=(threads, os.getpid(), workers > 1))
+                                   initargs=(threads, os.getpid(), workers > 1, shared_gpu))
 
 
 def _terminate_workers(pool: ProcessPoolExecutor) -> None:
@@ -170,9 +173,10 @@ def _terminate_workers(pool: ProcessPoolExecutor) -> None:
             process.terminate()
 
 
-def _init_worker(threads: int, parent: int, shared: bool) -> None:
+def _init_worker(threads: int, parent: int, shared: bool, shared_gpu: bool = False) -> None:
     torch.set_num_threads(threads)
     energy.shared_cpu = shared  # other workers train beside it: CPU counters would mix runs
+    energy.shared_gpu = shared_gpu  # and GPU counters, where they share a card
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 

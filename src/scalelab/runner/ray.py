@@ -35,15 +35,19 @@ def _ray():
     return ray
 
 
-def _train_on_worker(group: Group, device: str, checkpoint: bool, threads: int
-                     ) -> list[RunResult]:
-    """What a Ray task runs: the group, with the task's share of cores as torch threads."""
+def _train_on_worker(group: Group, device: str, checkpoint: bool, threads: int,
+                     gpus: float = 0.0) -> list[RunResult]:
+    """What a Ray task runs: the group, with the task's share of cores as torch threads
+    (``gpus``: the GPUs the task asked for)."""
     import torch
 
     from ..train import energy
 
     torch.set_num_threads(threads)
     energy.shared_cpu = True  # Ray packs tasks onto a node's CPUs: package counters would mix
+    # A fraction of a GPU: Ray places other tasks on the same card, whose counter would mix
+    # them; whole GPUs are the task's alone (Ray sets CUDA_VISIBLE_DEVICES to them).
+    energy.shared_gpu = 0 < gpus < 1
     return train_group_of(group, device, checkpoint)
 
 
@@ -108,7 +112,8 @@ class RayExecutor(Executor):
                 while queue and len(pending) < slots:
                     group = claim(queue.popleft())
                     if group is not None:
-                        ref = task.remote(group, device, self.checkpoint, max(1, int(r.cpus)))
+                        ref = task.remote(group, device, self.checkpoint, max(1, int(r.cpus)),
+                                          r.gpus)
                         pending[ref] = group
                 if not pending:
                     continue

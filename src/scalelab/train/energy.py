@@ -2,7 +2,12 @@
 FLOPs: NVIDIA's NVML total-energy counter for a run on a GPU (``pip install
 'scalelab[energy]'``), Intel/AMD RAPL package counters (``/sys/class/powercap``) for a run on
 the CPU when they are readable. Where neither can measure, or where the counter would also
-count other runs training at the same time on the same CPU, a run records nothing.
+count other runs training at the same time on the same CPU or GPU, a run records nothing
+(and the meter's ``source`` says why, when it is sharing).
+
+NVML numbers GPUs its own way and ignores ``CUDA_VISIBLE_DEVICES``, so torch's ``cuda:0``
+under Ray, Slurm or any remapping is not NVML's card 0: the card is opened by the UUID torch
+reports for it (or, failing that, by its PCI bus id), never by torch's index.
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ POWERCAP = Path("/sys/class/powercap")
 #: Set in worker processes that share the CPU with other training workers: a CPU package
 #: counter would count their work too, so CPU runs there record no energy.
 shared_cpu = False
+#: Set in worker processes whose GPU other training workers use too (more local workers than
+#: GPUs; fractional Ray ``resources.gpus``): the card's counter would count their work too.
+shared_gpu = False
+
+SHARED_CPU = "not measured: the CPU is shared with other training workers"
+SHARED_GPU = "not measured: the GPU is shared with other training workers"
+MIG = "not measured: a MIG slice (the counter is the whole GPU's, shared by every slice)"
 
 
 def _rapl_domains() -> list[Path]:
@@ -34,7 +46,7 @@ def _read_uj(domain: Path) -> int | None:
 
 class EnergyMeter:
     """``with EnergyMeter(device) as meter: ...`` then ``meter.joules`` (None: not measured)
-    and ``meter.source``."""
+    and ``meter.source`` (the counters read; or why nothing was, where the device is shared)."""
 
     def __init__(self, device: torch.device):
         self.device, self.joules, self.source = device, None, None
@@ -42,12 +54,20 @@ class EnergyMeter:
 
     def __enter__(self) -> EnergyMeter:
         if self.device.type == "cuda":
+            if shared_gpu:
+                self.source = SHARED_GPU
+                return self
             self._handle = _nvml_handle(self.device)
+            if isinstance(self._handle, str):  # a reason it cannot measure
+                self.source, self._handle = self._handle, None
             if self._handle is not None:
+                torch.cuda.synchronize(self.device)  # work queued before is not this window's
                 self._start = [self._handle[0].nvmlDeviceGetTotalEnergyConsumption(
                     self._handle[1])]
                 self.source = f"nvml:{self.device}"
-        elif self.device.type == "cpu" and not shared_cpu:
+        elif self.device.type == "cpu" and shared_cpu:
+            self.source = SHARED_CPU
+        elif self.device.type == "cpu":
             self._domains = _rapl_domains()
             readings = [_read_uj(d) for d in self._domains]
             if self._domains and all(r is not None for r in readings):
@@ -59,7 +79,7 @@ class EnergyMeter:
         if self._start is None:
             return
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.synchronize(self.device)  # the window's work has finished
             nvml, handle = self._handle
             self.joules = (nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
                            - self._start[0]) / 1000.0  # millijoules
@@ -77,6 +97,8 @@ class EnergyMeter:
 
 
 def _nvml_handle(device: torch.device):
+    """(pynvml, handle) of the physical card torch's ``device`` is, a reason it must not be
+    measured, or None where NVML cannot tell."""
     try:
         import pynvml
     except ImportError:
@@ -84,8 +106,39 @@ def _nvml_handle(device: torch.device):
     try:
         pynvml.nvmlInit()
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return pynvml, pynvml.nvmlDeviceGetHandleByIndex(index)
-    except Exception:  # no driver support (pre-Volta GPUs, MIG slices): nothing measured
+        handle = _card(pynvml, torch.cuda.get_device_properties(index))
+    except Exception:  # no driver support: nothing measured
+        return None
+    if handle is None:
+        return None
+    try:
+        if pynvml.nvmlDeviceGetMigMode(handle)[0] == getattr(pynvml, "NVML_DEVICE_MIG_ENABLE", 1):
+            return MIG
+    except Exception:  # no MIG on this card (NVMLError_NotSupported): a whole card
+        pass
+    return pynvml, handle
+
+
+def _card(pynvml, props):
+    """NVML's handle of the card with torch's properties ``props``: by UUID (torch prints it
+    without NVML's ``GPU-`` prefix), else by PCI bus id (``domain:bus:device.0`` in hex, as
+    NVML formats ``nvmlPciInfo_t.busId``); None when neither finds it. Strings go as bytes,
+    which every nvidia-ml-py version accepts."""
+    uuid = str(getattr(props, "uuid", "") or "")
+    if uuid:
+        if not uuid.startswith(("GPU-", "MIG-")):
+            uuid = "GPU-" + uuid
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(uuid.encode())
+        except Exception:  # a MIG slice's uuid, an old driver: try the bus id
+            pass
+    ids = [getattr(props, f"pci_{k}_id", None) for k in ("domain", "bus", "device")]
+    if None in ids:
+        return None
+    try:
+        return pynvml.nvmlDeviceGetHandleByPciBusId("{:08X}:{:02X}:{:02X}.0".format(*ids)
+                                                    .encode())
+    except Exception:
         return None
 
 

@@ -33,9 +33,10 @@ def mlp(width, parametrization="mup", base_width=16, depth=2):
                                 "base_width": base_width}).build((40,), 10)
 
 
-def trained_logits(model, steps=3, optimizer="adam"):
+def trained_logits(model, steps=3, optimizer="adam", weight_decay=0.0):
     x, y = torch.randn(32, 40, generator=torch.Generator().manual_seed(1)), torch.arange(32) % 10
-    opt = make_optimizer(model, TrainConfig(optimizer=optimizer, lr=0.01, max_steps=1))
+    opt = make_optimizer(model, TrainConfig(optimizer=optimizer, lr=0.01, max_steps=1,
+                                            weight_decay=weight_decay))
     for _ in range(steps):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -43,10 +44,13 @@ def trained_logits(model, steps=3, optimizer="adam"):
     return model(x)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_mup_at_its_base_width_is_the_standard_parametrization(optimizer):
-    standard = trained_logits(mlp(16, "standard"), optimizer=optimizer)
-    assert torch.equal(trained_logits(mlp(16, "mup"), optimizer=optimizer), standard)
+@pytest.mark.parametrize("optimizer, weight_decay", [("adam", 0.0), ("sgd", 0.0),
+                                                     ("adamw", 0.1), ("sgd", 0.1)])
+def test_mup_at_its_base_width_is_the_standard_parametrization(optimizer, weight_decay):
+    standard = trained_logits(mlp(16, "standard"), optimizer=optimizer,
+                              weight_decay=weight_decay)
+    assert torch.equal(trained_logits(mlp(16, "mup"), optimizer=optimizer,
+                                      weight_decay=weight_decay), standard)
 
 
 def test_learning_rates_follow_the_mup_table():
@@ -64,6 +68,56 @@ def test_learning_rates_follow_the_mup_table():
     # the readout starts width-independent (var 1/base fan-in) and sees its input / m
     assert model[5].factor.item() == 0.25
     assert model[6].weight.std().item() == pytest.approx(1 / math.sqrt(3 * 16), rel=0.1)
+
+
+# microsoft/mup's optimizers (mup/optim.py at 1981497), for a model at width_mult m:
+#   MuAdam (line 38: decoupled_wd=False by default), lines 69-79: a matrix-like parameter (two
+#     width dimensions: the hidden matrix) gets lr / m and, as decay is not decoupled,
+#     weight_decay * m; vector-like ones (input weights, biases, the readout weight) and
+#     fixed ones keep lr and weight_decay.
+#   MuAdamW (lines 83-89) is MuAdam with impl=AdamW and the same default decoupled_wd=False:
+#     the same lr and weight_decay per group (torch's AdamW multiplies them, so lr * wd, the
+#     decay per step, is width-independent).
+#   MuSGD (line 91: decoupled_wd=False), lines 123-139: vector-like (one width dimension:
+#     input weights, hidden biases, the readout weight) lr * m and weight_decay / m;
+#     matrix-like lr / r and weight_decay * r with r = fan-in mult / fan-out mult = 1 for a
+#     width x width matrix; fixed (the output bias) unchanged.
+LR, WD, M = 0.02, 0.1, 4  # mlp(64) with base_width 16
+MUP_PACKAGE = {  # parameter (Sequential index) -> (lr, weight_decay)
+    "adam": {"1.weight": (LR, WD), "1.bias": (LR, WD), "3.weight": (LR / M, WD * M),
+             "3.bias": (LR, WD), "6.weight": (LR, WD), "6.bias": (LR, WD)},
+    "sgd": {"1.weight": (LR * M, WD / M), "1.bias": (LR * M, WD / M), "3.weight": (LR, WD),
+            "3.bias": (LR * M, WD / M), "6.weight": (LR * M, WD / M), "6.bias": (LR, WD)},
+}
+MUP_PACKAGE["adamw"] = MUP_PACKAGE["adam"]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_learning_rate_and_weight_decay_per_group_are_the_mup_packages(optimizer):
+    model = mlp(64)
+    groups = make_optimizer(model, TrainConfig(optimizer=optimizer, lr=LR, weight_decay=WD,
+                                               max_steps=1)).param_groups
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    got = {name: by_param[id(p)] for name, p in model.named_parameters()}
+    assert got.keys() == MUP_PACKAGE[optimizer].keys()
+    for name, expected in MUP_PACKAGE[optimizer].items():
+        assert got[name] == pytest.approx(expected), name
+        assert got[name][0] * got[name][1] == pytest.approx(LR * WD)  # width-independent
+
+
+def test_mup_biases_start_at_the_base_widths_scale():
+    # microsoft/mup's set_base_shapes (mup/shape.py:189-194) rescales a freshly initialised
+    # model: a hidden nn.Linear's bias by sqrt(fan-in mult) (mup/layer.py:82-83) and
+    # MuReadout's weight and bias by sqrt(width mult) (mup/layer.py:49-51), so torch's default
+    # bias init U(+-1/sqrt(fan_in)) keeps the base width's scale U(+-1/sqrt(base fan_in)).
+    wide, standard = mlp(256), mlp(256, "standard")  # m = 16, base_width 16
+    bound = 1 / math.sqrt(16)
+    assert wide[3].bias.abs().max().item() <= bound
+    assert wide[3].bias.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.2)
+    assert standard[3].bias.std().item() == pytest.approx(1 / math.sqrt(3 * 256), rel=0.2)
+    assert 1 / math.sqrt(256) < wide[6].bias.abs().max().item() <= bound  # readout bias
+    assert torch.equal(wide[1].bias, standard[1].bias)  # fan-in = the input: no width
+    assert torch.equal(mlp(16)[3].bias, mlp(16, "standard")[3].bias)  # base width: as standard
 
 
 def test_gpt_mup_scales_hidden_init_attention_and_readout():
@@ -91,11 +145,13 @@ def spec(**changes):
     return out
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_mup_runs_stack_across_widths_and_train_as_alone(optimizer):
+@pytest.mark.parametrize("optimizer, weight_decay", [("adam", 0.0), ("sgd", 0.0),
+                                                     ("adamw", 0.1)])
+def test_mup_runs_stack_across_widths_and_train_as_alone(optimizer, weight_decay):
     runs = validate_study(spec(grid={"width": [8, 16, 32], "lr": [0.01, 0.03],
                                      "parametrization": ["mup"]}, seeds=[0],
-                               train={"optimizer": optimizer}), "t.yaml").runs
+                               train={"optimizer": optimizer, "weight_decay": weight_decay}),
+                          "t.yaml").runs
     configs = [r.config for r in runs]
     assert len({group_key(c, pad=True) for c in configs}) == 1  # stacked where standard is
     together = train_group(configs)

@@ -17,6 +17,7 @@ from .mup import (
     WidthParametrization,
     WidthScale,
     mark,
+    scale_bias,
     scale_init,
 )
 
@@ -54,10 +55,15 @@ class MLP(ModelFamily):
         if c.parametrization == "standard":
             return nn.Sequential(*layers, readout)
         # μP (see models.mup): PyTorch's default init is already var ∝ 1/fan_in for the
-        # input and hidden layers; the readout's is made width-independent and its input
-        # scaled by 1/m. A linear classifier (depth 0) has no width: m = 1.
+        # input and hidden layers' weights; the readout's is made width-independent and its
+        # input scaled by 1/m. Biases of layers whose fan-in is the width (hidden layers, the
+        # readout) keep the base width's scale, U(±1/sqrt(base fan-in)), as microsoft/mup's
+        # set_base_shapes rescales them (mup/layer.py:49-51 readout, :82-83 hidden). A linear
+        # classifier (depth 0) has no width: m = 1.
         m = c.multiplier(c.width) if c.depth else 1.0
         scale_init(readout, math.sqrt(m))
+        for layer in [lin for lin in layers if isinstance(lin, nn.Linear)][1:] + [readout]:
+            scale_bias(layer, math.sqrt(m))  # the layers after the first (fan-in: the width)
         model = nn.Sequential(*layers, WidthScale(1 / m), readout)
         roles = {}
         for i, layer in enumerate(model):

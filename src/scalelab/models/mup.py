@@ -9,16 +9,37 @@ the input embedding):
 =========  =========================================  ========  ==========  ==========
 role       parameters                                 init      Adam/AdamW  SGD
 =========  =========================================  ========  ==========  ==========
-vector     input weights, embeddings, biases and      as SP     lr          lr · m
+vector     input weights, embeddings, biases and      as SP †   lr          lr · m
            norm gains of width-sized layers
 hidden     width × width matrices                     var ∝     lr / m      lr
                                                       1/fan_in
 readout    the output layer; its input is scaled by   var       lr          lr · m
            1/m in the forward pass                    constant
-fixed      no width-sized dimension (output bias)     as SP     lr          lr
+fixed      no width-sized dimension (output bias)     as SP †   lr          lr
 =========  =========================================  ========  ==========  ==========
 
+† a bias whose layer's fan-in is the width (hidden layers, the readout) starts at the base
+width's scale (below). Every role's weight decay is multiplied by the inverse of its
+learning-rate multiplier (below).
+
 Attention scores use 1/d_head (times sqrt of the base head size) instead of 1/sqrt(d_head).
+
+Weight decay follows Microsoft's μP package (microsoft/mup, ``mup/optim.py``): a group whose
+learning rate is multiplied by k has its weight decay multiplied by 1/k (:func:`decay_multiplier`),
+so lr · weight_decay, the decay per step, is the same at every width. That is the package's
+rule for coupled (L2) decay, torch's SGD and Adam (``MuSGD``/``MuAdam`` with their default
+``decoupled_wd=False``, optim.py:38, 77-79, 91, 131-139), and also what it does for AdamW:
+``MuAdamW`` is ``MuAdam(impl=AdamW)`` with the same default (optim.py:83-89), and torch's AdamW
+decays by lr · weight_decay, so the rescaling keeps that product width-independent too.
+
+Biases are initialised as the package's ``set_base_shapes`` leaves them (mup/shape.py:189-194):
+PyTorch's default bias init U(±1/sqrt(fan_in)) times sqrt(fan-in multiplier) for a layer whose
+fan-in is the width (``rescale_linear_bias``, mup/layer.py:82-83) and for the readout
+(``MuReadout._rescale_parameters``, mup/layer.py:49-51), i.e. the base width's scale at every
+width; a bias whose fan-in is not the width (the input layer's) is left as it is. (The package
+zero-initialises them only on request, ``MuReadout(readout_zero_init=True)``, layer.py:20-23:
+zero biases would make μP at its base width differ from the standard parametrization.)
+
 At m = 1 every rule is the identity: μP at its base width is the standard parametrization.
 The model carries its roles and m (:func:`mark`), and the optimizer and the stacked trainer
 read them from there (:func:`lr_multipliers`), so a μP run trains the same alone or stacked.
@@ -103,8 +124,21 @@ def lr_multipliers(model: nn.Module, optimizer: str) -> dict[str, float] | None:
     return {name: m ** powers[role] for name, role in roles.items()}
 
 
+def decay_multiplier(lr_multiplier: float) -> float:
+    """The weight-decay multiplier of a parameter whose learning rate is multiplied by
+    ``lr_multiplier``: its inverse, as microsoft/mup's optimizers scale it (module docstring);
+    exactly 1 at the base width."""
+    return 1 / lr_multiplier
+
+
 def scale_init(module: nn.Linear | nn.Embedding, factor: float) -> None:
-    """Multiply a layer's initial weights by ``factor`` (its bias, initialised from the
-    fan-in, stays as it is)."""
+    """Multiply a layer's initial weights by ``factor`` (its bias: :func:`scale_bias`)."""
     with torch.no_grad():
         module.weight.mul_(factor)
+
+
+def scale_bias(module: nn.Linear, factor: float) -> None:
+    """Multiply a layer's initial bias (if any) by ``factor``."""
+    if module.bias is not None:
+        with torch.no_grad():
+            module.bias.mul_(factor)

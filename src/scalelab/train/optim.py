@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.mup import lr_multipliers
+from ..models.mup import decay_multiplier, lr_multipliers
 from ..spec import TrainConfig
 
 
@@ -40,7 +40,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig):
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """torch parameter groups from ``train.param_groups`` (first matching glob wins; the
     rest form a last group at the study's settings), each split by μP learning-rate
-    multiplier. Groups that match nothing are left out; frozen groups carry the step after
+    multiplier (whose weight decay is scaled by its inverse, as microsoft/mup does; see
+    models.mup). Groups that match nothing are left out; frozen groups carry the step after
     which they stop training."""
     multipliers = lr_multipliers(model, cfg.optimizer) or {}
     declared = [(g.lr_scale, g.weight_decay_scale, g.frozen_after_epochs)
@@ -53,7 +54,7 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
                  len(cfg.param_groups))
         chosen.setdefault((i, multipliers.get(name, 1.0)), []).append(p)
     return [{"params": ps, "lr": cfg.lr * declared[i][0] * multiplier,
-             "weight_decay": cfg.weight_decay * declared[i][1],
+             "weight_decay": cfg.weight_decay * declared[i][1] * decay_multiplier(multiplier),
              "frozen_after_epochs": declared[i][2]}
             for (i, multiplier), ps in sorted(chosen.items(), key=lambda kv: kv[0])]
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ..models import count_parameters
-from ..models.mup import WidthScale, lr_multipliers
+from ..models.mup import WidthScale, decay_multiplier, lr_multipliers
 from ..plugin import instantiate
 from ..records import FAILED, RunResult, run_id
 from ..registry import methods, models, tasks
@@ -111,6 +111,10 @@ class Stacked(Strategy):
         self.initial = self.flat.detach().clone()
         self.hyper = {name: _per_run([getattr(c, name) for c in self.cfgs], dev)
                       for name in ("lr", "weight_decay", "beta1", "beta2", "momentum")}
+        # μP: weight decay scaled by the inverse learning-rate multiplier, per run and
+        # parameter, as the optimizer of a run alone (train.optim, models.mup).
+        self.decay = self.hyper["weight_decay"] if self.lr_scale is None else \
+            _bcast(self.hyper["weight_decay"], self.flat) * decay_multiplier(self.lr_scale)
         self.state = torch.zeros_like(self.flat)    # exp_avg, or SGD momentum buffer
         self.state2 = torch.zeros_like(self.flat)   # exp_avg_sq
         self.active = torch.ones(self.runs, dtype=torch.bool, device=dev)
@@ -152,7 +156,7 @@ class Stacked(Strategy):
             if self.lr_scale is not None:
                 step_lr = _bcast(step_lr, self.flat) * self.lr_scale
             _update(cfg.optimizer, self.flat, grad, self.state, self.state2, step, step_lr,
-                    hyper["weight_decay"], hyper["beta1"], hyper["beta2"], hyper["momentum"],
+                    self.decay, hyper["beta1"], hyper["beta2"], hyper["momentum"],
                     cfg.nesterov)
         return losses.detach(), {}
 
@@ -281,8 +285,8 @@ def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
 def _update(optimizer, p, g, s1, s2, step, lr, wd, beta1, beta2, momentum, nesterov) -> None:
     """One step of SGD/Adam/AdamW on the (runs, parameters) tensor ``p`` with per-run
     hyperparameters, as torch.optim computes it (``s1``: SGD's momentum buffer or Adam's
-    first moment, ``s2``: Adam's second moment). ``lr`` is per run, or per run and
-    parameter (μP)."""
+    first moment, ``s2``: Adam's second moment). ``lr`` and ``wd`` are per run, or per run
+    and parameter (μP)."""
     lr, wd, beta1, beta2, momentum = (_bcast(v, p) for v in (lr, wd, beta1, beta2, momentum))
     if optimizer == "sgd":
         d_p = g + wd * p

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from .nuisance import best_over_nuisance
 
@@ -37,17 +38,55 @@ def grade(predictions: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
     return out
 
 
-def scorecard(graded: Sequence[dict[str, Any]]) -> str:
-    """One sentence: how many measured predictions held their interval."""
+#: A law is called over-confident when as many misses as it had, or more, would happen with
+#: probability below this if its intervals were calibrated.
+OVERCONFIDENT_P = 0.05
+
+
+def calibration(graded: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """How the measured predictions' hits compare with calibrated intervals (None if none is
+    measured yet). With calibrated level-``q`` intervals each prediction misses with
+    probability 1 - q, so the misses are Binomial(n, 1 - q) (a sum of Bernoullis when the
+    levels differ): ``expected_held`` is n·q, ``p_value`` the one-sided probability of this
+    many misses or more, and ``overconfident`` is p_value < OVERCONFIDENT_P. One miss in
+    twenty at 95% is what calibration predicts (p = 0.64), not evidence against the law."""
     done = [g for g in graded if g["status"] == "measured"]
-    pending = len(graded) - len(done)
     if not done:
+        return None
+    levels = np.array([float(g["level"]) for g in done])
+    held = sum(bool(g["held"]) for g in done)
+    n, misses = len(done), len(done) - held
+    if np.all(levels == levels[0]):
+        p_value = float(stats.binom.sf(misses - 1, n, 1 - levels[0]))
+    else:  # Poisson-binomial: the exact distribution of the miss count, one prediction at a time
+        pmf = np.array([1.0])
+        for q in levels:
+            pmf = np.convolve(pmf, [q, 1 - q])
+        p_value = float(min(1.0, pmf[misses:].sum()))
+    return {"n": n, "held": held, "misses": misses, "levels": sorted(set(levels.tolist())),
+            "expected_held": float(levels.sum()), "p_value": p_value,
+            "overconfident": p_value < OVERCONFIDENT_P}
+
+
+def scorecard(graded: Sequence[dict[str, Any]]) -> str:
+    """One sentence: how many measured predictions held their interval, against how many
+    calibrated intervals would hold, and whether the misses are too many to be chance."""
+    c = calibration(graded)
+    if c is None:
         return (f"{len(graded)} prediction(s) recorded; none measured yet (train the proposed "
                 "runs: `scalelab next --append`, then `scalelab run`)")
-    held = sum(g["held"] for g in done)
-    level = int(round(100 * done[0]["level"]))
-    text = f"{held} of {len(done)} measured prediction(s) fell inside their {level}% interval"
-    if held < len(done):
-        text += (" — the law extrapolates worse than its intervals claim; treat its "
-                 "predictions at larger scale with suspicion")
+    pending = len(graded) - c["n"]
+    level = "/".join(f"{100 * q:g}%" for q in c["levels"])
+    text = (f"{c['held']} of {c['n']} measured prediction(s) fell inside their {level} "
+            f"interval (calibrated intervals would hold {c['expected_held']:.3g} on average")
+    if not c["misses"]:
+        text += ")"
+    else:
+        chance = (f"{c['misses']} or more misses of {c['n']} has probability "
+                  f"p = {c['p_value']:.2g} if they are calibrated")
+        if c["overconfident"]:
+            text += (f"; {chance}) — the law extrapolates worse than its intervals claim; "
+                     "treat its predictions at larger scale with suspicion")
+        else:
+            text += f"; {chance}) — no more misses than chance explains"
     return text + (f"; {pending} not measured yet" if pending else "")

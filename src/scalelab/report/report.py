@@ -20,7 +20,7 @@ from ..analysis.evaluations import (
     tune_per_shape,
     validation_twin,
 )
-from ..analysis.ledger import scorecard
+from ..analysis.ledger import calibration, scorecard
 from ..analysis.sample_selection import KINDS, SelectionAnalysis, pareto_front
 from ..analysis.study import StudyAnalysis, analyze_study
 from ..files import write_atomically
@@ -195,8 +195,8 @@ def _ledger_blocks(ledger: list[dict[str, Any]], blocks: list) -> None:
     """Predicted against measured for every extrapolation `scalelab next` made."""
     blocks.append(("h2", "Extrapolation ledger"))
     card = scorecard(ledger)
-    missed = any(g["held"] is False for g in ledger)
-    blocks.append(("warn" if missed else "p", card + "."))
+    check = calibration(ledger)  # a warning only for more misses than chance explains
+    blocks.append(("warn" if check and check["overconfident"] else "p", card + "."))
     blocks.append(("p", "Every prediction `scalelab next` made, with the law and data it was "
                         "fitted on stored beside it (scaling_law.json), graded once its runs "
                         "exist: measured is the mean over seeds at the best nuisance setting."))

@@ -145,3 +145,29 @@ def test_nuisance_axes_by_label_or_path(tmp_path):
     assert load_study(write(tmp_path, spec)).nuisance_labels() == ["lr"]
     spec["nuisance"] = ["train.lr"]
     assert load_study(write(tmp_path, spec)).nuisance_labels() == ["lr"]
+
+
+@pytest.mark.parametrize("train, field", [({"restore_best": True}, "train.restore_best"),
+                                          ({"restore_best": False,
+                                            "early_stopping": {"patience": 2}},
+                                           "train.restore_best")])
+def test_no_validation_split_refuses_what_needs_one(tmp_path, train, field):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "noval", "task": {"name": "cifar10", "synthetic": 4, "num_val": 0},
+        "model": {"name": "airbench", "widths": [8, 8, 8]},
+        "train": {"max_steps": 2, **train}}))
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    assert err.value.field == field
+    assert "num_val: 0" in err.value.message and "restore_best: false" in str(err.value)
+
+
+def test_reference_batch_size_keeps_run_ids_of_studies_without_it():
+    from scalelab.spec import TrainConfig
+
+    cfg = TrainConfig.model_validate({"max_steps": 1})
+    assert "reference_batch_size" not in cfg.identity()
+    assert cfg.at_batch(7) is cfg
+    scaled = TrainConfig.model_validate({"max_steps": 1, "lr": 0.5, "reference_batch_size": 100})
+    assert scaled.at_batch(50).lr == 0.25 and scaled.identity()["reference_batch_size"] == 100

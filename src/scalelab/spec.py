@@ -82,11 +82,16 @@ class TrainConfig(Identity, StrictModel):
 
     later_settings: ClassVar[dict[str, object]] = {
         "warmup_fraction": None, "initial_lr_ratio": 0.0, "channels_last": False,
-        "label_smoothing": 0.0, "augment": None, "param_groups": [], "averaging": None}
+        "label_smoothing": 0.0, "augment": None, "param_groups": [], "averaging": None,
+        "reference_batch_size": None}
 
     optimizer: Literal["sgd", "adam", "adamw", "muon"] = Field(
         "adam", description="optimizer (muon: Muon for hidden matrices, AdamW for the rest)")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW's part under muon)")
+    reference_batch_size: int | None = Field(
+        None, ge=1, description="lr is stated for this batch size and scales with batch_size / "
+        "this (a summed-loss recipe's rule: airbench states lr and weight decay per 1,024 "
+        "examples), so coupled weight decay per step scales with it too; None: lr as given")
     muon_lr: float = Field(0.02, gt=0, description="peak learning rate of Muon's matrices")
     muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon momentum (Nesterov)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
@@ -138,6 +143,14 @@ class TrainConfig(Identity, StrictModel):
             raise ValueError("param_groups: not with optimizer muon (it splits the "
                              "parameters itself)")
         return self
+
+    def at_batch(self, batch: int) -> TrainConfig:
+        """These settings for a run whose batch really is ``batch`` (capped at the training
+        set): the learning rates scaled by ``batch / reference_batch_size`` when one is set."""
+        if self.reference_batch_size is None:
+            return self
+        scale = batch / self.reference_batch_size
+        return self.model_copy(update={"lr": self.lr * scale, "muon_lr": self.muon_lr * scale})
 
 
 class AnalysisConfig(StrictModel):
@@ -680,6 +693,11 @@ def resolve(
         raise StudyError(source, where or "train.epochs",
                          f"method {resolved['method']['name']} prunes once per epoch, so its "
                          "budget is a number of epochs: set train.epochs instead of max_steps")
+    if resolved["task"].get("num_val") == 0 and (train.early_stopping or train.restore_best):
+        raise StudyError(source, where or "train.restore_best",
+                         "task.num_val: 0 trains without a validation split, so nothing can "
+                         "pick the best weights or stop early: set train.restore_best: false "
+                         "and leave out early_stopping")
     resolved["seed"] = seed
     return resolved
 

@@ -6,6 +6,7 @@ becomes one evaluation row per trained run, so settings compare paired by traine
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -29,16 +30,22 @@ class Evaluator(Plugin):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TaskData, batch_size: int = 4096) -> dict[str, Any]:
-        """Loss, accuracy and per-class accuracy on validation and test."""
+        """Loss, accuracy and per-class accuracy on validation (when the task has a
+        validation split) and test, and ``eval_time_s``: the seconds scoring the test set
+        took (what a time-to-result adds after training)."""
         model.eval()
         self.prepare(model, data)
         out: dict[str, Any] = {}
         for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
+            if not len(y):
+                continue
+            started = time.perf_counter()
             logits = torch.cat([self.logits(model, x[i:i + batch_size]).float()
                                 for i in range(0, len(y), batch_size)])
             pred = logits.argmax(1)
             out[f"{split}_loss"] = F.cross_entropy(logits, y).item()
             out[f"{split}_acc"] = (pred == y).float().mean().item()
             if split == "test":
+                out["eval_time_s"] = time.perf_counter() - started
                 out["test_acc_by_class"] = accuracy_by_class(pred, y, data.num_classes)
         return out

@@ -2,7 +2,8 @@
 published description:
 
     whiten  2x2 conv, 24 channels, frozen: +/- the eigenvectors of the covariance of 2x2
-            patches of training images, scaled by 1/sqrt(eigenvalue + eps); its bias trains
+            patches of training images, scaled by 1/sqrt(eigenvalue + eps); its bias starts at
+            zero and trains
     GELU
     3 blocks, each: conv3x3 -> max-pool 2 -> BatchNorm -> GELU -> conv3x3 -> BatchNorm -> GELU
             (convs without bias, identity-initialised with torch's dirac_ on their first
@@ -84,6 +85,7 @@ class Airbench(ModelFamily):
         net = nn.Sequential()
         net.add_module("whiten", nn.Conv2d(channels, whiten_width, 2, padding=0, bias=True))
         net.whiten.weight.requires_grad_(False)
+        nn.init.zeros_(net.whiten.bias)  # airbench94.py:185-186 (Conv.reset_parameters)
         net.add_module("act", nn.GELU())
         for name, (c_in, c_out) in zip(("block1", "block2", "block3"),
                                        ((whiten_width, w1), (w1, w2), (w2, w3))):

@@ -33,6 +33,7 @@ from .run import (
     autocast,
     build,
     counted_compute,
+    epoch_steps,
     final_metrics,
     timed,
     tracked_result,
@@ -103,7 +104,8 @@ class TokenWindows(OneModel):
             raise ScalelabError(f"{len(data.train)} training tokens are fewer than "
                                 "context_length + 1")
         self.batch = batch = cfg.batch_size
-        self.total_steps = cfg.max_steps or max(1, round(cfg.epochs * n_windows / batch))
+        self.cfg = cfg = cfg.at_batch(batch)
+        self.total_steps = cfg.max_steps or epoch_steps(cfg.epochs, n_windows / batch)
         if batch % self.size:
             raise ScalelabError(f"train.batch_size {batch} must divide evenly over "
                                 f"{self.size} processes")

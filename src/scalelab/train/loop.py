@@ -102,7 +102,8 @@ class Strategy(ABC):
 
     @abstractmethod
     def evaluate(self) -> tuple[list[dict[str, float]], int]:
-        """Validation curve values of each run (``val_loss`` first) and the units scored."""
+        """Validation curve values of each run (``val_loss`` first; none without a
+        validation split) and the units scored."""
 
     @abstractmethod
     def snapshot(self, run: int) -> dict[str, torch.Tensor]:
@@ -110,6 +111,10 @@ class Strategy(ABC):
 
     def stop(self, run: int, diverged: bool) -> None:  # noqa: B027  (a do-nothing default)
         """Run ``run`` trains no further (a stacked group keeps its mates going)."""
+
+    def synchronize(self) -> None:  # noqa: B027  (a do-nothing default)
+        """Wait for the device's queued work (so the clock times steps and evaluations
+        apart on a GPU)."""
 
     def check_every(self) -> int | None:
         """Steps between finiteness checks of the running loss (each costs a device sync);
@@ -192,6 +197,7 @@ def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None)
                 break
         if step % cfg.eval_every and not batch.last:
             continue
+        strategy.synchronize()
         eval_started = time.perf_counter()
         train_loss = strategy.mean(running.tolist(), count)
         running, count = None, 0
@@ -204,6 +210,7 @@ def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None)
         eval_time += time.perf_counter() - eval_started
         if batch.last or not any(t.active for t in tracks):
             break
+    strategy.synchronize()
     return Outcome(step, tracks, time.perf_counter() - started, eval_time)
 
 
@@ -216,9 +223,11 @@ def _observe(strategy: Strategy, cfg: TrainConfig, track: Track, r: int, step: i
     track.curves += [(step, name, value) for name, value in row.items()]
     for callback in hooks.callbacks:
         callback.on_eval(step, r, row)
-    val_loss = values["val_loss"]
-    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+    val_loss = values.get("val_loss")
+    if not (math.isfinite(train_loss) and (val_loss is None or math.isfinite(val_loss))):
         _end(strategy, track, r, step, diverged=True)
+        return
+    if val_loss is None:  # no validation split: no best weights, no early stopping
         return
     stopping = cfg.early_stopping
     if val_loss < track.best_loss - (stopping.min_delta if stopping else 0.0):

@@ -9,6 +9,7 @@ results.
 from __future__ import annotations
 
 import io
+import math
 import os
 import platform
 import time
@@ -100,7 +101,15 @@ def build(config: dict[str, Any], data) -> nn.Module:
 def budget(cfg: TrainConfig, n: int) -> tuple[int, int]:
     """(batch size capped at the training-set size ``n``, total optimizer steps)."""
     batch = min(cfg.batch_size, n)
-    return batch, cfg.max_steps or max(1, round(cfg.epochs * (n // batch)))
+    return batch, cfg.max_steps or epoch_steps(cfg.epochs, n // batch)
+
+
+def epoch_steps(epochs: float, batches_per_epoch: float) -> int:
+    """Steps of ``epochs`` passes of ``batches_per_epoch`` full batches (the last partial
+    batch of an epoch dropped): ceil(batches x epochs), as airbench's loader counts them
+    (``total_train_steps = ceil(len(train_loader) * epochs)``, 476 for 9.9 epochs of 48
+    batches); the product is rounded to 9 decimals first, so 0.1 x 30 is 3 steps, not 4."""
+    return max(1, math.ceil(round(epochs * batches_per_epoch, 9)))
 
 
 def counted_compute(method, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -115,6 +124,19 @@ def step_metrics(steps: int, batch: int, n: int, flops_per_step: int) -> dict[st
     """What follows from the number of steps a run took."""
     return {"steps": steps, "samples_seen": steps * batch, "epochs_seen": steps * batch / n,
             "train_flops": flops_per_step * steps}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock read after it times the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_to_result(init_time: float, outcome, test_eval_time: float) -> float:
+    """airbench's timed span: the model's (data-dependent) initialisation, the training steps
+    and one scoring of the test set; the periodic evaluations and the FLOP-counting warm-up
+    step are left out, as the reference script leaves out its per-epoch evaluations."""
+    return init_time + outcome.train_time - outcome.eval_time + test_eval_time
 
 
 def autocast(device: torch.device, cfg: TrainConfig):
@@ -159,6 +181,9 @@ class OneModel(Strategy):
     def snapshot(self, run: int) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
+    def synchronize(self) -> None:
+        synchronize(self.dev)
+
     def check_every(self) -> int | None:
         # A per-step finiteness check costs a device sync; on the CPU it is free, so exact there.
         return 1 if self.dev.type == "cpu" else self.cfg.eval_every
@@ -179,12 +204,18 @@ def finalize(result: RunResult, model: nn.Module, data: TaskData, cfg: TrainConf
     x, y = data.x_train, data.y_train
     splits = {"train": (x[: cfg.eval_train_samples], y[: cfg.eval_train_samples]),
               "val": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)}
+    if not len(data.y_val):  # trained without a validation split (task.num_val: 0)
+        del splits["val"]
+        result.metrics["no_validation_split"] = True
     split_samples = sum(len(labels) for _, labels in splits.values())
 
     def evaluate_all(module: nn.Module) -> tuple[dict[str, float], int]:
         out = {}
         for name, (xs, ys) in splits.items():
+            started = time.perf_counter()
             out[f"{name}_loss"], out[f"{name}_acc"] = evaluate(module, xs, ys, cfg.eval_batch_size)
+            if name == "test" and "test_eval_time_s" not in result.metrics:
+                result.metrics["test_eval_time_s"] = time.perf_counter() - started
         return out, split_samples
 
     evaluated = track.evaluated + final_metrics(result, model, evaluate_all, cfg, track,

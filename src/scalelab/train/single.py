@@ -27,6 +27,8 @@ from .run import (
     counted_compute,
     finalize,
     step_metrics,
+    synchronize,
+    time_to_result,
     timed,
     tracked_result,
 )
@@ -40,9 +42,13 @@ class Examples(OneModel):
         self.data, self.dev = data, dev
         self.method = instantiate(methods, config["method"])
         self.method.criterion = criterion
+        started = time.perf_counter()
         self.model = build(config, data).to(dev)
+        synchronize(dev)
+        self.init_time = time.perf_counter() - started  # data-dependent init (whitening) too
         self.n = n = len(data.y_train)
         self.batch, total_steps = budget(cfg, n)
+        self.cfg = cfg = cfg.at_batch(self.batch)
         with autocast(dev, cfg):  # counting runs the real kernels once: the warm-up step
             self.flops_per_step, self.forward_flops_per_sample = counted_compute(
                 self.method, self.model, *self.probe(), self.batch)
@@ -100,6 +106,8 @@ class Examples(OneModel):
         return out.loss.detach().reshape(1), out.trace
 
     def evaluate(self):
+        if not len(self.data.y_val):  # no validation split: the curve has train_loss only
+            return [{}], 0
         with autocast(self.dev, self.cfg):
             val_loss, val_acc = evaluate(self.model, self.data.x_val, self.data.y_val,
                                          self.cfg.eval_batch_size)
@@ -150,4 +158,7 @@ def train_single(config: dict[str, Any], dev: torch.device, checkpoint: bool,
     result.metrics.update(strategy.method.summary())
     with autocast(dev, strategy.cfg):
         strategy.finalize(result, track, steps, checkpoint)
+    if "test_eval_time_s" in result.metrics:
+        result.metrics["time_to_result_s"] = time_to_result(
+            strategy.init_time, outcome, result.metrics["test_eval_time_s"])
     return timed(result, started)

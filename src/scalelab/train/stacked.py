@@ -82,6 +82,8 @@ class Stacked(Strategy):
         self.modules = [build(c, data).to(dev) for c in configs]
         self.n = len(data.y_train)
         self.batch, self.total_steps = budget(cfg, self.n)
+        self.cfgs = [c.at_batch(self.batch) for c in self.cfgs]
+        self.cfg = cfg = self.cfgs[0]
         # Compute is counted on each run's own model, never on the padded one.
         self.counted: list[tuple[int, float]] = []
         by_model: dict[str, tuple[int, float]] = {}
@@ -167,6 +169,8 @@ class Stacked(Strategy):
         return (self.hyper["lr"] * lr_factor(batch.progress, self.total_steps, self.cfg)).tolist()
 
     def evaluate(self):
+        if not len(self.data.y_val):  # no validation split: the curves have train_loss only
+            return [{} for _ in range(self.runs)], 0
         params = self.views(self.flat.detach())
         val_loss, val_acc = evaluate_stacked(
             lambda x: self.forward(params, self.buffers, x), self.runs, self.data.x_val,

@@ -274,3 +274,18 @@ def test_the_vision_studies_quick_blocks_run_on_generated_data(tmp_path, monkeyp
     assert np.mean([r["test_acc"] for r in records]) > 0.5  # learned the generated classes
     assert all(r["class_names"] for r in records)
     assert result.trained == {"completed": len(records)}
+    if name == "airbench94":  # trained on every image, as the reference: the report says so
+        scalelab.api.report(tmp_path / "out", n_resamples=50)
+        report = (tmp_path / "out" / "report.md").read_text()
+        assert "trained without a validation split" in report
+        assert all(r["time_to_result_s"] > 0 and "val_loss" not in r for r in records)
+        from scalelab.store import Store
+
+        with Store.open(tmp_path / "out") as store:
+            rows = store.evaluations()
+        assert rows and all("val_acc" not in r for r in rows)
+        by_run = {r["run_id"]: r for r in records}
+        for row in rows:  # the run's span, with this setting's (TTA) test scoring instead
+            run = by_run[row["run_id"]]
+            assert row["time_to_result_s"] == pytest.approx(
+                run["time_to_result_s"] - run["test_eval_time_s"] + row["eval_time_s"])

@@ -183,6 +183,11 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
     scientific = [a for a in axes if a not in nuisance]
     selected, winners = per_shape_optimum(records, meta)
     notes: list[str] = []
+    unvalidated = sum(1 for r in records if r.get("no_validation_split"))
+    if unvalidated:
+        notes.append(f"{unvalidated} run(s) trained without a validation split (task.num_val: "
+                     "0): no weights were chosen or stopped early on held-out data, and the "
+                     "test set was only scored after training, never to choose anything")
     for w in winners:
         if w.at_edge:
             notes.append(f"at {_fmt_point(w.point)} the best {', '.join(w.at_edge)} is at the "

@@ -16,7 +16,7 @@ from scalelab.methods.selection.rules import (
     InfoBatchPerBatch,
     PIController,
     Random,
-    SelectiveBackprop,
+    SelectiveBackpropPerBatch,
 )
 from scalelab.plugin import instantiate
 from scalelab.registry import methods
@@ -250,12 +250,15 @@ def test_random_selection_is_reproducible():
 
 
 def test_selective_backprop_selects_by_loss_percentile_to_the_power_beta():
-    method = SelectiveBackprop(SelectiveBackprop.Config(target_rate=0.25))  # beta = 3
+    method = SelectiveBackpropPerBatch(SelectiveBackpropPerBatch.Config(target_rate=0.25))  # beta 3
     method.begin(n_train=10_000, total_steps=100, batch=100, seed=0)
     assert method.beta == pytest.approx(3.0)
 
-    def model(x):  # the loss of a sample rises with its x: logits (x, 0) for label 1
-        return torch.stack([x[:, 0], torch.zeros(len(x))], 1)
+    class Model(nn.Module):  # the loss of a sample rises with its x: logits (x, 0) for label 1
+        def forward(self, x):
+            return torch.stack([x[:, 0], torch.zeros(len(x))], 1)
+
+    model = Model()
 
     generator = torch.Generator().manual_seed(1)
     chosen, offered = torch.zeros(10), torch.zeros(10)

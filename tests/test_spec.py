@@ -40,7 +40,7 @@ BAD = [
      "unknown model 'resnet2' (registered: airbench, cnn, gpt, mlp, resnet, vit)"),
     (with_changes(method={"name": "magic"}), "method.name",
      "unknown method 'magic' (registered: ast, curriculum, full, infobatch, infobatch_per_batch, random, "
-     "selective_backprop, standard, topk_loss)"),
+     "selective_backprop, selective_backprop_per_batch, standard, topk_loss)"),
     (with_changes(grid={"width": [4, -2]}), "grid.model.width[1]", "greater than or equal to 1"),
     (with_changes(grid={"colour": [1]}), "grid.colour", "no setting of that name"),
     (with_changes(grid={"depth": [1]}), "grid.depth", ""),

@@ -42,16 +42,18 @@ class SelectionCell:
     context: dict[str, Any] = field(default_factory=dict)  # the other settings that vary
     same_as: list[str] = field(default_factory=list)  # cells whose runs came out identical
     energy_fraction: float | None = None  # measured energy / full at the same steps
+    controller_name: str | None = None    # the threshold controller (AST), see controller_of
 
     @property
     def label(self) -> str:
-        scoring = f" ({self.scoring})" if self.scoring else ""
         where = f" [{_fmt_context(self.context)}]" if self.context else ""
         same = "".join(f" = {other}" for other in self.same_as)
-        return f"{self.method}@{self.rate:g}{scoring}{same}{where}"
+        return cell_name(self.method, self.rate, self.scoring, self.controller_name) \
+            + same + where
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "rate": self.rate, "scoring": self.scoring,
+                "controller_name": self.controller_name,
                 "context": self.context, "same_as": self.same_as,
                 "seeds": self.seeds, "metric_mean": self.metric_mean,
                 "metric_std": self.metric_std, "compute_fraction": self.compute_fraction,
@@ -75,6 +77,19 @@ class SelectionAnalysis:
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "cells": [c.to_dict() for c in self.cells],
                 "points": self.points, "notes": self.notes}
+
+
+def cell_name(method: str, rate: float, scoring: str | None, controller: str | None) -> str:
+    """``method@rate (scoring, controller)`` of a selection cell."""
+    details = ", ".join(d for d in (scoring, controller and f"{controller} controller") if d)
+    return f"{method}@{rate:g}" + (f" ({details})" if details else "")
+
+
+def controller_of(r: dict[str, Any]) -> str | None:
+    """The threshold controller a run used (AST's ``pi`` or ``reference``), as its summary
+    recorded it; a run with controller metrics but no name predates the choice, when the
+    PI controller was the only one."""
+    return r.get("controller") or ("pi" if r.get("overshoot") is not None else None)
 
 
 def _is_selection(r: dict[str, Any]) -> bool:
@@ -167,7 +182,9 @@ def analyze_selection(records: Sequence[dict[str, Any]], roles: dict[str, str | 
             controller={k: _mean(runs.values(), k) for k in ("settling_step", "overshoot",
                                                               "steady_state_error")
                         if any(r.get(k) is not None for r in runs.values())},
-            context={k: v for k, v in dict(context).items() if k in varying})
+            context={k: v for k, v in dict(context).items() if k in varying},
+            controller_name=next((controller_of(r) for r in runs.values()
+                                  if controller_of(r)), None))
         # Energy as measured by the hardware's counters (never derived), where both the
         # cell's runs and the full runs were measured alone.
         full_energy = _mean([r for r in full.values() if (r.get("group_size") or 1) == 1],

@@ -44,7 +44,8 @@ class Method(Plugin):
     #: drawn beside it as a dotted reference line, or None).
     traces: ClassVar[dict[str, tuple[str, str | None]]] = {}
     #: True when the budget is ``train.epochs`` passes over what :meth:`epoch_order` returns,
-    #: so pruning an epoch takes fewer steps; the schedule then follows epoch progress.
+    #: so pruning an epoch (or :meth:`gather`-ing fewer, full steps from it) takes fewer
+    #: steps; the schedule then follows epoch progress.
     epoch_budget: ClassVar[bool] = False
 
     @property
@@ -52,7 +53,8 @@ class Method(Plugin):
         """Whether this configured method trains every sample of every batch with the
         criterion at the study's step budget: then runs can train in a stacked group
         (``train.stacked``) and it can train a language model. A method that overrides
-        :meth:`step_loss`, :meth:`budget` or :meth:`epoch_order` must say False."""
+        :meth:`step_loss`, :meth:`budget`, :meth:`epoch_order` or :meth:`gather` must say
+        False."""
         return True
 
     def begin(self, n_train: int, total_steps: int, batch: int, seed: int) -> None:
@@ -69,6 +71,19 @@ class Method(Plugin):
         order: all of them by default; a per-epoch pruning method returns fewer (at least a
         batch), in the same order."""
         return order
+
+    def gather(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+               *, epoch: int, flush: bool, last: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The batch of the next step (inputs, targets, training rows), or None to be offered
+        the next candidate batch first; ``x, y, index`` is the next candidate batch of epoch
+        ``epoch`` (from 0). By default each candidate is one step. A method that keeps part
+        of each candidate (judged with the current ``model``) and steps once a full batch is
+        kept takes fewer steps over ``train.epochs``, so it sets :attr:`epoch_budget`, and
+        counts what it scored here in its next step's ``StepLoss.scored``. ``flush``: the
+        epoch's last candidate (what is kept may then train as a smaller batch); ``last``:
+        the run's last candidate, when a batch must come back."""
+        return x, y, index
 
     def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                   index: torch.Tensor, step: int) -> StepLoss:

@@ -21,7 +21,13 @@ from ..analysis.evaluations import (
     validation_twin,
 )
 from ..analysis.ledger import calibration, scorecard
-from ..analysis.sample_selection import KINDS, SelectionAnalysis, pareto_front
+from ..analysis.sample_selection import (
+    KINDS,
+    SelectionAnalysis,
+    cell_name,
+    controller_of,
+    pareto_front,
+)
 from ..analysis.study import StudyAnalysis, analyze_study
 from ..files import write_atomically
 from ..output import fmt_value
@@ -295,9 +301,9 @@ def _evaluation_scale_blocks(rows, settings, records, a: StudyAnalysis, blocks: 
 
 
 def _cell_label(r: dict) -> str:
-    """``method@rate (scoring)`` of a selection run."""
-    scoring = f" ({r['method.scoring']})" if r.get("method.scoring") else ""
-    return f"{r['method.name']}@{r['method.target_rate']:g}{scoring}"
+    """``method@rate (scoring, controller)`` of a selection run."""
+    return cell_name(r["method.name"], r["method.target_rate"], r.get("method.scoring"),
+                     controller_of(r))
 
 
 def _selection_blocks(sel: SelectionAnalysis, records, curves, traces: dict, blocks: list,
@@ -309,22 +315,25 @@ def _selection_blocks(sel: SelectionAnalysis, records, curves, traces: dict, blo
                         "Compute is the counted training FLOPs actually spent (scoring forward "
                         "plus forward/backward of the selected samples) and wall time the "
                         "measured training time, both as a fraction of full data at the same "
-                        "steps; energy, where the hardware's counters measured it (NVML on "
-                        "NVIDIA GPUs, RAPL on CPUs), likewise ('—': not measured). "
+                        "steps (the same epochs, for a method that takes fewer steps over "
+                        "them); energy, where the hardware's counters measured it (NVML on "
+                        "NVIDIA GPUs, RAPL on CPUs), likewise ('—': not measured). The "
+                        "controller is AST's threshold controller (pi or reference). "
                         "Differences are paired by seed; p (Holm) adjusts over every "
                         "test in this table; d_z is Cohen's paired effect size."))
-    headers = ["method", "rate", "scoring", "seeds", sel.metric, "compute", "matched run's compute",
-               "wall", "energy", "activation (2nd half)"]
+    headers = ["method", "rate", "scoring", "controller", "seeds", sel.metric, "compute",
+               "matched run's compute", "wall", "energy", "activation (2nd half)"]
     for kind in KINDS:
         headers += [f"Δ vs {KINDS[kind]} [CI]", "p", "p (Holm)", "d_z"]
     rows = []
     varied = any(cell.context for cell in sel.cells)
     if varied:  # cells also differ in other settings (e.g. a model-size axis)
-        headers.insert(3, "where")
+        headers.insert(4, "where")
     for cell in sel.cells:
         where = [", ".join(f"{k}={v}" for k, v in cell.context.items())] if varied else []
         rate = " = ".join([f"{cell.rate:g}", *(s.lstrip("@") for s in cell.same_as)])
-        row = [cell.method, rate, cell.scoring or "—", *where, cell.seeds,
+        row = [cell.method, rate, cell.scoring or "—", cell.controller_name or "—", *where,
+               cell.seeds,
                _mean_std(cell.metric_mean, cell.metric_std),
                cell.compute_fraction, cell.matched_compute, cell.wall_fraction,
                cell.energy_fraction,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import torch
 from torch.utils.flop_counter import (
@@ -12,6 +11,8 @@ from torch.utils.flop_counter import (
     sdpa_backward_flop_count,
     sdpa_flop_count,
 )
+
+from ..models import buffers_kept  # noqa: F401  (run.py imports it from here; defined in models)
 
 aten = torch.ops.aten
 
@@ -42,16 +43,3 @@ def step_flops(loss_fn: Callable[[], torch.Tensor], model: torch.nn.Module) -> i
     flops = count_flops(lambda: loss_fn().backward())
     model.zero_grad(set_to_none=True)
     return flops
-
-
-@contextmanager
-def buffers_kept(model: torch.nn.Module):
-    """Run a counting pass without a trace: buffers (BatchNorm's running statistics and its
-    batch count) are put back as they were."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)

@@ -72,16 +72,24 @@ class Examples(OneModel):
         return self.data.x_train[:self.batch], self.data.y_train[:self.batch]
 
     def draw(self, step: int) -> Batch:
-        batch = self.batch
-        if self.cursor + batch > len(self.order):
-            self.order = self.start_epoch(self.method.epoch_order(
-                torch.randperm(self.n, generator=self.generator), self.epoch))
-            self.cursor, self.epoch = 0, self.epoch + 1
-        x, y, index = self.fetch(self.order[self.cursor:self.cursor + batch])
-        self.cursor += batch
-        epochs, epoch, order = self.epochs, self.epoch, self.order
-        last = step == self.total_steps or (epochs is not None and epoch == epochs
-                                            and self.cursor + batch > len(order))
+        batch, epochs = self.batch, self.epochs
+        while True:  # candidate batches until the method has a step's batch (Method.gather)
+            if self.cursor + batch > len(self.order):
+                self.order = self.start_epoch(self.method.epoch_order(
+                    torch.randperm(self.n, generator=self.generator), self.epoch))
+                self.cursor, self.epoch = 0, self.epoch + 1
+            x, y, index = self.fetch(self.order[self.cursor:self.cursor + batch])
+            self.cursor += batch
+            flush = self.cursor + batch > len(self.order)  # the epoch's last candidate
+            last = step == self.total_steps or (epochs is not None and self.epoch == epochs
+                                                and flush)
+            with autocast(self.dev, self.cfg):  # a selecting method scores candidates here
+                chosen = self.method.gather(self.trained, x, y, index, epoch=self.epoch - 1,
+                                            flush=flush, last=last)
+            if chosen is not None:
+                break
+        x, y, index = chosen
+        epoch, order = self.epoch, self.order
         done = epoch - 1 + (self.cursor - batch) / len(order)  # epochs completed before it
         progress = step - 1 if epochs is None else round(done / epochs * self.total_steps)
         if self.cfg.channels_last and x.dim() == 4:
@@ -120,10 +128,15 @@ class Examples(OneModel):
 
     def selection_metrics(self, steps: int) -> dict[str, Any]:
         """What a selection method actually ran: scored and trained samples and their FLOPs
-        (empty for a method that trains every sample of every batch)."""
+        against full batches over the same data (empty for a method that trains every sample
+        of every batch)."""
         if self.trained_samples == steps * self.batch and self.scored_samples == 0:
             return {}
-        full = self.flops_per_step * steps
+        # Full batches over the same data: the same steps, or for an epoch-budget method
+        # (fewer steps over the same epochs) the epochs it went through.
+        full_steps = steps if self.epochs is None else round(
+            (self.epoch - 1 + self.cursor / len(self.order)) * (self.n // self.batch))
+        full = self.flops_per_step * full_steps
         scoring = round(self.scored_samples * self.forward_flops_per_sample)
         training = round(self.trained_samples * self.flops_per_step / self.batch)
         return {"train_flops": scoring + training, "scoring_flops": scoring,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ...models import buffers_kept
 from ...plugin import PluginConfig
 from .._base import Method, StepLoss
 
@@ -72,9 +73,18 @@ class Selection(Method, ABC):
 
 
 @torch.no_grad()
-def scoring_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits of the batch without building a graph (the scoring pass)."""
-    return model(x).float()
+def scoring_forward(model: nn.Module, x: torch.Tensor, eval_mode: bool = False) -> torch.Tensor:
+    """Logits of the batch without building a graph (the scoring pass). Buffers are kept:
+    scoring never moves BatchNorm's running statistics, which only training steps move, as
+    in a full-data run. ``eval_mode`` also normalises with those statistics instead of the
+    batch's (selective backprop's reference scores with ``net.eval()``)."""
+    training = model.training
+    model.train(training and not eval_mode)
+    try:
+        with buffers_kept(model):
+            return model(x).float()
+    finally:
+        model.train(training)
 
 
 def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,14 @@
-"""Selection rules: ``ast``, ``topk_loss``, ``selective_backprop`` (they score the batch with
-a no-grad forward), ``random`` and ``infobatch_per_batch`` (they score nothing), and
-``infobatch`` as published, which prunes whole epochs instead and so saves steps, and
-``curriculum`` (easy to hard by loss, a share of the rows per epoch).
+"""Selection rules: ``ast``, ``topk_loss``, ``selective_backprop_per_batch`` (they score the
+batch with a no-grad forward), ``random`` and ``infobatch_per_batch`` (they score nothing);
+``selective_backprop`` and ``infobatch`` as published, which take fewer steps over the same
+epochs (the first gathers what it selects into full batches, the second prunes whole
+epochs); and ``curriculum`` (easy to hard by loss, a share of the rows per epoch).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -44,21 +45,27 @@ class TopKLoss(Selection):
         return losses.topk(self.k(len(y))).indices.sort().values, None, {}
 
 
-@methods.register("selective_backprop")
-class SelectiveBackprop(Selection):
-    """Selective backprop (Jiang et al. 2019): each sample is trained on with probability
-    P = F(loss)^beta, F the percentile of its loss among the last ``history`` losses seen.
+@methods.register("selective_backprop_per_batch")
+class SelectiveBackpropPerBatch(Selection):
+    """Selective backprop's selection rule (below), stepping once per candidate batch on
+    what it selects: a variant, not the published method (``selective_backprop``), which
+    gathers selected samples into full batches and primes on a first full epoch.
 
-    As in the reference, selection is probabilistic by loss percentile, not a fixed top-k,
-    so the number trained varies from batch to batch. With losses spread evenly over their
-    history the expected rate is 1 / (beta + 1): ``beta`` defaults to 1 / target_rate - 1
-    (target 0.5 -> beta 1, 0.25 -> beta 3, the reference's settings)."""
+    Each sample of a batch is trained on with probability max(sampling_min, F^beta), F the
+    share of the last ``history`` losses (this batch's included) strictly below its loss,
+    from a no-grad forward in eval mode. The number trained varies from batch to batch (a
+    batch that selects nothing trains its highest-loss sample). With losses spread evenly
+    over their history the expected rate is 1 / (beta + 1): ``beta`` defaults to
+    1 / target_rate - 1 (target 0.25 -> beta 3, the reference's default)."""
 
     scores = True
 
     class Config(Selection.Config):
         beta: float | None = Field(None, gt=0, description="selectivity; default 1/target_rate - 1")
-        history: int = Field(1024, ge=2, description="recent losses the percentile is taken over")
+        history: int = Field(  # max_history_len, SelectiveBackpropper.py:39
+            1024, ge=2, description="recent losses the percentile is taken over")
+        sampling_min: float = Field(  # SelectiveBackpropper.py:37
+            0.0, ge=0, le=1, description="lowest probability of training a sample")
 
     def begin(self, n_train, total_steps, batch, seed):
         super().begin(n_train, total_steps, batch, seed)
@@ -66,16 +73,85 @@ class SelectiveBackprop(Selection):
         self.beta = c.beta if c.beta is not None else max(1e-6, 1 / c.target_rate - 1)
         self.seen = torch.empty(0)
 
-    def choose(self, model, x, y, index, step):
-        losses = per_sample_loss(scoring_forward(model, x), y).cpu()
+    def chance(self, losses: torch.Tensor) -> torch.Tensor:
+        """Each loss's probability of being trained on, as the reference computes it: the
+        losses join the history first (calculators.py:77-80), then F = the share of the
+        history strictly below the loss (hist.py:38-47), P = max(sampling_min, F^beta)."""
         self.seen = torch.cat([self.seen, losses])[-self.config.history:]
-        percentile = torch.searchsorted(self.seen.sort().values, losses, right=True) \
-            / len(self.seen)
-        chance = percentile.pow(self.beta)
+        below = torch.searchsorted(self.seen.sort().values, losses)  # strictly less
+        return (below / len(self.seen)).pow(self.beta).clamp_min(self.config.sampling_min)
+
+    def sample(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the rows drawn for training, each row's probability): one independent draw per
+        sample (selectors.py:104-114) on losses from an eval-mode forward
+        (forwardproppers.py:40-44)."""
+        losses = per_sample_loss(scoring_forward(model, x, eval_mode=True), y).cpu()
+        chance = self.chance(losses)
         keep = (torch.rand(len(y), generator=self.generator) < chance).nonzero().squeeze(1)
-        if not len(keep):  # an empty step trains nothing; take the highest-loss sample
-            keep = losses.argmax().reshape(1)
+        return keep, chance
+
+    def choose(self, model, x, y, index, step):
+        keep, chance = self.sample(model, x, y)
+        if not len(keep):  # an empty step trains nothing; take the likeliest sample
+            keep = chance.argmax().reshape(1)
         return keep.to(x.device), None, {"mean_chance": float(chance.mean())}
+
+
+@methods.register("selective_backprop")
+class SelectiveBackprop(SelectiveBackpropPerBatch):
+    """Selective backprop (Jiang et al. 2019) as published (angelajiang/SelectiveBackprop):
+    the first ``prime_epochs`` train on every sample, unscored; after them each candidate
+    batch is scored and its samples drawn by the rule of ``selective_backprop_per_batch``,
+    and the drawn samples queue up until a full batch is drawn, which then takes one step
+    (plain mean loss, no learning-rate change; trainer.py:166-183, backproppers.py:45-68).
+    An epoch's last candidate trains what is queued as a smaller batch, unless a full one
+    is ready. So the steps are full batches and fewer: the budget is ``train.epochs``, the
+    schedule follows epoch progress, and the run records its steps against
+    ``nominal_steps``. Two departures: a run whose last candidate leaves nothing queued
+    ends with a step on that candidate's likeliest sample (the reference takes no step
+    there), and with ``train.augment`` a candidate is scored before augmentation (the loop
+    augments the batch this returns), where the reference scores the augmented sample."""
+
+    epoch_budget = True
+
+    class Config(SelectiveBackpropPerBatch.Config):
+        target_rate: float = Field(0.25, gt=0, le=1, description="expected share of the "
+                                   "samples trained after priming; sets beta (0.25: beta 3, "
+                                   "examples/train.py:71)")
+        # num_images_to_prime = the training set (SelectiveBackpropper.py:33)
+        prime_epochs: int = Field(1, ge=0, description="first epochs trained on every "
+                                                       "sample, unscored")
+
+    def begin(self, n_train, total_steps, batch, seed):
+        super().begin(n_train, total_steps, batch, seed)
+        self.queue: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.scored = 0  # since the last step
+
+    def gather(self, model, x, y, index, *, epoch, flush, last):
+        if epoch < self.config.prime_epochs:
+            return x, y, index
+        keep, chance = self.sample(model, x, y)
+        self.scored += len(y)
+        self.rates.append(len(keep) / len(y))
+        rows = keep.to(x.device)
+        self.queue.append((x[rows], y[rows], index[rows]))
+        queued = sum(len(part[1]) for part in self.queue)
+        if queued >= self.batch or (queued and (flush or last)):
+            x, y, index = (torch.cat(parts) for parts in zip(*self.queue))
+            self.queue = [(x[self.batch:], y[self.batch:], index[self.batch:])]
+            return x[:self.batch], y[:self.batch], index[:self.batch]
+        if last:
+            top = chance.argmax().reshape(1).to(x.device)
+            return x[top], y[top], index[top]
+        return None
+
+    def step_loss(self, model, x, y, index, step) -> StepLoss:
+        scored, self.scored = self.scored, 0
+        return StepLoss(self.criterion(model(x), y), trained=len(y), scored=scored)
+
+    def summary(self):
+        return super().summary() | {"nominal_steps": self.total_steps}
 
 
 SCORING_PRESETS = {  # (loss, intensity, entropy, gradient proxy) weights
@@ -86,15 +162,42 @@ SCORING_PRESETS = {  # (loss, intensity, entropy, gradient proxy) weights
 }
 
 
+#: The reference AST's constants (oluwafemidiakhoa/adaptive-sparse-training at 3e66290c), the
+#: defaults of ``controller: reference``; the reference's significance mixes 0.7 loss and 0.3
+#: entropy (sundew.py L75).
+REFERENCE_AST = {
+    "scoring": "loss+entropy",  # sundew.py L75
+    "theta_init": 3.0,          # initial_threshold, config.py L30
+    "kp": 0.005,                # adapt_kp, config.py L31
+    "ki": 0.0001,               # adapt_ki, config.py L32
+    "ema": 0.9,                 # 1 - ema_alpha (0.1), config.py L33; sundew.py L118-121
+    "theta_min": 0.5,           # sundew.py L128, L136
+    "theta_max": 10.0,          # sundew.py L128, L136
+    "integral_limit": 100.0,    # sundew.py L130
+}
+
+
 @methods.register("ast")
 class AST(Selection):
-    """Adaptive Sparse Training: significance above a PI-controlled threshold is trained on."""
+    """Adaptive Sparse Training: significance above a PI-controlled threshold is trained on.
+
+    Two controllers: ``pi`` (the default), a positional PI on batch-mean-normalised scores
+    with a top-k fallback at the target rate; and ``reference``, the reference
+    implementation's (sundew.py): raw scores, an incremental PI whose integral decays while
+    the threshold sits at a bound, and a fallback to the top max(2, 10%) of the batch.
+    """
 
     scores = True
     traces = {"ema_rate": ("EMA activation rate", "target_rate"),
               "theta": ("threshold θ", None)}
 
     class Config(Selection.Config):
+        later_settings: ClassVar[dict[str, object]] = {"controller": "pi"}
+
+        controller: Literal["pi", "reference"] = Field(
+            "pi", description="threshold controller: pi (positional, on batch-normalised "
+            "scores) or reference (the reference implementation's, on raw scores; its "
+            "constants are then the defaults of the settings below)")
         scoring: Literal["loss", "loss+intensity", "loss+grad", "loss+entropy", "custom"] = Field(
             "loss+intensity", description="significance mix preset; custom uses the w_* weights")
         w_loss: float = Field(0.7, ge=0, description="weight of the normalised loss (custom)")
@@ -104,12 +207,24 @@ class AST(Selection):
         kp: float = Field(2.0, ge=0, description="proportional gain on the rate error")
         ki: float = Field(0.2, ge=0, description="integral gain on the summed rate error")
         ema: float = Field(0.9, ge=0, lt=1, description="EMA factor of the activation rate")
-        theta_init: float = Field(1.0, description="threshold with zero error and integral")
+        theta_init: float = Field(1.0, description="starting threshold (pi: the threshold "
+                                                   "with zero error and integral)")
         theta_min: float = Field(0.0, description="lower bound of the threshold")
         theta_max: float = Field(10.0, description="upper bound of the threshold")
         integral_limit: float = Field(50.0, gt=0, description="clamp of the integral term")
         min_active: float = Field(
-            0.5, gt=0, le=1, description="top-k fallback below this fraction of the target")
+            0.5, gt=0, le=1, description="top-k fallback below this fraction of the target "
+                                         "(pi; the reference keeps max(2, 10%) of the batch)")
+
+        @model_validator(mode="before")
+        @classmethod
+        def _reference_defaults(cls, data: Any) -> Any:
+            if isinstance(data, dict) and data.get("controller") == "reference":
+                if "min_active" in data:
+                    raise ValueError("min_active sets the pi controller's fallback; the "
+                                     "reference one keeps the top max(2, 10%) of the batch")
+                return REFERENCE_AST | data
+            return data
 
         @model_validator(mode="after")
         def _weights(self):
@@ -120,18 +235,26 @@ class AST(Selection):
                 raise ValueError("custom scoring needs at least one positive weight")
             return self
 
+        def identity(self) -> dict[str, object]:
+            out = super().identity()
+            if self.controller == "reference":
+                out.pop("min_active")  # the pi controller's fallback: no effect here
+            return out
+
     def begin(self, n_train, total_steps, batch, seed):
         super().begin(n_train, total_steps, batch, seed)
         c = self.config
-        self.controller = PIController(c.target_rate, c.kp, c.ki, c.ema, c.theta_init,
-                                       c.theta_min, c.theta_max, c.integral_limit)
+        kind = ReferenceController if c.controller == "reference" else PIController
+        self.controller = kind(c.target_rate, c.kp, c.ki, c.ema, c.theta_init, c.theta_min,
+                               c.theta_max, c.integral_limit)
         weights = SCORING_PRESETS.get(c.scoring) or (c.w_loss, c.w_intensity, c.w_entropy,
                                                       c.w_grad)
         self.weights = [w / sum(weights) for w in weights]
 
     def significance(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Weighted mix of batch-mean-normalised loss, input intensity, entropy and gradient
-        proxy (each averages 1 over the batch, so the threshold is in units of the mean)."""
+        """Weighted mix of loss, input intensity, entropy and gradient proxy: each divided by
+        its batch mean under the pi controller (so the threshold is in units of the mean),
+        raw under the reference one (sundew.py L67-75)."""
         logits = scoring_forward(model, x)
         probs = logits.softmax(1)
         parts = []
@@ -145,21 +268,29 @@ class AST(Selection):
         if w_grad:
             onehot = F.one_hot(y, probs.shape[1]).float()
             parts.append((w_grad, (probs - onehot).norm(dim=1)))
+        if self.config.controller == "reference":
+            return sum(w * part for w, part in parts)
         return sum(w * part / part.mean().clamp_min(1e-12) for w, part in parts)
 
     def choose(self, model, x, y, index, step):
         score = self.significance(model, x, y)
         theta = self.controller.theta
         keep = (score > theta).nonzero().squeeze(1)
-        fallback = len(keep) < math.ceil(self.config.min_active * self.config.target_rate * len(y))
+        if self.config.controller == "reference":  # sundew.py L108-114 (at most the batch)
+            least = taken = min(len(y), max(2, int(len(y) * 0.10)))
+        else:
+            least = math.ceil(self.config.min_active * self.config.target_rate * len(y))
+            taken = self.k(len(y))
+        fallback = len(keep) < least
         if fallback:
-            keep = score.topk(self.k(len(y))).indices.sort().values
+            keep = score.topk(taken).indices.sort().values
         self.controller.update(len(keep) / len(y))
         return keep, None, {"theta": theta, "ema_rate": self.controller.ema,
                             "error": self.controller.error, "fallback": float(fallback)}
 
     def summary(self):
-        return super().summary() | self.controller.metrics(self.rates)
+        return super().summary() | {"controller": self.config.controller} \
+            | self.controller.metrics(self.rates)
 
 
 class PIController:
@@ -207,6 +338,25 @@ class PIController:
         return {"settling_step": settled + 1 if settled < len(emas) else None,
                 "overshoot": overshoot,
                 "steady_state_error": float(second.mean() - self.target)}
+
+
+class ReferenceController(PIController):
+    """The reference AST's controller, step for step (sundew.py L116-136): the EMA starts at
+    the target; e = EMA - target; while theta_min < theta < theta_max (strictly, before the
+    update) the integral adds e, clamped to ±integral_limit, else it decays by 0.9; then
+    theta += kp * e + ki * integral (incremental), clamped to the bounds."""
+
+    def update(self, rate: float) -> float:
+        self.ema = self.beta * self.ema + (1 - self.beta) * rate
+        self.error = self.ema - self.target
+        lo, hi = self.bounds
+        if lo < self.theta < hi:
+            self.integral = min(self.limit, max(-self.limit, self.integral + self.error))
+        else:
+            self.integral *= 0.90  # sundew.py L132
+        self.theta = min(hi, max(lo, self.theta + self.kp * self.error + self.ki * self.integral))
+        self.emas.append(self.ema)
+        return self.theta
 
 
 @methods.register("infobatch_per_batch")

@@ -23,7 +23,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden.json"
 #: Wall-clock measurements: never equal twice.
-TIMING = {"wall_time", "total_time", "tokens_per_second"}
+TIMING = {"wall_time", "total_time", "tokens_per_second", "test_eval_time_s", "time_to_result_s",
+          "eval_time_s"}
 
 
 def _pick(study, **point):
@@ -91,7 +92,8 @@ def train(runs, mode, checkpoint_dir: Path | None):
 def rescore(run, settings, checkpoint_dir: Path) -> dict:
     from scalelab.evaluation.rescore import score_checkpoint
 
-    return score_checkpoint(run.config, checkpoint_dir / f"{run.run_id}.pt", settings, "cpu")
+    scores = score_checkpoint(run.config, checkpoint_dir / f"{run.run_id}.pt", settings, "cpu")
+    return {i: {k: v for k, v in m.items() if k not in TIMING} for i, m in scores.items()}
 
 
 def produce(name: str) -> dict:

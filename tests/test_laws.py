@@ -335,3 +335,28 @@ def test_a_fit_where_lbfgsb_stalls_is_polished_to_the_optimum():
                                   options={"xatol": 1e-12, "fatol": 1e-18, "maxiter": 20_000})
     assert fit.objective <= reference.fun * (1 + 1e-9)
     assert fit.params["alpha"] == pytest.approx(reference.x[1], rel=1e-5)
+
+
+def test_a_verdict_close_to_a_threshold_says_it_can_flip():
+    """Last-digit noise (another CPU, torch build, thread count) moves a value near a
+    threshold across it: such verdicts say so; clear ones stay as they were."""
+    from scalelab.analysis.diagnostics import Diagnostic, _borderline, _monotonicity, verdict
+
+    x = np.array([[1.0], [1.0], [2.0], [2.0], [4.0], [4.0]])
+    tiny = np.array([1.116, 1.116, 1.121, 1.121, 0.9, 0.9])  # the README's 0.4% rise
+    codes = [d.code for d in _monotonicity(x, tiny, ["num_train"], "test_loss")]
+    assert codes == ["not_monotone", "borderline"]
+    label, why = verdict(_monotonicity(x, tiny, ["num_train"], "test_loss"))
+    assert label == "use with care" and "every rise is below 1% (at most 0.45%)" in why
+    clear = np.array([1.0, 1.0, 1.2, 1.2, 0.9, 0.9])
+    assert [d.code for d in _monotonicity(x, clear, ["num_train"], "test_loss")] == ["not_monotone"]
+
+    assert _borderline("the backtest error", 0.095, 0.10, "9.5%") is not None
+    assert _borderline("the backtest error", 0.115, 0.10, "11.5%") is not None
+    assert _borderline("the backtest error", 0.05, 0.10, "5%") is None
+    assert _borderline("the backtest error", 0.13, 0.10, "13%") is None
+    close = _borderline("the 95% interval of A", 9.0, 10.0, "9× wide against 10×")
+    label, why = verdict([close])
+    assert label == "trustworthy" and why.startswith("no diagnostic found a problem. Borderline")
+    assert verdict([Diagnostic("info", "no_backtest", "x")]) == (
+        "trustworthy", "no diagnostic found a problem")

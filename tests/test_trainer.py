@@ -39,6 +39,9 @@ def test_recorded_fields_and_provenance():
     assert m["wall_time"] > 0
     assert result.provenance["torch_version"] == torch.__version__
     assert result.provenance["device"] == "cpu"
+    # what the last digits depend on: the kernels torch dispatches to, and the CPU
+    assert result.provenance["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert result.provenance["cpu"]
     names = {name for _, name, _ in result.curves}
     assert names == {"train_loss", "val_loss", "val_acc", "lr"}
     assert [s for s, n, _ in result.curves if n == "val_loss"] == [10, 20, 30, 40]

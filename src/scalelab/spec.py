@@ -691,8 +691,9 @@ def resolve(
     if getattr(FAMILIES["method"].get(resolved["method"]["name"]), "epoch_budget", False) \
             and train.epochs is None:
         raise StudyError(source, where or "train.epochs",
-                         f"method {resolved['method']['name']} prunes once per epoch, so its "
-                         "budget is a number of epochs: set train.epochs instead of max_steps")
+                         f"method {resolved['method']['name']} takes fewer steps per epoch than "
+                         "full batches would, so its budget is a number of epochs: set "
+                         "train.epochs instead of max_steps")
     if resolved["task"].get("num_val") == 0 and (train.early_stopping or train.restore_best):
         raise StudyError(source, where or "train.restore_best",
                          "task.num_val: 0 trains without a validation split, so nothing can "

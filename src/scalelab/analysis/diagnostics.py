@@ -25,6 +25,13 @@ MAX_CI_RATIO = 10.0          # a CI whose upper end is more than 10x its lower e
 MAX_BACKTEST_ERROR = 0.10    # mean |relative error| on held-out points
 MAX_EXTRAPOLATION = 10.0     # beyond 10x the largest fitted size (or below 1/10 the smallest)
 MAX_FAILED_SHARE = 0.01      # bootstrap failures above 1% are a warning, below it information
+#: A measured value within this factor of its threshold (either side) is borderline: the
+#: last digits of the runs (another CPU instruction set, torch build or thread count) can
+#: move it across, and the verdict with it.
+BORDERLINE = 1.2
+#: A rise of the mean metric between neighbouring sizes smaller than this (relative) is at
+#: the level of last-digit noise.
+TINY_RISE = 0.01
 
 
 @dataclass(frozen=True)
@@ -43,9 +50,20 @@ def verdict(diagnostics: Sequence[Diagnostic]) -> tuple[str, str]:
     warnings = [d.message for d in diagnostics if d.severity == "warning"]
     if errors:
         return "not a law", " ".join(errors)
+    close = " ".join(d.message for d in diagnostics if d.code == "borderline")
     if warnings:
-        return "use with care", " ".join(warnings)
-    return "trustworthy", "no diagnostic found a problem"
+        return "use with care", " ".join(warnings + ([close] if close else []))
+    return "trustworthy", "no diagnostic found a problem" + (f". {close}" if close else "")
+
+
+def _borderline(what: str, value: float, limit: float, shown: str) -> Diagnostic | None:
+    """An information line when ``value`` is within a factor BORDERLINE of ``limit``."""
+    if not (limit / BORDERLINE <= value <= limit * BORDERLINE):
+        return None
+    return Diagnostic("info", "borderline",
+                      f"Borderline: {what} is {shown}, close to its limit; the last digits of "
+                      "the runs (another CPU, torch build or thread count) can move it across, "
+                      "and this verdict with it.")
 
 
 def _num(value: float) -> str:
@@ -127,11 +145,14 @@ def diagnose(fit: LawFit, X: np.ndarray, y: np.ndarray, boot: Bootstrap | None =
                               "No backtest: too few points to hold any out, so extrapolation "
                               "is untested."))
     else:
-        if bt.mean_abs_relative_error > MAX_BACKTEST_ERROR:
+        error = bt.mean_abs_relative_error
+        if error > MAX_BACKTEST_ERROR:
             out.append(Diagnostic("warning", "backtest_error",
                                   f"Fitted without its largest points, it predicted them with "
-                                  f"{bt.mean_abs_relative_error:.0%} mean error (above "
-                                  f"{MAX_BACKTEST_ERROR:.0%})."))
+                                  f"{error:.0%} mean error (above {MAX_BACKTEST_ERROR:.0%})."))
+        close = _borderline("the backtest error", error, MAX_BACKTEST_ERROR,
+                            f"{error:.1%} against {MAX_BACKTEST_ERROR:.0%}")
+        out += [close] if close else []
         if fit.selection:
             tested = [s["form"] for s in fit.selection if "rmsle" in s]
             untested = [s["form"] for s in fit.selection if "rmsle" not in s]
@@ -150,7 +171,7 @@ def _monotonicity(X: np.ndarray, y: np.ndarray, names: Sequence[str],
                   y_name: str) -> list[Diagnostic]:
     """The mean fitted metric rising between consecutive sizes along a fitted axis (the other
     axes held fixed)."""
-    rises, steps, example = 0, 0, ""
+    rises, steps, example, largest = 0, 0, "", 0.0
     for axis in range(X.shape[1]):
         others = np.delete(X, axis, axis=1)
         keys = [()] if others.shape[1] == 0 else [tuple(r) for r in np.unique(others, axis=0)]
@@ -162,13 +183,20 @@ def _monotonicity(X: np.ndarray, y: np.ndarray, names: Sequence[str],
                 steps += 1
                 if mb > ma:
                     rises += 1
+                    largest = max(largest, (mb - ma) / abs(ma) if ma else math.inf)
                     example = example or (f"{names[axis]} {_num(a)} → {_num(b)}: mean "
                                           f"{y_name} {ma:.4g} → {mb:.4g}")
     if not rises:
         return []
-    return [Diagnostic("warning", "not_monotone",
-                       f"Mean {y_name} rises with size at {rises} of {steps} steps between "
-                       f"neighbouring sizes (e.g. {example}).")]
+    out = [Diagnostic("warning", "not_monotone",
+                      f"Mean {y_name} rises with size at {rises} of {steps} steps between "
+                      f"neighbouring sizes (e.g. {example}).")]
+    if largest < TINY_RISE:
+        out.append(Diagnostic("info", "borderline",
+                              f"Borderline: every rise is below {TINY_RISE:.0%} (at most "
+                              f"{largest:.2%}); the last digits of the runs (another CPU, torch "
+                              "build or thread count) can remove it, and this verdict with it."))
+    return out
 
 
 def _bootstrap_diagnostics(fit: LawFit, boot: Bootstrap) -> list[Diagnostic]:
@@ -186,7 +214,13 @@ def _bootstrap_diagnostics(fit: LawFit, boot: Bootstrap) -> list[Diagnostic]:
                 "warning", "derived_undefined",
                 f"{name} is undefined in {count} of {len(boot.samples)} bootstrap resamples "
                 "(an exponent ≤ 0 there); its interval covers only the others and is too narrow."))
-    wide = [k for k, iv in {**boot.intervals, **boot.derived}.items() if _wide(iv)]
+    intervals = {**boot.intervals, **boot.derived}
+    wide = [k for k, iv in intervals.items() if _wide(iv)]
+    for k, (lo, hi) in intervals.items():
+        if math.isfinite(lo) and math.isfinite(hi) and lo > 0:
+            close = _borderline(f"the {int(boot.level * 100)}% interval of {k}", hi / lo,
+                                MAX_CI_RATIO, f"{hi / lo:.3g}× wide against {MAX_CI_RATIO:g}×")
+            out += [close] if close else []
     if wide:
         out.append(Diagnostic(
             "warning", "wide_interval",

@@ -126,6 +126,8 @@ class StudyAnalysis:
     excluded: list[dict[str, Any]] = field(default_factory=list)
     transfers: list[Transfer] = field(default_factory=list)  # tuned optima across widths
     ledger: list[dict[str, Any]] = field(default_factory=list)  # graded `scalelab next` predictions
+    # where the completed runs trained: each distinct platform and its number of runs
+    platforms: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "metric": self.metric, "size": self.size,
@@ -136,7 +138,7 @@ class StudyAnalysis:
                 "comparisons": [c.to_dict() for c in self.comparisons], "notes": self.notes,
                 "runs_not_in_study": self.excluded,
                 "transfer": [t.to_dict() for t in self.transfers],
-                "ledger": self.ledger,
+                "ledger": self.ledger, "platforms": self.platforms,
                 "selection": self.selection.to_dict() if self.selection else None}
 
 
@@ -235,8 +237,21 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
         selected=selected if done else [], selection=selection,
         excluded=[{"run_id": r["run_id"], "status": r.get("status"),
                    "point": {a: r.get(a) for a in [*axes, "seed"] if a in r}} for r in excluded],
-        transfers=transfers, ledger=ledger,
+        transfers=transfers, ledger=ledger, platforms=platforms(records),
     )
+
+
+#: What a run's last digits depend on, as its provenance records it.
+PLATFORM = ("device", "cpu", "cpu_capability", "torch_version", "torch_threads")
+
+
+def platforms(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each distinct platform the completed runs trained on, with its run count: numbers
+    agree to the last digit only between runs of one platform (README, Reproducibility)."""
+    counts = Counter(tuple(r.get(k) for k in PLATFORM) for r in records
+                     if r.get("status") == "completed")
+    return [{**dict(zip(PLATFORM, key)), "runs": n} for key, n in sorted(
+        counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
 
 
 def joint_fits(selected: Sequence[dict[str, Any]], meta: dict[str, str], metric: str,

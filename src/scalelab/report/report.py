@@ -28,7 +28,7 @@ from ..analysis.sample_selection import (
     controller_of,
     pareto_front,
 )
-from ..analysis.study import StudyAnalysis, analyze_study
+from ..analysis.study import PLATFORM, StudyAnalysis, analyze_study
 from ..files import write_atomically
 from ..output import fmt_value
 from ..store import Store
@@ -90,6 +90,13 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
                         f"{a.compute['samples_seen']:.3g} samples seen. Scientific axes: "
                         f"{', '.join(a.scientific) or 'none'}; nuisance axes (tuned per shape on "
                         f"validation loss): {', '.join(a.nuisance) or 'none'}."))
+    if a.platforms:
+        blocks.append(("p", "Where the runs trained (their numbers agree to the last digit only "
+                            "within one platform; across CPUs of another instruction set, "
+                            "torch build or thread count the last digits may differ):"))
+        blocks.append(("table", [*PLATFORM, "runs"],
+                       [[p.get(k) if p.get(k) is not None else "not recorded" for k in PLATFORM]
+                        + [p["runs"]] for p in a.platforms]))
     if a.table and not a.selection:  # a selection study's results are its own section
         blocks.append(("h2", "Results"))
         cols = [*a.scientific, a.size, a.metric, a.compare_metric, "runs"]

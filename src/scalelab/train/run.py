@@ -62,10 +62,25 @@ def provenance(device: torch.device) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "device": name,
+        "cpu": cpu_name(),
+        # The kernels torch dispatches to (AVX2, AVX512 ...): results agree to the last digit
+        # only between runs on the same capability, torch build and thread count.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "host": platform.node(),
         "pid": os.getpid(),
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def resolve_device(device: str) -> torch.device:

@@ -34,13 +34,18 @@ def test_a_worker_that_dies_fails_only_its_own_runs(tmp_path, monkeypatch):
 
 
 def test_runs_whose_runner_is_gone_read_as_interrupted_and_are_retried(tmp_path, tiny_study):
-    study = load_study(tiny_study(tmp_path))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    path = tiny_study(tmp_path)
+    study = load_study(path)
+    # A runner that claims the first run and dies without a word (as kill -9 leaves it).
+    subprocess.run([sys.executable, "-c", textwrap.dedent(f"""\
+        import os
+        from scalelab.spec import load_study
+        from scalelab.store import Store
+        Store.open({str(tmp_path / "out")!r}, create=True).claim(load_study({str(path)!r}).runs[:1])
+        os._exit(0)
+        """)], check=True)
     with Store.open(tmp_path / "out", create=True) as store:
-        store.claim(study.runs[:2])
-        store._db.execute("UPDATE runs SET owner = ? WHERE run_id = ?",
-                          (f"{__import__('socket').gethostname()}:{dead}", study.runs[0].run_id))
+        store.claim(study.runs[1:2])
         statuses = store.statuses()
     assert statuses[study.runs[0].run_id] == "interrupted"
     assert statuses[study.runs[1].run_id] == "running"  # this process: still alive

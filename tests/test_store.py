@@ -57,35 +57,74 @@ def test_missing_store_says_what_to_run(tmp_path):
     assert not (tmp_path / "nothing").exists()
 
 
-def test_a_run_claimed_by_a_live_runner_is_left_to_it_and_taken_over_when_it_is_gone(
-        tmp_path):
-    import socket
+_OTHER_RUNNER = """
+import sys
+from scalelab.records import RunResult, RunSpec
+from scalelab.store import Store
+
+runs = [RunSpec(i, {"model": {"width": int(i, 16)}, "seed": 0}, {"width": int(i, 16), "seed": 0})
+        for i in sys.argv[2:]]
+with Store.open(sys.argv[1], create=True) as store:
+    print(len(store.claim(runs)), flush=True)
+    sys.stdin.readline()  # told to store its results (after being taken over)
+    print(" ".join(store.write_result(r, RunResult("completed", {"x": 2})) for r in runs),
+          flush=True)
+"""
+
+
+def _other_runner(directory, *runs):
+    """Another runner process that claims ``runs`` and never beats its heartbeat."""
     import subprocess
     import sys
-    import time
 
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    process = subprocess.Popen([sys.executable, "-c", _OTHER_RUNNER, str(directory),
+                                *(r.run_id for r in runs)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == str(len(runs))
+    return process
+
+
+def test_a_run_claimed_by_a_live_runner_is_left_to_it_and_taken_over_when_it_is_gone(
+        tmp_path):
+    Store.open(tmp_path, create=True).close()
+    other = _other_runner(tmp_path, spec(1))
     try:
-        with Store.open(tmp_path, create=True) as store:
-            assert store.claim([spec(1), spec(2)]) == [spec(1), spec(2)]
-            assert store.claim([spec(1)]) == [spec(1)]  # its own claim: still its to train
-            store._db.execute("UPDATE runs SET owner = ? WHERE run_id = ?",
-                              (f"{socket.gethostname()}:{other.pid}", spec(1).run_id))
+        with Store.open(tmp_path) as store:
             assert store.claim([spec(1), spec(3)]) == [spec(3)]  # run 1 is the other's
-            assert sorted(c["run_id"] for c in store.claims()) == [
-                spec(1).run_id, spec(2).run_id, spec(3).run_id]
-            other.kill()
+            assert store.claim([spec(3)]) == [spec(3)]  # its own claim: still its to train
+            assert sorted(c["run_id"] for c in store.claims()) == [spec(1).run_id,
+                                                                    spec(3).run_id]
+            other.kill()  # its lock goes with it: gone, whatever its pid becomes
             other.wait()
             assert store.statuses()[spec(1).run_id] == "interrupted"
-            assert store.claim([spec(1)]) == [spec(1)]  # its runner is gone: taken over
-            # A runner on another host is trusted while its heartbeat is fresh.
-            store._db.execute("UPDATE runs SET owner = 'elsewhere:1', heartbeat = ? "
-                              "WHERE run_id = ?", (time.time(), spec(2).run_id))
-            assert store.claim([spec(2)]) == []
-            store._db.execute("UPDATE runs SET heartbeat = ? WHERE run_id = ?",
-                              (time.time() - 3600, spec(2).run_id))
+            assert store.claim([spec(1)]) == [spec(1)]  # taken over at once
+    finally:
+        other.kill()
+
+
+def test_a_live_runner_whose_heartbeat_stopped_is_taken_over_and_cannot_store(
+        tmp_path, monkeypatch):
+    """Its lock is held (it is stopped, not dead): its counter, seen unchanged for the
+    staleness window by this machine's clock, says it stopped working."""
+    import time
+
+    from scalelab import store as store_module
+
+    monkeypatch.setattr(store_module, "STALE_S", 1.0)
+    Store.open(tmp_path, create=True).close()
+    other = _other_runner(tmp_path, spec(2))
+    try:
+        with Store.open(tmp_path) as store:
+            assert store.claim([spec(2)]) == []  # first sighting of its counter
+            time.sleep(1.2)
             assert store.statuses()[spec(2).run_id] == "interrupted"
-            assert store.claim([spec(2)]) == [spec(2)]
+            assert store.claim([spec(2)]) == [spec(2)]  # compare-and-set: now this one's
+            other.stdin.write("store\n")
+            other.stdin.flush()
+            assert other.stdout.readline().split() == ["lost"]  # it resumes: nothing stored
+            assert store.statuses()[spec(2).run_id] == "running"  # still this runner's
+            assert store.write_result(spec(2), RunResult(COMPLETED, {"x": 1})) == "stored"
+            assert store.records()[0]["x"] == 1
     finally:
         other.kill()
 

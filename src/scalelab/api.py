@@ -11,6 +11,7 @@ import ast
 import csv
 import json
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,10 +23,11 @@ from .analysis.stats import Comparison
 from .analysis.stats import compare as compare_records
 from .analysis.study import FitEntry, fit_rows, in_study, per_shape_optimum
 from .errors import ScalelabError
+from .files import open_atomically
 from .output import Output
 from .runner import StudyRun, execute_study, parse_shard, plan
 from .spec import RunSpec, Study, load_study
-from .store import FILENAME, Store, Stores
+from .store import FILENAME, SHARD_GLOB, Store, Stores
 
 ExportFormat = Literal["csv", "json", "parquet"]
 
@@ -203,10 +205,12 @@ def summary(out_dir: str | Path, metric: str = "test_loss") -> Summary:
 
 def export(out_dir: str | Path, fmt: ExportFormat, path: str | Path | None = None,
            curves: bool = False) -> Path:
-    """Write the runs (or curves) table as csv, json or parquet; returns the file written."""
-    with Store.open(out_dir) as store:
-        rows = store.curves() if curves else store.records()
-    target = Path(path) if path else Path(out_dir) / f"{'curves' if curves else 'results'}.{fmt}"
+    """Write the runs (or curves) table as csv, json or parquet; returns the file written.
+
+    Never destroys a stored result: a results store (the directory's own, or any SQLite
+    file) is refused as the target; a link is written through (it stays a link), a device
+    or a pipe (``-o /dev/stdout``) is written directly, a folder is refused, and the file is
+    replaced in one step, leaving no temporary behind (see :mod:`scalelab.files`)."""
     if fmt == "parquet":
         try:
             import pyarrow as pa
@@ -217,20 +221,58 @@ def export(out_dir: str | Path, fmt: ExportFormat, path: str | Path | None = Non
             ) from None
     elif fmt not in ("csv", "json"):
         raise ScalelabError(f"export: unknown format {fmt!r} (allowed: csv, json, parquet)")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with Store.open(out_dir) as store:
+        rows = store.curves() if curves else store.records()
+    name = f"{'curves' if curves else 'results'}.{fmt}"
+    target = Path(path) if path else Path(out_dir) / name
+    _refuse_overwriting_a_store(Path(out_dir), target, name)
     if fmt == "csv":
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        with tmp.open("w", newline="") as f:
+        with open_atomically(target, "w", newline="") as f:
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
             writer.writerows(rows)
     elif fmt == "json":
-        tmp.write_text(json.dumps(rows, indent=1))
+        with open_atomically(target, "w") as f:
+            f.write(json.dumps(rows, indent=1))
     else:
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, target)
+        buffer = pa.BufferOutputStream()  # whole first: a pipe cannot seek
+        pq.write_table(pa.Table.from_pylist(rows), buffer)
+        with open_atomically(target, "wb") as f:
+            f.write(buffer.getvalue().to_pybytes())
     return target
+
+
+def _refuse_overwriting_a_store(out_dir: Path, target: Path, name: str) -> None:
+    """One line instead of an export over the directory's store (or its log), or over any
+    SQLite database (a copy of a store, most likely)."""
+    try:
+        info = os.stat(target)
+    except OSError:
+        return  # nothing there yet (or nothing this check can read: the write will say)
+    if not stat.S_ISREG(info.st_mode):
+        return
+    stores = [out_dir / FILENAME, *out_dir.glob(SHARD_GLOB)]
+    for store in stores:
+        for part in (store, store.with_name(store.name + "-wal"),
+                     store.with_name(store.name + "-shm")):
+            try:
+                same = os.path.samefile(part, target)
+            except OSError:
+                continue
+            if same:
+                raise ScalelabError(
+                    f"{target}: is the results store of {out_dir} (or its log); export writes "
+                    f"a table beside it, never over it: choose another file (e.g. -o "
+                    f"{out_dir / name})")
+    try:
+        with open(target, "rb") as f:
+            header = f.read(16)
+    except OSError:
+        return
+    if header == b"SQLite format 3\x00":
+        raise ScalelabError(f"{target}: is a SQLite database (a results store, or a copy of "
+                            "one); export never overwrites one: choose another file")
 
 
 # ------------------------------------------------------------------ analysis entry points
@@ -325,14 +367,16 @@ def compare(out_dir: str | Path | None = None, *, metric: str, by: str, baseline
 
 
 def claims(out_dir: str | Path) -> list[dict[str, Any]]:
-    """The runs being trained now by a live runner, with its host:pid and heartbeat age."""
+    """The runs being trained now by a live runner: its host:pid and token, how long it has
+    held the claim, its heartbeat count and how long this machine has seen it unchanged."""
     with Store.open(out_dir) as store:
         return store.claims()
 
 
 def merge(out_dir: str | Path) -> int:
     """Fold the shard stores of ``out_dir`` into its main store and remove them; returns the
-    runs taken from shards (0 when there were none)."""
+    runs taken from shards (0 when there were none). Refused while a ``--shard-store`` runner
+    is still writing; safe to kill at any moment and to repeat."""
     with Store.open(out_dir) as store:
         return store.merge() if isinstance(store, Stores) else 0
 
@@ -343,11 +387,12 @@ def check_store(out_dir: str | Path) -> None:
         store.check()
 
 
-def report(out_dir: str | Path, n_resamples: int = 1000):
-    """Write the study report (md, html, json, txt, figures) into ``out_dir``."""
+def report(out_dir: str | Path, n_resamples: int = 1000, out: str | Path | None = None):
+    """Write the study report (md, html, json, txt, figures) into ``out`` (default:
+    ``out_dir``; another folder for a store that cannot be written, e.g. an archive)."""
     from .report import write_report
 
-    return write_report(out_dir, n_resamples=n_resamples)
+    return write_report(out_dir, n_resamples=n_resamples, out=out)
 
 
 def evaluate(out_dir: str | Path, *, study: str | Path | Study | None = None,

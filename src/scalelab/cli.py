@@ -199,9 +199,11 @@ def status(
     output.table(f"best {min(top, len(done))} by validation loss", columns,
                  [[r.get(c) for c in columns] for r in done[:top]])
     claims = api.claims(out_dir)
-    output.table("running now", ["run_id", "runner (host:pid)", "running for (s)",
-                                 "last heartbeat (s ago)"],
-                 [[c["run_id"], c["owner"], round(c["running_s"]), round(c["heartbeat_s"])]
+    output.table("running now", ["run_id", "runner (host:pid)", "running for (s)", "heartbeats",
+                                 "unchanged here for (s)"],
+                 [[c["run_id"] + (" (retraining)" if c["retraining"] else ""), c["owner"],
+                   round(c["running_s"]), c["heartbeats"],
+                   None if c["heartbeat_s"] is None else round(c["heartbeat_s"])]
                   for c in claims])
     failed = [r for r in rows if r["status"] == "failed"]
     for r in failed:
@@ -406,10 +408,11 @@ def compare(
 def report(
     out_dir: Path = typer.Argument(..., help="a study output directory"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="bootstrap resamples over runs"),
+    out: Path | None = typer.Option(None, "--out", help="write the report into this folder [default: the study output directory; e.g. for one on read-only storage]"),
     output: Output = None,
 ) -> int:
     """Write report.md, a self-contained report.html, scaling_law.json and comparison_table.txt."""
-    written = _write_report(output, out_dir, bootstrap)
+    written = _write_report(output, out_dir, bootstrap, out)
     for note in written.analysis.notes:
         output.warn(note)
     output.info(f"wrote {written.html}, {written.markdown.name}, {written.scaling_law.name}, "
@@ -473,13 +476,14 @@ def export(
     return 0
 
 
-def _write_report(output: Output, out_dir: Path, bootstrap: int = 1000):
-    """Write the report; say so when it counts fewer runs than the one it replaced."""
-    written = api.report(out_dir, n_resamples=bootstrap)
+def _write_report(output: Output, out_dir: Path, bootstrap: int = 1000,
+                  out: Path | None = None):
+    """Write the report; say so when it has fewer completed runs than the one it replaced."""
+    written = api.report(out_dir, n_resamples=bootstrap, out=out)
     if written.replaced_runs is not None:
-        output.warn(f"the report is built from {sum(written.analysis.counts.values())} runs, "
-                    f"fewer than the {written.replaced_runs} of the one it replaced (it says so "
-                    "at its top)")
+        output.warn(f"the report is built from {written.analysis.counts.get('completed', 0)} "
+                    f"completed runs, fewer than the {written.replaced_runs} of the one it "
+                    "replaced (it says so at its top)")
     return written
 
 

@@ -1,35 +1,84 @@
 """The results store: one SQLite file (WAL) per study output directory.
 
 Only runner parent processes write. Each finished run is one transaction (its row and its
-curves together), so a kill at any moment leaves every stored run whole. A runner *claims* a
-run before training it (in one transaction: status ``running``, its owner host:pid and a
-heartbeat), so several ``scalelab run`` on one directory share the work and never train a
-run twice. A claim whose owner is gone (its pid, on this host) or whose heartbeat is older
-than :data:`STALE_S` (another host) reads as ``interrupted`` and is taken over.
+curves together), so a kill at any moment leaves every stored run whole, and a finished
+result is only ever replaced by another finished one (a retrain that fails or is killed
+keeps the completed row it meant to redo).
+
+Runners and claims
+------------------
+A runner *claims* a run before training it, in one transaction, so several ``scalelab run``
+on one directory share the work and never train a run twice. A claim names the runner by a
+*token*: a random string drawn once per process (host and pid are kept beside it for people
+only: two containers sharing a volume are both pid 1, a pid is reused after its process
+dies, and neither may decide who owns a claim). Before storing a result the runner checks,
+in the storing transaction, that the claim is still its own; if another runner took the run
+over meanwhile, the result is dropped (the store keeps the other's).
+
+Whether a claim's runner is alive is judged without comparing clocks of different machines:
+
+1. **Its lock.** A runner holds an exclusive ``flock`` on ``.scalelab-runners/TOKEN.lock``
+   beside the store for as long as it lives; the kernel (or the network filesystem's lock
+   manager) releases it when the process dies, however it dies. A lock nobody holds, or a
+   lock file that is gone, means the runner is gone: its claims read ``interrupted`` and the
+   next runner takes them over at once. This is the same machinery SQLite's own locking
+   relies on, and it sees through PID namespaces and pid reuse.
+2. **Its heartbeat counter**, for a runner whose lock is held but which has stopped working
+   (SIGSTOP, a hung machine, a filesystem whose locks cannot be probed): every
+   :data:`HEARTBEAT_S` seconds a runner adds one to its counter in the ``runners`` table.
+   An observer records in ``sightings`` the counter it saw and when, by *its own machine's*
+   monotonic clock (keyed by the kernel's boot id, so only readings of one clock are ever
+   compared). A counter seen unchanged for :data:`STALE_S` seconds by one clock means the
+   runner has stopped, whatever the wall clocks of the two machines say. SQLite's own time
+   functions would not do: they read the wall clock of whichever process runs the query,
+   which is exactly what differs between hosts. A stale runner's claims are taken over by
+   a compare-and-set in one transaction; if it resumes, its check before storing finds the
+   claim gone.
+
+Observers that may write (runners, in every claim and with every heartbeat) record
+sightings; readers (``status``, reports) only judge from them.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import secrets
+import shutil
 import socket
 import sqlite3
+import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .errors import ScalelabError
 from .records import COMPLETED, DIVERGED, FINISHED, INTERRUPTED, RUNNING, RunResult, RunSpec
 
-SCHEMA_VERSION = 5
+try:  # POSIX; elsewhere liveness rests on heartbeats alone
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+SCHEMA_VERSION = 6
 FILENAME = "results.sqlite"
 #: Shard stores (``--shard i/k --shard-store``): one file per shard, read with the main one.
 SHARD_GLOB = "results.shard-*-of-*.sqlite"
-#: A claim from another host whose heartbeat is older than this (seconds) is taken over.
+#: Beside the store: each runner's lock file, and the lock shard runners share against merge.
+RUNNERS_DIR = ".scalelab-runners"
+#: A runner whose heartbeat counter one machine has seen unchanged for this long (seconds, by
+#: that machine's own clock) has stopped: its claims are taken over.
 STALE_S = 600.0
-#: How often a runner renews the heartbeat of the runs it trains (seconds).
+#: How often a runner adds one to its heartbeat counter (seconds).
 HEARTBEAT_S = 30.0
+#: What :meth:`Store.write_result` did: stored the result; kept the finished result already
+#: stored (the new one did not finish); or stored nothing, another runner having taken the
+#: run over.
+STORED, KEPT, LOST = "stored", "kept", "lost"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,8 +93,25 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at  REAL,
     finished_at REAL,
     batch_group TEXT,            -- runs trained together as one stacked model share this id
-    owner       TEXT,            -- host:pid of the runner that claimed it
-    heartbeat   REAL             -- last time that runner said it is still training it
+    owner       TEXT,            -- host:pid of the runner that claimed it (for people)
+    heartbeat   REAL,            -- unused since schema 6 (liveness: the runners table)
+    token       TEXT,            -- the runner training it now (runners.token), else NULL
+    claimed_at  REAL             -- when that runner claimed it, by its own clock
+);
+CREATE TABLE IF NOT EXISTS runners (  -- runners that claimed runs in this store
+    token      TEXT PRIMARY KEY,  -- random, drawn once per runner process
+    host       TEXT,              -- for people: where it runs
+    pid        INTEGER,           -- for people: its pid (in its own PID namespace)
+    started_at REAL,              -- its own clock, for people
+    beats      INTEGER NOT NULL DEFAULT 0,  -- heartbeats so far (one every HEARTBEAT_S)
+    beat_at    REAL               -- its own clock at its last beat, for people
+);
+CREATE TABLE IF NOT EXISTS sightings (  -- a runner's counter as one machine's clock saw it
+    token   TEXT NOT NULL,
+    clock   TEXT NOT NULL,   -- the observing machine's clock (its kernel's boot id)
+    beats   INTEGER NOT NULL,
+    seen_at REAL NOT NULL,   -- when that clock first saw this value (monotonic seconds)
+    PRIMARY KEY (token, clock)
 );
 CREATE TABLE IF NOT EXISTS curves (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
@@ -69,6 +135,10 @@ CREATE TABLE IF NOT EXISTS predictions (  -- the extrapolation ledger of `scalel
     prediction TEXT NOT NULL    -- law, the data it was fitted on, prediction, interval (JSON)
 );
 """
+
+#: Columns added after schema 1, in order: (column, its type, the schema that added it).
+_ADDED_COLUMNS = (("batch_group", "TEXT", 2), ("owner", "TEXT", 4), ("heartbeat", "REAL", 5),
+                  ("token", "TEXT", 6), ("claimed_at", "REAL", 6))
 
 
 def damaged(path: Path, what: str) -> ScalelabError:
@@ -120,39 +190,103 @@ class _Rows(list):
         return list(self)
 
 
+def _connect(target: str | Path, path: Path, **kwargs) -> _Connection:
+    db = sqlite3.connect(target, timeout=60, isolation_level=None, factory=_Connection,
+                         **kwargs)
+    db.path = path
+    return db
+
+
 class Store:
-    """Read and write one study's results."""
+    """Read and write one study's results.
+
+    A store on read-only storage (an archive, a read-only mount, a file not yours to write)
+    is read from a copy in memory: every reading command works, and anything that would
+    write is refused in one line. A store written by a newer scalelab is refused before
+    anything touches it."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
-                                   factory=_Connection)
-        self._db.path = self.path
+        self._claimed: set[str] = set()   # runs this connection claimed (for write_result)
+        self._registered = False
+        self._setting_up = True
+        exists = self.path.exists()
+        self.readonly = exists and not _writable(self.path)
+        self._file: tuple[int, int] | None = None
         try:
-            self._setup()
+            self._db = self._open_readonly() if self.readonly else _connect(self.path, self.path)
+            try:
+                self._setup()
+            except BaseException:
+                self._db.close()
+                raise
         except sqlite3.DatabaseError as exc:
-            self._db.close()
             if not _is_damage(exc):
                 raise
             raise damaged(self.path, f"damaged ({exc})") from None
+        self._setting_up = False
+        if not self.readonly:
+            self._file = _file_id(self.path)
+
+    def _open_readonly(self) -> _Connection:
+        """The store copied into memory, read without writing a byte beside it: in place
+        when SQLite can read it so (its write-ahead log's index exists or can be made),
+        else from a copy of the file and its log in a temporary folder."""
+        memory = _connect(":memory:", self.path)
+        try:
+            source = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True)
+            try:
+                source.backup(memory)
+            finally:
+                source.close()
+        except sqlite3.OperationalError:  # a log index that cannot be made on this storage
+            with tempfile.TemporaryDirectory(prefix="scalelab-readonly-") as folder:
+                copy = Path(folder) / self.path.name
+                shutil.copyfile(self.path, copy)
+                log = self.path.with_name(self.path.name + "-wal")
+                if log.exists():
+                    shutil.copyfile(log, copy.with_name(copy.name + "-wal"))
+                source = sqlite3.connect(copy)
+                try:
+                    source.backup(memory)
+                finally:
+                    source.close()
+        return memory
+
+    def _version(self) -> int | None:
+        """The schema version the store says it has, read before anything is written."""
+        tables = {name for (name,) in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            return None
+        try:
+            return int(str(row[0]).strip())
+        except ValueError:
+            raise damaged(self.path, f"unreadable (its schema version is {row[0]!r}, not a "
+                                     "whole number)") from None
 
     def _setup(self) -> None:
-        """Open (or create) the schema; a file that is not a store fails here."""
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        """Check the schema version (touching nothing), then open (or create) the schema;
+        a file that is not a store fails here."""
+        version = self._version()
+        if version is not None and version > SCHEMA_VERSION:
+            raise ScalelabError(
+                f"{self.path}: written by a newer scalelab (store schema {version}; this one "
+                f"reads up to {SCHEMA_VERSION}); upgrade scalelab to use it (the store was left "
+                "as it is)")
+        if not self.readonly:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
-        version = self.meta().get("schema_version")
-        if version is not None and int(version) > SCHEMA_VERSION:
-            raise ScalelabError(f"{self.path}: written by a newer scalelab (schema {version})")
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-        if "batch_group" not in columns:  # schema 1 -> 2
-            self._db.execute("ALTER TABLE runs ADD COLUMN batch_group TEXT")
-        if "owner" not in columns:  # schema 3 -> 4
-            self._db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
-        if "heartbeat" not in columns:  # schema 4 -> 5
-            self._db.execute("ALTER TABLE runs ADD COLUMN heartbeat REAL")
-        if version is None or int(version) < SCHEMA_VERSION:
+        for column, kind, _ in _ADDED_COLUMNS:
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+        if version is None or version < SCHEMA_VERSION:
             self.set_meta(schema_version=SCHEMA_VERSION)
 
     @classmethod
@@ -176,14 +310,20 @@ class Store:
         main = cls._checked(path) if path.exists() else None
         if not shards:
             return main
-        return Stores(main, [cls._checked(p) for p in shards])
+        try:
+            return Stores(main, [cls._checked(p) for p in shards])
+        except BaseException:
+            if main is not None:
+                main.close()
+            raise
 
     @classmethod
     def _create(cls, path: Path) -> None:
         """Make a new store whole, beside its place, and link it in: another process opening
-        the directory at the same moment sees either no store or a complete one, never a
-        half-made file (which would read as a truncated store) or a mode switch in progress."""
-        partial = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.new")
+        the directory at the same moment, or after a kill at any moment, sees either no
+        store or a complete one, never a half-made file (which would read as a truncated
+        store) or a mode switch in progress."""
+        partial = path.with_name(f".{path.name}.{secrets.token_hex(6)}.new")
         try:
             cls(partial).close()
             os.link(partial, path)
@@ -231,60 +371,176 @@ class Store:
                 [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in values.items()],
             )
 
-    # ---------------------------------------------------------------- writing
+    # ---------------------------------------------------------------- runners
 
-    def claim(self, runs: Iterable[RunSpec], retrain: Iterable[str] = ()) -> list[RunSpec]:
-        """Claim the runs this process may train, in one transaction: those not finished (or
-        in ``retrain``: finished, to be trained again) and not claimed by another runner
-        that is still alive. Returns them (possibly none)."""
-        retrain = set(retrain)
-        runs = list(runs)
-        me, now = owner(), time.time()
-        with self._transaction():
-            held = {run_id: (status, marked_by, beat) for run_id, status, marked_by, beat
-                    in self._db.execute(
-                        "SELECT run_id, status, owner, heartbeat FROM runs WHERE run_id IN "
-                        f"({_placeholders(runs)})", [r.run_id for r in runs])}
-            mine = []
-            for run in runs:
-                status, marked_by, beat = held.get(run.run_id, (None, None, None))
-                if (status in FINISHED and run.run_id not in retrain) or (
-                        _live_status(status, marked_by, beat) == RUNNING and marked_by != me):
-                    continue
-                mine.append(run)
-            self._db.executemany(
-                "INSERT INTO runs (run_id, status, config, point, started_at, owner, heartbeat) "
-                "VALUES (?,?,?,?,?,?,?) "
-                "ON CONFLICT(run_id) DO UPDATE SET status=excluded.status, "
-                "started_at=excluded.started_at, point=excluded.point, owner=excluded.owner, "
-                "heartbeat=excluded.heartbeat",
-                [(r.run_id, RUNNING, json.dumps(r.config), json.dumps(r.point), now, me, now)
-                 for r in mine])
-        return mine
-
-    def heartbeat(self, run_ids: Iterable[str]) -> None:
-        """Say this runner is still training these runs."""
-        ids = list(run_ids)
-        if ids:
+    def register(self) -> str:
+        """Make this process a runner of this store (its lock held, its row in ``runners``);
+        returns its token. Idempotent."""
+        me = _me()
+        if not self._registered:
+            self._transaction()  # refused on read-only storage, before any lock file is made
+            _hold_lock(self.path.parent)
+            self._registered = True
             with self._transaction():
                 self._db.execute(
-                    f"UPDATE runs SET heartbeat = ? WHERE owner = ? AND status = ? AND run_id IN "
-                    f"({_placeholders(ids)})", [time.time(), owner(), RUNNING, *ids])
+                    "INSERT INTO runners (token, host, pid, started_at, beats, beat_at) "
+                    "VALUES (?,?,?,?,0,?) ON CONFLICT(token) DO NOTHING",
+                    (me.token, me.host, me.pid, time.time(), time.time()))
+        return me.token
+
+    def release(self) -> None:
+        """This runner is done with the store: runs it claimed and did not store read as
+        interrupted at once (a finished row it was retraining keeps its result), and its
+        row and lock are removed."""
+        if not self._registered:
+            return
+        token = _me().token
+        try:
+            with self._transaction():
+                self._db.execute("UPDATE runs SET status = ?, token = NULL WHERE token = ? AND "
+                                 "status = ?", (INTERRUPTED, token, RUNNING))
+                self._db.execute("UPDATE runs SET token = NULL WHERE token = ?", (token,))
+                self._db.execute("DELETE FROM runners WHERE token = ?", (token,))
+                self._db.execute("DELETE FROM sightings WHERE token = ?", (token,))
+        finally:
+            self._registered = False
+            _drop_lock(self.path.parent)
+
+    def heartbeat(self, run_ids: Iterable[str] = ()) -> None:
+        """Say this runner is still working (one more beat on its counter), and note what
+        this machine sees of the other runners' counters."""
+        with self._transaction():
+            self._db.execute("UPDATE runners SET beats = beats + 1, beat_at = ? WHERE token = ?",
+                             (time.time(), _me().token))
+            self._observe()
+
+    def observe(self) -> None:
+        """Note what this machine sees of the other runners' heartbeat counters (a store
+        that can be written; readers only judge from what was noted)."""
+        if not self.readonly:
+            with self._transaction():
+                self._observe()
+
+    def _observe(self) -> None:
+        clock, now, mine = _clock_id(), time.monotonic(), _me().token
+        seen = dict(self._db.execute("SELECT token, beats FROM sightings WHERE clock = ?",
+                                     (clock,)))
+        for token, beats in self._db.execute("SELECT token, beats FROM runners"):
+            if token == mine:
+                continue
+            if _lock_state(self.path.parent, token) == "free":  # gone for certain
+                self._db.execute("DELETE FROM runners WHERE token = ?", (token,))
+                self._db.execute("DELETE FROM sightings WHERE token = ?", (token,))
+            elif seen.get(token) != beats:
+                self._db.execute(
+                    "INSERT INTO sightings VALUES (?,?,?,?) ON CONFLICT(token, clock) DO "
+                    "UPDATE SET beats = excluded.beats, seen_at = excluded.seen_at",
+                    (token, clock, beats, now))
+
+    def _judge(self) -> _Judge:
+        return _Judge(self)
+
+    def runners(self) -> list[dict[str, Any]]:
+        """Runners registered in this store that are still alive: token, host, pid."""
+        judge = self._judge()
+        return [{"token": token, "host": host, "pid": pid, "store": str(self.path)}
+                for token, host, pid in self._db.execute("SELECT token, host, pid FROM runners")
+                if judge.alive(token)]
+
+    # ---------------------------------------------------------------- writing
+
+    def claim(self, runs: Iterable[RunSpec],
+              retrain: Mapping[str, float | None] | Iterable[str] = ()) -> list[RunSpec]:
+        """Claim the runs this process may train, in one transaction (a compare-and-set:
+        what it read is what it replaces): those not finished and not claimed by another
+        runner that is alive. ``retrain`` names finished runs to train again, each with the
+        ``finished_at`` of the row the caller saw: a run stored again since (another runner
+        retrained it) is left alone. A retrained run keeps its finished row until a new
+        result finishes. Returns the claimed runs (possibly none)."""
+        if not isinstance(retrain, Mapping):
+            retrain = {run_id: _ANY for run_id in retrain}
+        runs = list(runs)
+        token = self.register()
+        me, now = _me(), time.time()
+        with self._transaction():
+            self._observe()
+            judge = self._judge()
+            held = {run_id: (status, holder, finished) for run_id, status, holder, finished
+                    in self._db.execute(
+                        "SELECT run_id, status, token, finished_at FROM runs WHERE run_id IN "
+                        f"({_placeholders(runs)})", [r.run_id for r in runs])}
+            fresh, again = [], []
+            for run in runs:
+                status, holder, finished = held.get(run.run_id, (None, None, None))
+                if holder and holder != token and judge.alive(holder):
+                    continue
+                if status in FINISHED:
+                    seen = retrain.get(run.run_id, _NOT)
+                    if seen is _NOT or (seen is not _ANY and seen != finished):
+                        continue
+                    again.append(run)
+                else:
+                    fresh.append(run)
+            self._db.executemany(
+                "INSERT INTO runs (run_id, status, config, point, started_at, owner, token, "
+                "claimed_at) VALUES (?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(run_id) DO UPDATE SET status=excluded.status, "
+                "started_at=excluded.started_at, point=excluded.point, owner=excluded.owner, "
+                "token=excluded.token, claimed_at=excluded.claimed_at",
+                [(r.run_id, RUNNING, json.dumps(r.config), json.dumps(r.point), now,
+                  f"{me.host}:{me.pid}", token, now) for r in fresh])
+            self._db.executemany(
+                "UPDATE runs SET owner = ?, token = ?, claimed_at = ? WHERE run_id = ?",
+                [(f"{me.host}:{me.pid}", token, now, r.run_id) for r in again])
+        mine = {r.run_id for r in fresh + again}
+        self._claimed |= mine
+        return [r for r in runs if r.run_id in mine]
+
+    def owns(self, run_id: str) -> bool:
+        """Whether this runner's claim on the run still stands (no one took it over)."""
+        row = self._db.execute("SELECT token FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return row is not None and row[0] == _me().token
 
     def claims(self) -> list[dict[str, Any]]:
-        """Runs claimed by a runner that is still alive: run id, owner, seconds since claimed
-        and since its last heartbeat."""
-        now = time.time()
-        return [{"run_id": run_id, "owner": marked_by, "running_s": now - (started or now),
-                 "heartbeat_s": now - (beat or started or now)}
-                for run_id, status, marked_by, started, beat in self._db.execute(
-                    "SELECT run_id, status, owner, started_at, heartbeat FROM runs "
-                    "WHERE status = ? ORDER BY started_at", [RUNNING])
-                if _live_status(status, marked_by, beat) == RUNNING]
+        """Runs a live runner is training now: run id, ``retraining`` (a finished run being
+        trained again), the runner's host:pid and token, how long it has held the claim by
+        its own clock, its heartbeat count, and for how long this machine has seen that count
+        unchanged (None: not watched from here yet)."""
+        judge = self._judge()
+        rows = self._db.execute(
+            "SELECT r.run_id, r.status, r.owner, r.token, r.claimed_at, r.started_at, "
+            "n.beat_at, n.beats FROM runs r LEFT JOIN runners n ON n.token = r.token "
+            "WHERE r.token IS NOT NULL ORDER BY r.claimed_at")
+        out, now = [], time.time()
+        for run_id, status, marked_by, token, claimed, started, beat_at, beats in rows:
+            if not judge.alive(token):
+                continue
+            since = claimed or started or now  # the runner's clock: compared with its own
+            until = now if token == judge.me else max(beat_at or since, since)
+            out.append({"run_id": run_id, "retraining": status in FINISHED, "owner": marked_by,
+                        "token": token, "running_s": until - since, "heartbeats": beats,
+                        "heartbeat_s": judge.unchanged_for(token)})
+        return out
 
-    def write_result(self, run: RunSpec, result: RunResult) -> None:
-        """Store a run's row and curves in one transaction (replacing any earlier attempt)."""
+    def write_result(self, run: RunSpec, result: RunResult) -> str:
+        """Store a run's row and curves in one transaction (replacing any earlier attempt);
+        returns :data:`STORED`. Two cases store nothing: a run this connection claimed whose
+        claim another runner has taken over since (:data:`LOST`: the other's result stands),
+        and a result that did not finish where a finished one is stored (:data:`KEPT`: a
+        retrain of a completed run that failed or was interrupted never replaces it)."""
+        token = _me().token
         with self._transaction():
+            row = self._db.execute("SELECT status, token FROM runs WHERE run_id = ?",
+                                   (run.run_id,)).fetchone()
+            status, holder = row if row else (None, None)
+            claimed = run.run_id in self._claimed
+            self._claimed.discard(run.run_id)
+            if claimed and holder != token:
+                return LOST
+            if status in FINISHED and result.status not in FINISHED:
+                self._db.execute("UPDATE runs SET token = NULL WHERE run_id = ? AND token = ?",
+                                 (run.run_id, token))
+                return KEPT
             self._db.execute("DELETE FROM curves WHERE run_id = ?", (run.run_id,))
             self._db.execute(
                 "INSERT INTO runs (run_id, status, config, point, metrics, error, provenance, "
@@ -293,7 +549,7 @@ class Store:
                 "SET status=excluded.status, config=excluded.config, point=excluded.point, "
                 "metrics=excluded.metrics, error=excluded.error, provenance=excluded.provenance, "
                 "finished_at=excluded.finished_at, batch_group=excluded.batch_group, "
-                "started_at=COALESCE(runs.started_at, excluded.started_at)",
+                "started_at=COALESCE(runs.started_at, excluded.started_at), token=NULL",
                 (run.run_id, result.status, json.dumps(run.config), json.dumps(run.point),
                  json.dumps(result.metrics), result.error, json.dumps(result.provenance),
                  time.time(), time.time(), result.batch_group),
@@ -302,8 +558,7 @@ class Store:
                 "INSERT INTO curves VALUES (?,?,?,?)",
                 [(run.run_id, step, name, value) for step, name, value in result.curves],
             )
-
-    # ---------------------------------------------------------------- reading
+        return STORED
 
     def write_evaluation(self, run_id: str, eval_id: str, config: dict[str, Any],
                          metrics: dict[str, Any]) -> None:
@@ -319,6 +574,8 @@ class Store:
             self._db.executemany(
                 "INSERT INTO predictions (created_at, run_ids, prediction) VALUES (?, ?, ?)",
                 [(time.time(), json.dumps(p["run_ids"]), json.dumps(p)) for p in predictions])
+
+    # ---------------------------------------------------------------- reading
 
     def predictions(self) -> list[dict[str, Any]]:
         """The ledger, oldest first: each prediction with its id and time."""
@@ -344,20 +601,26 @@ class Store:
                 for run_id, config in self._db.execute("SELECT run_id, config FROM runs")}
 
     def statuses(self) -> dict[str, str]:
-        return {run_id: _live_status(status, marked_by, beat) for run_id, status, marked_by, beat
-                in self._db.execute("SELECT run_id, status, owner, heartbeat FROM runs")}
+        judge = self._judge()
+        return {run_id: judge.status(status, token) for run_id, status, token
+                in self._db.execute("SELECT run_id, status, token FROM runs")}
+
+    def finished_at(self) -> dict[str, float | None]:
+        """When each finished run's stored result was written (what a retrain compares)."""
+        return {run_id: finished for run_id, status, finished in self._db.execute(
+            "SELECT run_id, status, finished_at FROM runs") if status in FINISHED}
 
     def records(self) -> list[dict[str, Any]]:
         """One flat dict per run: id, status, grid point, metrics, dotted config, provenance."""
+        judge = self._judge()
         rows = self._db.execute(
             "SELECT run_id, status, point, metrics, config, provenance, error, started_at, "
-            "finished_at, batch_group, owner, heartbeat FROM runs ORDER BY rowid"
+            "finished_at, batch_group, token FROM runs ORDER BY rowid"
         )
         out = []
         for (run_id, status, point, metrics, config, prov, error, started, finished, group,
-             marked_by, beat) in rows:
-            record: dict[str, Any] = {"run_id": run_id,
-                                      "status": _live_status(status, marked_by, beat)}
+             token) in rows:
+            record: dict[str, Any] = {"run_id": run_id, "status": judge.status(status, token)}
             record.update(json.loads(point))
             record.update(json.loads(metrics or "{}"))
             record.update(_flatten(json.loads(config)))
@@ -376,20 +639,48 @@ class Store:
         return [dict(zip(("run_id", "step", "name", "value"), row)) for row in rows]
 
     def _transaction(self):
-        return _Transaction(self._db)
+        if self.readonly and not self._setting_up:
+            raise ScalelabError(
+                f"{self.path}: the results store is on read-only storage (or not yours to "
+                "write): it can be read (status, fit, export -o FILE, report --out DIR) but "
+                "nothing can be stored in it; copy its folder somewhere writable to add to it")
+        return _Transaction(self)
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception; refused when the file the
+    store was opened from is no longer at its path (removed or replaced: e.g. a shard store
+    merged away), so nothing is written where no one will read it."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, store: Store):
+        self.store = store
+        self.db = store._db
 
     def __enter__(self):
         self.db.execute("BEGIN IMMEDIATE")
+        if self.store._file is not None and _file_id(self.store.path) != self.store._file:
+            self.db.execute("ROLLBACK")
+            raise ScalelabError(
+                f"{self.store.path}: the store file was removed or replaced while this process "
+                "had it open (merged by `scalelab merge`, or moved); nothing more was written "
+                "to it: rerun the same command")
 
     def __exit__(self, exc_type, *_):
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _writable(path: Path) -> bool:
+    """Whether the store and its folder (where SQLite makes its log) can be written: false on
+    a read-only mount, for files of another user, and on archives made read-only."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
 
 
 def shard_filename(index: int, count: int) -> str:
@@ -415,6 +706,7 @@ class Stores:
         self.main, self.shards = main, shards
         self.stores = ([main] if main else []) + shards
         self.path = self.stores[0].path
+        self.readonly = any(store.readonly for store in self.stores)
 
     def close(self) -> None:
         for store in self.stores:
@@ -443,17 +735,35 @@ class Stores:
         self._writer().set_meta(**values)
 
     def claim(self, runs, retrain=()):
-        """Claims in the main store, of runs no file holds finished (unless retrained)."""
-        statuses, retrain = self.statuses(), set(retrain)
-        open_runs = [r for r in runs if statuses.get(r.run_id) not in FINISHED
-                     or r.run_id in retrain]
+        """Claims in the main store, of runs no file holds finished (unless retrained) and
+        no live runner of a shard store is training."""
+        statuses = self.statuses()
+        if not isinstance(retrain, Mapping):
+            retrain = {run_id: _ANY for run_id in retrain}
+        busy = {c["run_id"] for shard in self.shards for c in shard.claims()}
+        open_runs = [r for r in runs if r.run_id not in busy and (
+            statuses.get(r.run_id) not in FINISHED or r.run_id in retrain)]
         return self._writer().claim(open_runs, retrain)
 
-    def heartbeat(self, run_ids) -> None:
+    def register(self) -> str:
+        return self._writer().register()
+
+    def release(self) -> None:
+        if self.main is not None:
+            self.main.release()
+
+    def owns(self, run_id: str) -> bool:
+        return self._writer().owns(run_id)
+
+    def heartbeat(self, run_ids=()) -> None:
         self._writer().heartbeat(run_ids)
 
-    def write_result(self, run: RunSpec, result: RunResult) -> None:
-        self._writer().write_result(run, result)
+    def observe(self) -> None:
+        if self.main is not None:
+            self.main.observe()
+
+    def write_result(self, run: RunSpec, result: RunResult) -> str:
+        return self._writer().write_result(run, result)
 
     def check(self) -> None:
         for store in self.stores:
@@ -486,6 +796,11 @@ class Stores:
         return {k: v for store in self.stores for k, v in store.statuses().items()
                 if where[k] is store}
 
+    def finished_at(self) -> dict[str, float | None]:
+        where = self._chosen()
+        return {k: v for store in self.stores for k, v in store.finished_at().items()
+                if where[k] is store}
+
     def configs(self) -> dict[str, dict[str, Any]]:
         where = self._chosen()
         return {k: v for store in self.stores for k, v in store.configs().items()
@@ -510,74 +825,301 @@ class Stores:
     def claims(self) -> list[dict[str, Any]]:
         return [c for store in self.stores for c in store.claims()]
 
+    def runners(self) -> list[dict[str, Any]]:
+        return [r for store in self.stores for r in store.runners()]
+
     def merge(self) -> int:
         """Fold every shard store into the main one (each run's believed row and its curves,
         evaluations), then remove the shard files; returns how many runs were taken from
         shards.
-        Safe to repeat after a crash: it only ever replaces a row by a better one."""
-        main = self.main or Store._checked(self.path.parent / FILENAME)
-        taken: set[str] = set()
-        for shard in self.shards:
-            columns = [row[1] for row in shard._db.execute("PRAGMA table_info(runs)")]
-            names = ", ".join(columns)
-            held = {run_id: (status, finished) for run_id, status, finished in main._db.execute(
-                "SELECT run_id, status, finished_at FROM runs")}
-            with main._transaction():
-                for row in shard._db.execute(f"SELECT {names} FROM runs"):
-                    values = dict(zip(columns, row))
-                    if not _better(values["status"], values["finished_at"],
-                                   held.get(values["run_id"])):
-                        continue
-                    main._db.execute("DELETE FROM curves WHERE run_id = ?", (values["run_id"],))
-                    main._db.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES "
-                                     f"({_placeholders(columns)})", row)
-                    main._db.executemany(
-                        "INSERT INTO curves VALUES (?,?,?,?)",
-                        shard._db.execute("SELECT run_id, step, name, value FROM curves "
-                                          "WHERE run_id = ?", (values["run_id"],)))
-                    taken.add(values["run_id"])
-                main._db.executemany(
-                    "INSERT OR IGNORE INTO evaluations VALUES (?,?,?,?,?)",
-                    shard._db.execute("SELECT run_id, eval_id, config, metrics, created_at "
-                                      "FROM evaluations"))
-                known = main.meta()
-                missing = {k: v for k, v in shard.meta().items() if k not in known}
-                if missing:
-                    main._db.executemany("INSERT INTO meta VALUES (?, ?)", missing.items())
-        for shard in self.shards:
-            shard.close()
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{shard.path}{suffix}").unlink(missing_ok=True)
+
+        Refused while a ``--shard-store`` runner is alive (it would go on writing into a
+        file that is gone); a runner started meanwhile waits for the merge to end. Safe to
+        kill at any moment and to repeat: the main store is made whole beside its place and
+        linked in, each shard is folded in one transaction that only ever replaces a row by
+        a better one, and a shard file is removed only after it was folded."""
+        directory = self.path.parent
+        if any(store.readonly for store in self.stores):
+            raise ScalelabError(f"{directory}: on read-only storage; `scalelab merge` writes the "
+                                "folded store there: copy the folder somewhere writable first")
+        with _merging(directory, self):
+            main = self.main
+            if main is None:
+                Store._create(directory / FILENAME)
+                main = Store._checked(directory / FILENAME)
+            taken: set[str] = set()
+            for shard in self.shards:
+                taken |= _fold(shard, main)
+            for shard in self.shards:
+                shard.close()  # the last connection: SQLite folds in and removes its log
+                for suffix in ("-wal", "-shm", ""):
+                    Path(f"{shard.path}{suffix}").unlink(missing_ok=True)
         self.shards, self.stores, self.main = [], [main], main
         return len(taken)
 
 
+def _fold(shard: Store, main: Store) -> set[str]:
+    """One shard store into the main one, in one transaction; the runs taken from it."""
+    columns = [row[1] for row in shard._db.execute("PRAGMA table_info(runs)")]
+    names = ", ".join(columns)
+    held = {run_id: (status, finished) for run_id, status, finished in main._db.execute(
+        "SELECT run_id, status, finished_at FROM runs")}
+    taken = set()
+    with main._transaction():
+        for row in shard._db.execute(f"SELECT {names} FROM runs"):
+            values = dict(zip(columns, row))
+            if not _better(values["status"], values["finished_at"],
+                           held.get(values["run_id"])):
+                continue
+            main._db.execute("DELETE FROM curves WHERE run_id = ?", (values["run_id"],))
+            main._db.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES "
+                             f"({_placeholders(columns)})", row)
+            main._db.executemany(
+                "INSERT INTO curves VALUES (?,?,?,?)",
+                shard._db.execute("SELECT run_id, step, name, value FROM curves "
+                                  "WHERE run_id = ?", (values["run_id"],)))
+            taken.add(values["run_id"])
+        main._db.executemany(
+            "INSERT OR IGNORE INTO evaluations VALUES (?,?,?,?,?)",
+            shard._db.execute("SELECT run_id, eval_id, config, metrics, created_at "
+                              "FROM evaluations"))
+        known = main.meta()
+        missing = {k: v for k, v in shard.meta().items() if k not in known}
+        if missing:
+            main._db.executemany("INSERT INTO meta VALUES (?, ?)", missing.items())
+    return taken
+
+
+# ------------------------------------------------------------------ runner identity and locks
+
+
+class _Identity:
+    """This process as a runner: a random token (its identity in claims), and host and pid
+    for people."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.token = secrets.token_hex(8)
+        self.locks: dict[str, list] = {}  # folder -> [descriptor of its lock file, users]
+
+
+_identity: _Identity | None = None
+_identity_lock = threading.RLock()
+
+
+def _me() -> _Identity:
+    """This process's runner identity (a forked child draws its own)."""
+    global _identity
+    with _identity_lock:
+        if _identity is None or _identity.pid != os.getpid():
+            _identity = _Identity()
+        return _identity
+
+
 def owner() -> str:
-    """This process as a run's owner."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process as people see a run's owner: host:pid."""
+    me = _me()
+    return f"{me.host}:{me.pid}"
 
 
-def _live_status(status: str | None, marked_by: str | None, beat: float | None = None
-                 ) -> str | None:
-    """``interrupted`` for a ``running`` row whose runner is gone: on this host its pid no
-    longer exists; on another host its heartbeat is older than :data:`STALE_S`. A row with
-    no owner (written before owners were recorded) is interrupted too."""
-    if status != RUNNING:
-        return status
-    if not marked_by:
-        return INTERRUPTED
-    host, _, pid = marked_by.rpartition(":")
-    if host != socket.gethostname():
-        fresh = beat is None or time.time() - beat < STALE_S  # no heartbeat: schema 4
-        return status if fresh else INTERRUPTED
-    if pid.isdigit() and int(pid) != os.getpid():
+def token() -> str:
+    """This process's runner token (what claims name)."""
+    return _me().token
+
+
+def _lock_path(directory: Path, token: str) -> Path:
+    return directory / RUNNERS_DIR / f"{token}.lock"
+
+
+def _hold_lock(directory: Path) -> None:
+    """Take (once per folder) this runner's lock file beside the store, held until it
+    releases the store or dies."""
+    me = _me()
+    key = os.path.abspath(directory)
+    with _identity_lock:
+        if key in me.locks:
+            me.locks[key][1] += 1
+            return
+        path = _lock_path(directory, me.token)
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a filesystem without locks: heartbeats alone tell
+                pass
+        os.write(fd, f"{me.host}:{me.pid}\n".encode())
+        me.locks[key] = [fd, 1]
+
+
+def _drop_lock(directory: Path) -> None:
+    me = _me()
+    key = os.path.abspath(directory)
+    with _identity_lock:
+        held = me.locks.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            _unlock(key, held[0], me.token)
+            del me.locks[key]
+
+
+def _unlock(directory: str, fd: int, token: str) -> None:
+    try:
+        _lock_path(Path(directory), token).unlink(missing_ok=True)  # then released: gone
+    except OSError:
+        pass
+    os.close(fd)
+
+
+@atexit.register
+def _drop_all_locks() -> None:
+    me = _identity
+    if me is None or me.pid != os.getpid():
+        return
+    for directory, (fd, _) in list(me.locks.items()):
+        _unlock(directory, fd, me.token)
+    me.locks.clear()
+
+
+def _lock_state(directory: Path, token: str) -> str:
+    """``held``: the runner holds its lock; ``free``: no one does, or its lock file is gone
+    (the runner is gone); ``unknown``: locks cannot be probed here."""
+    if fcntl is None:
+        return "unknown"
+    try:
+        fd = os.open(_lock_path(directory, token), os.O_RDONLY)
+    except FileNotFoundError:
+        return "free"
+    except OSError:
+        return "unknown"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return "held"
+    except OSError:
+        return "unknown"
+    finally:
+        os.close(fd)
+    return "free"
+
+
+def _clock_id() -> str:
+    """Which clock :func:`time.monotonic` reads here: the kernel's boot id on Linux (shared
+    by every container on the machine, new at each boot), else host and boot time."""
+    try:
+        return "boot:" + Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return f"host:{socket.gethostname()}:{round(time.time() - time.monotonic(), -2):.0f}"
+
+
+class _Judge:
+    """Which runners of one store are alive, as this process sees them now (each looked at
+    once): see the module's docstring."""
+
+    def __init__(self, store: Store):
+        self.directory = store.path.parent
+        self.me = _me().token
+        self.now = time.monotonic()
+        self.beats = dict(store._db.execute("SELECT token, beats FROM runners"))
+        self.seen = {t: (b, at) for t, b, at in store._db.execute(
+            "SELECT token, beats, seen_at FROM sightings WHERE clock = ?", (_clock_id(),))}
+        self.known: dict[str, bool] = {}
+
+    def unchanged_for(self, token: str) -> float | None:
+        """Seconds this machine has seen the runner's counter unchanged (None: not seen)."""
+        seen = self.seen.get(token)
+        if seen is None or seen[0] != self.beats.get(token):
+            return None
+        return max(0.0, self.now - seen[1])
+
+    def alive(self, token: str | None) -> bool:
+        if not token:
+            return False  # a claim from before schema 6 (host:pid): its runner is gone
+        if token == self.me:
+            return True
+        if token not in self.known:
+            stale = (self.unchanged_for(token) or 0.0) >= STALE_S
+            self.known[token] = not stale and _lock_state(self.directory, token) != "free"
+        return self.known[token]
+
+    def status(self, status: str | None, token: str | None) -> str | None:
+        """``interrupted`` for a ``running`` row whose runner is gone."""
+        if status != RUNNING:
+            return status
+        return RUNNING if self.alive(token) else INTERRUPTED
+
+
+#: ``retrain`` markers: retrain whatever finished row is stored; not to be retrained.
+_ANY, _NOT = object(), object()
+
+
+# ------------------------------------------------------------------ shard runners and merge
+
+
+@contextmanager
+def shard_writing(directory: str | Path, wait_s: float = 600.0) -> Iterator[None]:
+    """Held (shared) by a ``--shard-store`` runner while it has its shard file open:
+    ``scalelab merge`` takes it exclusively, so it never folds or removes a file a runner
+    is writing into. A runner started during a merge waits for it (up to ``wait_s``)."""
+    directory = Path(directory)
+    if fcntl is None:
+        yield
+        return
+    path = directory / RUNNERS_DIR / "shards.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ScalelabError(
+                        f"{directory}: `scalelab merge` has been folding its shard stores for "
+                        f"{wait_s:.0f} s; rerun when it is done") from None
+                time.sleep(0.2)
+            except OSError:  # no locks on this filesystem
+                break
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _merging(directory: Path, stores: Stores) -> Iterator[None]:
+    """Hold the shard runners' lock exclusively, or refuse naming who is still writing."""
+    if fcntl is None:
+        yield
+        return
+    path = directory / RUNNERS_DIR / "shards.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return INTERRUPTED
-        except PermissionError:  # alive, owned by another user
-            pass
-    return status
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            alive = [r for shard in stores.shards for r in shard.runners()]
+            who = (f"runner {alive[0]['host']}:{alive[0]['pid']} is still writing into "
+                   f"{Path(alive[0]['store']).name}" + (f" (and {len(alive) - 1} more)"
+                                                         if len(alive) > 1 else "")
+                   if alive else "a --shard-store runner is still writing into its shard file")
+            raise ScalelabError(f"{directory}: {who}; merge when every shard runner has "
+                                "finished (or was stopped)") from None
+        except OSError:  # no locks on this filesystem: the runners' rows must tell
+            alive = [r for shard in stores.shards for r in shard.runners()]
+            if alive:
+                raise ScalelabError(
+                    f"{directory}: runner {alive[0]['host']}:{alive[0]['pid']} is still "
+                    f"writing into {Path(alive[0]['store']).name}; merge when every shard "
+                    "runner has finished (or was stopped)") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _truncation(path: Path) -> str | None:

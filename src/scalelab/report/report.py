@@ -43,13 +43,15 @@ class Report:
     comparison_table: Path
     figures: list[Path]
     analysis: StudyAnalysis
-    replaced_runs: int | None = None  # set when the report it replaced counted more runs
+    replaced_runs: int | None = None  # set when the report it replaced had more completed
 
 
-def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
-    """Analyse the study stored in ``out_dir`` and write every report file there."""
-    out = Path(out_dir)
-    with Store.open(out) as store:
+def write_report(out_dir: str | Path, n_resamples: int = 1000,
+                 out: str | Path | None = None) -> Report:
+    """Analyse the study stored in ``out_dir`` and write every report file there (or into
+    ``out``: a store on read-only storage is read, and its report written elsewhere)."""
+    out = Path(out if out is not None else out_dir)
+    with Store.open(out_dir) as store:
         records, meta, curves = store.records(), store.meta(), store.curves()
         evaluations, predictions = store.evaluations(), store.predictions()
     analysis = analyze_study(records, meta, n_resamples=n_resamples, predictions=predictions)
@@ -64,13 +66,15 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000) -> Report:
 
     a = analysis
     blocks.append(("h1", f"Study report: {a.study}"))
-    before, now = _previous_run_count(out), sum(a.counts.values())
+    # Completed results, not runs of every status: 6 completed replaced by 6 failed is a loss.
+    before, now = _previous_run_count(out), a.counts.get("completed", 0)
     shrunk = before if before is not None and now < before else None
     if shrunk:
-        blocks.append(("warn", f"This report is built from {now} runs, fewer than the {before} "
-                               "of the report it replaced: runs were removed from the store, or "
-                               "the study file now declares fewer (runs not in it are listed at "
-                               "the end). Restore the store from a backup if that was not meant."))
+        blocks.append(("warn", f"This report is built from {now} completed runs, fewer than the "
+                               f"{before} of the report it replaced: results were removed from "
+                               "the store, runs failed when trained again, or the study file now "
+                               "declares fewer (runs not in it are listed at the end). Restore "
+                               "the store from a backup if that was not meant."))
     if a.fits:
         blocks.append(("h2", "Verdicts"))
         blocks.append(("p", "Each fitted law, judged by its diagnostics: trustworthy (none found a "
@@ -525,10 +529,10 @@ def _looks_numeric(text: str) -> bool:
 
 
 def _previous_run_count(out: Path) -> int | None:
-    """How many of the study's runs the report already in ``out`` counted (None: none)."""
+    """How many completed runs the report already in ``out`` counted (None: no report)."""
     try:
         counts = json.loads((out / "scaling_law.json").read_text()).get("counts") or {}
-        return sum(int(v) for v in counts.values())
+        return int(counts.get("completed", 0))
     except (OSError, ValueError, AttributeError, TypeError):
         return None
 

@@ -6,6 +6,7 @@ executor. Only the primary process touches the output directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import Counter
@@ -13,13 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import store as stores
 from ..errors import ScalelabError
 from ..files import write_atomically
 from ..output import Output
 from ..records import COMPLETED, FINISHED, RunResult, RunSpec
 from ..registry import executors
 from ..spec import Study
-from ..store import HEARTBEAT_S, Store, owner
+from ..store import KEPT, LOST, Store, shard_writing, token
 from ..tracking._base import Tracking
 from ._base import Executor, Group
 from .shard import parse_shard, select_shard
@@ -92,26 +94,42 @@ def execute_study(study: Study, out_dir: Path, workers: int | None = None, devic
     # Everything that can be refused is refused here, before anything is written.
     executor = make_executor(backend, device, workers, study.spec.save_checkpoints, address)
     executor.check(study)
-    with executor:
+    with executor, contextlib.ExitStack() as held:
         tracking = Tracking(study, output, track) if executor.primary else None
-        store = Store.open(out_dir, create=True, shard=own_file) if executor.primary else None
+        store = None
+        if executor.primary:
+            if own_file:  # `scalelab merge` waits for this runner (and it for a merge)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(shard_writing(out_dir))
+            store = Store.open(out_dir, create=True, shard=own_file)
         try:
-            return _execute(study, out_dir, shard, output, executor, store, tracking)
+            return _execute(study, out_dir, shard, output, executor, store, tracking,
+                            own_file is not None)
         finally:
             if store is not None:
-                store.close()
+                try:
+                    store.release()  # runs claimed and not stored read as interrupted now
+                finally:
+                    store.close()
 
 
 def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
-             executor: Executor, store: Store | None, tracking: Tracking | None) -> StudyRun:
+             executor: Executor, store: Store | None, tracking: Tracking | None,
+             shard_store: bool = False) -> StudyRun:
     statuses: dict[str, str] = {}
+    finished: dict[str, float | None] = {}
     others: set[str] = set()  # runs another live runner is training into this store
     if store is not None:
+        store.register()
         store_meta(store, study)
-        statuses = store.statuses()
-        others = {c["run_id"] for c in store.claims() if c["owner"] != owner()}
+        store.observe()  # what this machine sees of the other runners' heartbeats
+        # A shard with its own file plans from every store of the directory: runs already
+        # merged into the main store are done.
+        with (Store.open(out_dir) if shard_store else contextlib.nullcontext(store)) as view:
+            statuses, finished = view.statuses(), view.finished_at()
+            others = {c["run_id"] for c in view.claims() if c["token"] != token()}
     selected, todo = plan(study, statuses, shard)
-    retrain: set[str] = set()
+    retrain: dict[str, float | None] = {}
     if store is not None and study.spec.save_checkpoints:
         lost = [r for r in selected if statuses.get(r.run_id) == COMPLETED
                 and not checkpoint_path(out_dir, r).exists()]
@@ -119,8 +137,9 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
             output.info(f"{len(lost)} completed run{'s' if len(lost) > 1 else ''} lost "
                         f"{'their checkpoints' if len(lost) > 1 else 'its checkpoint'} "
                         f"(e.g. {checkpoint_path(out_dir, lost[0])}): training again")
-            retrain = {r.run_id for r in lost}
-            again = {r.run_id for r in todo} | retrain
+            # Each with the row it saw: a run another runner retrained since is left alone.
+            retrain = {r.run_id: finished.get(r.run_id) for r in lost}
+            again = {r.run_id for r in todo} | set(retrain)
             todo = [r for r in selected if r.run_id in again]
     elsewhere = [r for r in todo if r.run_id in others]
     todo = executor.agree([r for r in todo if r.run_id not in others])
@@ -151,22 +170,36 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
                 for _ in range(missed):
                     progress.advance("elsewhere", "claimed by another runner")
             beating.add(mine.runs if mine else ())
-            executor.share(len({c["owner"] for c in store.claims()} | {owner()}))
+            executor.share(len({c["token"] for c in store.claims()} | {token()}))
             return mine
 
         for run, run_result in executor.execute(groups, claim):
-            save_checkpoint(out_dir, run, run_result)
-            store.write_result(run, run_result)
-            tracking.log_run(run, run_result)
             beating.discard(run)
-            record(result, run, run_result)
+            # The claim is checked again in the storing transaction; this look spares the
+            # checkpoint of a run another runner has taken over meanwhile.
+            stored = LOST
+            if store.owns(run.run_id):
+                save_checkpoint(out_dir, run, run_result)
+                stored = store.write_result(run, run_result)
+            if stored == LOST:  # this runner was stopped or cut off past the staleness window
+                result.elsewhere += 1
+                output.warn(f"run {run.run_id} ({run.label}) was taken over by another runner "
+                            "while this one was stopped or cut off; its result stands and "
+                            "this one was dropped")
+                progress.advance("elsewhere", "taken over by another runner")
+                continue
+            if stored != KEPT:
+                tracking.log_run(run, run_result)
+            record(result, run, run_result,
+                   " (the completed result stored before is kept)" if stored == KEPT else "")
             progress.advance(run_result.status, _label(run, run_result))
     return result
 
 
 class Heartbeat:
-    """Renews, every :data:`HEARTBEAT_S` seconds from a background thread with its own
-    connection, the claims of the runs this runner is training."""
+    """Every :data:`~scalelab.store.HEARTBEAT_S` seconds, from a background thread with its
+    own connection: one more beat on this runner's heartbeat counter (which keeps its claims
+    alive), and a look at the other runners' counters (see :mod:`scalelab.store`)."""
 
     def __init__(self, path: Path):
         self.path, self.runs = path, set()
@@ -182,7 +215,7 @@ class Heartbeat:
             self.runs.discard(run.run_id)
 
     def _beat(self) -> None:
-        while not self.stop.wait(HEARTBEAT_S):
+        while not self.stop.wait(stores.HEARTBEAT_S):
             with self.lock:
                 ids = sorted(self.runs)
             try:
@@ -213,11 +246,11 @@ def save_checkpoint(out_dir: Path, run: RunSpec, result: RunResult) -> None:
     result.checkpoint = None
 
 
-def record(result: StudyRun, run: RunSpec, run_result: RunResult) -> None:
-    """Count one finished run and keep the last line of its error."""
+def record(result: StudyRun, run: RunSpec, run_result: RunResult, note: str = "") -> None:
+    """Count one finished run and keep the last line of its error (and ``note``)."""
     result.trained[run_result.status] += 1
     if run_result.error:
-        result.failed.append((run, run_result.error.strip().splitlines()[-1]))
+        result.failed.append((run, run_result.error.strip().splitlines()[-1] + note))
 
 
 def _label(run: RunSpec, result: RunResult) -> str:

@@ -1,9 +1,15 @@
 """Stored numbers of real runs from every bundled study, to hold the training code to them.
 
-``tests/data/golden.json`` was written by this module *before* the training loops were merged
-into one (``python -m tests.golden --write``); ``test_golden.py`` trains the same runs with
-the current code and requires the same metrics and curves, bit for bit. Rewrite the file only
-for a change that is meant to move numbers, and say so in the commit.
+Each file in ``tests/data/golden/`` is one *recording*: the numbers every case gave on one
+platform (CPU model, torch's dispatch capability such as AVX2 or AVX512, torch version and
+thread count), written by ``python -m tests.golden --write`` on that platform.
+``test_golden.py`` trains the same runs with the current code and compares like with like:
+bit for bit against the recording of the platform it runs on; where this platform has no
+recording, exactly against any recording it matches, else within the stated cross-platform
+tolerance (a few last digits differ between CPUs, and training amplifies them). Rewrite a
+recording only for a change that is meant to move numbers, or to add a platform, and say so
+in the commit. ``unrecorded-platform.json`` was written before platforms were recorded, on the
+machine of the earlier sessions (the one CI ran on then).
 
 Each case is a few real runs of a bundled study (its resolved configs, unchanged), trained
 the way the runner trains them: alone on the single-run loop, as a stacked group (of one, or
@@ -21,10 +27,30 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = Path(__file__).resolve().parent / "data" / "golden.json"
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 #: Wall-clock measurements: never equal twice.
 TIMING = {"wall_time", "total_time", "tokens_per_second", "test_eval_time_s", "time_to_result_s",
           "eval_time_s"}
+
+
+def platform() -> dict:
+    """What the last digits of a CPU run depend on."""
+    import torch
+
+    from scalelab.train.run import cpu_name
+
+    return {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def recording_path(where: dict) -> Path:
+    slug = "-".join(str(where[k]) for k in ("cpu", "cpu_capability", "torch", "threads"))
+    return GOLDEN / ("".join(c if c.isalnum() or c in ".+" else "-" for c in slug) + ".json")
+
+
+def recordings() -> list[dict]:
+    """Every recording: {"platform": dict or None, "cases": {case: {run_id: entry}}}."""
+    return [json.loads(p.read_text()) for p in sorted(GOLDEN.glob("*.json"))]
 
 
 def _pick(study, **point):
@@ -116,8 +142,11 @@ def produce(name: str) -> dict:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
-        sys.exit("usage: python -m tests.golden --write   (overwrites tests/data/golden.json)")
+        sys.exit("usage: python -m tests.golden --write   (writes this platform's recording)")
+    where = platform()
     recorded = {name: produce(name) for name in cases()}
-    GOLDEN.parent.mkdir(exist_ok=True)
-    GOLDEN.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {GOLDEN}: {len(recorded)} cases")
+    path = recording_path(where)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"platform": where, "cases": recorded}, indent=1,
+                               sort_keys=True) + "\n")
+    print(f"wrote {path}: {len(recorded)} cases")

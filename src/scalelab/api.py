@@ -8,12 +8,15 @@
 from __future__ import annotations
 
 import ast
+import builtins
 import csv
+import io
 import json
+import math
 import os
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,10 +25,10 @@ from .analysis.laws import DEFAULT_HOLDOUT
 from .analysis.stats import Comparison
 from .analysis.stats import compare as compare_records
 from .analysis.study import FitEntry, fit_rows, in_study, per_shape_optimum
-from .errors import ScalelabError
+from .errors import ScalelabError, first_line
 from .files import open_atomically
 from .output import Output
-from .runner import StudyRun, execute_study, parse_shard, plan
+from .runner import StudyRun, execute_study, parse_shard, select_shard
 from .spec import RunSpec, Study, load_study
 from .store import FILENAME, SHARD_GLOB, Store, Stores
 
@@ -68,6 +71,8 @@ def run(
     """
     spec = _as_study(study, overrides, quick)
     out_dir = Path(out) if out is not None else default_out_dir(spec)
+    if os.path.isfile(spec.source):  # the store records it: `next` and `evaluate` find this
+        spec.source = os.path.abspath(spec.source)  # file from any folder, not a namesake
     if shard:
         parse_shard(shard)  # a bad --shard is refused before anything is written
     if workers != 1:
@@ -152,16 +157,22 @@ def dry_run(
     overrides: Sequence[str] = (),
     quick: bool = False,
     shard: str | None = None,
-) -> list[tuple[RunSpec, str]]:
-    """Each run of the study with its state in ``out`` (``new`` if never started); writes nothing."""
+) -> Iterator[tuple[RunSpec, str]]:
+    """Each run of the study (of ``--shard`` i/k) with its state in ``out`` (``new`` if never
+    started), one at a time: a study of a million cells is listed without holding them
+    (``list(...)`` for all at once). The study is validated, and ``shard`` parsed, before
+    this returns; writes nothing."""
     spec = _as_study(study, overrides, quick)
     out_dir = Path(out) if out is not None else default_out_dir(spec)
+    index, count = parse_shard(shard) if shard else (0, 1)
     statuses: dict[str, str] = {}
     if (out_dir / FILENAME).exists():
         with Store.open(out_dir) as store:
             statuses = store.statuses()
-    selected, _ = plan(spec, statuses, shard)
-    return [(r, statuses.get(r.run_id, "new")) for r in selected]
+    runs = spec.iter_runs()
+    if shard:  # the runner's own rule, one run at a time
+        runs = (r for r in runs if select_shard((r,), index, count))
+    return ((r, statuses.get(r.run_id, "new")) for r in runs)
 
 
 def records(out_dir: str | Path) -> list[dict[str, Any]]:
@@ -283,16 +294,71 @@ COLUMN_ALIASES = {"params": ("n_params",), "data": ("task.num_train", "task.num_
                   "samples": ("samples_seen",)}
 
 
-def read_csv_records(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a CSV of results from anywhere (one row per run), numbers parsed."""
+class CsvRows(list):
+    """Rows of a CSV file (dicts, numbers parsed), each with the line it ends on, so that a
+    bad value is named by file and line."""
+
+    def __init__(self, path: Path, rows: Sequence[dict[str, Any]], lines: Sequence[int]):
+        super().__init__(rows)
+        self.path, self.lines = path, list(lines)
+
+    def where(self, i: int) -> str:
+        return f"{self.path}: line {self.lines[i]}: "
+
+
+def read_csv_records(path: str | Path) -> CsvRows:
+    """Rows of a CSV of results from anywhere (one row per run), numbers parsed. Refused in
+    one line naming the file and line: text that is not UTF-8 (a byte-order mark is fine),
+    NUL bytes, a row with more or fewer fields than the header, a column named twice, a
+    field too large to be a result."""
+    path = Path(path)
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ScalelabError(f"{path}: no such CSV file") from None
+    except IsADirectoryError:
+        raise ScalelabError(f"{path}: is a folder, not a CSV file") from None
+    if b"\0" in data:
+        line = data[:data.index(b"\0")].count(b"\n") + 1
+        raise ScalelabError(f"{path}: line {line}: a NUL byte: not a CSV text file (save the "
+                            "table as CSV, UTF-8)")
+    try:
+        text = data.decode("utf-8-sig")  # a leading byte-order mark (Excel's "CSV UTF-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ScalelabError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})"
+                            "; save the table as CSV, UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, lines = [], []
+    try:
+        header = builtins.next(reader, None)  # (`next` is a command here)
+        if header is None:
+            raise ScalelabError(f"{path}: empty; expected a header line and one row per run")
+        for name in dict.fromkeys(header):
+            at = [i + 1 for i, h in enumerate(header) if h == name]
+            if len(at) > 1:
+                raise ScalelabError(f"{path}: line {reader.line_num}: column {name!r} is named "
+                                    f"{len(at)} times (columns {', '.join(map(str, at))}); "
+                                    "give each column its own name")
+        for row in reader:
+            if not row:
+                continue  # a blank line
+            if len(row) != len(header):
+                raise ScalelabError(f"{path}: line {reader.line_num}: {len(row)} fields, but "
+                                    f"the header names {len(header)} columns; give every row "
+                                    "one value per column (an empty one for a missing value)")
+            rows.append({k: _parse_cell(v) for k, v in zip(header, row)})
+            lines.append(reader.line_num)
+    except csv.Error as exc:
+        problem = first_line(exc)
+        if "field larger than field limit" in problem:
+            problem = (f"a field longer than {csv.field_size_limit():,} characters, more than "
+                       "any result (is this the right file?)")
+        raise ScalelabError(f"{path}: line {reader.line_num}: not readable as CSV: "
+                            f"{problem}") from None
     if not rows:
         raise ScalelabError(f"{path}: no rows")
-    return [{k: _parse_cell(v) for k, v in row.items()} for row in rows]
+    return CsvRows(path, rows, lines)
 
 
 def _parse_cell(text: str | None) -> Any:
@@ -304,6 +370,28 @@ def _parse_cell(text: str | None) -> Any:
         except ValueError:
             pass
     return {"True": True, "False": False}.get(text, text)
+
+
+def check_numbers(rows: Sequence[dict[str, Any]], columns: Sequence[str], what: str,
+                  positive: bool = False) -> None:
+    """Refuse in one line (naming the file and line of a CSV) a value of ``columns`` that
+    is not a finite number (or, with ``positive``, not > 0); missing values pass."""
+    for column in columns:
+        for i, r in enumerate(rows):
+            value = r.get(column)
+            if value is None:
+                continue
+            where = rows.where(i) if isinstance(rows, CsvRows) else ""
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ScalelabError(f"{where}{column}: {str(value)[:40]!r} is not a number; "
+                                    f"{what} needs numbers in this column")
+            if not math.isfinite(value):
+                raise ScalelabError(f"{where}{column}: {value} is not a finite number; "
+                                    f"{what} needs finite values (leave a missing one empty)")
+            if positive and value <= 0:
+                raise ScalelabError(f"{where}{column}: {value:g} is not positive; a scaling law "
+                                    "is fitted in log space, so sizes, data, compute and the "
+                                    "fitted metric must be > 0")
 
 
 def resolve_column(records: Sequence[dict[str, Any]], name: str) -> str:
@@ -324,7 +412,8 @@ def analysis_records(out_dir: str | Path | None = None, csv_path: str | Path | N
         raise ScalelabError("give either a study output directory or --csv FILE")
     if csv_path is not None:
         rows = read_csv_records(csv_path)
-        return [r for r in rows if r.get("status", "completed") == "completed"]
+        kept = [i for i, r in enumerate(rows) if r.get("status", "completed") == "completed"]
+        return CsvRows(rows.path, [rows[i] for i in kept], [rows.lines[i] for i in kept])
     return _per_shape_optimum(out_dir)[0]
 
 
@@ -345,6 +434,7 @@ def fit(out_dir: str | Path | None = None, *, x: str = "params", y: str = "test_
     x_names = [resolve_column(rows, name.strip()) for name in x.split(",")]
     y_name = resolve_column(rows, y)
     by_name = resolve_column(rows, by) if by else None
+    check_numbers(rows, [*x_names, y_name], "fit", positive=True)
     groups: dict[Any, list[dict[str, Any]]] = {}
     for r in rows:
         if all(r.get(n) is not None for n in (*x_names, y_name)):
@@ -360,8 +450,12 @@ def compare(out_dir: str | Path | None = None, *, metric: str, by: str, baseline
             csv_path: str | Path | None = None, level: float = 0.95) -> list[Comparison]:
     """Every value of ``by`` against ``baseline``, paired by ``paired_by`` (None: unpaired)."""
     rows = analysis_records(out_dir, csv_path)
+    metric_name = resolve_column(rows, metric)
+    check_numbers([r for r in rows if r.get("status", "completed") == "completed"]
+                  if not isinstance(rows, CsvRows) else rows, [metric_name],
+                  f"compare --metric {metric}")
     return compare_records(
-        rows, resolve_column(rows, metric), resolve_column(rows, by), baseline,
+        rows, metric_name, resolve_column(rows, by), baseline,
         resolve_column(rows, paired_by) if paired_by else None,
         [resolve_column(rows, w) for w in within], level)
 
@@ -427,11 +521,56 @@ def coordcheck(study: str | Path | Study, *, out: str | Path | None = None,
     from .train.coordcheck import coordinate_check
 
     study = _as_study(study, overrides, quick)
+    if widths:
+        _check_widths(study, list(widths))
     check = coordinate_check(study, list(widths) if widths else None, steps, seeds, lr)
     out_dir = Path(out) if out is not None else default_out_dir(study)
     figure = save(coordcheck_figure(check.to_dict()), out_dir / "coordcheck")[0]
     write_atomically(out_dir / "coordcheck.json", json.dumps(check.to_dict(), indent=2))
     return check, figure
+
+
+def _check_widths(study: Study, widths: list[int]) -> None:
+    """Refuse, before anything is trained or written, coordcheck widths that are not whole
+    numbers of at least 1, that repeat, or that the model family cannot build or this
+    machine could not hold (priced on the meta device, nothing allocated)."""
+    for w in widths:
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ScalelabError(f"--widths: {w!r} is not a width; give whole numbers of at "
+                                "least 1, e.g. --widths 64,128,256")
+    repeated = [w for w in dict.fromkeys(widths) if widths.count(w) > 1]
+    if repeated:
+        raise ScalelabError(f"--widths: {repeated[0]} is given {widths.count(repeated[0])} "
+                            "times; give each width once (the check fits a slope against width)")
+    import torch
+    from pydantic import ValidationError
+
+    from .registry import models
+    from .runner.local import device_memory
+    from .train.stacking import estimate_bytes
+
+    config = builtins.next(study.iter_runs()).config  # (`next` is a command here)
+    setting = models.get(config["model"]["name"]).width_setting
+    if setting is None:
+        return  # the check itself says which families have a width
+    available = device_memory(torch.device("cpu"))
+    for w in sorted(widths, reverse=True):
+        model = {**config["model"], setting: w, "parametrization": "mup",
+                 **{k: v for k, v in study.spec.model.items() if k == "base_width"}}
+        try:
+            need = estimate_bytes({**config, "model": model})
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ScalelabError(f"--widths: {w}: {message}") from None
+        except (RuntimeError, OverflowError, ValueError) as exc:
+            raise ScalelabError(f"--widths: {w}: a model too large to build "
+                                f"({first_line(exc, 120)}); choose smaller widths") from None
+        if need > available:
+            raise ScalelabError(f"--widths: {w}: the {config['model']['name']} model needs "
+                                f"{need / 2**30:,.1f} GiB to train (weights, gradients, two "
+                                f"optimizer moments, one batch), more than the "
+                                f"{available / 2**30:,.1f} GiB of this machine; choose smaller "
+                                "widths")
 
 
 def next(out_dir: str | Path, budget: float, *, study: str | Path | None = None,  # noqa: A001

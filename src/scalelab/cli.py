@@ -121,12 +121,8 @@ def run(
 ) -> int:
     """Train every run of a study that is not stored yet, print a summary, write the report."""
     if dry_run:
-        planned = api.dry_run(study, out=out, overrides=set_, quick=quick, shard=shard)
-        axes = list(planned[0][0].point) if planned else []
-        output.table(f"{len(planned)} runs", ["run_id", "state", *axes],
-                     [[r.run_id, state, *r.point.values()] for r, state in planned])
-        output.emit([{"run_id": r.run_id, "state": state, "point": r.point, "config": r.config}
-                     for r, state in planned])
+        _print_dry_run(output, api.dry_run(study, out=out, overrides=set_, quick=quick,
+                                           shard=shard))
         return 0
     result = api.run(study, out=out, workers=workers, device=device, overrides=set_,
                      quick=quick, shard=shard, output=output, check=False, backend=backend,
@@ -308,7 +304,8 @@ def coordcheck(
         try:
             sizes = [int(w) for w in widths.split(",")]
         except ValueError:
-            raise ScalelabError(f"--widths: expected comma-separated integers, got {widths!r}") from None
+            raise ScalelabError(f"--widths: expected comma-separated whole numbers (e.g. "
+                                f"64,128,256), got {widths!r}") from None
     check, figure = api.coordcheck(study, out=out, widths=sizes, steps=steps, seeds=seeds,
                                    lr=lr, overrides=set_, quick=quick)
     for name, slopes in check.slopes.items():
@@ -485,6 +482,33 @@ def _write_report(output: Output, out_dir: Path, bootstrap: int = 1000,
                     f"completed runs, fewer than the {written.replaced_runs} of the one it "
                     "replaced (it says so at its top)")
     return written
+
+
+#: Runs a dry run's table shows (the rest are counted; ``--format json`` lists every one).
+DRY_RUN_ROWS = 500
+
+
+def _print_dry_run(output: Output, planned) -> None:
+    """A dry run's runs, streamed: in JSON every run, written as it is resolved; as text
+    the first :data:`DRY_RUN_ROWS` in a table and the rest counted by state."""
+    if output.is_json:
+        output.emit_each({"run_id": r.run_id, "state": state, "point": r.point,
+                          "config": r.config} for r, state in planned)
+        return
+    shown, states, axes = [], Counter(), []
+    for r, state in planned:
+        states[state] += 1
+        if len(shown) < DRY_RUN_ROWS:
+            shown.append([r.run_id, state, *r.point.values()])
+            axes = axes or list(r.point)
+    total = sum(states.values())
+    more = total - len(shown)
+    output.table(f"{total} runs" + (f", the first {len(shown)} shown" if more else ""),
+                 ["run_id", "state", *axes], shown)
+    if more:
+        output.info(f"... and {more:,} more runs; by state: "
+                    + ", ".join(f"{n:,} {s}" for s, n in states.items())
+                    + " (--format json lists every run)")
 
 
 def _print_summary(output: Output, summary: Summary) -> None:

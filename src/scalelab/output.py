@@ -11,7 +11,7 @@ import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TextIO
 
@@ -69,6 +69,18 @@ class Output:
         """The machine-readable result of a command (json mode only)."""
         if self.is_json:
             self.out.file.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+    def emit_each(self, items: Iterable[Any]) -> None:
+        """The machine-readable result as one JSON array written an item at a time (json mode
+        only): a result too long to hold in memory (a dry run of a million cells)."""
+        if not self.is_json:
+            return
+        write = self.out.file.write
+        separator = "[\n  "
+        for item in items:
+            write(separator + json.dumps(item, default=str))
+            separator = ",\n  "
+        write("[]\n" if separator.startswith("[") else "\n]\n")
 
     @contextmanager
     def progress(self, total: int, description: str):

@@ -15,15 +15,17 @@ file as new grid entries, comments and order kept.
 
 from __future__ import annotations
 
-import io
+import contextlib
 import itertools
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from .analysis.laws import compute_optimal
 from .analysis.study import (
@@ -34,10 +36,15 @@ from .analysis.study import (
     joint_fits,
     per_shape_optimum,
 )
-from .errors import ScalelabError, StudyError
+from .errors import ScalelabError, StudyError, first_line
 from .files import write_atomically
 from .spec import _read_yaml, load_study, validate_study
 from .store import Store
+
+try:  # the study file is locked while it is edited (POSIX)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock
+    fcntl = None
 
 
 @dataclass
@@ -99,7 +106,7 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
         records, meta, configs = store.records(), store.meta(), store.configs()
     if study is None and not meta.get("source"):
         raise ScalelabError(f"next: {out} does not record its study file; pass --study FILE")
-    path = Path(study if study is not None else meta["source"])
+    path = Path(study) if study is not None else recorded_study(out, meta["source"])
     if json.loads(meta.get("quick", "false")) and append:
         raise ScalelabError(f"{out}: was run with --quick, whose grid replaces the file's; "
                             "--append would add runs to the full study instead. Run next on "
@@ -126,14 +133,24 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
     if not (math.isfinite(n_opt) and math.isfinite(d_opt)):
         raise ScalelabError(f"next: {entry.title} has no finite compute-optimal point "
                             f"(alpha = {fit.params['alpha']:.3g}, beta = {fit.params['beta']:.3g})")
-    studied = entry.x.max(axis=0)
+    studied, smallest = entry.x.max(axis=0), entry.x.min(axis=0)
     reach = max(n_opt / studied[0], d_opt / studied[1])
-    if reach > MAX_REACH or min(n_opt, d_opt) < 1:
+    below = max(smallest[0] / n_opt, smallest[1] / d_opt) if min(n_opt, d_opt) > 0 else math.inf
+    spent = k * entry.x[:, 0] * entry.x[:, 1]
+    if reach > MAX_REACH:
         raise ScalelabError(
             f"next: at --budget {budget:.3g} the law's optimum is N = {n_opt:.3g}, D = "
             f"{d_opt:.3g}, {reach:.3g}x past the largest size or data studied: no fit on these "
             f"runs supports an extrapolation that far (at most {MAX_REACH:g}x); choose a "
-            "smaller --budget or study larger runs first")
+            f"smaller --budget (the studied runs spend {spent.min():.3g} to {spent.max():.3g} "
+            "FLOPs) or study larger runs first")
+    if below > MAX_REACH or min(n_opt, d_opt) < 1:
+        raise ScalelabError(
+            f"next: at --budget {budget:.3g} the law's optimum is N = {n_opt:.3g}, D = "
+            f"{d_opt:.3g}, {below:.3g}x below the smallest size or data studied: no fit on "
+            f"these runs supports an extrapolation that far down (at most {MAX_REACH:g}x); "
+            f"choose a larger --budget (the studied runs spend {spent.min():.3g} to "
+            f"{spent.max():.3g} FLOPs)")
     per_sample = [compute_optimal(s, [budget], flops_per_param_sample=k) for s in boot.samples]
     lo, hi = 100 * (1 - boot.level) / 2, 100 * (1 + boot.level) / 2
     n_ci, d_ci = (tuple(float(np.nanpercentile([p[i][0] for p in per_sample], q))
@@ -330,47 +347,134 @@ def _predict(entry: FitEntry, point: tuple[float, float], seeds: int,
     return center, (float(np.percentile(spread, lo)), float(np.percentile(spread, hi)))
 
 
+def recorded_study(out: Path, source: str) -> Path:
+    """The study file a store records. Stores record it absolute; an older store recorded it
+    as typed, relative to the folder `scalelab run` was started in, which is looked for from
+    the store's own folder upward (never in the current folder, which may be another
+    project holding a study of the same name)."""
+    path = Path(source)
+    if path.is_absolute():
+        return path
+    start = Path(os.path.abspath(out))
+    for folder in (start, *start.parents):
+        if (folder / path).is_file():
+            return folder / path
+    raise ScalelabError(f"next: {out} records its study file as {source!r}, relative to the "
+                        f"folder it was run from, and no {path} is found in {start} or a "
+                        "folder above it; pass --study FILE")
+
+
 def append_to_study(path: Path, entries: list[dict[str, list[Any]]]) -> int:
-    """Add each grid entry to the study file's grid (a mapping becomes a list of grids), its
-    comments, order and layout kept; entries already there are not added twice. The edited
-    file is validated before it replaces the old one. Returns the entries added."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    """Add each grid entry to the study file's grid (a mapping becomes a list of grids);
+    entries already there are not added twice. Returns the entries added.
 
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096  # never re-wrap the file's own lines
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    text = path.read_text()
-    doc = yaml.load(text)
-    grid = doc.get("grid")
-    if isinstance(grid, dict):
-        grids = CommentedSeq([grid])
-        doc["grid"] = grids
-    elif isinstance(grid, list):
-        grids = grid
-    else:
-        raise ScalelabError(f"{path}: grid: --append needs a grid (a mapping or a list)")
-    existing = [json.loads(json.dumps(g)) for g in grids]
-    added = 0
+    The file is edited whole, under a lock: concurrent appends each add their entries; a
+    link is followed (the file it names is edited, the link stays); the edited study is
+    validated before it replaces the old one in one step, with the old one's permissions.
+    Every line of the file is kept as it is (comments, order, quoting, indentation): new
+    entries are added as lines of their own after the grid's last, and a grid that is one
+    mapping becomes the first item of a list by a ``- `` in its first line's indentation."""
+    target = Path(os.path.realpath(path))  # a link: edit the file it names
+    with _locked(target) as text:
+        new, added = add_grid_entries(text, entries, str(path))
+        if not added:
+            return 0
+        validate_study(yaml.safe_load(new), str(path))  # the edited study must load first
+        write_atomically(target, new)
+        return added
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """The text of ``path``, read under an exclusive lock on the file that is there now:
+    another process editing it is waited for, and a file it replaced is locked anew."""
+    while True:
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise ScalelabError(f"{path}: no such study file") from None
+        with f:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            opened = os.fstat(f.fileno())
+            if current is None or (current.st_ino, current.st_dev) != (opened.st_ino,
+                                                                       opened.st_dev):
+                continue  # replaced while we waited: lock the new file
+            data = f.read()
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise StudyError(str(path), "", "not UTF-8 text; save the study file as UTF-8"
+                                 ) from None
+            yield text  # the lock is held until the caller has written its edit
+            return
+
+
+def add_grid_entries(text: str, entries: list[dict[str, list[Any]]], source: str
+                     ) -> tuple[str, int]:
+    """``text`` (a study file) with the grid entries it does not hold yet added, every
+    existing line kept as it is, and how many were added."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        grid = yaml.safe_load(text).get("grid")
+    except (yaml.YAMLError, AttributeError) as exc:
+        raise StudyError(source, "", f"not a valid study file now ({first_line(exc)})") from None
+    if not isinstance(root, yaml.MappingNode):
+        raise StudyError(source, "", "a study must be a YAML mapping")
+    node = next((v for k, v in root.value if isinstance(k, yaml.ScalarNode)
+                 and k.value == "grid"), None)
+    if node is None or not isinstance(grid, dict | list):
+        raise ScalelabError(f"{source}: grid: --append needs a grid (a mapping or a list)")
+    existing = [json.loads(json.dumps(g)) for g in (grid if isinstance(grid, list) else [grid])]
+    new = []
     for entry in entries:
-        if entry in existing:
-            continue
-        node = CommentedMap()
-        for axis, values in entry.items():
-            seq = CommentedSeq(values)
-            seq.fa.set_flow_style()
-            node[axis] = seq
-        grids.append(node)
-        existing.append(entry)
-        added += 1
-    if not added:
-        return 0
-    buffer = io.StringIO()
-    yaml.dump(doc, buffer)
-    new = buffer.getvalue()
-    import yaml as pyyaml
+        if entry not in existing and entry not in new:
+            new.append(entry)
+    if not new:
+        return text, 0
+    items = [yaml.safe_dump(e, default_flow_style=True, sort_keys=False, width=10**9).strip()
+             for e in new]
+    if node.flow_style:  # grid: {...} or grid: [...]: edit inside the brackets
+        start, end = node.start_mark.index, node.end_mark.index
+        inner = text[start:end]
+        if isinstance(node, yaml.SequenceNode):
+            body = inner[:-1].rstrip()
+            edited = body + ("" if body.endswith("[") else ", ") + ", ".join(items) + "]"
+        else:
+            edited = "[" + ", ".join([inner, *items]) + "]"
+        result = text[:start] + edited + text[end:]
+    else:
+        if isinstance(node, yaml.MappingNode):  # one grid: make it the list's first item
+            first = node.value[0][0].start_mark
+            line_start = first.index - first.column
+            if first.column < 2 or text[line_start:first.index].strip():
+                raise ScalelabError(f"{source}: grid: cannot add entries to this grid's layout "
+                                    "(indent it by at least two spaces), or add them by hand")
+            dash = first.column - 2
+            text = text[:first.index - 2] + "- " + text[first.index:]
+        else:
+            at = text.rfind("-", 0, node.value[-1].start_mark.index)  # the last item's dash
+            dash = at - (text.rfind("\n", 0, at) + 1)
+        end = _end_of(node)
+        line_end = text.find("\n", end)
+        line_end = len(text) if line_end < 0 else line_end
+        lines = "".join(f"\n{' ' * dash}- {item}" for item in items)
+        result = text[:line_end] + lines + text[line_end:]
+    grids = yaml.safe_load(result).get("grid")
+    if json.loads(json.dumps(grids)) != existing + new:  # the edit must mean what it says
+        raise ScalelabError(f"{source}: grid: cannot add entries to this grid's layout; add "
+                            f"them by hand: {'; '.join(items)}")
+    return result, len(new)
 
-    validate_study(pyyaml.safe_load(new), str(path))  # the edited study must load first
-    write_atomically(path, new)
-    return added
+
+def _end_of(node) -> int:
+    """Where a node's own text ends: its last scalar or closing bracket (a block
+    collection's end mark lies past the comments and blank lines after it)."""
+    while isinstance(node, yaml.CollectionNode) and not node.flow_style and node.value:
+        last = node.value[-1]
+        node = last[1] if isinstance(node, yaml.MappingNode) else last
+    return node.end_mark.index

@@ -14,7 +14,7 @@ import itertools
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -283,6 +283,8 @@ class Study:
     source: str
     grids: list[dict[str, list[Any]]] = field(default_factory=lambda: [{}])  # path -> values
     quick: bool = False  # its `quick:` overrides applied (results go to their own directory)
+    # Each distinct section setting validated once: (section, settings) -> resolved section.
+    _memo: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def axes(self) -> dict[str, list[Any]]:
@@ -355,8 +357,24 @@ class Study:
     @cached_property
     def runs(self) -> list[RunSpec]:
         """Every cell in a deterministic order: axes in file order, seeds innermost."""
+        runs = list(self._grid_runs())
+        if self.spec.baselines:
+            runs = [RunSpec(r.run_id, r.config, r.point | {"matched_to": None}) for r in runs]
+            runs += self._baseline_runs(runs, self.axis_labels())
+        return runs
+
+    def iter_runs(self) -> Iterator[RunSpec]:
+        """The runs of :attr:`runs`, in its order, resolved one at a time and not kept: a
+        study of a million cells is listed in little memory. (The list itself when it is
+        built already, or when the study has baselines, which are derived from all runs.)"""
+        if "runs" in self.__dict__ or self.spec.baselines:
+            yield from self.runs
+        else:
+            yield from self._grid_runs()
+
+    def _grid_runs(self) -> Iterator[RunSpec]:
         labels = self.axis_labels()
-        runs, seen = [], set()
+        seen = set()
         for grid in self.grids:
             paths = list(grid)
             for values in itertools.product(*grid.values()):
@@ -364,17 +382,14 @@ class Study:
                 for seed in self.spec.seeds:
                     where = "grid: cell " + ", ".join(f"{labels[p]}={v!r}"
                                                       for p, v in assignment.items())
-                    config = resolve(self.spec, assignment, seed, self.source, where)
+                    config = resolve(self.spec, assignment, seed, self.source, where,
+                                     self._memo)
                     rid = run_id(config)
                     if rid in seen:  # the same cell in two grids of a list
                         continue
                     seen.add(rid)
                     point = {label: assignment.get(p) for p, label in labels.items()}
-                    runs.append(RunSpec(rid, config, point | {"seed": seed}))
-        if self.spec.baselines:
-            runs = [RunSpec(r.run_id, r.config, r.point | {"matched_to": None}) for r in runs]
-            runs += self._baseline_runs(runs, labels)
-        return runs
+                    yield RunSpec(rid, config, point | {"seed": seed})
 
     def method_declarations(self) -> dict[str, dict[str, Any]]:
         """What each method of the study declares for the analysis and the report (its
@@ -442,6 +457,7 @@ def load_study(
 
 def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
     """Validate a study given as a mapping (the shape of the YAML file)."""
+    _refuse_bools(StudySpec, raw, source, "", "")
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as exc:
@@ -510,17 +526,28 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
             raise StudyError(source, f"nuisance[{i}]",
                              f"{name!r} is not a grid axis (axes: {', '.join(labels.values())})")
     _ = study.evaluations
-    _ = study.runs  # resolve every cell now, so a bad combination fails before anything runs
-    _check_data(study)
+    _check_runs(study)
     return study
 
 
-def _check_data(study: Study) -> None:
-    """Each distinct task config checks its data files now, so a missing or unreadable file
-    is one line before anything is written instead of a failed run for every cell."""
+#: A validated study keeps its resolved runs when it has at most this many; a larger one
+#: resolves them again, one at a time, wherever they are used (see :meth:`Study.iter_runs`).
+KEEP_RUNS = 10_000
+
+
+def _check_runs(study: Study) -> None:
+    """Resolve every cell now, so that a bad combination fails before anything runs, and
+    have each distinct task config check its data files, so that a missing or unreadable
+    file is one line before anything is written instead of a failed run for every cell.
+    Streamed: the runs are kept only when there are few."""
+    kept: list[RunSpec] | None = []
     checked = set()
-    for run in study.runs:
-        key = run_id(run.config["task"])
+    for run in study.iter_runs():
+        if kept is not None:
+            kept.append(run)
+            if len(kept) > KEEP_RUNS:
+                kept = None
+        key = repr(run.config["task"])
         if key in checked:
             continue
         checked.add(key)
@@ -530,6 +557,8 @@ def _check_data(study: Study) -> None:
             task(task.Config.model_validate(settings)).check()
         except ScalelabError as exc:
             raise StudyError(study.source, "", str(exc)) from None
+    if kept is not None and "runs" not in study.__dict__:
+        study.__dict__["runs"] = kept  # what the cached property would have built
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -656,34 +685,47 @@ def resolve(
     seed: int,
     source: str,
     where: str,
+    memo: dict[tuple[str, str], Any] | None = None,
 ) -> dict[str, Any]:
     """The fully resolved config of one run: every plug-in default filled in.
 
-    ``where`` names the grid value or cell being resolved, for error messages.
+    ``where`` names the grid value or cell being resolved, for error messages. ``memo``
+    keeps each distinct section's validated settings, so a grid's many cells validate each
+    setting once (a study's runs share it).
     """
-    sections: dict[str, dict[str, Any]] = {s: copy.deepcopy(getattr(spec, s)) for s in SECTIONS}
+    memo = {} if memo is None else memo
+    sections: dict[str, dict[str, Any]] = {s: getattr(spec, s) for s in SECTIONS}
     for path, value in assignment.items():
-        _set_path(sections, path, value)
+        _set_path(sections, path, value)  # copies along the path: the spec is left as it is
     resolved: dict[str, Any] = {}
     for section in PLUGIN_SECTIONS:
-        settings = dict(sections[section])
-        name = settings.pop("name")
+        key = (section, repr(sections[section]))
+        if key not in memo:
+            settings = dict(sections[section])
+            name = settings.pop("name")
+            try:
+                plugin = FAMILIES[section].get(name)
+            except UnknownNameError as exc:
+                raise StudyError(source, where or f"{section}.name", str(exc)) from None
+            _refuse_bools(plugin.Config, settings, source, section, where)
+            try:
+                config = plugin.Config.model_validate(settings)
+            except ValidationError as exc:
+                raise _from_validation(
+                    source, section, exc, plugin.Config, where, also_allowed=("name",)
+                ) from None
+            memo[key] = {"name": name, **config.identity()}
+        resolved[section] = _fresh(memo[key])
+    key = ("train", repr(sections["train"]))
+    if key not in memo:
+        _refuse_bools(TrainConfig, sections["train"], source, "train", where)
         try:
-            plugin = FAMILIES[section].get(name)
-        except UnknownNameError as exc:
-            raise StudyError(source, where or f"{section}.name", str(exc)) from None
-        try:
-            config = plugin.Config.model_validate(settings)
+            config = TrainConfig.model_validate(sections["train"])
         except ValidationError as exc:
-            raise _from_validation(
-                source, section, exc, plugin.Config, where, also_allowed=("name",)
-            ) from None
-        resolved[section] = {"name": name, **config.identity()}
-    try:
-        train = TrainConfig.model_validate(sections["train"])
-    except ValidationError as exc:
-        raise _from_validation(source, "train", exc, TrainConfig, where) from None
-    resolved["train"] = train.identity()
+            raise _from_validation(source, "train", exc, TrainConfig, where) from None
+        memo[key] = (config, config.identity())
+    train, identity = memo[key]
+    resolved["train"] = _fresh(identity)
     if resolved["model"].get("parametrization") == "mup" and train.optimizer == "muon":
         raise StudyError(source, where or "model.parametrization",
                          "mup scales the learning rates of sgd, adam and adamw; muon has its "
@@ -704,14 +746,100 @@ def resolve(
 
 
 def _set_path(sections: dict[str, dict[str, Any]], path: str, value: Any) -> None:
+    """Set ``path`` in ``sections`` (a dict of its own), copying every mapping on the way, so
+    the mappings it was built from are never changed."""
     *parents, leaf = path.split(".")
     node: dict[str, Any] = sections
     for part in parents:
         child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
+        child = node[part] = dict(child) if isinstance(child, dict) else {}
         node = child
     node[leaf] = value
+
+
+def _fresh(section: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a resolved section that no other run shares (nested values copied too)."""
+    if not any(isinstance(v, dict | list) for v in section.values()):
+        return dict(section)
+    return copy.deepcopy(section)
+
+
+def _refuse_bools(model: type[BaseModel], data: Any, source: str, section: str,
+                  where: str) -> None:
+    """Refuse ``true``/``false`` given to a setting that takes a number: pydantic would read
+    it as 1 or 0 (``--set grid.width=[true]`` would train width 1 and record ``True``)."""
+    found = _bool_for_number(model, data, ())
+    if found is None:
+        return
+    loc, value = found
+    field_ = ".".join(p for p in (section, *loc) if p)
+    message = (f"expected a number, got {str(value).lower()} (a yes/no value, which would "
+               f"be read as {int(value)})")
+    if where.startswith("grid:"):
+        raise StudyError(source, where, f"{field_}: {message}")
+    raise StudyError(source, where or field_, message)
+
+
+def _bool_for_number(model: type[BaseModel], data: Any, loc: tuple[str, ...]
+                     ) -> tuple[tuple[str, ...], bool] | None:
+    """(where, value) of the first boolean in ``data`` given to a field of ``model`` that
+    takes numbers but not booleans, or None."""
+    if not isinstance(data, Mapping):
+        return None
+    for key, value in data.items():
+        info = model.model_fields.get(key) if isinstance(key, str) else None
+        if info is not None:
+            found = _bool_in(info.annotation, value, (*loc, key))
+            if found is not None:
+                return found
+    return None
+
+
+def _bool_in(annotation: Any, value: Any, loc: tuple[str, ...]
+             ) -> tuple[tuple[str, ...], bool] | None:
+    if isinstance(value, bool):
+        kinds = _kinds(annotation)
+        return (loc, value) if "number" in kinds and "bool" not in kinds else None
+    if isinstance(value, list):
+        for item in _item_annotations(annotation):
+            for i, v in enumerate(value):
+                found = _bool_in(item, v, (*loc, str(i)))
+                if found is not None:
+                    return found
+        return None
+    nested = _model_in(annotation)
+    return _bool_for_number(nested, value, loc) if nested is not None else None
+
+
+def _kinds(annotation: Any) -> set[str]:
+    """What an annotation accepts, as far as this check cares: "number", "bool", "other"."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _kinds(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_kinds(a) for a in typing.get_args(annotation)))
+    if origin is Literal:
+        args = typing.get_args(annotation)
+        return ({"bool"} if any(isinstance(a, bool) for a in args) else set()) | \
+            ({"number"} if any(isinstance(a, int | float) and not isinstance(a, bool)
+                               for a in args) else set()) | {"other"}
+    if annotation is bool or annotation is Any or annotation is object:
+        return {"bool"}
+    if annotation in (int, float):
+        return {"number"}
+    return {"other"}
+
+
+def _item_annotations(annotation: Any) -> list[Any]:
+    """The item annotations of the list types in ``annotation`` (``list[int] | None``)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _item_annotations(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [i for a in typing.get_args(annotation) for i in _item_annotations(a)]
+    if origin in (list, Sequence, tuple) and typing.get_args(annotation):
+        return [typing.get_args(annotation)[0]]
+    return []
 
 
 def _section_fields(spec: StudySpec, section: str) -> dict[str, Any]:

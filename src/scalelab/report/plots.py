@@ -5,7 +5,6 @@ One style everywhere; each figure is saved as PNG and SVG.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from matplotlib.figure import Figure
 from ..analysis.nuisance import value_order
 from ..analysis.stats import Comparison
 from ..analysis.study import FitEntry, held_out
+from ..files import open_atomically
 
 STYLE = {"figsize": (6.0, 4.0), "dpi": 120}
 LABELS = {  # axis labels with units
@@ -71,12 +71,12 @@ def _finish(ax, x_name: str, y_name: str, legend: bool) -> None:
 
 
 def save(fig: Figure, stem: Path) -> list[Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    """``stem``.png and .svg, each written whole or not at all (the one atomic writer: a
+    kill leaves no torn figure, a full disk no temporary behind)."""
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for path in paths:  # under a temporary name, then renamed: a kill leaves no torn figure
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+    for path in paths:
+        with open_atomically(path, "wb") as f:
+            fig.savefig(f, format=path.suffix[1:])
     return paths
 
 

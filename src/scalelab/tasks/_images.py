@@ -11,7 +11,10 @@ the real loading code on any machine.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from pydantic import Field
 
 from ..errors import ScalelabError
 from ..plugin import PluginConfig
-from ._base import TaskData, cache_dir
+from ._base import TaskData, cache_dir, check_writable_cache, damaged_cache
 
 
 class ImageConfig(PluginConfig):
@@ -73,33 +76,123 @@ def missing(task: str, root: Path, expected: str, where: str) -> ScalelabError:
                          f"({where})")
 
 
+#: The record of a synthetic set's files (name -> size and sha256), written last.
+MANIFEST = "scalelab-files.json"
+#: Synthetic folders this process has checked against their record.
+_sound: set[Path] = set()
+
+
 def synthetic_folder(task: str, per_class: int,
                      write: Callable[[Path, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
                                      None],
                      shape: tuple[int, int, int], classes: int, spread: float = 15.0) -> Path:
     """A folder of ``per_class`` training and ``per_class // 5`` (at least 2) test images per
     class (H x W x C ``shape``; class templates ``spread`` apart) in the task's format,
-    written by ``write``, generated once per size and renamed into place whole."""
-    digest = hashlib.sha256(f"{task}:{per_class}:{shape}:{classes}:{spread}".encode()
+    written by ``write``, generated once per size, flushed to the disk with a record of its
+    files and renamed into place whole. A folder whose files do not match the record (cut
+    short by a power loss) is generated again, once, with a line saying so."""
+    digest = hashlib.sha256(f"{task}:{per_class}:{shape}:{classes}:{spread}:v2".encode()
                             ).hexdigest()[:12]
     folder = cache_dir() / "synthetic" / f"{task}-{per_class}-{digest}"
     if folder.is_dir():
-        return folder
+        problem = _damage(folder)
+        if problem is None:
+            return folder
+        check_writable_cache(folder.parent)
+        damaged_cache(folder, f"synthetic {task} set", problem)
+        _discard(folder)
+    check_writable_cache(folder.parent)
     rng = np.random.default_rng(per_class)
     h, w, c = shape
     coarse = rng.uniform(60, 195, size=(1, 4, 4, c)) + rng.normal(0, spread, size=(classes, 4, 4, c))
     templates = coarse.repeat(-(-h // 4), 1).repeat(-(-w // 4), 2)[:, :h, :w]
     x_train, y_train = synthetic_images(rng, templates, per_class)
     x_test, y_test = synthetic_images(rng, templates, max(2, per_class // 5))
-    partial = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    partial.mkdir(parents=True, exist_ok=True)
-    write(partial, x_train, y_train, x_test, y_test)
+    partial = folder.with_name(f".{folder.name}.{secrets.token_hex(6)}.tmp")
+    partial.mkdir(parents=True)
     try:
-        partial.rename(folder)
-    except OSError:  # another process finished first: its folder is the same set
-        if not folder.is_dir():
-            raise
+        write(partial, x_train, y_train, x_test, y_test)
+        _seal(partial)
+        try:
+            partial.rename(folder)
+        except OSError:  # another process finished first: its folder is the same set
+            if not folder.is_dir():
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            _fsync(folder.parent)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a full disk keeps no half-written set
+        raise
+    _sound.add(folder)
     return folder
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _seal(folder: Path) -> None:
+    """Flush every file of ``folder`` to the disk and record its size and sha256 last."""
+    record = {}
+    for path in _files(folder):
+        _fsync(path)
+        record[path.relative_to(folder).as_posix()] = [path.stat().st_size, _sha256(path)]
+    for sub in {p.parent for p in _files(folder)} | {folder}:
+        _fsync(sub)
+    with open(folder / MANIFEST, "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync(folder)
+
+
+def _damage(folder: Path) -> str | None:
+    """What is wrong with a synthetic folder against its record (None: nothing)."""
+    if folder in _sound:
+        return None
+    try:
+        record = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return "no record of its files"
+    found = {p.relative_to(folder).as_posix(): p for p in _files(folder)}
+    for name, (size, sha) in record.items():
+        path = found.get(name)
+        if path is None:
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size:,} bytes of {size:,}"
+        if _sha256(path) != sha:
+            return f"{name} does not match its checksum"
+    _sound.add(folder)
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged folder out of the way (in one step, so a reader never sees it half
+    removed) and remove it."""
+    aside = folder.with_name(f".{folder.name}.{secrets.token_hex(6)}.damaged")
+    try:
+        folder.rename(aside)
+    except FileNotFoundError:
+        return  # another process moved it first
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def synthetic_images(rng: np.random.Generator, templates: np.ndarray, per_class: int

@@ -26,12 +26,14 @@ def _generate(num_samples: int, seed: int) -> dict[str, np.ndarray]:
     return {"x": data["x"].astype(np.float32), "y": data["y"].astype(np.int64)}
 
 
+def _cached(num_samples: int, seed: int, generate: bool = True) -> dict[str, np.ndarray] | None:
+    return cached_arrays("mnist1d", {"num_samples": num_samples, "seed": seed, "v": 1},
+                         lambda: _generate(num_samples, seed), generate)
+
+
 @lru_cache(maxsize=8)
 def _split(num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    arrays = cached_arrays(
-        "mnist1d", {"num_samples": num_samples, "seed": seed, "v": 1},
-        lambda: _generate(num_samples, seed),
-    )
+    arrays = _cached(num_samples, seed)
     return torch.from_numpy(arrays["x"]).unsqueeze(1), torch.from_numpy(arrays["y"])
 
 
@@ -57,6 +59,14 @@ class MNIST1D(Task):
             if self.pool_seed == self.test_seed:
                 raise ValueError("pool_seed and test_seed must differ")
             return self
+
+    def check(self) -> None:
+        """Before any run: a damaged cached set is generated again here, once (not in every
+        worker), and a cache folder the sets still to generate cannot be written to is
+        refused in one line. Generates nothing that is missing."""
+        c = self.config
+        for num_samples, seed in ((c.pool_size, c.pool_seed), (c.num_test, c.test_seed)):
+            _cached(num_samples, seed, generate=False)
 
     def shape(self) -> tuple[tuple[int, ...], int, int]:
         return (1, 40), 10, self.config.num_train

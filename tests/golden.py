@@ -37,7 +37,7 @@ def platform() -> dict:
     """What the last digits of a CPU run depend on."""
     import torch
 
-    from scalelab.train.run import cpu_name
+    from scalelab.devices import cpu_name
 
     return {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__, "threads": torch.get_num_threads()}

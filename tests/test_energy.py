@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from scalelab import devices
 from scalelab.train import energy
 
 #: Four physical cards as NVML enumerates them (its index ignores CUDA_VISIBLE_DEVICES).
@@ -89,7 +90,7 @@ def gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "synchronize",
                         lambda device=None: events.append(("sync", str(device))))
-    monkeypatch.setattr(energy, "shared_gpu", False, raising=False)
+    monkeypatch.setattr(devices, "sharing", devices.Sharing())
     return nvml, events
 
 
@@ -118,7 +119,7 @@ def test_a_card_found_by_its_pci_bus_id_when_the_uuid_is_unknown(gpus, monkeypat
 
 def test_a_card_shared_with_other_training_workers_records_no_energy(gpus, monkeypatch):
     nvml, events = gpus
-    monkeypatch.setattr(energy, "shared_gpu", True)
+    monkeypatch.setattr(devices, "sharing", devices.Sharing(gpu=True))
     with energy.EnergyMeter(torch.device("cuda:0")) as meter:
         nvml.energy_mj[3] += 5_000
     assert meter.joules is None and energy.energy_metrics(meter) == {}
@@ -153,14 +154,13 @@ def test_more_local_workers_than_gpus_share_a_card_and_record_no_energy(gpus, mo
     monkeypatch.setattr(local, "ProcessPoolExecutor", RecordingPool)
     monkeypatch.setattr(local.threading, "Thread", lambda **kw: SimpleNamespace(start=lambda: 0))
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
-    monkeypatch.setattr(energy, "shared_cpu", False)
     executor = local.LocalExecutor("cuda", workers, False)
     executor.workers = workers
     RecordingPool.made.clear()
     executor._pool(workers)
     [(_, initializer, initargs)] = RecordingPool.made
     initializer(*initargs)  # what each worker process runs first
-    assert energy.shared_gpu is shared
+    assert devices.sharing == devices.Sharing(cpu=workers > 1, gpu=shared)
 
 
 @pytest.mark.parametrize("gpus_per_task, shared", [(0.5, True), (0.25, True), (1.0, False),
@@ -172,8 +172,7 @@ def test_fractional_ray_gpus_share_a_card_and_record_no_energy(gpus, monkeypatch
     seen = {}
     monkeypatch.setattr(ray_runner, "train_group_of",
                         lambda group, device, checkpoint: seen.setdefault(
-                            "shared", energy.shared_gpu))
+                            "shared", devices.sharing.gpu))
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
-    monkeypatch.setattr(energy, "shared_cpu", False)
     ray_runner._train_on_worker(None, "cuda", False, 1, gpus_per_task)
     assert seen["shared"] is shared

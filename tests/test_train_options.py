@@ -153,7 +153,9 @@ def test_rapl_counters_give_a_runs_energy_across_a_wraparound(tmp_path, monkeypa
     assert meter.joules == pytest.approx(3.5) and meter.source == "rapl:intel-rapl:0"
     assert energy.energy_metrics(meter, runs=2) == {"energy_j": pytest.approx(1.75),
                                                     "energy_source": "rapl:intel-rapl:0"}
-    monkeypatch.setattr(energy, "shared_cpu", True)  # other workers on the same package
+    from scalelab import devices
+
+    monkeypatch.setattr(devices, "sharing", devices.Sharing(cpu=True))  # others on the package
     with energy.EnergyMeter(torch.device("cpu")) as shared:
         pass
     assert shared.joules is None and energy.energy_metrics(shared) == {}

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..devices import resolve_device
 from ..errors import ScalelabError
 from ..output import Output
 from ..plugin import instantiate
@@ -17,7 +18,7 @@ from ..records import COMPLETED, setting_label
 from ..registry import evaluators, tasks
 from ..spec import Study, load_study
 from ..store import Store, Stores
-from ..train.run import load_checkpoint, resolve_device
+from ..train.run import load_checkpoint
 
 
 @dataclass

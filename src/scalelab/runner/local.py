@@ -13,12 +13,11 @@ from multiprocessing import get_context
 
 import torch
 
+from ..devices import available_cores, resolve_device, share
 from ..errors import ScalelabError
 from ..records import FAILED, RunResult, RunSpec, run_id
 from ..registry import executors
 from ..spec import Study
-from ..train import energy
-from ..train.run import resolve_device
 from ._base import Executor, Group, train_group_of
 
 
@@ -30,13 +29,6 @@ def device_memory(dev: torch.device) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # no sysconf (Windows): do not refuse
         return 2**62
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 @executors.register("local")
@@ -175,8 +167,9 @@ def _terminate_workers(pool: ProcessPoolExecutor) -> None:
 
 def _init_worker(threads: int, parent: int, shared: bool, shared_gpu: bool = False) -> None:
     torch.set_num_threads(threads)
-    energy.shared_cpu = shared  # other workers train beside it: CPU counters would mix runs
-    energy.shared_gpu = shared_gpu  # and GPU counters, where they share a card
+    # Other workers train beside it: CPU counters would mix runs, and GPU counters where
+    # they share a card.
+    share(cpu=shared, gpu=shared_gpu)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 

@@ -16,12 +16,12 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
+from ..devices import available_cores, share
 from ..errors import ScalelabError, first_line
 from ..records import FAILED, RunResult, RunSpec
 from ..registry import executors
 from ..spec import Resources, Study
 from ._base import Executor, Group, train_group_of
-from .local import available_cores
 
 #: Attempts after the first when a task's worker process or node dies.
 MAX_RETRIES = 3
@@ -41,13 +41,11 @@ def _train_on_worker(group: Group, device: str, checkpoint: bool, threads: int,
     (``gpus``: the GPUs the task asked for)."""
     import torch
 
-    from ..train import energy
-
     torch.set_num_threads(threads)
-    energy.shared_cpu = True  # Ray packs tasks onto a node's CPUs: package counters would mix
-    # A fraction of a GPU: Ray places other tasks on the same card, whose counter would mix
-    # them; whole GPUs are the task's alone (Ray sets CUDA_VISIBLE_DEVICES to them).
-    energy.shared_gpu = 0 < gpus < 1
+    # Ray packs tasks onto a node's CPUs: package counters would mix them. A fraction of a
+    # GPU: Ray places other tasks on the same card, whose counter would mix them; whole GPUs
+    # are the task's alone (Ray sets CUDA_VISIBLE_DEVICES to them).
+    share(cpu=True, gpu=0 < gpus < 1)
     return train_group_of(group, device, checkpoint)
 
 

@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
+from ..devices import available_cores, resolve_device
 from ..errors import ScalelabError
 from ..records import RunResult, RunSpec
 from ..registry import executors, tasks
 from ..spec import Study
-from ..train.run import resolve_device
 from ._base import Executor, Group, train_group_of
-from .local import available_cores
 
 
 @executors.register("torchrun")

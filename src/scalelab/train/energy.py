@@ -2,8 +2,8 @@
 FLOPs: NVIDIA's NVML total-energy counter for a run on a GPU (``pip install
 'scalelab[energy]'``), Intel/AMD RAPL package counters (``/sys/class/powercap``) for a run on
 the CPU when they are readable. Where neither can measure, or where the counter would also
-count other runs training at the same time on the same CPU or GPU, a run records nothing
-(and the meter's ``source`` says why, when it is sharing).
+count other runs training at the same time on the same CPU or GPU (``devices.sharing``), a
+run records nothing (and the meter's ``source`` says why, when it is sharing).
 
 NVML numbers GPUs its own way and ignores ``CUDA_VISIBLE_DEVICES``, so torch's ``cuda:0``
 under Ray, Slurm or any remapping is not NVML's card 0: the card is opened by the UUID torch
@@ -16,13 +16,9 @@ from pathlib import Path
 
 import torch
 
+from .. import devices
+
 POWERCAP = Path("/sys/class/powercap")
-#: Set in worker processes that share the CPU with other training workers: a CPU package
-#: counter would count their work too, so CPU runs there record no energy.
-shared_cpu = False
-#: Set in worker processes whose GPU other training workers use too (more local workers than
-#: GPUs; fractional Ray ``resources.gpus``): the card's counter would count their work too.
-shared_gpu = False
 
 SHARED_CPU = "not measured: the CPU is shared with other training workers"
 SHARED_GPU = "not measured: the GPU is shared with other training workers"
@@ -54,7 +50,7 @@ class EnergyMeter:
 
     def __enter__(self) -> EnergyMeter:
         if self.device.type == "cuda":
-            if shared_gpu:
+            if devices.sharing.gpu:
                 self.source = SHARED_GPU
                 return self
             self._handle = _nvml_handle(self.device)
@@ -65,7 +61,7 @@ class EnergyMeter:
                 self._start = [self._handle[0].nvmlDeviceGetTotalEnergyConsumption(
                     self._handle[1])]
                 self.source = f"nvml:{self.device}"
-        elif self.device.type == "cpu" and shared_cpu:
+        elif self.device.type == "cpu" and devices.sharing.cpu:
             self.source = SHARED_CPU
         elif self.device.type == "cpu":
             self._domains = _rapl_domains()

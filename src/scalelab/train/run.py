@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import platform
 import time
 import traceback
 import warnings
@@ -22,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
+from ..devices import provenance, resolve_device, synchronize
 from ..errors import ScalelabError, first_line
 from ..plugin import instantiate
 from ..records import COMPLETED, FAILED, RunResult
@@ -50,58 +48,6 @@ def train_run(config: dict[str, Any], device: str = "cpu", checkpoint: bool = Fa
         return train_single(config, dev, checkpoint, hooks or Hooks())
     except Exception:
         return RunResult(FAILED, error=traceback.format_exc(), provenance=provenance(dev))
-
-
-def provenance(device: torch.device) -> dict[str, Any]:
-    """Versions and hardware, stored with every result."""
-    name = str(device)
-    if device.type == "cuda":
-        name += f" ({torch.cuda.get_device_name(device)})"
-    return {
-        "scalelab_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "device": name,
-        "cpu": cpu_name(),
-        # The kernels torch dispatches to (AVX2, AVX512 ...): results agree to the last digit
-        # only between runs on the same capability, torch build and thread count.
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch_threads": torch.get_num_threads(),
-        "host": platform.node(),
-        "pid": os.getpid(),
-    }
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` takes a CUDA GPU, then Apple's MPS, then the CPU; a named device must exist."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = mps is not None and mps.is_available()
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if has_mps else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
-        raise ScalelabError(f"--device: unknown device {device!r} (allowed: auto, cpu, cuda, cuda:N, mps)")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ScalelabError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
-    if dev.type == "mps" and not has_mps:
-        raise ScalelabError("--device mps: Apple's MPS backend is not available; use --device cpu")
-    return dev
 
 
 def build(config: dict[str, Any], data) -> nn.Module:
@@ -139,12 +85,6 @@ def step_metrics(steps: int, batch: int, n: int, flops_per_step: int) -> dict[st
     """What follows from the number of steps a run took."""
     return {"steps": steps, "samples_seen": steps * batch, "epochs_seen": steps * batch / n,
             "train_flops": flops_per_step * steps}
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work, so a clock read after it times the work itself."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_to_result(init_time: float, outcome, test_eval_time: float) -> float:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..devices import synchronize
 from ..models import count_parameters
 from ..plugin import instantiate
 from ..records import RunResult
@@ -27,7 +28,6 @@ from .run import (
     counted_compute,
     finalize,
     step_metrics,
-    synchronize,
     time_to_result,
     timed,
     tracked_result,

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..devices import provenance, resolve_device
 from ..models import count_parameters
 from ..models.mup import WidthScale, decay_multiplier, lr_multipliers
 from ..plugin import instantiate
@@ -36,8 +37,6 @@ from .run import (
     build,
     counted_compute,
     finalize,
-    provenance,
-    resolve_device,
     step_metrics,
     tracked_result,
 )

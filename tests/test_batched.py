@@ -8,7 +8,7 @@ import pytest
 import scalelab
 from scalelab.runner.grouping import plan_groups
 from scalelab.spec import validate_study
-from scalelab.store import Store
+from scalelab.store import SCHEMA_VERSION, Store
 from scalelab.train import DIVERGED, train_run
 from scalelab.train.stacked import train_group
 from scalelab.train.stacking import estimate_bytes, group_key
@@ -141,7 +141,7 @@ def test_a_schema_1_store_gains_the_newer_columns_and_evaluations_table(tmp_path
     with Store.open(tmp_path) as store:
         assert store.records()[0]["batch_group"] is None
         assert store.evaluations() == []
-        assert store.meta()["schema_version"] == "5"
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION)
         assert store.statuses() == {"a": "completed"}
         columns = [row[1] for row in store._db.execute("PRAGMA table_info(runs)")]
         assert columns[-3:] == ["batch_group", "owner", "heartbeat"]

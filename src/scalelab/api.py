@@ -585,3 +585,22 @@ def next(out_dir: str | Path, budget: float, *, study: str | Path | None = None,
 
     return propose(out_dir, budget, study=study, where=where, extra=extra, append=append,
                    n_resamples=n_resamples)
+
+def data(name: str | None = None, *, to: str | Path | None = None, shards: int | None = None,
+         output: Output | None = None) -> Path | list[dict[str, Any]]:
+    """Fetch public dataset ``name`` (``scalelab data list`` names them) into the dataset
+    cache, or the folder ``to``, unless it is there whole already; returns the folder its
+    task reads. ``shards``: FineWeb training shards (100 M tokens each). With no ``name``:
+    what the cache holds of every dataset, one dict each."""
+    from . import datasets
+
+    if name is None:
+        return [datasets.state(n) for n in datasets.CATALOG]
+    return datasets.get(name, to=to, shards=shards, output=output)
+
+
+def data_state(name: str, to: str | Path | None = None) -> dict[str, Any]:
+    """What the cache (or ``to``) holds of dataset ``name``: a row of ``scalelab data list``."""
+    from . import datasets
+
+    return datasets.state(name, to)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import signal
 import sys
 import threading
@@ -111,6 +112,7 @@ def run(
     address: str | None = typer.Option(None, "--address", help="with --backend ray: the cluster (auto, or ray://HOST:PORT) [default: a local Ray]"),
     set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable), e.g. train.lr=0.01 or grid.model.width=[16,32]"),
     quick: bool = typer.Option(False, "--quick", help="apply the study's own `quick:` overrides for a fast first look (kept apart in runs/<name>-quick)"),
+    download: bool = typer.Option(False, "--download", help="let a task whose path is empty fetch its dataset into the cache on first use, as `download: true` in the task does (same as SCALELAB_DOWNLOAD=1)"),
     shard: str | None = typer.Option(None, "--shard", help="run only slice i of k (i/k, 0 <= i < k) for job arrays"),
     shard_store: bool = typer.Option(False, "--shard-store", help="with --shard: write this shard's own store file (job arrays on network filesystems); readers see all, `scalelab merge` folds them"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their state; train and write nothing"),
@@ -120,6 +122,10 @@ def run(
     output: Output = None,
 ) -> int:
     """Train every run of a study that is not stored yet, print a summary, write the report."""
+    if download:  # seen by this process's tasks and by the workers it starts
+        from .datasets import DOWNLOAD_ENV
+
+        os.environ[DOWNLOAD_ENV] = "1"
     if dry_run:
         _print_dry_run(output, api.dry_run(study, out=out, overrides=set_, quick=quick,
                                            shard=shard))
@@ -470,6 +476,61 @@ def export(
     """Write the stored runs (or curves) as csv, json or parquet."""
     written = api.export(out_dir, to.value, path, curves=curves)
     output.info(f"wrote {written}")
+    return 0
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Public datasets in the cache: fetch one "
+                       "(checksummed, resumable) or list what is there.")
+app.add_typer(data_app, name="data")
+
+
+def _data_command(fn):
+    """A ``scalelab data`` subcommand, with :func:`command`'s one-line errors and exit codes
+    (registered by it, then moved under ``data``)."""
+    command(fn)
+    info = app.registered_commands.pop()
+    info.name = fn.__name__.removeprefix("data_")
+    data_app.registered_commands.append(info)
+    return fn
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB" if n >= 1e5 else \
+        f"{n / 1e3:,.0f} kB" if n else "0"
+
+
+@_data_command
+def data_get(
+    name: str = typer.Argument(..., help="mnist, fashion_mnist, cifar10, cifar100, imagenette or fineweb10B (`scalelab data list`)"),
+    to: Path | None = typer.Option(None, "--to", help="put it in this folder instead of the dataset cache (then give the task `path:` that folder)"),
+    shards: int | None = typer.Option(None, "--shards", min=1, help="fineweb10B: training shards of 100 M tokens to fetch, beside the validation shard [default: 1; 9 is modded-nanogpt's speedrun, 103 all]"),
+    fmt: Fmt = FormatOption,
+    output: Output = None,
+) -> int:
+    """Fetch a public dataset into the cache, checked against its publisher's checksums."""
+    try:
+        folder = api.data(name, to=to, shards=shards, output=output)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the partial file stays for resuming
+        output.error(f"interrupted; what was downloaded is kept and `scalelab data get {name}` "
+                     "resumes it")
+        return 143 if isinstance(exc, Terminated) else 130
+    row = api.data_state(name, to)
+    use = (f"a {row['task']} task with an empty path reads it" if to is None else
+           f"give the {row['task']} task `path: {folder}`")
+    output.info(f"{name}: {_bytes(row['size_on_disk'])} in {folder} ({use})")
+    output.emit({**row, "where": str(folder)})
+    return 0
+
+
+@_data_command
+def data_list(fmt: Fmt = FormatOption, output: Output = None) -> int:
+    """Each dataset `scalelab data get` fetches: whether it is cached, where, its size."""
+    rows = api.data()
+    output.table("datasets (`scalelab data get NAME`; SCALELAB_CACHE moves the cache)",
+                 ["dataset", "cached", "size on disk", "download", "task", "where"],
+                 [[r["name"], r["cached"], _bytes(r["size_on_disk"]), _bytes(r["download_size"]),
+                   r["task"], r["where"]] for r in rows])
+    output.emit(rows)
     return 0
 
 

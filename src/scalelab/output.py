@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -18,11 +19,13 @@ from typing import Any, Literal, TextIO
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -91,6 +94,17 @@ class Output:
             tracker.close()
 
 
+    @contextmanager
+    def transfer(self, name: str, total: int | None, done: int = 0):
+        """The bytes of one download (``done`` of ``total`` already there): a bar with the
+        size, rate and time left on a terminal; elsewhere one line when it is whole."""
+        transfer = _Transfer(self, name, total, done)
+        try:
+            yield transfer
+        finally:
+            transfer.close()
+
+
 def _console(file: TextIO) -> Console:
     # Off a terminal (logs, pipes, CI) tables get room instead of rich's 80-column default.
     width = None if file.isatty() else 200
@@ -122,6 +136,39 @@ class _Tracker:
             self.bar.update(self.task, advance=1, issues=issues)
         else:
             self.output.info(f"[{self.done}/{self.total}] {status:9} {label}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class _Transfer:
+    """Drives a byte bar (terminal) or prints ``name: size in time (rate)`` when finished."""
+
+    def __init__(self, output: Output, name: str, total: int | None, done: int):
+        self.output, self.name, self.start, self.done = output, name, done, done
+        self.began = time.monotonic()
+        self.bar: Progress | None = None
+        if not output.is_json and output.err.is_terminal:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=output.err, transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task(name, total=total, completed=done)
+
+    def advance(self, size: int) -> None:
+        self.done += size
+        if self.bar is not None:
+            self.bar.update(self.task, advance=size)
+
+    def finish(self) -> None:
+        """The file is whole: off a terminal, its one line."""
+        if self.bar is None:
+            seconds = max(time.monotonic() - self.began, 1e-3)
+            resumed = f", resumed at {self.start / 1e6:,.1f} MB" if self.start else ""
+            self.output.info(f"{self.name}: {self.done / 1e6:,.1f} MB in {seconds:,.1f} s "
+                             f"({(self.done - self.start) / 1e6 / seconds:,.1f} MB/s{resumed})")
 
     def close(self) -> None:
         if self.bar is not None:

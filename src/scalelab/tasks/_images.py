@@ -2,10 +2,12 @@
 official training set into nested training prefixes and a validation tail, normalisation,
 the one-line error for missing files, and small synthetic sets written in the real format.
 
-A task reads only files the user put at ``path``: nothing is downloaded. ``synthetic: N``
-instead writes N images per class of class-dependent noise in the task's own file format
-into the cache and reads them back through the same reader, so quick studies and tests run
-the real loading code on any machine.
+A task reads the files at ``path``; with ``path`` empty, the dataset as ``scalelab data get``
+keeps it in the cache, fetched on first use only when ``download: true`` (or ``scalelab run
+--download``) allows it, else refused in one line naming the command that fetches it.
+``synthetic: N`` instead writes N images per class of class-dependent noise in the task's
+own file format into the cache and reads them back through the same reader, so quick studies
+and tests run the real loading code on any machine.
 """
 
 from __future__ import annotations
@@ -17,19 +19,26 @@ import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from pydantic import Field
 
+from ..datasets import ensure
 from ..errors import ScalelabError
 from ..plugin import PluginConfig
 from ._base import TaskData, cache_dir, check_writable_cache, damaged_cache
 
 
 class ImageConfig(PluginConfig):
-    path: str = Field("", description="folder holding the dataset's standard files")
+    #: ``download`` came after stores existed: at its default it stays out of run ids.
+    later_settings: ClassVar[dict[str, object]] = {"download": False}
+
+    path: str = Field("", description="folder holding the dataset's standard files; empty: "
+                      "the dataset cache (`scalelab data get NAME`)")
+    download: bool = Field(False, description="with path empty: fetch the dataset into the "
+                           "cache on first use (checksummed, resumable) instead of refusing")
     num_train: int | None = Field(None, ge=1, description="training images used: a prefix of "
                                   "the official training set (nested across sizes)")
     num_val: int = Field(5000, ge=0, description="validation images: the tail of the official "
@@ -57,13 +66,13 @@ def data_folder(task: str, config: ImageConfig, expected: str, where: str,
                 write_synthetic: Callable[[Path, np.ndarray, np.ndarray, np.ndarray,
                                            np.ndarray], None],
                 shape: tuple[int, int, int], classes: int) -> Path:
-    """The folder to read: the user's ``path``, or a synthetic set written once in the cache.
-    A missing folder is refused in one line naming the files expected and where to get them."""
+    """The folder to read: the user's ``path``, a synthetic set written once in the cache, or
+    (``path`` empty) the dataset as ``scalelab data get`` caches it. A missing folder is
+    refused in one line naming the files expected and where to get them."""
     if config.synthetic:
         return synthetic_folder(task, config.synthetic, write_synthetic, shape, classes)
-    if not config.path:
-        raise ScalelabError(f"task.path: the {task} task reads {expected} from a folder; give "
-                            f"its path ({where}), or `synthetic: N` for generated images")
+    if not config.path:  # the dataset cache (the catalog names each dataset as its task)
+        return ensure(task, task=task, download=config.download)
     root = Path(config.path).expanduser()
     if not root.is_dir():
         raise ScalelabError(f"task.path: {root} is not a folder; the {task} task expects "

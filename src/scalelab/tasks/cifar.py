@@ -9,7 +9,8 @@
 - airbench's ``train.pt`` / ``test.pt`` (``{"images": uint8 N x 32 x 32 x 3, "labels": N,
   "classes": [...]}``), read with ``torch.load(weights_only=True)``.
 
-The folder itself may be the format's folder, or hold it.
+The folder itself may be the format's folder, or hold it. With ``path`` empty, the python
+version as ``scalelab data get cifar10`` (``cifar100``) keeps it in the dataset cache.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from ..registry import tasks
 from ._base import Task, TaskData
 from ._images import ImageConfig, data_folder, missing, read_once, split
 
-WHERE = "from https://www.cs.toronto.edu/~kriz/cifar.html (python or binary version, unpacked)"
+WHERE = ("`scalelab data get cifar10` (or cifar100) fetches the python version; or from "
+         "https://www.cs.toronto.edu/~kriz/cifar.html (python or binary version, unpacked)")
 
 
 class _ArraysOnly(pickle.Unpickler):

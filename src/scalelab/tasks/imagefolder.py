@@ -11,6 +11,9 @@ processes, batch by batch, never loaded whole.
   labelled held-out set);
 - class names are the folder names, kept for per-class reports.
 
+With ``path`` empty the task reads Imagenette (10 ImageNet classes, 320 px) from the dataset
+cache: ``scalelab data get imagenette``, or ``download: true`` to fetch it on first use.
+
 Only training classification runs (one model at a time) read folders: stacking and the
 re-scoring evaluators need tensors in memory and refuse folders in words.
 """
@@ -20,12 +23,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..datasets import ensure
 from ..errors import ScalelabError, first_line
 from ..plugin import PluginConfig
 from ..registry import tasks
@@ -150,7 +155,14 @@ class ImageFolder(Task):
     in_memory = False
 
     class Config(PluginConfig):
-        path: str = Field("", description="folder holding train/ and val/ class folders")
+        #: ``download`` came after stores existed: at its default it stays out of run ids.
+        later_settings: ClassVar[dict[str, object]] = {"download": False}
+
+        path: str = Field("", description="folder holding train/ and val/ class folders; "
+                          "empty: Imagenette from the dataset cache (`scalelab data get "
+                          "imagenette`)")
+        download: bool = Field(False, description="with path empty: fetch Imagenette into "
+                               "the cache on first use instead of refusing")
         num_train: int | None = Field(None, ge=1, description="training images per class "
                                       "(the first by file name: nested subsets)")
         num_val: int = Field(10, ge=1, description="images per class from the end of train/ "
@@ -166,9 +178,8 @@ class ImageFolder(Task):
         c = self.config
         if c.synthetic:
             return synthetic_image_folder(c.synthetic)
-        if not c.path:
-            raise ScalelabError(f"task.path: the imagefolder task reads {WHERE}; give the "
-                                "folder's path, or `synthetic: N` for generated images")
+        if not c.path:  # Imagenette, the public ImageNet subset, from the dataset cache
+            return ensure("imagenette", task="imagefolder", download=c.download)
         root = Path(c.path).expanduser()
         if not (root / "train").is_dir() or not (root / "val").is_dir():
             raise ScalelabError(f"task.path: {root} needs train/ and val/ folders of class "

@@ -1,5 +1,6 @@
 """MNIST and Fashion-MNIST from their IDX files (gzipped or not): the official 60,000
-training and 10,000 test images; validation is the tail of the training set."""
+training and 10,000 test images; validation is the tail of the training set. With ``path``
+empty they are read from the dataset cache (``scalelab data get mnist``, ``fashion_mnist``)."""
 
 from __future__ import annotations
 
@@ -111,7 +112,8 @@ class MNIST(_IDX):
     """MNIST handwritten digits from the four IDX files (60k train, 10k test)."""
 
     title = "mnist"
-    where = "from https://yann.lecun.com/exdb/mnist/ or any mirror of the four files"
+    where = ("`scalelab data get mnist` fetches them; or from https://yann.lecun.com/exdb/mnist/ "
+             "or any mirror of the four files")
     classes = [str(d) for d in range(10)]
 
 
@@ -120,5 +122,6 @@ class FashionMNIST(_IDX):
     """Fashion-MNIST clothing images from the four IDX files (60k train, 10k test)."""
 
     title = "fashion_mnist"
-    where = "from https://github.com/zalandoresearch/fashion-mnist (data/fashion)"
+    where = ("`scalelab data get fashion_mnist` fetches them; or from "
+             "https://github.com/zalandoresearch/fashion-mnist (data/fashion)")
     classes = FASHION_CLASSES

@@ -2,7 +2,8 @@
 
 Sources: the built-in corpora ``pydocs`` (CPython's English documentation,
 ``pydoc_data.topics``) and ``pystdlib`` (the standard library's own ``.py`` files), local text
-files or folders, and uint16 ``.bin`` token shards in the layout of llm.c / modded-nanogpt.
+files or folders, and uint16 ``.bin`` token shards in the layout of llm.c / modded-nanogpt
+(with no ``path``: FineWeb 10B's GPT-2 shards as ``scalelab data get fineweb10B`` caches them).
 Documents, not characters, are split into train/validation/test, deterministically, so no
 document straddles two splits.
 """
@@ -16,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -247,9 +248,14 @@ class Text(Task):
     data_kind = "language"
 
     class Config(PluginConfig):
+        #: Settings that came after stores existed: at their defaults they stay out of run ids.
+        later_settings: ClassVar[dict[str, object]] = {"shards": 1, "download": False}
+
         source: Literal["pydocs", "pystdlib", "files", "shards"] = Field(
             "pydocs", description="built-in corpus, local text files, or llm.c .bin token shards")
-        path: str | None = Field(None, description="file or folder (files, shards)")
+        path: str | None = Field(None, description="file or folder (files, shards); shards "
+                                 "with no path: FineWeb 10B's GPT-2 shards from the dataset "
+                                 "cache (`scalelab data get fineweb10B`)")
         pattern: str = Field("**/*.txt", description="files taken from a folder (files)")
         tokenizer: Literal["byte", "char", "gpt2"] = Field(
             "byte", description="byte (vocab 256), char (corpus alphabet), gpt2 (tiktoken)")
@@ -263,11 +269,19 @@ class Text(Task):
         chunk_chars: int = Field(16_384, ge=256,
                                  description="piece size when a source has under 20 documents")
         vocab_size: int = Field(GPT2_VOCAB, ge=2, description="vocabulary of token shards")
+        shards: int = Field(1, ge=1, le=103, description="source shards with no path: FineWeb "
+                            "training shards read from the cache (100 M tokens each), beside "
+                            "its validation shard")
+        download: bool = Field(False, description="source shards with no path: fetch the "
+                               "shards into the cache on first use instead of refusing")
 
         @model_validator(mode="after")
         def _needs_path(self):
-            if self.source in ("files", "shards") and not self.path:
-                raise ValueError(f"source {self.source} needs path: (a file or folder)")
+            if self.source == "files" and not self.path:
+                raise ValueError("source files needs path: (a file or folder)")
+            if self.shards != 1 and (self.source != "shards" or self.path):
+                raise ValueError("shards counts the FineWeb shards read from the cache: only "
+                                 "with source shards and no path")
             if self.source == "shards" and self.tokenizer != "byte":
                 raise ValueError("token shards are already tokenized; leave tokenizer unset")
             return self
@@ -285,16 +299,29 @@ class Text(Task):
 
     def check(self) -> None:
         c = self.config
+        if c.source == "shards" and not c.path:
+            self._cached_shards()
+            return
         if c.source in ("files", "shards") and not Path(c.path).expanduser().exists():
             raise ScalelabError(f"task.path: {c.path} does not exist (source {c.source} reads "
                                 "a text file or folder there)" if c.source == "files" else
                                 f"task.path: {c.path} does not exist (source shards reads "
                                 "llm.c .bin token shards there)")
 
+    def _cached_shards(self) -> tuple[Path, ...]:
+        """FineWeb's validation shard and first ``shards`` training shards, from the cache
+        (fetched first when ``download`` allows it)."""
+        from ..datasets import CATALOG, ensure
+
+        folder = ensure("fineweb10B", task="text", download=self.config.download,
+                        shards=self.config.shards)
+        return tuple(folder / p.name for p in CATALOG["fineweb10B"].selected(self.config.shards))
+
     def load(self) -> TokenData:
         c = self.config
         if c.source == "shards":
-            streams, vocab, per_token = _shard_streams(c.path, c.vocab_size), c.vocab_size, None
+            files = self._cached_shards() if not c.path else _shard_files(c.path)
+            streams, vocab, per_token = _shard_streams(files, c.vocab_size), c.vocab_size, None
             bytes_per_token = dict.fromkeys(("train", "val", "test"), per_token)
         else:
             streams, vocab, bytes_per_token = _text_streams(
@@ -334,19 +361,25 @@ def _text_streams(source, path, pattern, tokenizer_name, val_fraction, test_frac
     return streams, tokenizer.vocab_size, bytes_per_token
 
 
-@lru_cache(maxsize=4)
-def _shard_streams(path: str, vocab_size: int) -> dict[str, np.ndarray]:
-    """Shards named ``*val*`` hold validation (first half) and test (second half); the rest
-    train. Without a ``*val*`` shard, the last shard is held out instead."""
+def _shard_files(path: str) -> tuple[Path, ...]:
+    """The ``.bin`` shards at ``path`` (a file, or a folder's sorted ``*.bin``)."""
     root = Path(path).expanduser()
     files = [root] if root.is_file() else sorted(root.glob("*.bin")) if root.is_dir() else []
     if not files:
         raise ScalelabError(f"task.path: no .bin token shards at {root} (expected files like "
                             "fineweb_train_000001.bin and fineweb_val_000000.bin)")
-    held = [f for f in files if "val" in f.name] or files[-1:]
+    return tuple(files)
+
+
+@lru_cache(maxsize=4)
+def _shard_streams(files: tuple[Path, ...], vocab_size: int) -> dict[str, np.ndarray]:
+    """Shards named ``*val*`` hold validation (first half) and test (second half); the rest
+    train. Without a ``*val*`` shard, the last shard is held out instead."""
+    held = [f for f in files if "val" in f.name] or list(files[-1:])
     train_files = [f for f in files if f not in held]
     if not train_files:
-        raise ScalelabError(f"task.path: {root} has no training shards besides the held-out one")
+        raise ScalelabError(f"task.path: {files[0].parent} has no training shards besides the "
+                            "held-out one")
     train = np.concatenate([read_shard(f) for f in train_files])
     held_out = np.concatenate([read_shard(f) for f in held])
     for name, tokens in (("train", train), ("held-out", held_out)):

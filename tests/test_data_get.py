@@ -203,7 +203,7 @@ def test_a_fresh_download_is_checked_cached_and_never_downloaded_again(server, m
     folder = tmp_path / "cache" / "data" / "mnist"
     assert {p.name for p in folder.iterdir()} == set(files) | {".scalelab-data.json"}
     assert all((folder / f).read_bytes() == body for f, body in files.items())
-    assert "train-images-idx3-ubyte.gz: " in result.output and "MB/s" in result.output
+    assert "train-images-idx3-ubyte.gz: 235.3 kB in " in result.output and "B/s" in result.output
     data = instantiate(tasks, {"name": "mnist", "num_val": 50}).load()  # path empty: the cache
     assert len(data.y_train) == 250 and len(data.y_test) == 20
     asked = len(server.requests)
@@ -495,6 +495,21 @@ def test_a_study_that_allows_downloads_fetches_on_first_use_before_anything_is_w
     out2 = tmp_path / "out2"
     assert cli("run", str(study), "--out", str(out2), "--workers", "1", "--no-report"
                ).exit_code == 0
+
+
+def test_run_download_allows_fetching_for_a_study_that_does_not_say_so(server, monkeypatch,
+                                                                      tmp_path, tiny_study):
+    serve(server, monkeypatch, "mnist", mnist_files(tmp_path))
+    study = tiny_study(tmp_path, task={"name": "mnist", "num_val": 50, "num_train": 100},
+                       model={"name": "mlp", "depth": 1}, grid={"width": [4]}, seeds=[0])
+    out = tmp_path / "out"
+    result = cli("run", str(study), "--out", str(out), "--dry-run")
+    assert result.exit_code == 2 and "run `scalelab data get mnist`" in result.output
+    assert server.requests == [] and not out.exists()
+    monkeypatch.setenv("SCALELAB_DOWNLOAD", "")  # restored after the test: --download sets it
+    result = cli("run", str(study), "--out", str(out), "--dry-run", "--download")
+    assert result.exit_code == 0, result.output
+    assert len(server.requests) == 4
 
 
 def test_to_puts_the_dataset_in_a_folder_a_task_path_can_name(server, monkeypatch, tmp_path):

@@ -22,7 +22,7 @@ from . import api
 from .analysis import Summary
 from .analysis.laws import parse_holdout
 from .errors import ScalelabError, log_crash, os_error_line
-from .output import Output
+from .output import Output, fmt_bytes
 from .registry import FAMILIES
 
 app = typer.Typer(
@@ -494,11 +494,6 @@ def _data_command(fn):
     return fn
 
 
-def _bytes(n: int) -> str:
-    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB" if n >= 1e5 else \
-        f"{n / 1e3:,.0f} kB" if n else "0"
-
-
 @_data_command
 def data_get(
     name: str = typer.Argument(..., help="mnist, fashion_mnist, cifar10, cifar100, imagenette or fineweb10B (`scalelab data list`)"),
@@ -515,9 +510,9 @@ def data_get(
                      "resumes it")
         return 143 if isinstance(exc, Terminated) else 130
     row = api.data_state(name, to)
-    use = (f"a {row['task']} task with an empty path reads it" if to is None else
+    use = (f"the {row['task']} task reads it when its path is empty" if to is None else
            f"give the {row['task']} task `path: {folder}`")
-    output.info(f"{name}: {_bytes(row['size_on_disk'])} in {folder} ({use})")
+    output.info(f"{name}: {fmt_bytes(row['size_on_disk'])} in {folder} ({use})")
     output.emit({**row, "where": str(folder)})
     return 0
 
@@ -528,8 +523,8 @@ def data_list(fmt: Fmt = FormatOption, output: Output = None) -> int:
     rows = api.data()
     output.table("datasets (`scalelab data get NAME`; SCALELAB_CACHE moves the cache)",
                  ["dataset", "cached", "size on disk", "download", "task", "where"],
-                 [[r["name"], r["cached"], _bytes(r["size_on_disk"]), _bytes(r["download_size"]),
-                   r["task"], r["where"]] for r in rows])
+                 [[r["name"], r["cached"], fmt_bytes(r["size_on_disk"]) if r["size_on_disk"] else
+                   "—", fmt_bytes(r["download_size"]), r["task"], r["where"]] for r in rows])
     output.emit(rows)
     return 0
 

@@ -166,13 +166,22 @@ class _Transfer:
         """The file is whole: off a terminal, its one line."""
         if self.bar is None:
             seconds = max(time.monotonic() - self.began, 1e-3)
-            resumed = f", resumed at {self.start / 1e6:,.1f} MB" if self.start else ""
-            self.output.info(f"{self.name}: {self.done / 1e6:,.1f} MB in {seconds:,.1f} s "
-                             f"({(self.done - self.start) / 1e6 / seconds:,.1f} MB/s{resumed})")
+            resumed = f", resumed at {fmt_bytes(self.start)}" if self.start else ""
+            rate = fmt_bytes((self.done - self.start) / seconds)
+            self.output.info(f"{self.name}: {fmt_bytes(self.done)} in {seconds:,.1f} s "
+                             f"({rate}/s{resumed})")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def fmt_bytes(size: float) -> str:
+    """A byte count in kB, MB or GB (powers of 1000), as download tools show them."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size:,.0f} bytes"
 
 
 def fmt_value(value: Any) -> str:

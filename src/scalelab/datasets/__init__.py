@@ -17,7 +17,7 @@ import urllib.error
 from pathlib import Path
 
 from ..errors import ScalelabError
-from ..output import Output
+from ..output import Output, fmt_bytes
 from . import cache
 from .archive import unpack
 from .catalog import CATALOG, Dataset, Part
@@ -64,11 +64,6 @@ def _check_shards(ds: Dataset, shards: int | None) -> None:
     if not 1 <= shards <= ds.max_shards:
         raise ScalelabError(f"--shards: {shards} is not between 1 and {ds.max_shards} (the "
                             f"training shards {ds.name} has)")
-
-
-def _size(n: float) -> str:
-    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB" if n >= 1e6 else \
-        f"{n / 1e3:,.0f} kB"
 
 
 def _damaged(ds: Dataset, folder: Path, parts, output: Output | None) -> list[Part]:
@@ -192,7 +187,7 @@ def ensure(name: str, *, task: str, download: bool, shards: int | None = None) -
             "source: pydocs` for a corpus that ships with Python"
         raise ScalelabError(
             f"task.path is empty, so the {task} task reads {ds.title} from the dataset cache "
-            f"({folder}), which does not hold it yet: run `{fetch_it}` (about {_size(size)}), "
+            f"({folder}), which does not hold it yet: run `{fetch_it}` (about {fmt_bytes(size)}), "
             f"or set `download: true` in the task (or `scalelab run --download`) to fetch it "
             f"on first use; or give task.path a folder with its files, or `{alternatives}")
     try:

@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from scalelab.errors import ScalelabError, StudyError
-from scalelab.models.gpt import GPT, Rotary, non_embedding_parameters
+from scalelab.models import non_embedding_parameters
+from scalelab.models.gpt import GPT, Rotary
 from scalelab.plugin import instantiate
 from scalelab.registry import models, tasks
 from scalelab.spec import validate_study

@@ -263,7 +263,7 @@ def _shapes(template: dict[str, Any], size_axes: list[str], axes: dict[str, str]
     import torch
 
     from .models import count_parameters
-    from .models.gpt import non_embedding_parameters
+    from .models import non_embedding_parameters
     from .plugin import instantiate
     from .registry import models, tasks
 

@@ -19,9 +19,9 @@ from pydantic import Field
 from torch import nn
 
 from ..errors import ScalelabError
+from ..models.stacked import bmm_forward
 from ..plugin import PluginConfig
 from ..registry import evaluators
-from ..train.stacked import bmm_forward
 from ._base import Evaluator
 
 

@@ -38,9 +38,26 @@ class ModelFamily(Plugin, ABC):
         """Data-dependent initialisation from the run's data (airbench's whitening layer
         reads the training images), after :meth:`build`; nothing by default."""
 
+    def non_embedding_parameters(self, model: nn.Module) -> int:
+        """The size scaling laws count (Kaplan et al.'s N) of a model this family built:
+        by default its parameters outside ``nn.Embedding`` tables; a family whose
+        embeddings are held otherwise answers here."""
+        return non_embedding_parameters(model)
+
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def non_embedding_parameters(model: nn.Module) -> int:
+    """Parameters outside the ``nn.Embedding`` tables (token and position embeddings).
+
+    An untied output head is a matrix of the network and counts; a tied one is the token
+    embedding itself and does not.
+    """
+    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
+                 for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in embedding)
 
 
 @contextmanager

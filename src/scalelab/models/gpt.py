@@ -70,17 +70,6 @@ class GPT(ModelFamily):
         return GPTModule(self.config, num_classes)
 
 
-def non_embedding_parameters(model: nn.Module) -> int:
-    """Parameters outside the token and position embedding tables (Kaplan et al.'s N).
-
-    An untied output head is a matrix of the network and counts; a tied one is the token
-    embedding itself and does not.
-    """
-    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
-                 for p in m.parameters()}
-    return sum(p.numel() for p in model.parameters() if id(p) not in embedding)
-
-
 def _norm(kind: str, dim: int) -> nn.Module:
     return nn.LayerNorm(dim) if kind == "layernorm" else nn.RMSNorm(dim)
 

@@ -17,10 +17,9 @@ from torch import nn
 
 from ..errors import ScalelabError
 from ..models import count_parameters
-from ..models.gpt import non_embedding_parameters
 from ..plugin import instantiate
 from ..records import RunResult
-from ..registry import methods, tasks
+from ..registry import methods, models, tasks
 from ..spec import TrainConfig
 from ..tasks.text import TokenData
 from .ddp import all_sum, world, wrap
@@ -167,7 +166,7 @@ def train_lm(config: dict[str, Any], dev: torch.device, checkpoint: bool,
     steps = track.steps(outcome.step)
     result = tracked_result(track, dev)
     result.provenance["world_size"] = s.size
-    n_nonembed = non_embedding_parameters(s.model)
+    n_nonembed = instantiate(models, config["model"]).non_embedding_parameters(s.model)
     tokens_per_step = s.batch * s.length
     tokens_seen = steps * tokens_per_step
     train_time = outcome.train_time

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
 from ..devices import provenance, resolve_device
 from ..models import count_parameters
-from ..models.mup import WidthScale, decay_multiplier, lr_multipliers
+from ..models.mup import decay_multiplier, lr_multipliers
+from ..models.stacked import stacked_forward
 from ..plugin import instantiate
 from ..records import FAILED, RunResult, run_id
 from ..registry import methods, models, tasks
@@ -107,8 +107,7 @@ class Stacked(Strategy):
         ).to(dev)
         self.own_shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in self.modules]
         skeleton = copy.deepcopy(padded).to("meta")
-        self.forward = bmm_forward(skeleton) or vmap(
-            lambda p, b, inputs: functional_call(skeleton, (p, b), (inputs,)))
+        self.forward = stacked_forward(skeleton)
         self.initial = self.flat.detach().clone()
         self.hyper = {name: _per_run([getattr(c, name) for c in self.cfgs], dev)
                       for name in ("lr", "weight_decay", "beta1", "beta2", "momentum")}
@@ -227,35 +226,6 @@ def _train_group(configs, dev, checkpoint, group, hooks) -> list[RunResult]:
         result.metrics["total_time"] = (time.perf_counter() - started) / s.runs
         results.append(result)
     return results
-
-
-def bmm_forward(skeleton: nn.Module):
-    """A stacked forward for Sequential MLPs with batched matrix multiplies (no vmap or
-    functional_call per step), or None for other models; inputs are (runs, batch, ...)."""
-    elementwise = (nn.ReLU, nn.GELU, nn.Tanh)
-    if not isinstance(skeleton, nn.Sequential) or not all(
-            isinstance(m, (nn.Flatten, nn.Linear, WidthScale, *elementwise)) for m in skeleton):
-        return None
-    if any(isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) != (1, -1) for m in skeleton):
-        return None
-
-    def forward(params, buffers, x):
-        h = x
-        for name, module in skeleton.named_children():
-            if isinstance(module, nn.Flatten):
-                h = h.flatten(2)
-            elif isinstance(module, nn.Linear):
-                weight = params[f"{name}.weight"].transpose(1, 2)
-                bias = params.get(f"{name}.bias")
-                h = torch.bmm(h, weight) if bias is None else torch.baddbmm(
-                    bias.unsqueeze(1), h, weight)
-            elif isinstance(module, WidthScale):  # each run's own factor
-                h = h * buffers[f"{name}.factor"].view(-1, 1, 1)
-            else:
-                h = module(h)
-        return h
-
-    return forward
 
 
 def _leading(shape: torch.Size) -> tuple[slice, ...]:

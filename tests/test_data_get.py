@@ -281,6 +281,10 @@ def test_a_corrupted_cache_file_is_detected_and_fetched_again_with_a_line(server
     damaged[100] ^= 0xFF  # one flipped byte: same size, another checksum
     cached.write_bytes(bytes(damaged))
     datasets.cache._sound.clear()
+    with pytest.raises(ScalelabError, match="holds a damaged train-labels-idx1-ubyte.gz "
+                                            r"\(train-labels-idx1-ubyte.gz: md5 .* where .* is "
+                                            r"expected\): run `scalelab data get mnist`"):
+        instantiate(tasks, {"name": "mnist", "num_val": 50}).check()  # downloads not allowed
     result = cli("data", "get", "mnist")
     assert result.exit_code == 0, result.output
     assert "train-labels-idx1-ubyte.gz of mnist is damaged" in result.output

@@ -66,16 +66,16 @@ def _check_shards(ds: Dataset, shards: int | None) -> None:
                             f"training shards {ds.name} has)")
 
 
-def _damaged(ds: Dataset, folder: Path, parts, output: Output | None) -> list[Part]:
-    """The parts not whole in ``folder`` (checked by checksum); a damaged one is said, in a
-    line, when ``output`` is given."""
+def _damaged(ds: Dataset, folder: Path, parts, output: Output | None) -> dict[Part, str]:
+    """The parts not whole in ``folder`` (checked by checksum) and what is wrong with each
+    ("absent", or the damage); a damaged one is said, in a line, when ``output`` is given."""
     record = cache.read_record(folder)
-    todo = []
+    todo = {}
     for part in parts:
         problem = cache.problem(folder, part, record)
         if problem is None:
             continue
-        todo.append(part)
+        todo[part] = problem
         if problem != "absent" and output is not None:
             output.warn(f"{folder}: the cached {part.name} of {ds.name} is damaged ({problem}); "
                         "fetching it again")
@@ -183,11 +183,13 @@ def ensure(name: str, *, task: str, download: bool, shards: int | None = None) -
     fetch_it = command(ds, shards)
     if not downloads_allowed(download):
         size = sum(p.approx_bytes for p in todo)
+        damage = next((f"holds a damaged {p.name} ({why})" for p, why in todo.items()
+                       if why != "absent"), "does not hold it yet")
         alternatives = "synthetic: N` for generated images" if ds.task != "text" else \
             "source: pydocs` for a corpus that ships with Python"
         raise ScalelabError(
             f"task.path is empty, so the {task} task reads {ds.title} from the dataset cache "
-            f"({folder}), which does not hold it yet: run `{fetch_it}` (about {fmt_bytes(size)}), "
+            f"({folder}), which {damage}: run `{fetch_it}` (about {fmt_bytes(size)}), "
             f"or set `download: true` in the task (or `scalelab run --download`) to fetch it "
             f"on first use; or give task.path a folder with its files, or `{alternatives}")
     try:

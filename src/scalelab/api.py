@@ -31,6 +31,7 @@ from .output import Output
 from .runner import StudyRun, execute_study, parse_shard, select_shard
 from .spec import RunSpec, Study, load_study
 from .store import FILENAME, SHARD_GLOB, Store, Stores
+from .store import open_here as store_open_here
 
 ExportFormat = Literal["csv", "json", "parquet"]
 
@@ -277,8 +278,11 @@ def _refuse_overwriting_a_store(out_dir: Path, target: Path, name: str) -> None:
                     f"a table beside it, never over it: choose another file (e.g. -o "
                     f"{out_dir / name})")
     try:
-        with open(target, "rb") as f:
-            header = f.read(16)
+        if store_open_here(target):  # a store this process uses: its locks stay untouched
+            header = b"SQLite format 3\x00"
+        else:
+            with open(target, "rb") as f:
+                header = f.read(16)
     except OSError:
         return
     if header == b"SQLite format 3\x00":

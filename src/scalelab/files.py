@@ -7,8 +7,8 @@ What the path names decides how it is written:
 - a regular file, or nothing yet: a temporary file beside it, renamed over it (removed again
   if anything fails: no temporary is ever left behind);
 - a symbolic link: the file it points to, as above; the link stays a link;
-- a device or a pipe (``/dev/stdout``, ``/dev/null``, a FIFO): written directly, never
-  replaced by a regular file;
+- a device, a pipe or a process's open file (``/dev/stdout``, ``/dev/null``, a FIFO):
+  written directly, never replaced by a regular file;
 - a folder or a socket: refused (a folder as the operating system's own "Is a directory").
 """
 
@@ -45,11 +45,13 @@ def open_atomically(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     if info is not None and stat.S_ISSOCK(info.st_mode):
         raise ScalelabError(f"{path}: a socket, not a file; give a file, a device or a pipe")
-    if info is not None and not stat.S_ISREG(info.st_mode):  # a device or a pipe
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    # A device or a pipe; or a process's open file (/dev/stdout -> /proc/self/fd/1): written
+    # where it is, as a shell's `>` would (a rename would not reach what that fd refers to).
+    if info is not None and (not stat.S_ISREG(info.st_mode) or target.parts[:2] == ("/", "proc")):
         with open(path, mode, **kwargs) as f:
             yield f
         return
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     # Created anew (O_EXCL), with the permissions a plain open would give it (umask).

@@ -227,6 +227,8 @@ class Store:
         self._setting_up = False
         if not self.readonly:
             self._file = _file_id(self.path)
+            with _open_lock:
+                _open_here[self._file] = _open_here.get(self._file, 0) + 1
 
     def _open_readonly(self) -> _Connection:
         """The store copied into memory, read without writing a byte beside it: in place
@@ -336,7 +338,10 @@ class Store:
 
     @classmethod
     def _checked(cls, path: Path) -> Store:
-        if path.exists():
+        # Not a file this process has open already: closing any descriptor of it would drop
+        # the locks SQLite holds on it (POSIX locks belong to the process), and another
+        # process could then take itself for the last connection and remove the live log.
+        if path.exists() and _file_id(path) not in _open_here:
             damage = _truncation(path)
             if damage:
                 raise damaged(path, damage)
@@ -344,6 +349,12 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+        with _open_lock:
+            if self._file in _open_here:
+                _open_here[self._file] -= 1
+                if not _open_here[self._file]:
+                    del _open_here[self._file]
+        self._file = None
 
     def check(self) -> None:
         """SQLite's full integrity check (reads every page: on demand, not at every open)."""
@@ -667,6 +678,17 @@ class _Transaction:
 
     def __exit__(self, exc_type, *_):
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+#: The store files this process has open for writing (device, inode) -> connections.
+_open_here: dict[tuple[int, int], int] = {}
+_open_lock = threading.Lock()
+
+
+def open_here(path: Path) -> bool:
+    """Whether this process has the store file at ``path`` open (then no other descriptor of
+    it may be opened and closed: see :meth:`Store._checked`)."""
+    return _file_id(path) in _open_here
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:

@@ -173,3 +173,32 @@ def test_processes_creating_one_store_at_the_same_moment_all_open_it(tmp_path):
             assert outcomes == ["ok"] * 4
             assert sorted(p.name for p in directory.iterdir()
                           if not p.name.endswith(("-wal", "-shm"))) == ["results.sqlite"]
+
+
+def test_a_store_of_schema_5_opens_and_its_claims_read_as_interrupted(tmp_path):
+    """Stores written before runner tokens (schema 5: claims by host:pid) still open; a claim
+    of theirs names no runner that can be watched, so it reads as interrupted."""
+    import contextlib
+    import json
+    import socket
+
+    path = tmp_path / "results.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript("""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT NOT NULL, config TEXT NOT NULL,
+                point TEXT NOT NULL, metrics TEXT, error TEXT, provenance TEXT, started_at REAL,
+                finished_at REAL, batch_group TEXT, owner TEXT, heartbeat REAL);
+            CREATE TABLE curves (run_id TEXT NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL,
+                value REAL, PRIMARY KEY (run_id, name, step));
+            INSERT INTO meta VALUES ('schema_version', '5');""")
+        for i, status in ((1, COMPLETED), (2, "running")):
+            db.execute("INSERT INTO runs (run_id, status, config, point, metrics, owner) "
+                       "VALUES (?,?,?,?,?,?)", (spec(i).run_id, status, json.dumps(spec(i).config),
+                                                json.dumps(spec(i).point), '{"test_loss": 0.5}',
+                                                f"{socket.gethostname()}:1"))
+    with Store.open(tmp_path) as store:
+        assert store.statuses() == {spec(1).run_id: COMPLETED, spec(2).run_id: "interrupted"}
+        assert store.meta()["schema_version"] == "6"
+        assert store.claim([spec(1), spec(2)]) == [spec(2)]
+        assert store.records()[0]["test_loss"] == 0.5

@@ -275,8 +275,10 @@ def test_a_report_of_failed_runs_replacing_one_of_completed_runs_says_so(tmp_pat
         db.execute("UPDATE runs SET status = 'failed', metrics = '{}', error = 'boom'")
     result = run_cli("report", out, "--bootstrap", 20)
     assert result.exit_code == 0
-    assert "built from 0 completed runs, fewer than the 6 of the one it replaced" in result.stderr
-    assert "0 completed runs, fewer than the 6" in (out / "report.md").read_text()
+    assert "built from 0 runs, fewer than the 6 of the one it replaced (completed runs" in \
+        result.stderr
+    assert "built from 0 runs, fewer than the 6 of the report it replaced (completed runs" in \
+        (out / "report.md").read_text()
 
 
 # ------------------------------------------------------------------ 2. every run trained once

@@ -535,8 +535,8 @@ def _write_report(output: Output, out_dir: Path, bootstrap: int = 1000,
     written = api.report(out_dir, n_resamples=bootstrap, out=out)
     if written.replaced_runs is not None:
         output.warn(f"the report is built from {written.analysis.counts.get('completed', 0)} "
-                    f"completed runs, fewer than the {written.replaced_runs} of the one it "
-                    "replaced (it says so at its top)")
+                    f"runs, fewer than the {written.replaced_runs} of the one it replaced "
+                    "(completed runs; it says so at its top)")
     return written
 
 

@@ -70,11 +70,12 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     before, now = _previous_run_count(out), a.counts.get("completed", 0)
     shrunk = before if before is not None and now < before else None
     if shrunk:
-        blocks.append(("warn", f"This report is built from {now} completed runs, fewer than the "
-                               f"{before} of the report it replaced: results were removed from "
-                               "the store, runs failed when trained again, or the study file now "
-                               "declares fewer (runs not in it are listed at the end). Restore "
-                               "the store from a backup if that was not meant."))
+        blocks.append(("warn", f"This report is built from {now} runs, fewer than the {before} "
+                               "of the report it replaced (completed runs; failed or unfinished "
+                               "ones count for none): results were removed from the store, runs "
+                               "failed when trained again, or the study file now declares fewer "
+                               "(runs not in it are listed at the end). Restore the store from a "
+                               "backup if that was not meant."))
     if a.fits:
         blocks.append(("h2", "Verdicts"))
         blocks.append(("p", "Each fitted law, judged by its diagnostics: trustworthy (none found a "

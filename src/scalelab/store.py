@@ -402,7 +402,8 @@ class Store:
     def release(self) -> None:
         """This runner is done with the store: runs it claimed and did not store read as
         interrupted at once (a finished row it was retraining keeps its result), and its
-        row and lock are removed."""
+        row and lock are removed. Best effort: a runner that cannot say so (a store gone or
+        locked) is seen gone anyway once its lock is released."""
         if not self._registered:
             return
         token = _me().token
@@ -413,6 +414,8 @@ class Store:
                 self._db.execute("UPDATE runs SET token = NULL WHERE token = ?", (token,))
                 self._db.execute("DELETE FROM runners WHERE token = ?", (token,))
                 self._db.execute("DELETE FROM sightings WHERE token = ?", (token,))
+        except (ScalelabError, sqlite3.Error):
+            pass
         finally:
             self._registered = False
             _drop_lock(self.path.parent)

@@ -16,8 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import alternate, median, report  # noqa: E402
 
 from scalelab.spec import validate_study  # noqa: E402
-from scalelab.train import train_run  # noqa: E402
-from scalelab.train.stacked import train_group  # noqa: E402
+from scalelab.train import train_group, train_run  # noqa: E402
 
 
 def configs(seeds: int, steps: int, width: int) -> list[dict]:

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import alternate, median, report  # noqa: E402
 from batched import configs  # noqa: E402
 
-from scalelab.train.stacked import train_group  # noqa: E402
+from scalelab.train import train_group  # noqa: E402
 
 WIDTHS = (16, 32, 64, 128)
 

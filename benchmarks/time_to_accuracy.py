@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
 
 from scalelab.spec import validate_study  # noqa: E402
-from scalelab.train import train_run  # noqa: E402
-from scalelab.train.stacked import train_group  # noqa: E402
+from scalelab.train import train_group, train_run  # noqa: E402
 
 CNN = {"name": "cnn", "channels": 25, "depth": 3, "kernel_size": 5, "stride": 2}
 REFERENCE = {"optimizer": "adam", "lr": 1e-2, "batch_size": 100, "max_steps": 6000,

@@ -33,7 +33,7 @@ from scalelab.plugin import instantiate  # noqa: E402
 from scalelab.registry import tasks  # noqa: E402
 from scalelab.spec import validate_study  # noqa: E402
 from scalelab.train import Callback, Hooks, train_run  # noqa: E402
-from scalelab.train.run import build  # noqa: E402
+from scalelab.train.common import build  # noqa: E402
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

@@ -26,9 +26,9 @@ from scalelab.plugin import instantiate
 from scalelab.registry import models, tasks
 from scalelab.spec import load_study
 from scalelab.train import Callback, Hooks, train_run
+from scalelab.train.common import build, epoch_steps
 from scalelab.train.evaluate import evaluate
 from scalelab.train.options import AUGMENT_STREAM
-from scalelab.train.run import build, epoch_steps
 
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "airbench94.yaml"
 
@@ -198,7 +198,7 @@ def test_the_whitening_layer_whitens_the_patches_it_was_fitted_on():
 
 def test_counting_flops_leaves_batchnorm_statistics_as_they_were():
     from scalelab.methods import Method
-    from scalelab.train.run import counted_compute
+    from scalelab.train.common import counted_compute
 
     model = instantiate(models, {"name": "resnet", "depth": 18, "width": 4, "stem": "cifar"}
                         ).build((3, 32, 32), 10)

@@ -23,12 +23,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    """scalelab modules a file imports when it is imported (not inside functions)."""
+def _top_level_imports(path: Path, inside_functions: bool = False) -> set[str]:
+    """scalelab modules a file imports when it is imported (with ``inside_functions``, also
+    those its functions import when they run)."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.parse(path.read_text()).body:
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree) if inside_functions else tree.body:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("scalelab")}
         elif isinstance(node, ast.ImportFrom):
@@ -49,10 +51,7 @@ def _graph() -> dict[str, set[str]]:
             for m, p in files.items()}
 
 
-def test_no_import_cycles_between_modules():
-    graph = _graph()
-    # A package's __init__ re-exporting its submodules is not a cycle of the code's logic.
-    edges = {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in graph.items()}
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     state: dict[str, int] = {}
     cycles = []
 
@@ -68,7 +67,39 @@ def test_no_import_cycles_between_modules():
     for module in sorted(edges):
         if module not in state:
             visit(module, [module])
-    assert not cycles, cycles
+    return cycles
+
+
+def test_no_import_cycles_between_modules():
+    graph = _graph()
+    # A package's __init__ re-exporting its submodules is not a cycle of the code's logic.
+    edges = {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in graph.items()}
+    assert not _cycles(edges)
+
+
+def test_training_flows_one_way():
+    """train.run (the entries) -> the strategies -> train.common -> the loop and its leaves,
+    counting imports inside functions (no cycle held apart by a function-local import); the
+    runners and evaluators ask scalelab.devices and the package, never train.run."""
+    files = {_module_name(p): p for p in (SRC / "train").glob("*.py") if p.name != "__init__.py"}
+    edges = {m: {t for t in _top_level_imports(p, inside_functions=True) if t in files and t != m}
+             for m, p in files.items()}
+    assert not _cycles(edges)
+    layers = [{"run", "coordcheck"}, {"single", "streamed", "lm", "stacked"}, {"common"}]
+
+    def level(module: str) -> int:  # the loop and the other leaves: below every layer
+        name = module.rpartition(".")[2]
+        return next((i for i, names in enumerate(layers) if name in names), len(layers))
+
+    # Nothing imports a layer above it, nor a strategy another (but the streamed one extends
+    # the in-memory one).
+    upward = [(m, t) for m, targets in edges.items() for t in targets
+              if level(t) < level(m) or (level(t) == level(m) < len(layers) and (m, t) != (
+                  "scalelab.train.streamed", "scalelab.train.single"))]
+    assert not upward
+    outside = [p for p in SRC.rglob("*.py") if p.parent.name in ("runner", "evaluation")]
+    for path in outside:
+        assert "scalelab.train.run" not in _top_level_imports(path, inside_functions=True), path
 
 
 def test_results_layer_never_imports_training_or_torch():

@@ -9,8 +9,7 @@ import scalelab
 from scalelab.runner.grouping import plan_groups
 from scalelab.spec import validate_study
 from scalelab.store import SCHEMA_VERSION, Store
-from scalelab.train import DIVERGED, train_run
-from scalelab.train.stacked import train_group
+from scalelab.train import DIVERGED, train_group, train_run
 from scalelab.train.stacking import estimate_bytes, group_key
 
 from .conftest import TINY

@@ -17,10 +17,9 @@ from scalelab.models.mup import lr_multipliers
 from scalelab.plugin import instantiate
 from scalelab.registry import models
 from scalelab.spec import TrainConfig, validate_study
-from scalelab.train import train_run
+from scalelab.train import train_group, train_run
 from scalelab.train.coordcheck import coordinate_check
 from scalelab.train.optim import make_optimizer
-from scalelab.train.stacked import train_group
 from scalelab.train.stacking import group_key
 
 from .conftest import TINY

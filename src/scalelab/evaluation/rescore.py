@@ -18,7 +18,7 @@ from ..records import COMPLETED, setting_label
 from ..registry import evaluators, tasks
 from ..spec import Study, load_study
 from ..store import Store, Stores
-from ..train.run import load_checkpoint
+from ..train import load_checkpoint
 
 
 @dataclass

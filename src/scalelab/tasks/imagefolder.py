@@ -27,7 +27,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from ..datasets import ensure
@@ -251,23 +250,3 @@ def synthetic_image_folder(per_class: int, classes: int = 4) -> Path:
 
     return synthetic_folder("imagefolder", per_class, write, (48, 64, 3), classes, spread=25.0)
 
-
-def score(model: torch.nn.Module, loader, device
-          ) -> tuple[float, float, int, torch.Tensor, torch.Tensor]:
-    """(mean cross-entropy, accuracy, images, predictions, labels) of ``model`` over a
-    loader."""
-    was_training = model.training
-    model.eval()
-    loss, correct, seen, preds, labels = 0.0, 0, 0, [], []
-    with torch.no_grad():
-        for x, y, _ in loader:
-            x, y = x.to(device), y.to(device)
-            logits = model(x).float()
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            pred = logits.argmax(1)
-            correct += int((pred == y).sum())
-            seen += len(y)
-            preds.append(pred.cpu())
-            labels.append(y.cpu())
-    model.train(was_training)
-    return loss / max(1, seen), correct / max(1, seen), seen, torch.cat(preds), torch.cat(labels)

@@ -1,11 +1,14 @@
-"""Training: one loop (``loop``) with strategies for one model (``single``), language models
-(``lm``, across ranks with ``ddp``) and stacked groups (``stacked``); which runs may stack
-(``stacking``); optimizers, schedules, compute accounting and evaluation."""
+"""Training: one entry per kind of job (``run``: :func:`train_run` for one run alone,
+:func:`train_group` for a stacked group) over one loop (``loop``) and its strategies: one
+model on examples (``single``), on a streamed image folder (``streamed``), a language model
+(``lm``, across ranks with ``ddp``) and stacked groups (``stacked``), with what they share in
+``common``; which runs may stack (``stacking``); optimizers, schedules, compute accounting
+and evaluation."""
 
 from ..records import COMPLETED, DIVERGED, FAILED, RunResult
+from .common import load_checkpoint
 from .loop import Callback, Hooks
-from .run import load_checkpoint, train_run
-from .stacked import train_group
+from .run import train_group, train_run
 
 __all__ = ["COMPLETED", "DIVERGED", "FAILED", "Callback", "Hooks", "RunResult",
            "load_checkpoint", "train_group", "train_run"]

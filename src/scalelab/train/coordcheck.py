@@ -24,8 +24,9 @@ from ..errors import ScalelabError
 from ..plugin import instantiate
 from ..registry import models, tasks
 from ..spec import Study, TrainConfig
+from .common import build, optimizer_step
+from .lm import windows
 from .optim import make_optimizer
-from .run import build, optimizer_step
 
 #: A layer is flat when |d log size / d log width| at the last step is at most this.
 FLAT = 0.2
@@ -123,8 +124,6 @@ def _fixed_batch(data, batch_size: int, config: dict[str, Any]):
     if hasattr(data, "x_train"):
         n = min(batch_size, len(data.y_train))
         return data.x_train[:n], data.y_train[:n]
-    from .lm import windows
-
     length = config["model"]["context_length"]
     generator = torch.Generator().manual_seed(0)
     starts = torch.randint(0, len(data.train) - length - 1, (batch_size,), generator=generator)

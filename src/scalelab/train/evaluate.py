@@ -1,4 +1,5 @@
-"""Scoring a trained classifier: loss and accuracy over a split, and accuracy per class.
+"""Scoring a trained classifier: loss and accuracy over a split (tensors in memory, or a
+streamed loader), and accuracy per class.
 
 The loop evaluates through these (one model, or a stacked group through its forward); the
 final metrics and re-scoring of checkpoints use the same functions, so every ``*_loss`` and
@@ -63,3 +64,24 @@ def accuracy_by_class(pred: torch.Tensor, y: torch.Tensor, num_classes: int
     total = torch.bincount(y, minlength=num_classes)
     correct = torch.bincount(y[pred == y], minlength=num_classes)
     return [c / t if t else None for c, t in zip(correct.tolist(), total.tolist())]
+
+
+def score_loader(model: nn.Module, loader, device
+                 ) -> tuple[float, float, int, torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy, accuracy, examples, predictions, labels) of ``model`` over a
+    loader of (inputs, labels, rows) batches, such as a streamed image folder's."""
+    was_training = model.training
+    model.eval()
+    loss, correct, seen, preds, labels = 0.0, 0, 0, [], []
+    with torch.no_grad():
+        for x, y, _ in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x).float()
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            pred = logits.argmax(1)
+            correct += int((pred == y).sum())
+            seen += len(y)
+            preds.append(pred.cpu())
+            labels.append(y.cpu())
+    model.train(was_training)
+    return loss / max(1, seen), correct / max(1, seen), seen, torch.cat(preds), torch.cat(labels)

@@ -12,8 +12,6 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
-from ..models import buffers_kept  # noqa: F401  (run.py imports it from here; defined in models)
-
 aten = torch.ops.aten
 
 

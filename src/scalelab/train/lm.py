@@ -8,7 +8,6 @@ slice of it. Evaluation is split across ranks the same way and summed.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -19,24 +18,13 @@ from ..errors import ScalelabError
 from ..models import count_parameters
 from ..plugin import instantiate
 from ..records import RunResult
-from ..registry import methods, models, tasks
+from ..registry import methods, models
 from ..spec import TrainConfig
 from ..tasks.text import TokenData
+from .common import OneModel, autocast, build, counted_compute, epoch_steps, final_metrics
 from .ddp import all_sum, world, wrap
-from .energy import EnergyMeter, energy_metrics
-from .loop import Batch, Hooks, train_loop
+from .loop import Batch, Outcome
 from .optim import make_optimizer
-from .options import with_options
-from .run import (
-    OneModel,
-    autocast,
-    build,
-    counted_compute,
-    epoch_steps,
-    final_metrics,
-    timed,
-    tracked_result,
-)
 
 
 def windows(tokens: torch.Tensor, starts: torch.Tensor, length: int
@@ -96,6 +84,7 @@ class TokenWindows(OneModel):
                                 "language models (they train with the plain next-token loss)")
         method.criterion = criterion
         self.method = method
+        self.family = instantiate(models, config["model"])
         self.model = build(config, data).to(dev)
         self.length = length = self.model.context_length
         n_windows = (len(data.train) - 1) // length  # non-overlapping windows: one "epoch"
@@ -122,6 +111,10 @@ class TokenWindows(OneModel):
             self.trained = torch.compile(self.trained)
         self.lr = cfg.lr
         self.model.train()
+
+    @staticmethod
+    def train_size(data: TokenData) -> int:
+        return len(data.train)
 
     def draw(self, step: int) -> Batch:
         starts = torch.randint(self.highest_start, (self.batch,), generator=self.generator)
@@ -153,45 +146,43 @@ class TokenWindows(OneModel):
         return [s / (count * self.size) for s in all_sum(sums, self.dev)]
 
 
-def train_lm(config: dict[str, Any], dev: torch.device, checkpoint: bool,
-             hooks: Hooks) -> RunResult:
-    started = time.perf_counter()
-    data: TokenData = instantiate(tasks, config["task"]).load()
-    hooks = with_options(hooks, TrainConfig.model_validate(config["train"]), [config["seed"]],
-                         len(data.train))
-    s = TokenWindows(config, data, dev, hooks.criterion)
-    with EnergyMeter(dev) as meter:
-        outcome = train_loop(s, s.cfg, hooks)
-    track = outcome.tracks[0]
-    steps = track.steps(outcome.step)
-    result = tracked_result(track, dev)
-    result.provenance["world_size"] = s.size
-    n_nonembed = instantiate(models, config["model"]).non_embedding_parameters(s.model)
-    tokens_per_step = s.batch * s.length
-    tokens_seen = steps * tokens_per_step
-    train_time = outcome.train_time
-    result.metrics.update(
-        n_params=count_parameters(s.model), n_params_nonembed=n_nonembed, batch_size=s.batch,
-        context_length=s.length, tokens_per_step=tokens_per_step,
-        flops_per_step=s.flops_per_step, flops_per_step_6nd=6 * n_nonembed * tokens_per_step,
-        world_size=s.size, steps=steps, samples_seen=steps * s.batch, tokens_seen=tokens_seen,
-        epochs_seen=tokens_seen / len(s.data.train), train_flops=s.flops_per_step * steps,
-        train_flops_6nd=6 * n_nonembed * tokens_seen, wall_time=train_time,
-        tokens_per_second=tokens_seen / max(1e-9, train_time - outcome.eval_time),
-        **energy_metrics(meter))
-    splits = {"train": s.data.train[: s.cfg.eval_train_samples], "val": s.data.val,
-              "test": s.data.test}
+    def account(self, result: RunResult, run: int, outcome: Outcome) -> None:
+        result.provenance["world_size"] = self.size
+        steps = outcome.steps(run)
+        n_nonembed = self.family.non_embedding_parameters(self.model)
+        tokens_per_step = self.batch * self.length
+        tokens_seen = steps * tokens_per_step
+        train_time = outcome.train_time
+        result.metrics.update(
+            n_params=count_parameters(self.model), n_params_nonembed=n_nonembed,
+            batch_size=self.batch, context_length=self.length, tokens_per_step=tokens_per_step,
+            flops_per_step=self.flops_per_step,
+            flops_per_step_6nd=6 * n_nonembed * tokens_per_step, world_size=self.size,
+            steps=steps, samples_seen=steps * self.batch, tokens_seen=tokens_seen,
+            epochs_seen=tokens_seen / len(self.data.train),
+            train_flops=self.flops_per_step * steps, train_flops_6nd=6 * n_nonembed * tokens_seen,
+            wall_time=train_time,
+            tokens_per_second=tokens_seen / max(1e-9, train_time - outcome.eval_time))
 
-    def evaluate_all(module: nn.Module) -> tuple[dict[str, float], int]:
-        out, scored_total = {}, 0
-        for name, tokens in splits.items():
-            loss_value, scored = evaluate_tokens(module, tokens, s.length, s.cfg.eval_batch_size)
-            out |= language_metrics(name, loss_value, data.bytes_per_token[name])
-            scored_total += scored
-        return out, scored_total
+    def finalize(self, result: RunResult, run: int, outcome: Outcome, checkpoint: bool) -> None:
+        """Loss, perplexity and bits per byte on every split; the checkpoint from rank 0."""
+        data, cfg = self.data, self.cfg
+        splits = {"train": data.train[: cfg.eval_train_samples], "val": data.val,
+                  "test": data.test}
 
-    with autocast(dev, s.cfg):
-        evaluated = track.evaluated + final_metrics(result, s.model, evaluate_all, s.cfg, track,
-                                                    steps, checkpoint and s.rank == 0)
-    result.metrics["eval_flops"] = int(s.forward_flops_per_window / s.length * evaluated)
-    return timed(result, started)
+        def evaluate_all(module: nn.Module) -> tuple[dict[str, float], int]:
+            out, scored_total = {}, 0
+            for name, tokens in splits.items():
+                loss_value, scored = evaluate_tokens(module, tokens, self.length,
+                                                     cfg.eval_batch_size)
+                out |= language_metrics(name, loss_value, data.bytes_per_token[name])
+                scored_total += scored
+            return out, scored_total
+
+        track = outcome.tracks[run]
+        with autocast(self.dev, cfg):
+            evaluated = track.evaluated + final_metrics(
+                result, self.model, evaluate_all, cfg, track, outcome.steps(run),
+                checkpoint and self.rank == 0)
+        result.metrics["eval_flops"] = int(self.forward_flops_per_window / self.length
+                                           * evaluated)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..records import COMPLETED, DIVERGED
+from ..records import COMPLETED, DIVERGED, RunResult
 from ..spec import TrainConfig
 
 
@@ -75,12 +75,15 @@ class Batch:
 
 
 class Strategy(ABC):
-    """What one kind of training does at each point of the loop."""
+    """What one kind of training does at each point of the loop, and what each of its runs
+    reports after it."""
 
     #: Runs trained together; the loop keeps one :class:`Track` per run.
     runs: int = 1
     #: The step budget (the learning-rate schedule is built for it).
     total_steps: int
+    #: The (first) run's training settings, at the batch size it trains with.
+    cfg: TrainConfig
 
     @abstractmethod
     def draw(self, step: int) -> Batch:
@@ -108,6 +111,16 @@ class Strategy(ABC):
     @abstractmethod
     def snapshot(self, run: int) -> dict[str, torch.Tensor]:
         """A copy of run ``run``'s current weights (its best so far)."""
+
+    @abstractmethod
+    def account(self, result: RunResult, run: int, outcome: Outcome) -> None:
+        """Add to ``result`` what run ``run`` trained and what it cost (steps, samples,
+        parameters, FLOPs, time)."""
+
+    @abstractmethod
+    def finalize(self, result: RunResult, run: int, outcome: Outcome, checkpoint: bool) -> None:
+        """Add run ``run``'s final metrics (its last and best weights on every split) and,
+        with ``checkpoint``, its weights' bytes."""
 
     def stop(self, run: int, diverged: bool) -> None:  # noqa: B027  (a do-nothing default)
         """Run ``run`` trains no further (a stacked group keeps its mates going)."""
@@ -158,6 +171,10 @@ class Outcome:
     tracks: list[Track]
     train_time: float
     eval_time: float
+
+    def steps(self, run: int) -> int:
+        """The steps run ``run`` took (fewer than the loop's when it ended early)."""
+        return self.tracks[run].steps(self.step)
 
 
 def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None) -> Outcome:

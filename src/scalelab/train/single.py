@@ -12,26 +12,21 @@ from ..devices import synchronize
 from ..models import count_parameters
 from ..plugin import instantiate
 from ..records import RunResult
-from ..registry import methods, tasks
+from ..registry import methods
 from ..spec import TrainConfig
-from ..tasks import TaskData
-from .energy import EnergyMeter, energy_metrics
-from .evaluate import evaluate
-from .loop import Batch, Hooks, train_loop
-from .optim import make_optimizer
-from .options import with_options
-from .run import (
+from .common import (
     OneModel,
     autocast,
     budget,
     build,
+    classifier_metrics,
     counted_compute,
-    finalize,
     step_metrics,
     time_to_result,
-    timed,
-    tracked_result,
 )
+from .evaluate import evaluate
+from .loop import Batch, Outcome
+from .optim import make_optimizer
 
 
 class Examples(OneModel):
@@ -39,7 +34,8 @@ class Examples(OneModel):
 
     def __init__(self, config: dict[str, Any], data, dev: torch.device, criterion):
         self.cfg = cfg = TrainConfig.model_validate(config["train"])
-        self.data, self.dev = data, dev
+        self.data = data = data.to(dev)
+        self.dev = dev
         self.method = instantiate(methods, config["method"])
         self.method.criterion = criterion
         started = time.perf_counter()
@@ -121,10 +117,24 @@ class Examples(OneModel):
                                          self.cfg.eval_batch_size)
         return [{"val_loss": val_loss, "val_acc": val_acc}], len(self.data.y_val)
 
-    def finalize(self, result: RunResult, track, steps: int, checkpoint: bool) -> None:
-        """Final metrics on every split, per-class accuracy, the checkpoint."""
-        finalize(result, self.model, self.data, self.cfg, track, steps, checkpoint,
-                 self.forward_flops_per_sample)
+    def account(self, result: RunResult, run: int, outcome: Outcome) -> None:
+        steps = outcome.steps(run)
+        result.metrics.update(
+            step_metrics(steps, self.batch, self.n, self.flops_per_step),
+            n_params=count_parameters(self.model), batch_size=self.batch,
+            flops_per_step=self.flops_per_step, wall_time=outcome.train_time)
+        result.metrics.update(self.selection_metrics(steps))
+        result.metrics.update(self.method.summary())
+
+    def finalize(self, result: RunResult, run: int, outcome: Outcome, checkpoint: bool) -> None:
+        """Final metrics on every split, per-class accuracy, the checkpoint, and airbench's
+        time to result."""
+        with autocast(self.dev, self.cfg):
+            classifier_metrics(result, self.model, self.data, self.cfg, outcome.tracks[run],
+                               outcome.steps(run), checkpoint, self.forward_flops_per_sample)
+        if "test_eval_time_s" in result.metrics:
+            result.metrics["time_to_result_s"] = time_to_result(
+                self.init_time, outcome, result.metrics["test_eval_time_s"])
 
     def selection_metrics(self, steps: int) -> dict[str, Any]:
         """What a selection method actually ran: scored and trained samples and their FLOPs
@@ -144,34 +154,3 @@ class Examples(OneModel):
                 "samples_scored": self.scored_samples, "full_batch_flops": full,
                 "flops_saving": 1 - (scoring + training) / full}
 
-
-def train_single(config: dict[str, Any], dev: torch.device, checkpoint: bool,
-                 hooks: Hooks) -> RunResult:
-    started = time.perf_counter()
-    data = instantiate(tasks, config["task"]).load().to(dev)
-    cfg = TrainConfig.model_validate(config["train"])
-    hooks = with_options(hooks, cfg, [config["seed"]], len(data.y_train))
-    if isinstance(data, TaskData):
-        strategy = Examples(config, data, dev, hooks.criterion)
-    else:  # a streamed image folder
-        from .streamed import Streamed
-
-        strategy = Streamed(config, data, dev, hooks.criterion)
-    with EnergyMeter(dev) as meter:
-        outcome = train_loop(strategy, strategy.cfg, hooks)
-    track = outcome.tracks[0]
-    steps = track.steps(outcome.step)
-    result = tracked_result(track, dev)
-    result.metrics.update(
-        step_metrics(steps, strategy.batch, strategy.n, strategy.flops_per_step),
-        n_params=count_parameters(strategy.model), batch_size=strategy.batch,
-        flops_per_step=strategy.flops_per_step, wall_time=outcome.train_time,
-        **energy_metrics(meter))
-    result.metrics.update(strategy.selection_metrics(steps))
-    result.metrics.update(strategy.method.summary())
-    with autocast(dev, strategy.cfg):
-        strategy.finalize(result, track, steps, checkpoint)
-    if "test_eval_time_s" in result.metrics:
-        result.metrics["time_to_result_s"] = time_to_result(
-            strategy.init_time, outcome, result.metrics["test_eval_time_s"])
-    return timed(result, started)

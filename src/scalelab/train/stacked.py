@@ -12,48 +12,23 @@ to floating-point summation order). Which runs may share a group is ``train.stac
 from __future__ import annotations
 
 import copy
-import time
-import traceback
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..devices import provenance, resolve_device
 from ..models import count_parameters
 from ..models.mup import decay_multiplier, lr_multipliers
 from ..models.stacked import stacked_forward
 from ..plugin import instantiate
-from ..records import FAILED, RunResult, run_id
-from ..registry import methods, models, tasks
+from ..records import RunResult, run_id
+from ..registry import methods, models
 from ..spec import TrainConfig
-from .energy import EnergyMeter, energy_metrics
+from .common import budget, build, classifier_metrics, counted_compute, step_metrics
 from .evaluate import evaluate_stacked
-from .loop import Batch, Hooks, Strategy, train_loop
+from .loop import Batch, Outcome, Strategy
 from .optim import lr_factor
-from .options import with_options
-from .run import (
-    budget,
-    build,
-    counted_compute,
-    finalize,
-    step_metrics,
-    tracked_result,
-)
 from .stacking import padded_model_config
-
-
-def train_group(configs: list[dict[str, Any]], device: str = "cpu", checkpoint: bool = False,
-                group: str | None = None, hooks: Hooks | None = None) -> list[RunResult]:
-    """Train runs sharing a :func:`~scalelab.train.stacking.group_key` together; one result
-    per config, in order (a group of one trains here too)."""
-    dev = resolve_device(device)
-    try:
-        return _train_group(configs, dev, checkpoint, group, hooks or Hooks())
-    except Exception:
-        error = traceback.format_exc()
-        return [RunResult(FAILED, error=error, provenance=provenance(dev), batch_group=group)
-                for _ in configs]
 
 
 def _per_run(values: list[float], dev: torch.device) -> torch.Tensor:
@@ -76,7 +51,8 @@ class Stacked(Strategy):
         self.runs = len(configs)
         self.cfgs = [TrainConfig.model_validate(c["train"]) for c in configs]
         self.cfg = cfg = self.cfgs[0]
-        self.data, self.dev, self.criterion = data, dev, criterion
+        self.data = data = data.to(dev)
+        self.dev, self.criterion = dev, criterion
         method = instantiate(methods, configs[0]["method"])
         self.modules = [build(c, data).to(dev) for c in configs]
         self.n = len(data.y_train)
@@ -192,40 +168,24 @@ class Stacked(Strategy):
     def check_every(self) -> int:
         return 1 if self.dev.type == "cpu" else self.cfg.eval_every
 
-    def load_into_modules(self) -> None:
-        """Each run's slice of the stacked weights, copied into its own model."""
+    def account(self, result: RunResult, run: int, outcome: Outcome) -> None:
+        steps = outcome.steps(run)
+        flops_per_step = self.counted[run][0]
+        result.metrics.update(step_metrics(steps, self.batch, self.n, flops_per_step),
+                              n_params=count_parameters(self.modules[run]),
+                              batch_size=self.batch, flops_per_step=flops_per_step,
+                              wall_time=outcome.train_time / self.runs, group_size=self.runs)
+
+    def finalize(self, result: RunResult, run: int, outcome: Outcome, checkpoint: bool) -> None:
+        """The run's slice of the stacked weights copied into its own model, then scored as
+        a run trained alone is."""
         params = self.views(self.flat.detach())
         with torch.no_grad():
-            for r, model in enumerate(self.modules):
-                for k, v in (*params.items(), *self.buffers.items()):
-                    _assign(model, k, v[r])
-
-
-def _train_group(configs, dev, checkpoint, group, hooks) -> list[RunResult]:
-    started = time.perf_counter()
-    data = instantiate(tasks, configs[0]["task"]).load().to(dev)
-    hooks = with_options(hooks, TrainConfig.model_validate(configs[0]["train"]),
-                         [c["seed"] for c in configs], len(data.y_train))
-    s = Stacked(configs, data, dev, hooks.criterion)
-    with EnergyMeter(dev) as meter:
-        outcome = train_loop(s, s.cfg, hooks)
-    s.load_into_modules()
-    results = []
-    for r, track in enumerate(outcome.tracks):
-        steps = track.steps(outcome.step)
-        flops_per_step, forward_flops_per_sample = s.counted[r]
-        result = tracked_result(track, dev)
-        result.batch_group = group
-        result.metrics.update(step_metrics(steps, s.batch, s.n, flops_per_step),
-                              n_params=count_parameters(s.modules[r]), batch_size=s.batch,
-                              flops_per_step=flops_per_step,
-                              wall_time=outcome.train_time / s.runs, group_size=s.runs,
-                              **energy_metrics(meter, s.runs))
-        finalize(result, s.modules[r], data, s.cfgs[r], track, steps, checkpoint,
-                 forward_flops_per_sample)
-        result.metrics["total_time"] = (time.perf_counter() - started) / s.runs
-        results.append(result)
-    return results
+            for k, v in (*params.items(), *self.buffers.items()):
+                _assign(self.modules[run], k, v[run])
+        classifier_metrics(result, self.modules[run], self.data, self.cfgs[run],
+                           outcome.tracks[run], outcome.steps(run), checkpoint,
+                           self.counted[run][1])
 
 
 def _leading(shape: torch.Size) -> tuple[slice, ...]:

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from ..records import COMPLETED, RunResult
-from ..tasks.imagefolder import FolderData, score
-from .evaluate import accuracy_by_class
-from .loop import Track
-from .run import final_metrics
+from ..tasks.imagefolder import FolderData
+from .common import autocast, final_metrics
+from .evaluate import accuracy_by_class, score_loader
+from .loop import Outcome
 from .single import Examples
 
 
@@ -59,30 +59,33 @@ class Streamed(Examples):
                 index.to(self.dev))
 
     def evaluate(self):
-        loss, acc, seen, _, _ = score(self.model, self.data.loader(
+        loss, acc, seen, _, _ = score_loader(self.model, self.data.loader(
             "val", self.cfg.eval_batch_size), self.dev)
         return [{"val_loss": loss, "val_acc": acc}], seen
 
-    def finalize(self, result: RunResult, track: Track, steps: int, checkpoint: bool) -> None:
-        data, cfg = self.data, self.cfg
+    def finalize(self, result: RunResult, run: int, outcome: Outcome, checkpoint: bool) -> None:
+        """Final metrics on every split through the loaders, per-class accuracy, the
+        checkpoint, eval FLOPs."""
+        data, cfg, track = self.data, self.cfg, outcome.tracks[0]
         limits = {"train": cfg.eval_train_samples, "val": None, "test": None}
 
         def evaluate_all(module):
             out, seen = {}, 0
             for split, limit in limits.items():
-                loss, acc, n, _, _ = score(module, data.loader(split, cfg.eval_batch_size,
-                                                               limit), self.dev)
+                loss, acc, n, _, _ = score_loader(
+                    module, data.loader(split, cfg.eval_batch_size, limit), self.dev)
                 out[f"{split}_loss"], out[f"{split}_acc"] = loss, acc
                 seen += n
             return out, seen
 
-        evaluated = track.evaluated + final_metrics(result, self.model, evaluate_all, cfg,
-                                                    track, steps, checkpoint)
-        if result.status == COMPLETED:
-            _, _, n, pred, labels = score(self.model, data.loader("test", cfg.eval_batch_size),
-                                          self.dev)
-            result.metrics["test_acc_by_class"] = accuracy_by_class(pred, labels,
-                                                                    data.num_classes)
-            result.metrics["class_names"] = data.class_names
-            evaluated += n
+        with autocast(self.dev, cfg):
+            evaluated = track.evaluated + final_metrics(result, self.model, evaluate_all, cfg,
+                                                        track, outcome.steps(0), checkpoint)
+            if result.status == COMPLETED:
+                _, _, n, pred, labels = score_loader(
+                    self.model, data.loader("test", cfg.eval_batch_size), self.dev)
+                result.metrics["test_acc_by_class"] = accuracy_by_class(pred, labels,
+                                                                        data.num_classes)
+                result.metrics["class_names"] = data.class_names
+                evaluated += n
         result.metrics["eval_flops"] = int(self.forward_flops_per_sample * evaluated)

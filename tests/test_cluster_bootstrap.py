@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scalelab.analysis import laws
-from scalelab.analysis.laws import bootstrap, fit_law, get_form
+from scalelab.analysis import bootstrap, fit_law, fitting, resampling
+from scalelab.analysis.forms import LawForm, get_form
+from scalelab.errors import ScalelabError
 
 
 def seeded_grid(points=10, seeds=5, offset=0.05, noise=0.005, seed=0):
@@ -36,18 +37,18 @@ def sandwich_se(x, y, clusters):
 def test_a_resample_draws_grid_points_each_with_its_own_seeds(monkeypatch):
     x, y = seeded_grid(points=6, seeds=3)
     x, y = np.concatenate([x, [1e7]]), np.concatenate([y, [0.1]])  # a point with one seed
-    groups = laws.grid_points(x[:, None])
+    groups = resampling.grid_points(x[:, None])
     size = np.bincount(groups)
     assert len(size) == 7 and sorted(size) == [1, 3, 3, 3, 3, 3, 3]
     drawn = []
-    real = laws.resample_grid_points
+    real = resampling.resample_grid_points
 
     def recording(labels, rng):
         idx = real(labels, rng)
         drawn.append(idx)
         return idx
 
-    monkeypatch.setattr(laws, "resample_grid_points", recording)
+    monkeypatch.setattr(resampling, "resample_grid_points", recording)
     bootstrap(fit_law(x, y, "power"), x, y, n_resamples=200)
     assert len(drawn) == 200
     times_drawn = []
@@ -111,7 +112,7 @@ def test_groups_can_be_given():
     cluster = bootstrap(fit, x, y, n_resamples=400)
     assert np.std([s["alpha"] for s in cluster.samples]) > \
         1.5 * np.std([s["alpha"] for s in rows.samples])
-    with pytest.raises(laws.ScalelabError, match="groups has 3 labels for 24 points"):
+    with pytest.raises(ScalelabError, match="groups has 3 labels for 24 points"):
         bootstrap(fit, x, y, n_resamples=10, groups=[0, 1, 2])
 
 
@@ -143,13 +144,13 @@ def test_lockstep_refits_reach_scipys_optimum():
     bounds = np.array(law.bounds(X, y), dtype=float)
     lower = np.tile(np.nan_to_num(bounds[:, 0], nan=-np.inf), (32, 1))
     upper = np.tile(np.nan_to_num(bounds[:, 1], nan=np.inf), (32, 1))
-    batch = laws._refine_batch(np.tile(fit.theta, (32, 1)), law, X, np.log(y), W, "huber",
-                               1e-3, lower, upper)
+    batch = resampling._refine_batch(np.tile(fit.theta, (32, 1)), law, X, np.log(y), W, "huber",
+                                     1e-3, lower, upper)
     for i, result in enumerate(batch):
         rows = W[i] > 0
-        ref = laws._refine(fit.theta, law, X[rows], np.log(y[rows]), W[i, rows], "huber", 1e-3,
-                           law.bounds(X[rows], y[rows]))
-        assert laws._converged(result, n, 1e-3)[0] and laws._converged(ref, n, 1e-3)[0]
+        ref = fitting._refine(fit.theta, law, X[rows], np.log(y[rows]), W[i, rows], "huber", 1e-3,
+                             law.bounds(X[rows], y[rows]))
+        assert fitting._converged(result, n, 1e-3)[0] and fitting._converged(ref, n, 1e-3)[0]
         assert result.fun <= ref.fun * (1 + 1e-9)
         np.testing.assert_allclose(result.x, ref.x, rtol=0, atol=1e-3)
         theirs, ours = law.natural(ref.x), law.natural(result.x)
@@ -162,9 +163,9 @@ def test_forms_without_batched_predictions_are_refitted_one_by_one(monkeypatch):
     y = (1.0 + 50 * x ** -0.5) * np.exp(np.random.default_rng(4).normal(0, 0.01, len(x)))
     fit = fit_law(x, y, "power_offset", loss="mse")  # Huber's optimum can be a flat face
     lockstep = bootstrap(fit, x, y, n_resamples=60, seed=5)
-    monkeypatch.setattr(type(fit.law), "log_predict_batch", laws.LawForm.log_predict_batch)
+    monkeypatch.setattr(type(fit.law), "log_predict_batch", LawForm.log_predict_batch)
     called = []
-    monkeypatch.setattr(laws, "_refine_batch", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(resampling, "_refine_batch", lambda *a, **k: called.append(1))
     serial = bootstrap(fit, x, y, n_resamples=60, seed=5)
     assert not called and serial.failed == lockstep.failed
     for k in fit.params:

@@ -4,16 +4,10 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from scalelab.analysis.laws import (
-    Chinchilla,
-    backtest,
-    bootstrap,
-    compute_optimal,
-    fit_law,
-    get_form,
-    objective,
-    select_form,
-)
+from scalelab.analysis.allocation import compute_optimal
+from scalelab.analysis.fitting import backtest, fit_law, objective, select_form
+from scalelab.analysis.forms import Chinchilla, get_form
+from scalelab.analysis.resampling import bootstrap
 from scalelab.errors import ScalelabError
 from scalelab.registry import laws
 
@@ -191,7 +185,7 @@ def test_compute_optimal_closed_form_matches_a_numeric_flops_model():
 
 @pytest.mark.parametrize("smoothness", [0.1, 0.5, 1.5])
 def test_a_fit_keeps_its_form_settings_for_prediction_bootstrap_and_backtest(smoothness):
-    from scalelab.analysis.laws import BrokenPower
+    from scalelab.analysis.forms import BrokenPower
 
     law = BrokenPower(BrokenPower.Config(smoothness=smoothness))
     X, params = TRUE["broken_power"]
@@ -282,7 +276,7 @@ def test_bootstrap_counts_undefined_derived_values_and_failed_refits():
 
 
 def test_bootstrap_refits_that_do_not_converge_are_failures(monkeypatch):
-    from scalelab.analysis import laws as laws_module
+    from scalelab.analysis import resampling as laws_module
 
     X, y, _ = synthetic("power", noise=0.02)
     fit = fit_law(X, y, "power")
@@ -302,7 +296,7 @@ def test_bootstrap_refits_that_do_not_converge_are_failures(monkeypatch):
 
 
 def test_default_holdout_takes_a_fraction_of_continuous_sizes():
-    from scalelab.analysis.laws import holdout_mask, parse_holdout
+    from scalelab.analysis.fitting import holdout_mask, parse_holdout
 
     x = np.geomspace(1e3, 1e6, 240)
     assert holdout_mask(x[:, None], 0.2).sum() == 48

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .analysis import Summary, summarize
-from .analysis.laws import DEFAULT_HOLDOUT
+from .analysis.fitting import DEFAULT_HOLDOUT
 from .analysis.stats import Comparison
 from .analysis.stats import compare as compare_records
 from .analysis.study import FitEntry, fit_rows, in_study, per_shape_optimum

@@ -20,7 +20,7 @@ import typer
 
 from . import api
 from .analysis import Summary
-from .analysis.laws import parse_holdout
+from .analysis.fitting import parse_holdout
 from .errors import ScalelabError, log_crash, os_error_line
 from .output import Output, fmt_bytes
 from .registry import FAMILIES

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .analysis.laws import compute_optimal
+from .analysis.allocation import compute_optimal
 from .analysis.study import (
     DATA_PATHS,
     FitEntry,

@@ -107,7 +107,7 @@ def load_entry_points() -> None:
 tasks: Registry = Registry("task", ("scalelab.tasks",))
 models: Registry = Registry("model", ("scalelab.models",))
 methods: Registry = Registry("method", ("scalelab.methods",))
-laws: Registry = Registry("law", ("scalelab.analysis.laws",))
+laws: Registry = Registry("law", ("scalelab.analysis.forms",))
 evaluators: Registry = Registry("evaluator", ("scalelab.evaluation",))
 executors: Registry = Registry("executor", ("scalelab.runner.local", "scalelab.runner.torchrun",
                                              "scalelab.runner.ray"))

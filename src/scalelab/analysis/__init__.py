@@ -1,16 +1,9 @@
 """Analysis of stored results: scaling laws, statistics, summaries. Never trains anything."""
 
-from .laws import (
-    Backtest,
-    Bootstrap,
-    LawFit,
-    LawForm,
-    backtest,
-    bootstrap,
-    compute_optimal,
-    fit_law,
-    select_form,
-)
+from .allocation import compute_optimal
+from .fitting import Backtest, LawFit, backtest, fit_law, select_form
+from .forms import LawForm
+from .resampling import Bootstrap, bootstrap
 from .summary import LogLogFit, Summary, fit_loglog, summarize
 
 __all__ = [

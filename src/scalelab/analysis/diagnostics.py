@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-if TYPE_CHECKING:  # laws.py imports this module
-    from .laws import Bootstrap, LawFit
+if TYPE_CHECKING:  # fitting.py and resampling.py import this module
+    from .fitting import LawFit
+    from .resampling import Bootstrap
 
 Severity = Literal["error", "warning", "info"]
 

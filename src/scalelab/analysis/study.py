@@ -15,20 +15,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScalelabError
+from .allocation import compute_optimal
 from .diagnostics import Diagnostic, diagnose, extrapolation, is_law
-from .laws import (
-    DEFAULT_HOLDOUT,
-    Bootstrap,
-    LawFit,
-    backtest,
-    bootstrap,
-    compute_optimal,
-    fit_law,
-    holdout_mask,
-    select_form,
-)
+from .fitting import DEFAULT_HOLDOUT, LawFit, backtest, fit_law, holdout_mask, select_form
 from .ledger import grade
 from .nuisance import Transfer, Winner, best_over_nuisance, transfer
+from .resampling import Bootstrap, bootstrap
 from .sample_selection import SelectionAnalysis, analyze_selection
 from .stats import Comparison, compare
 

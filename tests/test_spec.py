@@ -28,7 +28,8 @@ def with_changes(**changes):
 
 
 BAD = [
-    (with_changes(model__widht=3), "model.widht", "unknown key (allowed: name, width, depth"),
+    (with_changes(model__widht=3), "model.widht",
+     "unknown key; did you mean width? (allowed: name, width, depth"),
     (with_changes(bogus=1), "bogus", "unknown key (allowed: name, description, task"),
     (with_changes(train__lr="fast"), "train.lr", "valid number"),
     (with_changes(train__max_steps=1.5), "train.max_steps", "valid integer"),
@@ -171,3 +172,17 @@ def test_reference_batch_size_keeps_run_ids_of_studies_without_it():
     assert cfg.at_batch(7) is cfg
     scaled = TrainConfig.model_validate({"max_steps": 1, "lr": 0.5, "reference_batch_size": 100})
     assert scaled.at_batch(50).lr == 0.25 and scaled.identity()["reference_batch_size"] == 100
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.max_step=10", "train.max_step: unknown key; did you mean max_steps? (allowed:"),
+    ("seeds=three", "seeds: expected a number of seeds (e.g. 3) or a list of seeds"),
+    ("grid={width: x}", "grid.width: Input should be a valid list (got 'x')"),
+])
+def test_messages_name_the_near_miss_and_hide_pydantic_internals(tmp_path, override, expected):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    with pytest.raises(StudyError) as err:
+        load_study(path, overrides=[override])
+    text = str(err.value)
+    assert expected in text and "dict[" not in text and "more)" not in text

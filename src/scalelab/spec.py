@@ -10,6 +10,7 @@ its id is a hash of that config, so an edited study reruns only the cells that c
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import math
 import types
@@ -248,6 +249,9 @@ class StudySpec(StrictModel):
             if value < 1:
                 raise ValueError("a seed count must be at least 1")
             return list(range(value))
+        if not isinstance(value, list):
+            raise ValueError("expected a number of seeds (e.g. 3) or a list of seeds (e.g. "
+                             "[0, 1, 2])")
         return value
 
     @field_validator("seeds")
@@ -404,15 +408,14 @@ class Study:
         else). A point names the baseline's method, the rate it matches and, for a
         compute-matched run, whether the runs it matches score each batch (``matched_to``:
         ``scoring`` or ``non-scoring`` selection); one such run serves every method alike."""
-        from .methods.selection.baselines import baselines_of
-
         seen = {r.run_id for r in runs}
         method_label = labels.get("method.name", "method")
         rate_label = labels.get("method.target_rate", "target_rate")
         extra = []
         for run in runs:
-            for _, method, rate, matched_to in baselines_of(run.config["method"],
-                                                            self.spec.baselines):
+            plugin = FAMILIES["method"].get(run.config["method"]["name"])
+            for _, method, rate, matched_to in plugin.baselines(run.config["method"],
+                                                                self.spec.baselines):
                 config = {**run.config, "method": method}
                 rid = run_id(config)
                 if rid in seen:
@@ -886,23 +889,37 @@ def _from_validation(
     """
     errors = exc.errors()
     err = errors[0]
-    loc = tuple(str(p) for p in err["loc"])
+    loc = _plain_loc(err["loc"])
+    # Errors of the other alternatives of a union (a grid is a mapping or a list of them)
+    # say the same thing about the same value: count only errors of other fields.
+    others = {_plain_loc(e["loc"]) for e in errors[1:]} - {loc}
+    others = {o for o in others if o[:1] != loc[:1] or len(o) > len(loc)} if loc else others
     if err["type"] == "extra_forbidden":
         keys = _allowed_keys(model, loc[:-1])
         allowed = ", ".join([*also_allowed, *keys] if len(loc) == 1 else keys)
-        message = f"unknown key (allowed: {allowed})"
+        near = difflib.get_close_matches(loc[-1], [*also_allowed, *keys], n=1, cutoff=0.6)
+        message = (f"unknown key; did you mean {near[0]}? " if near else "unknown key ") + \
+            f"(allowed: {allowed})"
     elif err["type"] == "missing":
         message = "required"
     else:
         message = err["msg"].removeprefix("Value error, ")
         if loc and not isinstance(err.get("input"), dict | list):
             message += f" (got {err.get('input')!r})"
-    if len(errors) > 1:
-        message += f" (+{len(errors) - 1} more)"
+    if others:
+        message += f" (+{len(others)} more)"
     field = ".".join(p for p in (section, *loc) if p)
     if where.startswith("grid:"):
         return StudyError(source, where, f"{field}: {message}")
     return StudyError(source, where or field, message)
+
+
+def _plain_loc(loc: Sequence[Any]) -> tuple[str, ...]:
+    """A pydantic error location without the tags it adds for union alternatives and
+    validators (``dict[str,list[any]]``, ``function-after[...]``), which mean nothing to
+    the person who wrote the study."""
+    return tuple(str(p) for p in loc if not (isinstance(p, str) and (
+        "[" in p or p in ("int", "float", "str", "bool", "list", "dict", "none"))))
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:

@@ -156,7 +156,8 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
             pass
         return result
     stacked = sum(len(g.runs) > 1 for g in groups)
-    grouped = f" as {len(groups)} groups ({stacked} stacked)" if stacked else ""
+    grouped = f" as {len(groups)} group{'s' * (len(groups) != 1)} ({stacked} stacked)" \
+        if stacked else ""
     output.info(f"training {len(todo)} of {len(selected)} runs{grouped} "
                 f"{executor.describe(len(groups))} -> {out_dir}"
                 + (f"; {len(elsewhere)} more are being trained by another runner"

@@ -30,7 +30,7 @@ from .files import open_atomically
 from .output import Output
 from .runner import StudyRun, execute_study, parse_shard, select_shard
 from .spec import RunSpec, Study, load_study
-from .store import FILENAME, SHARD_GLOB, Store, Stores
+from .store import FILENAME, SHARD_GLOB, Store, Stores, StudyMeta
 from .store import open_here as store_open_here
 
 ExportFormat = Literal["csv", "json", "parquet"]
@@ -195,21 +195,20 @@ def load(out_dir: str | Path, curves: bool = False):
 def study_axes(out_dir: str | Path) -> dict[str, str]:
     """Grid axis label -> config path, as recorded by the run that wrote ``out_dir``."""
     with Store.open(out_dir) as store:
-        return json.loads(store.meta().get("axes", "{}"))
+        return store.study_meta().axes
 
 
 def study_records(out_dir: str | Path) -> list[dict[str, Any]]:
     """The stored runs of the study as its file was last run (see :func:`in_study`)."""
     with Store.open(out_dir) as store:
-        return in_study(store.records(), store.meta())[0]
+        return in_study(store.records(), store.study_meta())[0]
 
 
 def summary(out_dir: str | Path, metric: str = "test_loss") -> Summary:
     """Mean ``metric`` by size; with nuisance axes, each shape at its best nuisance setting
     (chosen on validation loss), as the report and fits use it."""
     rows, meta = _per_shape_optimum(out_dir)
-    nuisance = set(json.loads(meta.get("nuisance", "[]")))
-    axes = {k: v for k, v in json.loads(meta.get("axes", "{}")).items() if k not in nuisance}
+    axes = {k: v for k, v in meta.axes.items() if k not in meta.nuisance}
     if any(r.get("matched_to") for r in rows):  # compute-matched baselines: their own rows
         axes["matched_to"] = "matched_to"
     return summarize(rows, axes, metric)
@@ -421,10 +420,10 @@ def analysis_records(out_dir: str | Path | None = None, csv_path: str | Path | N
     return _per_shape_optimum(out_dir)[0]
 
 
-def _per_shape_optimum(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _per_shape_optimum(out_dir: str | Path) -> tuple[list[dict[str, Any]], StudyMeta]:
     """The study's runs at each shape's best nuisance setting, and the store's meta."""
     with Store.open(out_dir) as store:
-        meta = store.meta()
+        meta = store.study_meta()
         return per_shape_optimum(in_study(store.records(), meta)[0], meta)[0], meta
 
 

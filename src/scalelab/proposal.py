@@ -103,11 +103,11 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
         raise ScalelabError(f"--budget: expected a positive number of FLOPs, got {budget!r}")
     out = Path(out_dir)
     with Store.open(out) as store:
-        records, meta, configs = store.records(), store.meta(), store.configs()
-    if study is None and not meta.get("source"):
+        records, meta, configs = store.records(), store.study_meta(), store.configs()
+    if study is None and not meta.source:
         raise ScalelabError(f"next: {out} does not record its study file; pass --study FILE")
-    path = Path(study) if study is not None else recorded_study(out, meta["source"])
-    if json.loads(meta.get("quick", "false")) and append:
+    path = Path(study) if study is not None else recorded_study(out, meta.source)
+    if meta.quick and append:
         raise ScalelabError(f"{out}: was run with --quick, whose grid replaces the file's; "
                             "--append would add runs to the full study instead. Run next on "
                             "the full study's directory, or add the grid entry by hand")
@@ -156,9 +156,7 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
     n_ci, d_ci = (tuple(float(np.nanpercentile([p[i][0] for p in per_sample], q))
                         for q in (lo, hi)) for i in (0, 1))
 
-    axes = json.loads(meta["axes"])
-    grid = json.loads(meta["grid"])
-    nuisance = json.loads(meta.get("nuisance", "[]"))
+    axes, grid, nuisance = meta.axes, meta.grid, meta.nuisance
     size_axes = [a for a in axes if axes[a].startswith("model.") and a not in nuisance
                  and a not in entry.point]
     data_axis = next(a for a in axes if axes[a] in DATA_PATHS)

@@ -53,6 +53,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,76 @@ CREATE TABLE IF NOT EXISTS predictions (  -- the extrapolation ledger of `scalel
 #: Columns added after schema 1, in order: (column, its type, the schema that added it).
 _ADDED_COLUMNS = (("batch_group", "TEXT", 2), ("owner", "TEXT", 4), ("heartbeat", "REAL", 5),
                   ("token", "TEXT", 6), ("claimed_at", "REAL", 6))
+
+
+#: The study's ``analysis:`` block as read from a store that recorded none (or only part).
+_ANALYSIS_DEFAULTS = {"metric": "test_loss", "compare_metric": "test_acc", "size": "n_params",
+                      "forms": ["auto"]}
+
+
+@dataclass(frozen=True)
+class StudyMeta:
+    """What the store records about the study its runs belong to (its ``meta`` table), typed.
+
+    Written by ``scalelab run`` (everything but ``evaluations``) and ``scalelab evaluate``
+    (``evaluations``) through :meth:`Store.set_meta`, and read through
+    :meth:`Store.study_meta`. Stores written by older versions lack some keys: the defaults
+    here are the one place that says what a missing key means."""
+
+    study: str = ""                       # the study's name ("" for a store without one)
+    source: str | None = None             # the study file as last run (absolute path)
+    axes: dict[str, str] = field(default_factory=dict)   # axis label -> config path
+    grid: dict[str, list] = field(default_factory=dict)  # axis label -> its grid values
+    nuisance: list[str] = field(default_factory=list)    # labels of the nuisance axes
+    analysis: dict[str, Any] = field(default_factory=dict)  # the study's analysis: block
+    methods: dict[str, dict] = field(default_factory=dict)  # method name -> declaration
+    run_ids: list[str] | None = None      # the study's runs; None: stored before ids were kept
+    quick: bool = False                   # run with --quick (its grid replaces the file's)
+    evaluations: list[dict] = field(default_factory=list)  # settings of `scalelab evaluate`
+    schema_version: int | None = None     # the store's schema (see SCHEMA_VERSION)
+
+    #: Keys stored as plain text (the others as JSON).
+    _TEXT = ("study", "source")
+
+    @classmethod
+    def decode(cls, stored: Mapping[str, str]) -> StudyMeta:
+        """From the ``meta`` table's raw values (keys it does not know are ignored)."""
+        values = {}
+        for f in fields(cls):
+            if f.name in stored:
+                raw = stored[f.name]
+                values[f.name] = raw if f.name in cls._TEXT else json.loads(raw)
+        return cls(**values)
+
+    @classmethod
+    def coerce(cls, meta: StudyMeta | Mapping[str, str]) -> StudyMeta:
+        """``meta`` as a :class:`StudyMeta` (a mapping: the ``meta`` table's raw values)."""
+        return meta if isinstance(meta, StudyMeta) else cls.decode(meta)
+
+    @classmethod
+    def encode(cls, values: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(key, stored text) for each of ``values``; unknown keys are refused."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TypeError(f"not study meta: {', '.join(unknown)} (known: {sorted(known)})")
+        return [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in values.items()]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The ``analysis:`` block, with the defaults of a store that recorded none."""
+        return _ANALYSIS_DEFAULTS | self.analysis
+
+    @property
+    def roles(self) -> dict[str, str | None]:
+        """Each method's declared comparison role (empty for a store written before roles
+        were recorded: ``scalelab run`` on it again records them)."""
+        return {name: d.get("role") for name, d in self.methods.items()}
+
+    @property
+    def shape_axes(self) -> list[str]:
+        """Axis labels that are not nuisance axes."""
+        return [a for a in self.axes if a not in self.nuisance]
 
 
 def damaged(path: Path, what: str) -> ScalelabError:
@@ -373,13 +444,19 @@ class Store:
     # ---------------------------------------------------------------- meta
 
     def meta(self) -> dict[str, str]:
+        """The ``meta`` table's raw text (read it typed with :meth:`study_meta`)."""
         return dict(self._db.execute("SELECT key, value FROM meta"))
 
+    def study_meta(self) -> StudyMeta:
+        """What the store records about its study, typed (defaults for keys it lacks)."""
+        return StudyMeta.decode(self.meta())
+
     def set_meta(self, **values: Any) -> None:
+        """Record fields of :class:`StudyMeta` (others are refused); the rest stay."""
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in values.items()],
+                StudyMeta.encode(values),
             )
 
     # ---------------------------------------------------------------- runners
@@ -799,6 +876,9 @@ class Stores:
         for store in reversed(self.stores):  # the main store's values win
             merged.update(store.meta())
         return merged
+
+    def study_meta(self) -> StudyMeta:
+        return StudyMeta.decode(self.meta())
 
     def _chosen(self) -> dict[str, Store]:
         """Which file holds each run's believed row."""

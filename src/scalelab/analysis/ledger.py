@@ -3,24 +3,24 @@ runs it proposed once they exist, so the tool's own extrapolations are checked o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from ..store import StudyMeta
 from .nuisance import best_over_nuisance
 
 
 def grade(predictions: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]],
-          meta: dict[str, str]) -> list[dict[str, Any]]:
+          meta: StudyMeta) -> list[dict[str, Any]]:
     """Each prediction with ``measured`` (the mean over seeds of the proposed runs, at their
     best nuisance setting on validation, as the fit that made it used), ``runs`` measured
     and ``proposed``, ``status`` (pending, partial, measured) and ``held`` (the measured
     value inside the stored interval; None until measured)."""
     by_id = {r["run_id"]: r for r in records}
-    nuisance = json.loads(meta.get("nuisance", "[]"))
+    nuisance = StudyMeta.coerce(meta).nuisance
     out = []
     for p in predictions:
         runs = [by_id[i] for i in p["run_ids"] if i in by_id]

@@ -6,7 +6,6 @@ validation loss) and every seed of it as a separate point, so the bootstrap resa
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScalelabError
+from ..store import StudyMeta
 from .allocation import compute_optimal
 from .diagnostics import Diagnostic, diagnose, extrapolation, is_law
 from .fitting import DEFAULT_HOLDOUT, LawFit, backtest, fit_law, holdout_mask, select_form
@@ -134,47 +134,39 @@ class StudyAnalysis:
                 "selection": self.selection.to_dict() if self.selection else None}
 
 
-def per_shape_optimum(records: Sequence[dict[str, Any]], meta: dict[str, str]
+def per_shape_optimum(records: Sequence[dict[str, Any]], meta: StudyMeta
                       ) -> tuple[list[dict[str, Any]], list[Winner]]:
     """The runs of each scientific point's best nuisance setting, per the store's meta."""
-    axes, grid, nuisance = _axes(meta)
-    return best_over_nuisance(records, [a for a in axes if a not in nuisance], nuisance, grid)
+    meta = StudyMeta.coerce(meta)
+    return best_over_nuisance(records, meta.shape_axes, meta.nuisance, meta.grid)
 
 
-def _axes(meta: dict[str, str]) -> tuple[dict[str, str], dict[str, list], list[str]]:
-    """(axis label -> config path, axis label -> grid values, nuisance labels) from meta."""
-    return (json.loads(meta.get("axes", "{}")), json.loads(meta.get("grid", "{}")),
-            json.loads(meta.get("nuisance", "[]")))
-
-
-def analysis_settings(meta: dict[str, str]) -> dict[str, Any]:
+def analysis_settings(meta: StudyMeta) -> dict[str, Any]:
     """The study's ``analysis:`` block as stored in meta (defaults for older stores)."""
-    settings = {"metric": "test_loss", "compare_metric": "test_acc", "size": "n_params",
-                "forms": ["auto"]}
-    return settings | json.loads(meta.get("analysis", "{}"))
+    return StudyMeta.coerce(meta).settings
 
 
-def method_roles(meta: dict[str, str]) -> dict[str, str | None]:
+def method_roles(meta: StudyMeta) -> dict[str, str | None]:
     """Each method's declared comparison role, as the study recorded it (empty for a store
     written before roles were recorded: ``scalelab run`` on it again records them)."""
-    return {name: d.get("role") for name, d in json.loads(meta.get("methods", "{}")).items()}
+    return StudyMeta.coerce(meta).roles
 
 
-def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
+def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
                   metric: str | None = None, compare_metric: str | None = None,
                   n_resamples: int = 1000,
                   predictions: Sequence[dict[str, Any]] = ()) -> StudyAnalysis:
     """Per-shape optima, scaling-law fits and method comparisons of one stored study, and
     its ledger of ``predictions`` graded; ``metric`` and ``compare_metric`` default to the
     study's ``analysis:`` settings."""
+    meta = StudyMeta.coerce(meta)
     ledger = grade(predictions, records, meta)  # every stored run: proposals may be new
     records, excluded = in_study(records, meta)
-    settings = analysis_settings(meta)
+    settings = meta.settings
     metric = metric or settings["metric"]
     compare_metric = compare_metric or settings["compare_metric"]
     size = settings["size"]
-    axes, grid, nuisance = _axes(meta)
-    scientific = [a for a in axes if a not in nuisance]
+    axes, grid, nuisance, scientific = meta.axes, meta.grid, meta.nuisance, meta.shape_axes
     selected, winners = per_shape_optimum(records, meta)
     notes: list[str] = []
     unvalidated = sum(1 for r in records if r.get("no_validation_split"))
@@ -204,7 +196,7 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
     fits = [f for f in fits if f is not None]
 
     comparisons: list[Comparison] = []
-    roles = method_roles(meta)
+    roles = meta.roles
     selection = analyze_selection(records, roles, compare_metric)
     if selection:  # selection studies compare each cell with its own baselines
         notes += selection.notes
@@ -221,7 +213,7 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: dict[str, str],
                "wall_time_s": float(sum(r.get("wall_time", 0) for r in records)),
                "samples_seen": float(sum(r.get("samples_seen", 0) for r in records))}
     return StudyAnalysis(
-        study=meta.get("study", ""), metric=metric, compare_metric=compare_metric, size=size,
+        study=meta.study, metric=metric, compare_metric=compare_metric, size=size,
         counts=dict(Counter(r["status"] for r in records)),
         compute=compute, scientific=scientific, nuisance=nuisance,
         table=_results_table(selected, scientific, size, metric, compare_metric),
@@ -246,14 +238,13 @@ def platforms(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
 
 
-def joint_fits(selected: Sequence[dict[str, Any]], meta: dict[str, str], metric: str,
+def joint_fits(selected: Sequence[dict[str, Any]], meta: StudyMeta, metric: str,
                n_resamples: int = 1000, notes: list[str] | None = None) -> list[FitEntry]:
     """The joint laws L(N, D) of a study, one per point of its other scientific axes, fitted
     on ``selected`` (the per-shape optimum), with compute-optimal allocation; a group the data
     cannot support is left out with the reason in ``notes``."""
-    settings = analysis_settings(meta)
-    axes, _, nuisance = _axes(meta)
-    scientific = [a for a in axes if a not in nuisance]
+    meta = StudyMeta.coerce(meta)
+    settings, axes, scientific = meta.settings, meta.axes, meta.shape_axes
     model_axes = [a for a in scientific if axes[a].startswith("model.")]
     data_axis = next((a for a in scientific if axes[a] in DATA_PATHS), None)
     data_column = data_axis if settings.get("data", "auto") == "auto" else settings["data"]
@@ -267,13 +258,14 @@ def joint_fits(selected: Sequence[dict[str, Any]], meta: dict[str, str], metric:
     return [f for f in fits if f is not None]
 
 
-def in_study(records: Sequence[dict[str, Any]], meta: dict[str, str]
+def in_study(records: Sequence[dict[str, Any]], meta: StudyMeta
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(runs of the study as its file was last run, the other stored runs). Runs of an older
     version of the file, or of other overrides, stay stored but enter no table or fit."""
-    if "run_ids" not in meta:  # a store written before run ids were recorded
+    run_ids = StudyMeta.coerce(meta).run_ids
+    if run_ids is None:  # a store written before run ids were recorded
         return list(records), []
-    wanted = set(json.loads(meta["run_ids"]))
+    wanted = set(run_ids)
     return ([r for r in records if r["run_id"] in wanted],
             [r for r in records if r["run_id"] not in wanted])
 

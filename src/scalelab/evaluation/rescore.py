@@ -6,7 +6,6 @@ transaction, so an interrupted re-scoring keeps what it finished and a rerun doe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,9 +53,9 @@ def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
     with Store.open(out) as store:
         if isinstance(store, Stores):
             store.require_merged()
-        meta = store.meta()
+        meta = store.study_meta()
         if not isinstance(study, Study):
-            source = study or meta.get("source")
+            source = study or meta.source
             if not source or not Path(source).exists():
                 raise ScalelabError(f"{out}: its study file {source!r} is gone; pass --study FILE")
             study = load_study(source)
@@ -78,10 +77,7 @@ def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
         store.set_meta(evaluations=[{"eval_id": i, "config": c, "tune": tune.get(i, [])}
                                     for i, c in settings])
         done = {(r["run_id"], r["eval_id"]) for r in store.evaluations()}
-        nuisance = set(json.loads(meta.get("nuisance", "[]")))
-        result = EvaluationRun(out, settings, len(runs), tune=tune,
-                               shape_axes=[a for a in json.loads(meta.get("axes", "{}"))
-                                           if a not in nuisance])
+        result = EvaluationRun(out, settings, len(runs), tune=tune, shape_axes=meta.shape_axes)
         completed = {r["run_id"] for r in runs}
         by_record = {r["run_id"]: r for r in runs}
         by_run = {i: c for i, c in store.configs().items() if i in completed}

@@ -52,7 +52,7 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     ``out``: a store on read-only storage is read, and its report written elsewhere)."""
     out = Path(out if out is not None else out_dir)
     with Store.open(out_dir) as store:
-        records, meta, curves = store.records(), store.meta(), store.curves()
+        records, meta, curves = store.records(), store.study_meta(), store.curves()
         evaluations, predictions = store.evaluations(), store.predictions()
     analysis = analyze_study(records, meta, n_resamples=n_resamples, predictions=predictions)
     fig_dir = out / "figures"
@@ -158,17 +158,17 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
         figure(plots.law_figure(entry), f"law_{i}", entry.title)
     if a.selection:
         traces = {name: d.get("traces") or {}
-                  for name, d in json.loads(meta.get("methods", "{}")).items()}
+                  for name, d in meta.methods.items()}
         _selection_blocks(a.selection, records, curves, traces, blocks, figure)
     if evaluations:
-        settings = json.loads(meta.get("evaluations", "[]"))
+        settings = meta.evaluations
         shape_axes = [x for x in a.scientific if x != "seed"]
         evaluations, settings, tuned = tune_per_shape(evaluations, settings, records, shape_axes,
                                                       validation_twin(a.compare_metric))
         _evaluation_blocks(evaluations, settings, a.compare_metric, blocks, figure)
         if tuned:
             _tuning_blocks(tuned, validation_twin(a.compare_metric), blocks)
-        axes = json.loads(meta.get("axes", "{}"))
+        axes = meta.axes
         if any(axes.get(x, "").startswith("model.") for x in a.scientific):
             _evaluation_scale_blocks(evaluations, settings, records, a, blocks, figure)
     if a.comparisons:

@@ -48,6 +48,15 @@ class Method(Plugin):
     #: steps; the schedule then follows epoch progress.
     epoch_budget: ClassVar[bool] = False
 
+    @classmethod
+    def baselines(cls, config: dict[str, Any], kinds: list[str]
+                  ) -> list[tuple[str, dict[str, Any], float | None, str | None]]:
+        """The runs a study's ``baselines:`` (``kinds``) adds beside a run of this method,
+        whose resolved method config is ``config``: (kind, resolved baseline method config,
+        the rate it stands for, which selection runs a compute-matched run serves:
+        ``scoring`` or ``non-scoring``). None for a method that selects nothing."""
+        return []
+
     @property
     def stackable(self) -> bool:
         """Whether this configured method trains every sample of every batch with the

@@ -18,6 +18,7 @@ from torch import nn
 
 from ...models import buffers_kept
 from ...plugin import PluginConfig
+from ...registry import methods
 from .._base import Method, StepLoss
 
 
@@ -33,6 +34,25 @@ class Selection(Method, ABC):
     @property
     def stackable(self) -> bool:
         return False  # each step trains on its own choice of rows
+
+    @classmethod
+    def baselines(cls, config: dict[str, Any], kinds: list[str]
+                  ) -> list[tuple[str, dict[str, Any], float | None, str | None]]:
+        """Every baseline at this run's rate: the full data (``full``), the full data at
+        the compute this run spends (``matched_full``), a random subset (``random``)."""
+        rate, scoring = config["target_rate"], bool(cls.scores)
+        wanted = {"full": ({"name": "full"}, None, None),
+                  "matched_full": ({"name": "full", "match_rate": rate, "match_scoring": scoring},
+                                   rate, "scoring" if scoring else "non-scoring"),
+                  "random": ({"name": "random", "target_rate": rate}, rate, None)}
+        out = []
+        for kind in kinds:
+            settings, point_rate, matched_to = wanted[kind]
+            plugin = methods.get(settings["name"])
+            resolved = {"name": settings["name"], **plugin.Config.model_validate(
+                {k: v for k, v in settings.items() if k != "name"}).model_dump(mode="json")}
+            out.append((kind, resolved, point_rate, matched_to))
+        return out
 
     def begin(self, n_train: int, total_steps: int, batch: int, seed: int) -> None:
         self.total_steps, self.batch = total_steps, batch

@@ -7,14 +7,11 @@ shorter budget. ``random`` (a rule) is the same-rate control.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, model_validator
 
 from ...plugin import PluginConfig
 from ...registry import methods
 from .._base import Method
-from ._base import Selection
 
 
 @methods.register("full")
@@ -54,27 +51,3 @@ class Full(Method):
     @property
     def stackable(self) -> bool:
         return self.config.match_rate is None  # stacked runs share one step budget
-
-
-def baselines_of(method: dict[str, Any], kinds: list[str]
-                 ) -> list[tuple[str, dict[str, Any], float | None, str | None]]:
-    """The baselines a study's ``baselines:`` asks for one run's resolved method config:
-    (kind, resolved baseline method config, the rate it stands for, which selection runs a
-    compute-matched run serves: ``scoring`` or ``non-scoring``). Empty for a method that
-    selects nothing."""
-    plugin = methods.get(method["name"])
-    if not issubclass(plugin, Selection):
-        return []
-    rate, scoring = method["target_rate"], bool(plugin.scores)
-    wanted = {"full": ({"name": "full"}, None, None),
-              "matched_full": ({"name": "full", "match_rate": rate, "match_scoring": scoring},
-                               rate, "scoring" if scoring else "non-scoring"),
-              "random": ({"name": "random", "target_rate": rate}, rate, None)}
-    out = []
-    for kind in kinds:
-        settings, point_rate, matched_to = wanted[kind]
-        cls = methods.get(settings["name"])
-        resolved = {"name": settings["name"], **cls.Config.model_validate(
-            {k: v for k, v in settings.items() if k != "name"}).model_dump(mode="json")}
-        out.append((kind, resolved, point_rate, matched_to))
-    return out

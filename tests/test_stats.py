@@ -77,7 +77,7 @@ def test_compare_pairs_by_seed_within_groups_and_applies_holm():
 
 
 def test_compare_errors_say_what_is_wrong():
-    with pytest.raises(ScalelabError, match="baseline 'nope' not found in method"):
+    with pytest.raises(ScalelabError, match="baseline 'nope' not found beside any other method"):
         compare(records(), "test_acc", "method", "nope", within=["width"])
     with pytest.raises(ScalelabError, match="two results for method=standard and seed=0"):
         compare(records(), "test_acc", "method", "standard")  # width not split out
@@ -111,3 +111,29 @@ def test_identical_or_constantly_shifted_samples_are_exact_and_silent():
     assert same.p_value == 1.0 and same.ci_low == same.ci_high == 0.0
     assert shifted.p_value == 0.0 and shifted.ci_low == pytest.approx(0.1)
     assert shifted.t_statistic == float("inf")
+
+
+def test_a_baseline_without_a_value_on_a_within_axis_serves_every_value_of_it():
+    """A selection study: ``full`` has no target_rate, so it is the baseline at every rate;
+    against a per-rate baseline (``random``), a rate it did not run is skipped and named."""
+    rows = []
+    for seed in range(4):
+        rows.append({"method": "full", "target_rate": None, "seed": seed,
+                     "test_acc": 0.9 + 0.01 * seed})
+        rows.append({"method": "random", "target_rate": 0.1, "seed": seed,
+                     "test_acc": 0.8 + 0.01 * seed})
+        for rate in (0.1, 0.2):
+            rows.append({"method": "ast", "target_rate": rate, "seed": seed,
+                         "test_acc": 0.9 + 0.01 * seed - rate / 10})
+    results = compare(rows, "test_acc", "method", "full", "seed", within=["target_rate"])
+    assert sorted(c.candidate for c in results) == [
+        "ast [target_rate=0.1]", "ast [target_rate=0.2]", "random [target_rate=0.1]"]
+    diffs = {c.candidate: round(c.mean_diff, 6) for c in results}
+    assert diffs["ast [target_rate=0.2]"] == -0.02 and diffs["random [target_rate=0.1]"] == -0.1
+    assert all(c.n_candidate == 4 for c in results) and results.skipped == []
+    against_random = compare(rows, "test_acc", "method", "random", "seed",
+                             within=["target_rate"])
+    assert [c.candidate for c in against_random] == ["ast [target_rate=0.1]"]
+    assert sorted(against_random.skipped) == [
+        "[target_rate=0.2]: no method=random to compare with (values: ast)",
+        "[target_rate=None]: no method=random to compare with (values: full)"]

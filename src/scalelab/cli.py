@@ -403,6 +403,8 @@ def compare(
                  [[c.candidate, c.n_candidate, c.mean_diff, f"[{c.ci_low:.4g}, {c.ci_high:.4g}]",
                    c.p_value, c.wilcoxon_p, c.p_holm, f"{c.effect_name} {c.effect_size:.3g}"]
                   for c in results])
+    for cell in getattr(results, "skipped", []):
+        output.warn(f"skipped {cell}")
     output.emit([c.to_dict() for c in results])
     return 0
 

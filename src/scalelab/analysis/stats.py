@@ -165,17 +165,26 @@ def seeds_needed(delta: float, sd: float, target: float = 0.8, alpha: float = 0.
     return n
 
 
+class Comparisons(list):
+    """The comparisons of :func:`compare`, and the cells it skipped for want of a baseline."""
+
+    skipped: list[str]
+
+
 def compare(records: Sequence[dict[str, Any]], metric: str, by: str, baseline: str,
             paired_by: str | None = "seed", within: Sequence[str] = (), level: float = 0.95,
-            ) -> list[Comparison]:
+            ) -> Comparisons:
     """Every value of ``by`` against ``baseline`` on ``metric``, within each group of ``within``.
 
     With ``paired_by`` (e.g. ``seed``), units are matched by that column and only units present
     on both sides are used; without it the samples are compared unpaired. Holm's adjustment
-    runs over all comparisons returned.
+    runs over all comparisons returned. A baseline run without a value on a ``within`` column
+    (``full`` has no ``target_rate``) is the baseline of every value of it; a cell left
+    without a baseline is skipped and named in ``.skipped``.
     """
     groups: dict[tuple, dict[str, dict[Any, float]]] = defaultdict(lambda: defaultdict(dict))
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    shared: list[tuple[tuple, dict]] = []  # baseline rows missing some within values
     for r in records:
         if r.get(metric) is None or (r.get("status", "completed") != "completed"):
             continue
@@ -183,25 +192,28 @@ def compare(records: Sequence[dict[str, Any]], metric: str, by: str, baseline: s
             raise ScalelabError(f"compare: no column {by!r} in the results")
         key = tuple(r.get(w) for w in within)
         label = str(r[by])
-        if paired_by is not None:
-            unit = r.get(paired_by)
-            if unit in groups[key][label]:
-                raise ScalelabError(f"compare: two results for {by}={label} and "
-                                    f"{paired_by}={unit}; add the other axes to --within")
-            groups[key][label][unit] = float(r[metric])
-        values[key][label].append(float(r[metric]))
+        if label == baseline and None in key:
+            shared.append((key, r))
+            continue
+        _add(groups, values, key, label, r, metric, by, paired_by)
+    for key, r in shared:
+        matching = [k for k in values if all(a is None or a == b for a, b in zip(key, k))]
+        for k in matching or [key]:
+            _add(groups, values, k, baseline, r, metric, by, paired_by)
     if not values:
         raise ScalelabError(f"compare: no completed results with a value for {metric!r}")
-    comparisons = []
+    comparisons, skipped = Comparisons(), []
     for key in values:
         labels = values[key]
+        cell = "".join(f" [{w}={k}]" for w, k in zip(within, key))
         if baseline not in labels:
-            raise ScalelabError(f"compare: baseline {baseline!r} not found in {by} "
-                                f"(values: {', '.join(sorted(labels))})")
+            skipped.append(f"{cell.strip() or 'all results'}: no {by}={baseline} to compare "
+                           f"with (values: {', '.join(sorted(labels))})")
+            continue
         for label in labels:
             if label == baseline:
                 continue
-            name = label + "".join(f" [{w}={k}]" for w, k in zip(within, key))
+            name = label + cell
             if paired_by is not None:
                 units = sorted(set(groups[key][label]) & set(groups[key][baseline]), key=str)
                 comparisons.append(paired(
@@ -211,6 +223,23 @@ def compare(records: Sequence[dict[str, Any]], metric: str, by: str, baseline: s
             else:
                 comparisons.append(unpaired(labels[label], labels[baseline], level=level,
                                             names=(name, baseline), metric=metric))
+    if not comparisons:
+        raise ScalelabError(f"compare: baseline {baseline!r} not found beside any other "
+                            f"{by} ({'; '.join(skipped)})")
+    comparisons.skipped = skipped
     for c, p in zip(comparisons, holm([c.p_value for c in comparisons])):
         c.p_holm = float(p)
     return comparisons
+
+
+def _add(groups, values, key: tuple, label: str, r: dict, metric: str, by: str,
+         paired_by: str | None) -> None:
+    """File one result under its cell (``key``) and ``by`` value (``label``)."""
+    if paired_by is not None:
+        unit = r.get(paired_by)
+        if unit in groups[key][label]:
+            raise ScalelabError(f"compare: two results for {by}={label} and "
+                                f"{paired_by}={unit}; add the axes that tell them apart "
+                                "with --within")
+        groups[key][label][unit] = float(r[metric])
+    values[key][label].append(float(r[metric]))

@@ -144,7 +144,7 @@ def run(
     summary = api.summary(result.out_dir)
     _print_summary(output, summary)
     output.info(f"results: {result.out_dir / 'results.sqlite'}  (scalelab status {result.out_dir})")
-    report_path = None
+    report_path, verdicts = None, None
     if report and shard:
         output.info(f"--shard: no report for one slice; when every shard is done, run "
                     f"`scalelab report {result.out_dir}`")
@@ -152,6 +152,7 @@ def run(
         report_path = result.out_dir / "report.html"
         if result.trained or not report_path.exists():
             written = _write_report(output, result.out_dir, bootstrap)
+            verdicts = _verdicts(written.analysis)
             output.info(f"report: {report_path}  (and report.md, scaling_law.json beside it)")
             if result.study.spec.track or track:
                 from .tracking import attach_report
@@ -161,8 +162,10 @@ def run(
         else:
             output.info(f"report: {report_path}  (up to date: nothing new was trained; "
                         f"`scalelab report {result.out_dir}` rewrites it)")
-    if report_path is not None:
-        _print_verdicts(output, result.out_dir / "scaling_law.json")
+            verdicts = _stored_verdicts(result.out_dir / "scaling_law.json")
+    for title, form, label, reasons in verdicts or ():
+        output.info(f"verdict: {title} ({form}): {label}"
+                    + (f" — {reasons}" if label != "trustworthy" else ""))
     for r, message in result.failed:
         output.error(f"run {r.run_id} ({_point(r.point)}) failed: {message}")
     if result.failed:
@@ -597,15 +600,18 @@ def _print_summary(output: Output, summary: Summary) -> None:
                       for c, f in summary.fits.items()])
 
 
-def _print_verdicts(output: Output, scaling_law: Path) -> None:
-    """One line per fitted law of the report: its verdict and why."""
+def _verdicts(analysis) -> list[tuple[str, str, str, str]]:
+    """(title, form, verdict, why) of every law the analysis fitted."""
+    return [(e.title, e.fit.form, *e.fit.verdict) for e in analysis.fits]
+
+
+def _stored_verdicts(scaling_law: Path) -> list[tuple[str, str, str, str]]:
+    """The verdicts of a report left up to date (nothing new was analysed): as it stored them."""
     try:
         fits = json.loads(scaling_law.read_text()).get("fits", [])
     except (OSError, ValueError):
-        return
-    for f in fits:
-        output.info(f"verdict: {f['title']} ({f['form']}): {f['verdict']}"
-                    + (f" — {f['verdict_reasons']}" if f["verdict"] != "trustworthy" else ""))
+        return []
+    return [(f["title"], f["form"], f["verdict"], f["verdict_reasons"]) for f in fits]
 
 
 def _point(point: dict) -> str:

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ScalelabError
+from .outdir import FILENAME, SHARD_GLOB, OutDir, shard_filename  # noqa: F401 (re-exported)
 from .records import COMPLETED, DIVERGED, FINISHED, INTERRUPTED, RUNNING, RunResult, RunSpec
 
 try:  # POSIX; elsewhere liveness rests on heartbeats alone
@@ -66,11 +67,6 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 SCHEMA_VERSION = 6
-FILENAME = "results.sqlite"
-#: Shard stores (``--shard i/k --shard-store``): one file per shard, read with the main one.
-SHARD_GLOB = "results.shard-*-of-*.sqlite"
-#: Beside the store: each runner's lock file, and the lock shard runners share against merge.
-RUNNERS_DIR = ".scalelab-runners"
 #: A runner whose heartbeat counter one machine has seen unchanged for this long (seconds, by
 #: that machine's own clock) has stopped: its claims are taken over.
 STALE_S = 600.0
@@ -369,8 +365,8 @@ class Store:
         when shard files are present beside (or instead of) the main file, all of them read
         as one (:class:`Stores`)."""
         out = Path(out_dir)
-        path = out / (shard_filename(*shard) if shard else FILENAME)
-        shards = [] if shard else sorted(out.glob(SHARD_GLOB))
+        path = OutDir(out).shard_store(*shard) if shard else OutDir(out).store
+        shards = [] if shard else OutDir(out).shard_stores()
         if not path.exists():
             if create:
                 out.mkdir(parents=True, exist_ok=True)
@@ -785,10 +781,6 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
 
 
-def shard_filename(index: int, count: int) -> str:
-    return f"results.shard-{index}-of-{count}.sqlite"
-
-
 #: Which of two stored rows of one run to believe: a finished one, then one in flight.
 _RANK = {COMPLETED: 3, DIVERGED: 3, RUNNING: 2}
 
@@ -950,8 +942,8 @@ class Stores:
         with _merging(directory, self):
             main = self.main
             if main is None:
-                Store._create(directory / FILENAME)
-                main = Store._checked(directory / FILENAME)
+                Store._create(OutDir(directory).store)
+                main = Store._checked(OutDir(directory).store)
             taken: set[str] = set()
             for shard in self.shards:
                 taken |= _fold(shard, main)
@@ -1034,7 +1026,7 @@ def token() -> str:
 
 
 def _lock_path(directory: Path, token: str) -> Path:
-    return directory / RUNNERS_DIR / f"{token}.lock"
+    return OutDir(directory).runners / f"{token}.lock"
 
 
 def _hold_lock(directory: Path) -> None:
@@ -1173,7 +1165,7 @@ def shard_writing(directory: str | Path, wait_s: float = 600.0) -> Iterator[None
     if fcntl is None:
         yield
         return
-    path = directory / RUNNERS_DIR / "shards.lock"
+    path = OutDir(directory).runners / "shards.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -1201,7 +1193,7 @@ def _merging(directory: Path, stores: Stores) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    path = directory / RUNNERS_DIR / "shards.lock"
+    path = OutDir(directory).runners / "shards.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

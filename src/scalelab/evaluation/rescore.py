@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..devices import resolve_device
 from ..errors import ScalelabError
+from ..outdir import OutDir
 from ..output import Output
 from ..plugin import instantiate
 from ..records import COMPLETED, setting_label
@@ -65,14 +66,14 @@ def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
                                 "settings (add e.g. `evaluations: [{name: tta, level: 2}]`)")
         runs = [r for r in store.records() if r["status"] == COMPLETED]
         missing = [r["run_id"] for r in runs
-                   if not (out / "checkpoints" / f"{r['run_id']}.pt").exists()]
+                   if not OutDir(out).checkpoint(r["run_id"]).exists()]
         if missing:
             remedy = (f"`scalelab run {study.source} --out {out}` trains them again (same "
                       "numbers, checkpoints back)" if study.spec.save_checkpoints else
                       "train with `save_checkpoints: true`")
             raise ScalelabError(
                 f"{out}: {len(missing)} of {len(runs)} completed runs have no checkpoint (e.g. "
-                f"checkpoints/{missing[0]}.pt); {remedy}")
+                f"{OutDir(out).checkpoint(missing[0]).relative_to(out)}); {remedy}")
         tune = study.evaluation_tune
         store.set_meta(evaluations=[{"eval_id": i, "config": c, "tune": tune.get(i, [])}
                                     for i, c in settings])
@@ -91,7 +92,7 @@ def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
                 key = repr(sorted(config["task"].items()))
                 if key not in data_cache:
                     data_cache[key] = instantiate(tasks, config["task"]).load().to(dev)
-                scores = score_checkpoint(config, out / "checkpoints" / f"{run_id}.pt", todo,
+                scores = score_checkpoint(config, OutDir(out).checkpoint(run_id), todo,
                                           str(dev), data_cache[key])
                 run = by_record[run_id]
                 for eval_id, setting in todo:

@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import store as stores
 from ..errors import ScalelabError
 from ..files import write_atomically
+from ..outdir import OutDir
 from ..output import Output
 from ..records import COMPLETED, FINISHED, RunResult, RunSpec
 from ..registry import executors
@@ -235,7 +236,7 @@ class Heartbeat:
 
 
 def checkpoint_path(out_dir: Path, run: RunSpec) -> Path:
-    return out_dir / "checkpoints" / f"{run.run_id}.pt"
+    return OutDir(out_dir).checkpoint(run.run_id)
 
 
 def save_checkpoint(out_dir: Path, run: RunSpec, result: RunResult) -> None:

@@ -137,3 +137,14 @@ def test_a_baseline_without_a_value_on_a_within_axis_serves_every_value_of_it():
     assert sorted(against_random.skipped) == [
         "[target_rate=0.2]: no method=random to compare with (values: ast)",
         "[target_rate=None]: no method=random to compare with (values: full)"]
+
+
+def test_a_cell_s_own_baseline_runs_win_over_the_shared_ones():
+    rows = [{"method": m, "target_rate": rate, "seed": seed, "test_acc": acc + 0.01 * seed}
+            for seed in range(3)
+            for m, rate, acc in (("full", None, 0.9), ("full", 0.1, 0.5), ("ast", 0.1, 0.6),
+                                 ("ast", 0.2, 0.8))]
+    results = {c.candidate: c for c in compare(rows, "test_acc", "method", "full",
+                                               within=["target_rate"])}
+    assert results["ast [target_rate=0.1]"].mean_diff == pytest.approx(0.1)  # vs its own 0.5
+    assert results["ast [target_rate=0.2]"].mean_diff == pytest.approx(-0.1)  # vs shared 0.9

@@ -199,6 +199,8 @@ def compare(records: Sequence[dict[str, Any]], metric: str, by: str, baseline: s
     for key, r in shared:
         matching = [k for k in values if all(a is None or a == b for a, b in zip(key, k))]
         for k in matching or [key]:
+            if paired_by is not None and r.get(paired_by) in groups[k][baseline]:
+                continue  # the cell has its own baseline for this unit: the closer match
             _add(groups, values, k, baseline, r, metric, by, paired_by)
     if not values:
         raise ScalelabError(f"compare: no completed results with a value for {metric!r}")
@@ -206,6 +208,8 @@ def compare(records: Sequence[dict[str, Any]], metric: str, by: str, baseline: s
     for key in values:
         labels = values[key]
         cell = "".join(f" [{w}={k}]" for w, k in zip(within, key))
+        if set(labels) == {baseline}:
+            continue  # baseline runs only (a baseline's own cell): nothing to compare
         if baseline not in labels:
             skipped.append(f"{cell.strip() or 'all results'}: no {by}={baseline} to compare "
                            f"with (values: {', '.join(sorted(labels))})")

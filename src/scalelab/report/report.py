@@ -10,6 +10,7 @@ import base64
 import html
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ from ..files import write_atomically
 from ..output import fmt_value
 from ..store import Store
 from . import plots
+
+#: Adds a figure to the page: (matplotlib figure, file stem, caption).
+Figure = Callable[[Any, str, str], None]
 
 
 @dataclass
@@ -64,12 +68,30 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
         figures.extend(paths)
         blocks.append(("fig", paths[0], caption))
 
-    a = analysis
-    blocks.append(("h1", f"Study report: {a.study}"))
     # Completed results, not runs of every status: 6 completed replaced by 6 failed is a loss.
-    before, now = _previous_run_count(out), a.counts.get("completed", 0)
+    before, now = _previous_run_count(out), analysis.counts.get("completed", 0)
     shrunk = before if before is not None and now < before else None
-    if shrunk:
+    _render_head(analysis, before, now, blocks)
+    _render_summary(analysis, blocks)
+    _render_results(analysis, blocks, figure)
+    _render_laws(analysis, blocks, figure)
+    _render_methods(analysis, meta, records, curves, evaluations, blocks, figure)
+    _render_figures(analysis, records, curves, blocks, figure)
+    _render_closing(analysis, blocks)
+
+    report = Report(out / "report.md", out / "report.html", out / "scaling_law.json",
+                    out / "comparison_table.txt", figures, analysis, shrunk)
+    write_atomically(report.markdown, _markdown(blocks, out))
+    write_atomically(report.html, _html(blocks, analysis.study))
+    write_atomically(report.scaling_law, json.dumps(analysis.to_dict(), indent=2, default=_json_default))
+    write_atomically(report.comparison_table, comparison_text(analysis))
+    return report
+
+
+def _render_head(a: StudyAnalysis, before: int | None, now: int, blocks: list) -> None:
+    """The title, a warning when the report shrank, the verdicts and excluded runs."""
+    blocks.append(("h1", f"Study report: {a.study}"))
+    if before is not None and now < before:
         blocks.append(("warn", f"This report is built from {now} runs, fewer than the {before} "
                                "of the report it replaced (completed runs; failed or unfinished "
                                "ones count for none): results were removed from the store, runs "
@@ -88,6 +110,10 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
                                "file is now written (an older version of the file, or other "
                                "overrides): they are left out of every table and fit, and "
                                "listed under Runs not in this study at the end."))
+
+
+def _render_summary(a: StudyAnalysis, blocks: list) -> None:
+    """Run counts, the compute used and the platforms the runs trained on."""
     blocks.append(("h2", "Summary"))
     blocks.append(("table", ["status", "runs"], sorted(a.counts.items())))
     blocks.append(("p", f"Compute used: {a.compute['train_flops']:.3g} training FLOPs (counted), "
@@ -102,6 +128,10 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
         blocks.append(("table", [*PLATFORM, "runs"],
                        [[p.get(k) if p.get(k) is not None else "not recorded" for k in PLATFORM]
                         + [p["runs"]] for p in a.platforms]))
+
+
+def _render_results(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
+    """The results table, the per-shape optima, their transfer and the ledger."""
     if a.table and not a.selection:  # a selection study's results are its own section
         blocks.append(("h2", "Results"))
         cols = [*a.scientific, a.size, a.metric, a.compare_metric, "runs"]
@@ -117,6 +147,10 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
         _transfer_blocks(a.transfers, blocks, figure)
     if a.ledger:
         _ledger_blocks(a.ledger, blocks)
+
+
+def _render_laws(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
+    """Every fitted law: verdict, diagnostics, parameters, backtest, allocation, figure."""
     if a.fits:
         blocks.append(("h2", "Scaling laws"))
     for i, entry in enumerate(a.fits):
@@ -156,6 +190,11 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
         elif entry.allocation_note:
             blocks.append(("muted", entry.allocation_note + "."))
         figure(plots.law_figure(entry), f"law_{i}", entry.title)
+
+
+def _render_methods(a: StudyAnalysis, meta, records: list[dict[str, Any]], curves, evaluations,
+                    blocks: list, figure: Figure) -> None:
+    """Selection cells against their baselines, and the evaluations of checkpoints."""
     if a.selection:
         traces = {name: d.get("traces") or {}
                   for name, d in meta.methods.items()}
@@ -171,6 +210,11 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
         axes = meta.axes
         if any(axes.get(x, "").startswith("model.") for x in a.scientific):
             _evaluation_scale_blocks(evaluations, settings, records, a, blocks, figure)
+
+
+def _render_figures(a: StudyAnalysis, records: list[dict[str, Any]], curves, blocks: list,
+                    figure: Figure) -> None:
+    """Comparisons, and the metric along each axis, against compute and during training."""
     if a.comparisons:
         blocks.append(("h2", "Comparisons"))
         blocks.append(("table", *_comparison_rows(a)))
@@ -191,6 +235,10 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
         blocks.append(("h2", "Learning curves"))
         figure(plots.curves_figure(curves, records, a.scientific[0] if a.scientific else None),
                "curves", "validation loss during training")
+
+
+def _render_closing(a: StudyAnalysis, blocks: list) -> None:
+    """The runs left out of this study, and the analysis's notes."""
     if a.excluded:
         blocks.append(("h2", "Runs not in this study"))
         blocks.append(("table", ["run_id", "status", "grid point"],
@@ -199,15 +247,6 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
         blocks.append(("h2", "Notes"))
         for note in a.notes:
             blocks.append(("p", note))
-
-    report = Report(out / "report.md", out / "report.html", out / "scaling_law.json",
-                    out / "comparison_table.txt", figures, analysis, shrunk)
-    write_atomically(report.markdown, _markdown(blocks, out))
-    write_atomically(report.html, _html(blocks, a.study))
-    write_atomically(report.scaling_law, json.dumps(analysis.to_dict(), indent=2, default=_json_default))
-    write_atomically(report.comparison_table, comparison_text(analysis))
-    return report
-
 
 def _ledger_blocks(ledger: list[dict[str, Any]], blocks: list) -> None:
     """Predicted against measured for every extrapolation `scalelab next` made."""

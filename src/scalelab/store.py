@@ -51,6 +51,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -264,7 +265,99 @@ def _connect(target: str | Path, path: Path, **kwargs) -> _Connection:
     return db
 
 
-class Store:
+class BaseStore(ABC):
+    """What every results store offers, one file (:class:`Store`) or a directory's main and
+    shard files read as one (:class:`Stores`): claims and results written, runs, curves,
+    evaluations and the ledger read, the study's meta typed (:class:`StudyMeta`)."""
+
+    path: Path
+    readonly: bool
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @abstractmethod
+    def check(self) -> None:
+        """SQLite's full integrity check of every file."""
+
+    # meta
+    @abstractmethod
+    def meta(self) -> dict[str, str]:
+        """The ``meta`` table's raw text (read it typed with :meth:`study_meta`)."""
+
+    def study_meta(self) -> StudyMeta:
+        """What the store records about its study, typed (defaults for keys it lacks)."""
+        return StudyMeta.decode(self.meta())
+
+    @abstractmethod
+    def set_meta(self, **values: Any) -> None: ...
+
+    # runners and writing
+    @abstractmethod
+    def register(self) -> str: ...
+
+    @abstractmethod
+    def release(self) -> None: ...
+
+    @abstractmethod
+    def heartbeat(self, run_ids: Iterable[str] = ()) -> None: ...
+
+    @abstractmethod
+    def observe(self) -> None: ...
+
+    @abstractmethod
+    def runners(self) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def claim(self, runs: Iterable[RunSpec],
+              retrain: Mapping[str, float | None] | Iterable[str] = ()) -> list[RunSpec]: ...
+
+    @abstractmethod
+    def owns(self, run_id: str) -> bool: ...
+
+    @abstractmethod
+    def claims(self) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def write_result(self, run: RunSpec, result: RunResult) -> str: ...
+
+    @abstractmethod
+    def write_evaluation(self, run_id: str, eval_id: str, config: dict[str, Any],
+                         metrics: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def add_predictions(self, predictions: Iterable[dict[str, Any]]) -> None: ...
+
+    # reading
+    @abstractmethod
+    def predictions(self) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def evaluations(self) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def configs(self) -> dict[str, dict[str, Any]]: ...
+
+    @abstractmethod
+    def statuses(self) -> dict[str, str]: ...
+
+    @abstractmethod
+    def finished_at(self) -> dict[str, float | None]: ...
+
+    @abstractmethod
+    def records(self) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def curves(self, run_id: str | None = None) -> list[dict[str, Any]]: ...
+
+
+class Store(BaseStore):
     """Read and write one study's results.
 
     A store on read-only storage (an archive, a read-only mount, a file not yours to write)
@@ -360,7 +453,7 @@ class Store:
 
     @classmethod
     def open(cls, out_dir: str | Path, create: bool = False,
-             shard: tuple[int, int] | None = None) -> Store | Stores:
+             shard: tuple[int, int] | None = None) -> BaseStore:
         """The directory's store. With ``shard`` (i, k): that shard's own file. Otherwise,
         when shard files are present beside (or instead of) the main file, all of them read
         as one (:class:`Stores`)."""
@@ -431,21 +524,18 @@ class Store:
             more = f" and {len(problems) - 1} more problems" if len(problems) > 1 else ""
             raise damaged(self.path, f"damaged ({problems[0]}{more})")
 
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    @classmethod
+    def at(cls, path: Path, create: bool = False) -> Store:
+        """The store file at ``path`` (made whole first, with ``create``, if it is missing)."""
+        if create and not path.exists():
+            cls._create(path)
+        return cls._checked(path)
 
     # ---------------------------------------------------------------- meta
 
     def meta(self) -> dict[str, str]:
         """The ``meta`` table's raw text (read it typed with :meth:`study_meta`)."""
         return dict(self._db.execute("SELECT key, value FROM meta"))
-
-    def study_meta(self) -> StudyMeta:
-        """What the store records about its study, typed (defaults for keys it lacks)."""
-        return StudyMeta.decode(self.meta())
 
     def set_meta(self, **values: Any) -> None:
         """Record fields of :class:`StudyMeta` (others are refused); the rest stay."""
@@ -525,7 +615,10 @@ class Store:
                     (token, clock, beats, now))
 
     def _judge(self) -> _Judge:
-        return _Judge(self)
+        beats = dict(self._db.execute("SELECT token, beats FROM runners"))
+        seen = {t: (b, at) for t, b, at in self._db.execute(
+            "SELECT token, beats, seen_at FROM sightings WHERE clock = ?", (_clock_id(),))}
+        return _Judge(self.path.parent, beats, seen)
 
     def runners(self) -> list[dict[str, Any]]:
         """Runners registered in this store that are still alive: token, host, pid."""
@@ -731,7 +824,53 @@ class Store:
                 f"{self.path}: the results store is on read-only storage (or not yours to "
                 "write): it can be read (status, fit, export -o FILE, report --out DIR) but "
                 "nothing can be stored in it; copy its folder somewhere writable to add to it")
-        return _Transaction(self)
+        return _Transaction(self, self._db)
+
+    # ---------------------------------------------------------------- merging
+
+    def held(self) -> dict[str, tuple[str, float | None]]:
+        """Each stored run's (status, finished_at): which of two rows of a run to believe."""
+        return {run_id: (status, finished) for run_id, status, finished in self._db.execute(
+            "SELECT run_id, status, finished_at FROM runs")}
+
+    def stored_runs(self) -> tuple[list[str], list[tuple]]:
+        """The ``runs`` table as stored: its columns, and its rows (what a merge copies)."""
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(runs)")]
+        return columns, list(self._db.execute(f"SELECT {', '.join(columns)} FROM runs"))
+
+    def stored_curves(self, run_id: str) -> list[tuple]:
+        return list(self._db.execute("SELECT run_id, step, name, value FROM curves "
+                                     "WHERE run_id = ?", (run_id,)))
+
+    def stored_evaluations(self) -> list[tuple]:
+        return list(self._db.execute("SELECT run_id, eval_id, config, metrics, created_at "
+                                     "FROM evaluations"))
+
+    def fold(self, shard: Store) -> set[str]:
+        """A shard store into this one, in one transaction (a row only ever replaced by a
+        better one, evaluations and meta keys this one lacks added); the runs taken."""
+        columns, rows = shard.stored_runs()
+        names = ", ".join(columns)
+        held, taken = self.held(), set()
+        with self._transaction():
+            for row in rows:
+                values = dict(zip(columns, row))
+                if not _better(values["status"], values["finished_at"],
+                               held.get(values["run_id"])):
+                    continue
+                self._db.execute("DELETE FROM curves WHERE run_id = ?", (values["run_id"],))
+                self._db.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES "
+                                 f"({_placeholders(columns)})", row)
+                self._db.executemany("INSERT INTO curves VALUES (?,?,?,?)",
+                                     shard.stored_curves(values["run_id"]))
+                taken.add(values["run_id"])
+            self._db.executemany("INSERT OR IGNORE INTO evaluations VALUES (?,?,?,?,?)",
+                                 shard.stored_evaluations())
+            known = self.meta()
+            missing = {k: v for k, v in shard.meta().items() if k not in known}
+            if missing:
+                self._db.executemany("INSERT INTO meta VALUES (?, ?)", missing.items())
+        return taken
 
 
 class _Transaction:
@@ -739,9 +878,9 @@ class _Transaction:
     store was opened from is no longer at its path (removed or replaced: e.g. a shard store
     merged away), so nothing is written where no one will read it."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, db: _Connection):
         self.store = store
-        self.db = store._db
+        self.db = db
 
     def __enter__(self):
         self.db.execute("BEGIN IMMEDIATE")
@@ -791,7 +930,7 @@ def _better(status: str | None, finished: float | None, than: tuple | None) -> b
     return (_RANK.get(status, 1), finished or 0.0) > (_RANK.get(than[0], 1), than[1] or 0.0)
 
 
-class Stores:
+class Stores(BaseStore):
     """The main store and the shard stores of one directory, read as one store: a run stored
     in several files counts once, as its finished (then latest) row. Writes of a run go to
     the main store; evaluations wait for ``scalelab merge``."""
@@ -805,12 +944,6 @@ class Stores:
     def close(self) -> None:
         for store in self.stores:
             store.close()
-
-    def __enter__(self) -> Stores:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _writer(self) -> Store:
         if self.main is None:
@@ -869,16 +1002,12 @@ class Stores:
             merged.update(store.meta())
         return merged
 
-    def study_meta(self) -> StudyMeta:
-        return StudyMeta.decode(self.meta())
-
     def _chosen(self) -> dict[str, Store]:
         """Which file holds each run's believed row."""
         best: dict[str, tuple] = {}
         where: dict[str, Store] = {}
         for store in self.stores:
-            for run_id, status, finished in store._db.execute(
-                    "SELECT run_id, status, finished_at FROM runs"):
+            for run_id, (status, finished) in store.held().items():
                 if _better(status, finished, best.get(run_id)):
                     best[run_id], where[run_id] = (status, finished), store
         return where
@@ -942,49 +1071,16 @@ class Stores:
         with _merging(directory, self):
             main = self.main
             if main is None:
-                Store._create(OutDir(directory).store)
-                main = Store._checked(OutDir(directory).store)
+                main = Store.at(OutDir(directory).store, create=True)
             taken: set[str] = set()
             for shard in self.shards:
-                taken |= _fold(shard, main)
+                taken |= main.fold(shard)
             for shard in self.shards:
                 shard.close()  # the last connection: SQLite folds in and removes its log
                 for suffix in ("-wal", "-shm", ""):
                     Path(f"{shard.path}{suffix}").unlink(missing_ok=True)
         self.shards, self.stores, self.main = [], [main], main
         return len(taken)
-
-
-def _fold(shard: Store, main: Store) -> set[str]:
-    """One shard store into the main one, in one transaction; the runs taken from it."""
-    columns = [row[1] for row in shard._db.execute("PRAGMA table_info(runs)")]
-    names = ", ".join(columns)
-    held = {run_id: (status, finished) for run_id, status, finished in main._db.execute(
-        "SELECT run_id, status, finished_at FROM runs")}
-    taken = set()
-    with main._transaction():
-        for row in shard._db.execute(f"SELECT {names} FROM runs"):
-            values = dict(zip(columns, row))
-            if not _better(values["status"], values["finished_at"],
-                           held.get(values["run_id"])):
-                continue
-            main._db.execute("DELETE FROM curves WHERE run_id = ?", (values["run_id"],))
-            main._db.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES "
-                             f"({_placeholders(columns)})", row)
-            main._db.executemany(
-                "INSERT INTO curves VALUES (?,?,?,?)",
-                shard._db.execute("SELECT run_id, step, name, value FROM curves "
-                                  "WHERE run_id = ?", (values["run_id"],)))
-            taken.add(values["run_id"])
-        main._db.executemany(
-            "INSERT OR IGNORE INTO evaluations VALUES (?,?,?,?,?)",
-            shard._db.execute("SELECT run_id, eval_id, config, metrics, created_at "
-                              "FROM evaluations"))
-        known = main.meta()
-        missing = {k: v for k, v in shard.meta().items() if k not in known}
-        if missing:
-            main._db.executemany("INSERT INTO meta VALUES (?, ?)", missing.items())
-    return taken
 
 
 # ------------------------------------------------------------------ runner identity and locks
@@ -1116,13 +1212,13 @@ class _Judge:
     """Which runners of one store are alive, as this process sees them now (each looked at
     once): see the module's docstring."""
 
-    def __init__(self, store: Store):
-        self.directory = store.path.parent
+    def __init__(self, directory: Path, beats: dict[str, int],
+                 seen: dict[str, tuple[int, float]]):
+        self.directory = directory
         self.me = _me().token
         self.now = time.monotonic()
-        self.beats = dict(store._db.execute("SELECT token, beats FROM runners"))
-        self.seen = {t: (b, at) for t, b, at in store._db.execute(
-            "SELECT token, beats, seen_at FROM sightings WHERE clock = ?", (_clock_id(),))}
+        self.beats = beats  # token -> its heartbeat counter now
+        self.seen = seen    # token -> (counter, when this machine's clock first saw it)
         self.known: dict[str, bool] = {}
 
     def unchanged_for(self, token: str) -> float | None:

@@ -31,6 +31,7 @@ from ..analysis.sample_selection import (
 )
 from ..analysis.study import PLATFORM, StudyAnalysis, analyze_study
 from ..files import write_atomically
+from ..outdir import OutDir
 from ..output import fmt_value
 from ..store import Store
 from . import plots
@@ -59,7 +60,7 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
         records, meta, curves = store.records(), store.study_meta(), store.curves()
         evaluations, predictions = store.evaluations(), store.predictions()
     analysis = analyze_study(records, meta, n_resamples=n_resamples, predictions=predictions)
-    fig_dir = out / "figures"
+    fig_dir = OutDir(out).figures
     blocks: list[tuple] = []
     figures: list[Path] = []
 
@@ -79,8 +80,9 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     _render_figures(analysis, records, curves, blocks, figure)
     _render_closing(analysis, blocks)
 
-    report = Report(out / "report.md", out / "report.html", out / "scaling_law.json",
-                    out / "comparison_table.txt", figures, analysis, shrunk)
+    paths = OutDir(out)
+    report = Report(paths.report_md, paths.report_html, paths.scaling_law,
+                    paths.comparison_table, figures, analysis, shrunk)
     write_atomically(report.markdown, _markdown(blocks, out))
     write_atomically(report.html, _html(blocks, analysis.study))
     write_atomically(report.scaling_law, json.dumps(analysis.to_dict(), indent=2, default=_json_default))
@@ -571,7 +573,7 @@ def _looks_numeric(text: str) -> bool:
 def _previous_run_count(out: Path) -> int | None:
     """How many completed runs the report already in ``out`` counted (None: no report)."""
     try:
-        counts = json.loads((out / "scaling_law.json").read_text()).get("counts") or {}
+        counts = json.loads(OutDir(out).scaling_law.read_text()).get("counts") or {}
         return int(counts.get("completed", 0))
     except (OSError, ValueError, AttributeError, TypeError):
         return None

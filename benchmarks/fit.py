@@ -11,11 +11,26 @@ parameter within 1e-3 relative). Figure: time(b) / time(a); goal >= 20. Also tim
 and, when the quickstart has been run (runs/quickstart), `scalelab fit runs/quickstart --x
 params,data` through the API: the joint law with its bootstrap, backtest and diagnostics
 (goal <= 20 s).
+
+The bootstrap resamples grid points (each with its seeds; here every grid point has one
+run) and refits them all in lockstep (resampling._refine_batch). It is timed three
+times (the median is bootstrap_s) and once more while another process keeps one of the
+cores busy (bootstrap_busy_s): a shared 2-core machine is the setting the goal is for. The
+one-at-a-time scipy refits this replaced took 6.9 s alone here, 11.6 s with one busy
+neighbour process and 20.4 s with two (BLAS pinned in all three; unpinned, one neighbour:
+20.5 s). The review's 16.1 s fits a shared machine, not threads (pinned, 1 per pool) or
+wandering warm starts (a median of 56-65 evaluations per refit over 4 data seeds, Powell
+polishes in at most 5 of 1,000), nor a slower machine of this kind (43 us per objective
+evaluation alone, as before). Also
+reported: CPU seconds, the 1-minute load average before timing, the BLAS/OpenMP thread
+counts inside the bootstrap, the refits left to scipy, and the lockstep iterations.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
 
-from scalelab.analysis.laws import bootstrap, fit_law  # noqa: E402
+from scalelab.analysis import bootstrap, fit_law, resampling  # noqa: E402
 
 TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 
@@ -57,10 +72,21 @@ def main() -> None:
     print("parameters (scalelab | grid | rel. diff):")
     for k in fast.params:
         print(f"  {k:6s} {fast.params[k]:.6g} | {grid.params[k]:.6g} | {rel[k]:.1e}")
-    start = time.perf_counter()
-    boot = bootstrap(fast, X, y, n_resamples=args.resamples)
-    t_boot = time.perf_counter() - start
-    print(f"bootstrap: {args.resamples} resamples in {t_boot:.1f} s ({boot.failed} failed)")
+    boot, timing = timed_bootstrap(fast, X, y, args.resamples)
+    t_boot = float(np.median(timing["wall"]))
+    print(f"bootstrap: {args.resamples} resamples in {t_boot:.2f} s (median of "
+          f"{timing['wall']}; {timing['cpu']} s CPU; {boot.failed} failed; "
+          f"{timing['scipy_refits']} refits left to scipy; load before {timing['load']})")
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        start = time.perf_counter()
+        bootstrap(fast, X, y, n_resamples=args.resamples)
+        t_busy = time.perf_counter() - start
+    finally:
+        hog.kill()
+        hog.wait()
+    print(f"bootstrap with one core kept busy by another process: {t_busy:.2f} s")
     t_quickstart = None
     if (Path(args.quickstart) / "results.sqlite").exists():
         from scalelab.api import fit
@@ -76,8 +102,51 @@ def main() -> None:
            objective_scalelab=fast.objective, objective_grid=grid.objective,
            fit_s=t_fast, grid_s=t_grid, points=len(y),
            bootstrap_s=t_boot, bootstrap_resamples=args.resamples, bootstrap_goal_s=10,
-           bootstrap_failed=boot.failed,
+           bootstrap_failed=boot.failed, bootstrap_runs_s=timing["wall"],
+           bootstrap_cpu_s=timing["cpu"], bootstrap_busy_s=round(t_busy, 3),
+           bootstrap_load_before=timing["load"], bootstrap_threads=timing["threads"],
+           bootstrap_scipy_refits=timing["scipy_refits"],
+           bootstrap_lockstep_iterations=timing["iterations"],
            quickstart_fit_s=t_quickstart, quickstart_fit_goal_s=20)
+
+
+def timed_bootstrap(fit, X, y, resamples: int, repeats: int = 3):
+    """The bootstrap timed ``repeats`` times, with what explains its time: CPU seconds, the
+    load average before, the thread pools inside it, refits left to scipy, iterations."""
+    from threadpoolctl import threadpool_info
+
+    seen: dict = {"threads": None, "scipy_refits": 0, "iterations": []}
+    lockstep, scipy_refit = resampling._refine_batch, resampling._refine
+
+    def watched_lockstep(*a, **k):
+        if seen["threads"] is None:  # the pools as the refits run (pinned by bootstrap)
+            seen["threads"] = sorted({(p["internal_api"], p["num_threads"])
+                                      for p in threadpool_info()})
+        results = lockstep(*a, **k)
+        seen["iterations"] += [r.nit for r in results]
+        return results
+
+    def counted_refit(*a, **k):
+        seen["scipy_refits"] += 1
+        return scipy_refit(*a, **k)
+
+    resampling._refine_batch, resampling._refine = watched_lockstep, counted_refit
+    try:
+        load = round(os.getloadavg()[0], 2)
+        wall, cpu = [], []
+        for _ in range(repeats):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            boot = bootstrap(fit, X, y, n_resamples=resamples)
+            wall.append(round(time.perf_counter() - start, 3))
+            cpu.append(round(time.process_time() - start_cpu, 3))
+    finally:
+        resampling._refine_batch, resampling._refine = lockstep, scipy_refit
+    iterations = np.array(seen["iterations"])
+    return boot, {"wall": wall, "cpu": cpu, "load": load,
+                  "threads": [f"{api}={n}" for api, n in seen["threads"] or []],
+                  "scipy_refits": seen["scipy_refits"] // repeats,
+                  "iterations": {"median": float(np.median(iterations)),
+                                 "max": int(iterations.max())} if len(iterations) else None}
 
 
 if __name__ == "__main__":

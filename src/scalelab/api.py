@@ -27,10 +27,11 @@ from .analysis.stats import compare as compare_records
 from .analysis.study import FitEntry, fit_rows, in_study, per_shape_optimum
 from .errors import ScalelabError, first_line
 from .files import open_atomically
+from .outdir import OutDir
 from .output import Output
 from .runner import StudyRun, execute_study, parse_shard, select_shard
 from .spec import RunSpec, Study, load_study
-from .store import FILENAME, SHARD_GLOB, Store, Stores, StudyMeta
+from .store import Store, Stores, StudyMeta
 from .store import open_here as store_open_here
 
 ExportFormat = Literal["csv", "json", "parquet"]
@@ -167,7 +168,7 @@ def dry_run(
     out_dir = Path(out) if out is not None else default_out_dir(spec)
     index, count = parse_shard(shard) if shard else (0, 1)
     statuses: dict[str, str] = {}
-    if (out_dir / FILENAME).exists():
+    if OutDir(out_dir).store.exists():
         with Store.open(out_dir) as store:
             statuses = store.statuses()
     runs = spec.iter_runs()
@@ -263,7 +264,7 @@ def _refuse_overwriting_a_store(out_dir: Path, target: Path, name: str) -> None:
         return  # nothing there yet (or nothing this check can read: the write will say)
     if not stat.S_ISREG(info.st_mode):
         return
-    stores = [out_dir / FILENAME, *out_dir.glob(SHARD_GLOB)]
+    stores = [OutDir(out_dir).store, *OutDir(out_dir).shard_stores()]
     for store in stores:
         for part in (store, store.with_name(store.name + "-wal"),
                      store.with_name(store.name + "-shm")):

@@ -505,13 +505,13 @@ def evaluate(out_dir: str | Path, *, study: str | Path | Study | None = None,
 def evaluation_summary(out_dir: str | Path, result, metric: str = "test_acc"):
     """(per-setting summary rows, comparisons with the first setting) of an
     :func:`evaluate` result, with settings marked ``tune:`` tuned per shape on validation."""
-    from .analysis.evaluations import compare_evaluations, tune_per_shape, validation_twin
+    from .analysis.evaluations import analyze_evaluations
 
     settings = [{"eval_id": i, "config": c, "tune": result.tune.get(i, [])}
                 for i, c in result.settings]
-    rows, settings, _ = tune_per_shape(result.rows, settings, study_records(out_dir),
-                                       result.shape_axes, validation_twin(metric))
-    return compare_evaluations(rows, settings, metric)
+    evaluated = analyze_evaluations(result.rows, settings, study_records(out_dir),
+                                    result.shape_axes, metric)
+    return evaluated.summary, evaluated.comparisons
 
 
 def coordcheck(study: str | Path | Study, *, out: str | Path | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,38 @@ from .nuisance import at_edge, value_order
 from .stats import Comparison, holm, paired, paired_t
 
 TUNED = "tuned"  # the value a tuned setting shows in labels: chosen per shape
+
+
+@dataclass
+class EvaluationAnalysis:
+    """Checkpoint evaluations of a study, their ``tune:`` settings tuned per shape on the
+    validation twin of ``metric``: the rows and settings as tuned, the values chosen per shape
+    (``tuned``), each setting's summary and paired comparison with the first, and, where
+    model size is a scientific axis, each setting's gain per grid point (``gains``)."""
+
+    metric: str
+    tuned_on: str                       # the validation metric tuned settings are chosen on
+    rows: list[dict[str, Any]]
+    settings: list[dict[str, Any]]
+    tuned: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    comparisons: list[Comparison]
+    axes: list[str]                     # the shape axes (scientific, without the seed)
+    gains: list[dict[str, Any]] | None = None
+
+
+def analyze_evaluations(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, Any]],
+                        records: Sequence[dict[str, Any]], shape_axes: Sequence[str],
+                        metric: str, by_size: bool = False) -> EvaluationAnalysis:
+    """Tune each ``tune:`` setting per shape on validation (:func:`tune_per_shape`), then
+    compare every setting with the first (:func:`compare_evaluations`) and, ``by_size``,
+    per grid point (:func:`gains_by_point`)."""
+    axes, twin = list(shape_axes), validation_twin(metric)
+    rows, settings, tuned = tune_per_shape(rows, settings, records, axes, twin)
+    summary, comparisons = compare_evaluations(rows, settings, metric)
+    gains = gains_by_point(rows, settings, records, axes, metric) if by_size else None
+    return EvaluationAnalysis(metric, twin, list(rows), list(settings), tuned, summary,
+                              comparisons, axes, gains)
 
 
 def compare_evaluations(rows: Sequence[dict[str, Any]], settings: Sequence[dict[str, Any]],

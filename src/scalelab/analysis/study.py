@@ -17,6 +17,7 @@ from ..errors import ScalelabError
 from ..store import StudyMeta
 from .allocation import compute_optimal
 from .diagnostics import Diagnostic, diagnose, extrapolation, is_law
+from .evaluations import EvaluationAnalysis, analyze_evaluations
 from .fitting import DEFAULT_HOLDOUT, LawFit, backtest, fit_law, holdout_mask, select_form
 from .ledger import grade
 from .nuisance import Transfer, Winner, best_over_nuisance, transfer
@@ -120,6 +121,8 @@ class StudyAnalysis:
     ledger: list[dict[str, Any]] = field(default_factory=list)  # graded `scalelab next` predictions
     # where the completed runs trained: each distinct platform and its number of runs
     platforms: list[dict[str, Any]] = field(default_factory=list)
+    # checkpoint evaluations (`scalelab evaluate`), tuned per shape and compared
+    evaluations: EvaluationAnalysis | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "metric": self.metric, "size": self.size,
@@ -155,18 +158,23 @@ def method_roles(meta: StudyMeta) -> dict[str, str | None]:
 def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
                   metric: str | None = None, compare_metric: str | None = None,
                   n_resamples: int = 1000,
-                  predictions: Sequence[dict[str, Any]] = ()) -> StudyAnalysis:
-    """Per-shape optima, scaling-law fits and method comparisons of one stored study, and
-    its ledger of ``predictions`` graded; ``metric`` and ``compare_metric`` default to the
-    study's ``analysis:`` settings."""
+                  predictions: Sequence[dict[str, Any]] = (),
+                  evaluations: Sequence[dict[str, Any]] = ()) -> StudyAnalysis:
+    """Per-shape optima, scaling-law fits and method comparisons of one stored study, its
+    ledger of ``predictions`` graded and its checkpoint ``evaluations`` tuned per shape and
+    compared; ``metric`` and ``compare_metric`` default to the study's ``analysis:`` settings."""
     meta = StudyMeta.coerce(meta)
     ledger = grade(predictions, records, meta)  # every stored run: proposals may be new
-    records, excluded = in_study(records, meta)
+    stored, (records, excluded) = records, in_study(records, meta)
     settings = meta.settings
     metric = metric or settings["metric"]
     compare_metric = compare_metric or settings["compare_metric"]
     size = settings["size"]
     axes, grid, nuisance, scientific = meta.axes, meta.grid, meta.nuisance, meta.shape_axes
+    evaluated = analyze_evaluations(
+        evaluations, meta.evaluations, stored, [x for x in scientific if x != "seed"],
+        compare_metric, by_size=any(axes.get(x, "").startswith("model.") for x in scientific)
+    ) if evaluations else None
     selected, winners = per_shape_optimum(records, meta)
     notes: list[str] = []
     unvalidated = sum(1 for r in records if r.get("no_validation_split"))
@@ -221,7 +229,7 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
         selected=selected if done else [], selection=selection,
         excluded=[{"run_id": r["run_id"], "status": r.get("status"),
                    "point": {a: r.get(a) for a in [*axes, "seed"] if a in r}} for r in excluded],
-        transfers=transfers, ledger=ledger, platforms=platforms(records),
+        transfers=transfers, ledger=ledger, platforms=platforms(records), evaluations=evaluated,
     )
 
 

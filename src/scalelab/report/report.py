@@ -15,12 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..analysis.evaluations import (
-    compare_evaluations,
-    gains_by_point,
-    tune_per_shape,
-    validation_twin,
-)
+from ..analysis.evaluations import EvaluationAnalysis
 from ..analysis.ledger import calibration, scorecard
 from ..analysis.sample_selection import (
     KINDS,
@@ -59,7 +54,8 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     with Store.open(out_dir) as store:
         records, meta, curves = store.records(), store.study_meta(), store.curves()
         evaluations, predictions = store.evaluations(), store.predictions()
-    analysis = analyze_study(records, meta, n_resamples=n_resamples, predictions=predictions)
+    analysis = analyze_study(records, meta, n_resamples=n_resamples, predictions=predictions,
+                             evaluations=evaluations)
     fig_dir = OutDir(out).figures
     blocks: list[tuple] = []
     figures: list[Path] = []
@@ -76,7 +72,7 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     _render_summary(analysis, blocks)
     _render_results(analysis, blocks, figure)
     _render_laws(analysis, blocks, figure)
-    _render_methods(analysis, meta, records, curves, evaluations, blocks, figure)
+    _render_methods(analysis, meta, records, curves, blocks, figure)
     _render_figures(analysis, records, curves, blocks, figure)
     _render_closing(analysis, blocks)
 
@@ -194,24 +190,19 @@ def _render_laws(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
         figure(plots.law_figure(entry), f"law_{i}", entry.title)
 
 
-def _render_methods(a: StudyAnalysis, meta, records: list[dict[str, Any]], curves, evaluations,
-                    blocks: list, figure: Figure) -> None:
+def _render_methods(a: StudyAnalysis, meta, records: list[dict[str, Any]], curves, blocks: list,
+                    figure: Figure) -> None:
     """Selection cells against their baselines, and the evaluations of checkpoints."""
     if a.selection:
         traces = {name: d.get("traces") or {}
                   for name, d in meta.methods.items()}
         _selection_blocks(a.selection, records, curves, traces, blocks, figure)
-    if evaluations:
-        settings = meta.evaluations
-        shape_axes = [x for x in a.scientific if x != "seed"]
-        evaluations, settings, tuned = tune_per_shape(evaluations, settings, records, shape_axes,
-                                                      validation_twin(a.compare_metric))
-        _evaluation_blocks(evaluations, settings, a.compare_metric, blocks, figure)
-        if tuned:
-            _tuning_blocks(tuned, validation_twin(a.compare_metric), blocks)
-        axes = meta.axes
-        if any(axes.get(x, "").startswith("model.") for x in a.scientific):
-            _evaluation_scale_blocks(evaluations, settings, records, a, blocks, figure)
+    if a.evaluations:
+        _evaluation_blocks(a.evaluations, blocks, figure)
+        if a.evaluations.tuned:
+            _tuning_blocks(a.evaluations.tuned, a.evaluations.tuned_on, blocks)
+        if a.evaluations.gains is not None:
+            _evaluation_scale_blocks(a.evaluations, blocks, figure)
 
 
 def _render_figures(a: StudyAnalysis, records: list[dict[str, Any]], curves, blocks: list,
@@ -291,9 +282,9 @@ def _transfer_blocks(transfers, blocks: list, figure) -> None:
                "marks each width's interpolated optimum (one panel per group).")
 
 
-def _evaluation_blocks(rows, settings, metric: str, blocks: list, figure) -> None:
+def _evaluation_blocks(e: EvaluationAnalysis, blocks: list, figure: Figure) -> None:
     """Checkpoints re-scored under each evaluation setting, compared with the first."""
-    summary, comparisons = compare_evaluations(rows, settings, metric)
+    summary, comparisons, metric = e.summary, e.comparisons, e.metric
     blocks.append(("h2", "Evaluation settings (checkpoints re-scored, nothing retrained)"))
     blocks.append(("p", f"{metric} of every trained model under each setting (`scalelab "
                         "evaluate`). Each setting is compared with the first, paired by trained "
@@ -328,28 +319,26 @@ def _tuning_blocks(winners: list[dict[str, Any]], metric: str, blocks: list) -> 
                      ", ".join(w["at_edge"]) or "—"] for w in winners]))
 
 
-def _evaluation_scale_blocks(rows, settings, records, a: StudyAnalysis, blocks: list,
-                             figure) -> None:
+def _evaluation_scale_blocks(e: EvaluationAnalysis, blocks: list, figure: Figure) -> None:
     """Each setting across model (and data) sizes: its metric and its gain over the first."""
-    axes = [x for x in a.scientific if x != "seed"]
-    gains = gains_by_point(rows, settings, records, axes, a.compare_metric)
+    axes, gains, metric = e.axes, e.gains, e.metric
     if not gains:
         return
     first = gains[0]["setting"]
     blocks.append(("h3", f"Across sizes: each setting against {first}"))
     tests = sum(g["p"] is not None for g in gains)
-    blocks.append(("p", f"Mean {a.compare_metric} per grid point and setting, and the gain over "
+    blocks.append(("p", f"Mean {metric} per grid point and setting, and the gain over "
                         f"{first} paired by trained model (seeds), with 95% t-based CIs. The "
                         "CIs are per point and unadjusted (exploratory); p (Holm) adjusts the "
                         f"paired t-test over all {tests} point × setting tests."))
-    blocks.append(("table", [*axes, "n_params", "setting", "runs", a.compare_metric, "gain",
+    blocks.append(("table", [*axes, "n_params", "setting", "runs", metric, "gain",
                              "CI low", "CI high", "p (Holm)"],
                    [[*(g[x] for x in axes), g["n_params"], g["setting"], g["runs"], g["mean"],
                      g["gain"], g["gain_low"], g["gain_high"], g["p_holm"]] for g in gains]))
     data_axis = next((x for x in axes if x in ("num_train", "num_train_tokens")), None)
-    figure(plots.settings_figure(gains, data_axis, gain=False, metric=a.compare_metric),
-           "evaluations_by_size", f"{a.compare_metric} of each setting against model size")
-    figure(plots.settings_figure(gains, data_axis, gain=True, metric=a.compare_metric),
+    figure(plots.settings_figure(gains, data_axis, gain=False, metric=metric),
+           "evaluations_by_size", f"{metric} of each setting against model size")
+    figure(plots.settings_figure(gains, data_axis, gain=True, metric=metric),
            "evaluations_gain", f"gain over {first} against model size (95% CI)")
 
 

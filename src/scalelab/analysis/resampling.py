@@ -123,7 +123,40 @@ def bootstrap(
     labels = grid_points(X) if groups is None else np.asarray(groups)
     if len(labels) != n:
         raise ScalelabError(f"groups has {len(labels)} labels for {n} points")
-    log_y = np.log(y)
+    counts, lower, upper = _draw_resamples(law, X, y, labels, n_resamples, seed)
+    thetas, samples, failed = _refit_resamples(fit, X, np.log(y), counts, counts * w, lower,
+                                               upper)
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+
+    def interval(values) -> tuple[float, float]:
+        values = np.asarray(values, dtype=float)
+        values = values[np.isfinite(values)]
+        if not len(values):  # undefined in every resample (e.g. no finite optimum)
+            return math.nan, math.nan
+        return float(np.percentile(values, lo)), float(np.percentile(values, hi))
+
+    intervals = {k: interval([s[k] for s in samples]) for k in fit.params}
+    prediction = None
+    if predict_at is not None and thetas:
+        P = _as_matrix(predict_at, law.variables)
+        preds = np.array([law.predict(t, P) for t in thetas])
+        prediction = np.stack([np.percentile(preds, lo, axis=0), np.percentile(preds, hi, axis=0)], 1)
+    derived_values = {name: np.array([f(s) for s in samples], dtype=float)
+                      for name, f in (derived or {}).items()}
+    derived_iv = {name: interval(v) for name, v in derived_values.items()}
+    undefined = {name: int(np.sum(~np.isfinite(v))) for name, v in derived_values.items()}
+    fit.intervals = intervals
+    boot = Bootstrap(samples, intervals, prediction, derived_iv, failed, level, n_resamples,
+                     undefined, np.array(thetas))
+    fit.diagnostics = diagnose(fit, X, y, boot)
+    return boot
+
+
+def _draw_resamples(law: LawForm, X: np.ndarray, y: np.ndarray, labels: np.ndarray,
+                    n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(times each row is drawn, lower bounds, upper bounds) of every resample: rows of
+    :func:`resample_grid_points`, and the form's box on the drawn rows (inf where open)."""
+    n = len(y)
     rng = np.random.default_rng(seed)
     counts = np.empty((n_resamples, n))
     lower = np.empty((n_resamples, len(law.params)))
@@ -133,7 +166,16 @@ def bootstrap(
         counts[i] = np.bincount(idx, minlength=n)
         lower[i], upper[i] = np.array([(-np.inf if lo is None else lo, np.inf if hi is None else hi)
                                        for lo, hi in law.bounds(X[idx], y[idx])]).T
-    W = counts * w
+    return counts, lower, upper
+
+
+def _refit_resamples(fit: LawFit, X: np.ndarray, log_y: np.ndarray, counts: np.ndarray,
+                     W: np.ndarray, lower: np.ndarray, upper: np.ndarray
+                     ) -> tuple[list[np.ndarray], list[dict[str, float]], int]:
+    """(raw parameters, quoted parameters, failures) of the refits of every resample
+    (row weights ``W``): in lockstep where the form allows, redone one by one where that
+    stops short of the gradient test; a refit that does not converge or overflows fails."""
+    law, n, n_resamples = fit.law, len(log_y), len(W)
     thetas, samples, failed = [], [], 0
     lockstep = type(law).log_predict_batch is not LawForm.log_predict_batch
     with threadpool_limits(1):
@@ -160,30 +202,7 @@ def bootstrap(
                 continue
             thetas.append(result.x)
             samples.append(natural)
-    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-
-    def interval(values) -> tuple[float, float]:
-        values = np.asarray(values, dtype=float)
-        values = values[np.isfinite(values)]
-        if not len(values):  # undefined in every resample (e.g. no finite optimum)
-            return math.nan, math.nan
-        return float(np.percentile(values, lo)), float(np.percentile(values, hi))
-
-    intervals = {k: interval([s[k] for s in samples]) for k in fit.params}
-    prediction = None
-    if predict_at is not None and thetas:
-        P = _as_matrix(predict_at, law.variables)
-        preds = np.array([law.predict(t, P) for t in thetas])
-        prediction = np.stack([np.percentile(preds, lo, axis=0), np.percentile(preds, hi, axis=0)], 1)
-    derived_values = {name: np.array([f(s) for s in samples], dtype=float)
-                      for name, f in (derived or {}).items()}
-    derived_iv = {name: interval(v) for name, v in derived_values.items()}
-    undefined = {name: int(np.sum(~np.isfinite(v))) for name, v in derived_values.items()}
-    fit.intervals = intervals
-    boot = Bootstrap(samples, intervals, prediction, derived_iv, failed, level, n_resamples,
-                     undefined, np.array(thetas))
-    fit.diagnostics = diagnose(fit, X, y, boot)
-    return boot
+    return thetas, samples, failed
 
 
 def _none_if_inf(values: np.ndarray) -> list[float | None]:
@@ -219,6 +238,25 @@ def _objective_batch(T: np.ndarray, law: LawForm, X: np.ndarray, log_y: np.ndarr
     return f, g
 
 
+def _two_loop(g: np.ndarray, S: np.ndarray, Y: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """L-BFGS's two-loop recursion for k problems at once: H·g from the stored steps S,
+    gradient changes Y (k, memory, P), newest first, and rho = 1 / (s . y) (empty pairs have
+    rho = 0 and drop out; without curvature yet, H is the identity)."""
+    q, alphas = g.copy(), []
+    for j in range(S.shape[1]):
+        a = rho[:, j] * np.einsum("kp,kp->k", S[:, j], q)
+        q -= a[:, None] * Y[:, j]
+        alphas.append(a)
+    yy = np.einsum("kp,kp->k", Y[:, 0], Y[:, 0])
+    q *= np.where((rho[:, 0] > 0) & (yy > 0),
+                  1 / np.where(rho[:, 0] > 0, rho[:, 0], 1.0) / np.where(yy > 0, yy, 1.0),
+                  1.0)[:, None]
+    for j in reversed(range(S.shape[1])):
+        b = rho[:, j] * np.einsum("kp,kp->k", Y[:, j], q)
+        q += (alphas[j] - b)[:, None] * S[:, j]
+    return q
+
+
 def _refine_batch(T0, law, X, log_y, W, loss, delta, lower, upper, memory: int = 10,
                   max_iter: int = 500) -> list[optimize.OptimizeResult]:
     """Minimise :func:`objective` for k weightings of the rows at once, from starts T0
@@ -250,20 +288,8 @@ def _refine_batch(T0, law, X, log_y, W, loss, delta, lower, upper, memory: int =
         if not len(idx):
             break
         nit[idx] += 1
-        # two-loop recursion (empty pairs have rho = 0 and drop out)
-        q, s_i, y_i, rho_i = g[idx].copy(), S[idx], Y[idx], rho[idx]
-        alphas = []
-        for j in range(memory):
-            a = rho_i[:, j] * np.einsum("kp,kp->k", s_i[:, j], q)
-            q -= a[:, None] * y_i[:, j]
-            alphas.append(a)
-        yy = np.einsum("kp,kp->k", y_i[:, 0], y_i[:, 0])
-        q *= np.where((rho_i[:, 0] > 0) & (yy > 0),
-                      1 / np.where(rho_i[:, 0] > 0, rho_i[:, 0], 1.0) / np.where(yy > 0, yy, 1.0),
-                      1.0)[:, None]
-        for j in reversed(range(memory)):
-            b = rho_i[:, j] * np.einsum("kp,kp->k", y_i[:, j], q)
-            q += (alphas[j] - b)[:, None] * s_i[:, j]
+        rho_i = rho[idx]
+        q = _two_loop(g[idx], S[idx], Y[idx], rho_i)
         d, gi, Ti, fi = -q, g[idx], T[idx], f[idx]
         lo, hi = lower[idx], upper[idx]
         pinned = ((Ti <= lo) & (gi > 0)) | ((Ti >= hi) & (gi < 0))

@@ -146,16 +146,19 @@ def fit_law(
     delta: float = 1e-3,
     starts: Literal["fast", "grid"] | np.ndarray = "fast",
     refine: int = 8,
+    diagnostics: bool = True,
 ) -> LawFit:
     """Fit ``form`` to points (x, y); ``x`` is (n,) or (n, variables), ``y`` positive.
 
     ``starts="fast"`` refines the ``refine`` best conditionally-linear starts;
     ``starts="grid"`` refines every point of the form's literature grid (slow; for checks).
     ``form="auto"`` chooses among forms of the right arity by backtest error (see
-    :func:`select_form`).
+    :func:`select_form`). ``diagnostics=False`` leaves ``fit.diagnostics`` empty, for a
+    caller that diagnoses the finished fit (with its bootstrap) once.
     """
     if form == "auto":
-        return select_form(x, y, weights=weights, loss=loss, delta=delta)
+        return select_form(x, y, weights=weights, loss=loss, delta=delta,
+                           diagnostics=diagnostics)
     law = get_form(form)
     X = _as_matrix(x, law.variables)
     y = np.asarray(y, dtype=float)
@@ -186,7 +189,8 @@ def fit_law(
             if best is None or result.fun < best.fun:
                 best = result
     fit = _make_fit(law, best, len(y), len(best_first), loss, delta, bounds)
-    fit.diagnostics = diagnose(fit, X, y)
+    if diagnostics:
+        fit.diagnostics = diagnose(fit, X, y)
     return fit
 
 
@@ -284,7 +288,7 @@ def backtest(x, y, form: str | LawForm = "power", holdout: str | float = DEFAULT
     w = fit_options.pop("weights", None)
     if w is not None:
         fit_options["weights"] = np.asarray(w)[~mask]
-    fit = fit_law(X[~mask], y[~mask], law, **fit_options)
+    fit = fit_law(X[~mask], y[~mask], law, **fit_options, diagnostics=False)
     predicted = law.predict(fit.theta, X[mask])
     observed = y[mask]
     rel = (predicted - observed) / observed
@@ -294,7 +298,8 @@ def backtest(x, y, form: str | LawForm = "power", holdout: str | float = DEFAULT
 
 
 def select_form(x, y, candidates: Sequence[str] | None = None,
-                holdout: str | float = DEFAULT_HOLDOUT, **fit_options) -> LawFit:
+                holdout: str | float = DEFAULT_HOLDOUT, diagnostics: bool = True,
+                **fit_options) -> LawFit:
     """Fit every candidate form of the right arity, keep the one with the smallest backtest
     RMSLE (not the best in-sample fit), refit it on all points and attach the comparison."""
     X = np.asarray(x, dtype=float)
@@ -314,7 +319,8 @@ def select_form(x, y, candidates: Sequence[str] | None = None,
             best = (name, bt)
     if best is None:
         raise ScalelabError("form=auto: no candidate form could be backtested on these points")
-    fit = fit_law(X, y, best[0], **fit_options)
+    fit = fit_law(X, y, best[0], **fit_options, diagnostics=False)
     fit.backtest, fit.selection = best[1], table
-    fit.diagnostics = diagnose(fit, X, y)
+    if diagnostics:
+        fit.diagnostics = diagnose(fit, X, y)
     return fit

@@ -86,6 +86,7 @@ def bootstrap(
     groups=None,
     predict_at=None,
     derived: Mapping[str, Callable[[dict[str, float]], float]] | None = None,
+    diagnostics: bool = True,
 ) -> Bootstrap:
     """Percentile intervals from refitting on grid points resampled with replacement.
 
@@ -148,7 +149,8 @@ def bootstrap(
     fit.intervals = intervals
     boot = Bootstrap(samples, intervals, prediction, derived_iv, failed, level, n_resamples,
                      undefined, np.array(thetas))
-    fit.diagnostics = diagnose(fit, X, y, boot)
+    if diagnostics:  # False: the caller diagnoses the fit with this bootstrap itself
+        fit.diagnostics = diagnose(fit, X, y, boot)
     return boot
 
 

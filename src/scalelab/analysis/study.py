@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ScalelabError
 from ..store import StudyMeta
 from .allocation import compute_optimal
-from .diagnostics import Diagnostic, diagnose, extrapolation, is_law
+from .diagnostics import Diagnostic, diagnose, extrapolation, is_law, verdict
 from .evaluations import EvaluationAnalysis, analyze_evaluations
 from .fitting import DEFAULT_HOLDOUT, LawFit, backtest, fit_law, holdout_mask, select_form
 from .ledger import grade
@@ -314,10 +314,14 @@ def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str
     if len(np.unique(x[:, 0])) < 3:
         raise ScalelabError(f"{title}: needs at least 3 distinct {x_names[0]} values to fit")
     xs = x if len(x_names) > 1 else x[:, 0]
+    # Diagnosed once when finished (with its bootstrap); the first look (before the bootstrap,
+    # and for a given form before its backtest) only decides whether to allocate compute.
     if form == "auto":
-        fit = select_form(xs, y, holdout=holdout)
+        fit = select_form(xs, y, holdout=holdout, diagnostics=False)
+        first_look = diagnose(fit, xs, y)
     else:
-        fit = fit_law(xs, y, form)
+        fit = fit_law(xs, y, form, diagnostics=False)
+        first_look = diagnose(fit, x, y)
         try:
             fit.backtest = backtest(xs, y, form, holdout)
         except ScalelabError:
@@ -331,9 +335,9 @@ def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str
     derived, budgets, note, model = {}, [], "", None
     if allocate and len(x_names) == 2:
         model, note = compute_model(rows, x_names[0], x_names[1])
-        if model and not is_law(fit.diagnostics):
+        if model and not is_law(first_look):
             model, note = None, ("no compute-optimal allocation: the fit is not a law ("
-                                 + fit.verdict[1] + ")")
+                                 + verdict(first_look)[1] + ")")
         if model:
             c_max = float(max(r["train_flops"] for r in rows))
             budgets = [c_max, 10 * c_max, 100 * c_max]
@@ -342,7 +346,8 @@ def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str
                     compute_optimal(p, [c], flops_per_param_sample=model.k)[0][0])
                 derived[f"D_opt[{i}]"] = lambda p, c=c: float(
                     compute_optimal(p, [c], flops_per_param_sample=model.k)[1][0])
-    boot = bootstrap(fit, xs, y, n_resamples=n_resamples, predict_at=grid, derived=derived)
+    boot = bootstrap(fit, xs, y, n_resamples=n_resamples, predict_at=grid, derived=derived,
+                     diagnostics=False)
     fit.diagnostics = diagnose(fit, x, y, boot, x_names, metric)
     entry = FitEntry(title, list(x_names), metric, x, y, fit, boot, grid,
                      allocation_note=model.describe() if model else note, point=dict(key),

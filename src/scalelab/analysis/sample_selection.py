@@ -139,6 +139,77 @@ def _fmt_context(context: dict[str, Any]) -> str:
     return ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in context.items())
 
 
+def _selection_cell(role: tuple, by_role: dict[tuple, dict[Any, dict]],
+                    roles: dict[str, str | None], controls: list[str], varying: list[str],
+                    metric: str, level: float, notes: list[str],
+                    timing: dict[str, set]) -> SelectionCell:
+    """One selection cell (``role``) and its comparisons with each of its baselines;
+    ``timing`` collects the contexts whose full-data runs are missing, trained stacked,
+    or trained alone on the stacked loop."""
+    _, context, method, rate, scoring, _extra = role
+    full = by_role.get(("full", context), {})
+    full_flops = _mean(full.values(), "train_flops")
+    # Wall time compares like with like: selection runs train alone, so only full runs
+    # that also trained alone (not a stacked group's per-run share) are a time baseline.
+    full_wall = _mean([r for r in full.values() if (r.get("group_size") or 1) == 1],
+                      "wall_time")
+    if full and full_wall is None:
+        timing["stacked_full"].add(context)
+    elif any(r.get("group_size") == 1 for r in full.values()):
+        timing["other_loop"].add(context)
+    if not full:
+        timing["missing_full"].add(context)
+    runs = by_role[role]
+    values = [r[metric] for r in runs.values()]
+    cell = SelectionCell(
+        method, rate, scoring, len(runs), float(np.mean(values)),
+        float(np.std(values, ddof=1)) if len(values) > 1 else None,
+        _mean(runs.values(), "train_flops") / full_flops if full_flops else None,
+        _mean(runs.values(), "wall_time") / full_wall if full_wall else None,
+        _range(runs.values(), "activation_rate_2nd_half"),
+        controller={k: _mean(runs.values(), k) for k in ("settling_step", "overshoot",
+                                                          "steady_state_error")
+                    if any(r.get(k) is not None for r in runs.values())},
+        context={k: v for k, v in dict(context).items() if k in varying},
+        controller_name=next((controller_of(r) for r in runs.values()
+                              if controller_of(r)), None))
+    # Energy as measured by the hardware's counters (never derived), where both the
+    # cell's runs and the full runs were measured alone.
+    full_energy = _mean([r for r in full.values() if (r.get("group_size") or 1) == 1],
+                        "energy_j")
+    cell_energy = _mean(runs.values(), "energy_j")
+    if full_energy and cell_energy is not None:
+        cell.energy_fraction = cell_energy / full_energy
+    scores = any((r.get("samples_scored") or 0) > 0 for r in runs.values())
+    partners = {"equal_compute": by_role.get(("matched", context, scores, rate), {}),
+                "equal_steps": full,
+                "random": {} if roles.get(method) == "random" else next(
+                    (by_role[("cell", context, name, rate, None, ())] for name in controls
+                     if ("cell", context, name, rate, None, ()) in by_role), {})}
+    for kind, baseline in partners.items():
+        seeds = sorted(set(runs) & set(baseline), key=str)
+        if len(seeds) < 2:
+            continue
+        try:
+            cell.comparisons[kind] = paired(
+                [runs[s][metric] for s in seeds], [baseline[s][metric] for s in seeds],
+                level=level, names=(cell.label, KINDS[kind]), metric=metric,
+                n_resamples=2000)
+        except ScalelabError as exc:
+            notes.append(f"{cell.label} vs {KINDS[kind]}: {exc}")
+    cell.flops = _mean(runs.values(), "train_flops")
+    cell.class_diffs = _class_diffs(runs, partners["equal_compute"], level)
+    matched_flops = _mean(partners["equal_compute"].values(), "train_flops")
+    if matched_flops and full_flops:
+        cell.matched_compute = matched_flops / full_flops
+        if abs(cell.compute_fraction / cell.matched_compute - 1) > 0.1:
+            notes.append(
+                f"{cell.label} spent {cell.compute_fraction:.2f} of full compute, its "
+                f"compute-matched run {cell.matched_compute:.2f} (planned from the target "
+                "rate): that equal-compute comparison is not matched; compare on the "
+                "Pareto figure instead")
+    return cell
+
 def analyze_selection(records: Sequence[dict[str, Any]], roles: dict[str, str | None],
                       metric: str = "test_acc", level: float = 0.95
                       ) -> SelectionAnalysis | None:
@@ -156,85 +227,26 @@ def analyze_selection(records: Sequence[dict[str, Any]], roles: dict[str, str | 
     notes: list[str] = []
     cells: list[SelectionCell] = []
     fingerprints: list[tuple] = []
-    missing_full, stacked_full, other_loop = set(), set(), set()
+    timing: dict[str, set] = {"missing_full": set(), "stacked_full": set(),
+                              "other_loop": set()}
     for role in sorted((k for k in by_role if k[0] == "cell"), key=repr):
-        _, context, method, rate, scoring, _extra = role
-        full = by_role.get(("full", context), {})
-        full_flops = _mean(full.values(), "train_flops")
-        # Wall time compares like with like: selection runs train alone, so only full runs
-        # that also trained alone (not a stacked group's per-run share) are a time baseline.
-        full_wall = _mean([r for r in full.values() if (r.get("group_size") or 1) == 1],
-                          "wall_time")
-        if full and full_wall is None:
-            stacked_full.add(context)
-        elif any(r.get("group_size") == 1 for r in full.values()):
-            other_loop.add(context)
-        if not full:
-            missing_full.add(context)
+        cells.append(_selection_cell(role, by_role, roles, controls, varying, metric, level,
+                                     notes, timing))
         runs = by_role[role]
-        values = [r[metric] for r in runs.values()]
-        cell = SelectionCell(
-            method, rate, scoring, len(runs), float(np.mean(values)),
-            float(np.std(values, ddof=1)) if len(values) > 1 else None,
-            _mean(runs.values(), "train_flops") / full_flops if full_flops else None,
-            _mean(runs.values(), "wall_time") / full_wall if full_wall else None,
-            _range(runs.values(), "activation_rate_2nd_half"),
-            controller={k: _mean(runs.values(), k) for k in ("settling_step", "overshoot",
-                                                              "steady_state_error")
-                        if any(r.get(k) is not None for r in runs.values())},
-            context={k: v for k, v in dict(context).items() if k in varying},
-            controller_name=next((controller_of(r) for r in runs.values()
-                                  if controller_of(r)), None))
-        # Energy as measured by the hardware's counters (never derived), where both the
-        # cell's runs and the full runs were measured alone.
-        full_energy = _mean([r for r in full.values() if (r.get("group_size") or 1) == 1],
-                            "energy_j")
-        cell_energy = _mean(runs.values(), "energy_j")
-        if full_energy and cell_energy is not None:
-            cell.energy_fraction = cell_energy / full_energy
-        scores = any((r.get("samples_scored") or 0) > 0 for r in runs.values())
-        partners = {"equal_compute": by_role.get(("matched", context, scores, rate), {}),
-                    "equal_steps": full,
-                    "random": {} if roles.get(method) == "random" else next(
-                        (by_role[("cell", context, name, rate, None, ())] for name in controls
-                         if ("cell", context, name, rate, None, ()) in by_role), {})}
-        for kind, baseline in partners.items():
-            seeds = sorted(set(runs) & set(baseline), key=str)
-            if len(seeds) < 2:
-                continue
-            try:
-                cell.comparisons[kind] = paired(
-                    [runs[s][metric] for s in seeds], [baseline[s][metric] for s in seeds],
-                    level=level, names=(cell.label, KINDS[kind]), metric=metric,
-                    n_resamples=2000)
-            except ScalelabError as exc:
-                notes.append(f"{cell.label} vs {KINDS[kind]}: {exc}")
-        cell.flops = _mean(runs.values(), "train_flops")
-        cell.class_diffs = _class_diffs(runs, partners["equal_compute"], level)
-        matched_flops = _mean(partners["equal_compute"].values(), "train_flops")
-        if matched_flops and full_flops:
-            cell.matched_compute = matched_flops / full_flops
-            if abs(cell.compute_fraction / cell.matched_compute - 1) > 0.1:
-                notes.append(
-                    f"{cell.label} spent {cell.compute_fraction:.2f} of full compute, its "
-                    f"compute-matched run {cell.matched_compute:.2f} (planned from the target "
-                    "rate): that equal-compute comparison is not matched; compare on the "
-                    "Pareto figure instead")
-        cells.append(cell)
-        fingerprints.append((context, method, tuple(sorted(
+        fingerprints.append((role[1], role[2], tuple(sorted(
             (repr(seed), r[metric], r.get("train_flops")) for seed, r in runs.items()))))
     cells = _collapse_identical(cells, fingerprints, notes)
     all_comparisons = [c for cell in cells for c in cell.comparisons.values()]
-    if stacked_full:
+    if timing["stacked_full"]:
         notes.append("wall-time fractions are left out where the full-data runs trained stacked "
                      "(several runs as one model, each stored with a share of the group's time) "
                      "while selection runs train alone: set `batch_runs: off` to time them alike")
-    if other_loop:
+    if timing["other_loop"]:
         notes.append("wall-time fractions compare selection runs (single-run loop) with full-data "
                      "runs trained alone on the stacked loop (a group of one, so that their "
                      "numbers match batched training): both timed whole, but the two loops' "
                      "per-step speeds differ a little")
-    if missing_full:
+    if timing["missing_full"]:
         notes.append("no full-data run at the same steps for some cells: add `baselines: "
                      "[full]`; their compute fractions are left out")
     for c, p in zip(all_comparisons, holm([c.p_value for c in all_comparisons])):

@@ -132,6 +132,21 @@ def test_no_function_in_train_is_over_80_lines():
     assert not long
 
 
+def test_no_function_in_analysis_or_report_is_over_80_lines():
+    long = [f"{path.parent.name}/{path.name}:{node.name}"
+            for package in ("analysis", "report") for path in (SRC / package).glob("*.py")
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > 80]
+    assert not long
+
+
+def test_the_report_renders_and_never_tunes():
+    """Evaluations are tuned per shape in the analysis step; report/ only renders them."""
+    for path in (SRC / "report").glob("*.py"):
+        assert "tune_per_shape" not in path.read_text(), path
+
+
 def test_executors_are_a_registered_family():
     assert executors.names() == ["local", "ray", "torchrun"]
     result = CliRunner().invoke(app, ["list", "executor"])

@@ -102,30 +102,14 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
     if not (math.isfinite(budget) and budget > 0):
         raise ScalelabError(f"--budget: expected a positive number of FLOPs, got {budget!r}")
     out = Path(out_dir)
-    with Store.open(out) as store:
-        records, meta, configs = store.records(), store.study_meta(), store.configs()
-    if study is None and not meta.source:
-        raise ScalelabError(f"next: {out} does not record its study file; pass --study FILE")
-    path = Path(study) if study is not None else recorded_study(out, meta.source)
-    if meta.quick and append:
-        raise ScalelabError(f"{out}: was run with --quick, whose grid replaces the file's; "
-                            "--append would add runs to the full study instead. Run next on "
-                            "the full study's directory, or add the grid entry by hand")
+    records, meta, configs, path = _stored(out, study, append)
     the_study = load_study(path)
     settings = analysis_settings(meta)
     rows, _ = in_study(records, meta)
     selected, _ = per_shape_optimum(rows, meta)
     entry = _joint_fit(joint_fits(selected, meta, settings["metric"], n_resamples), where or {},
                        out)
-    label, reasons = entry.fit.verdict
-    if label == "not a law":
-        raise ScalelabError(f"next: refusing to extrapolate {entry.title}: it is not a law "
-                            f"({reasons})")
-    if entry.compute is None:
-        why = entry.allocation_note.split(". Fit the joint law")[0]
-        raise ScalelabError(f"next: {entry.title}: {why}. next proposes runs along the grid's "
-                            "data axis, so it needs runs whose compute is k·N·D: train each "
-                            "for a fixed number of passes (train.epochs instead of max_steps)")
+    _check_fit(entry)
     k = entry.compute.k
     fit, boot = entry.fit, entry.boot
     n_opt, d_opt = (float(v[0]) for v in compute_optimal(fit.params, [budget],
@@ -133,37 +117,14 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
     if not (math.isfinite(n_opt) and math.isfinite(d_opt)):
         raise ScalelabError(f"next: {entry.title} has no finite compute-optimal point "
                             f"(alpha = {fit.params['alpha']:.3g}, beta = {fit.params['beta']:.3g})")
-    studied, smallest = entry.x.max(axis=0), entry.x.min(axis=0)
-    reach = max(n_opt / studied[0], d_opt / studied[1])
-    below = max(smallest[0] / n_opt, smallest[1] / d_opt) if min(n_opt, d_opt) > 0 else math.inf
-    spent = k * entry.x[:, 0] * entry.x[:, 1]
-    if reach > MAX_REACH:
-        raise ScalelabError(
-            f"next: at --budget {budget:.3g} the law's optimum is N = {n_opt:.3g}, D = "
-            f"{d_opt:.3g}, {reach:.3g}x past the largest size or data studied: no fit on these "
-            f"runs supports an extrapolation that far (at most {MAX_REACH:g}x); choose a "
-            f"smaller --budget (the studied runs spend {spent.min():.3g} to {spent.max():.3g} "
-            "FLOPs) or study larger runs first")
-    if below > MAX_REACH or min(n_opt, d_opt) < 1:
-        raise ScalelabError(
-            f"next: at --budget {budget:.3g} the law's optimum is N = {n_opt:.3g}, D = "
-            f"{d_opt:.3g}, {below:.3g}x below the smallest size or data studied: no fit on "
-            f"these runs supports an extrapolation that far down (at most {MAX_REACH:g}x); "
-            f"choose a larger --budget (the studied runs spend {spent.min():.3g} to "
-            f"{spent.max():.3g} FLOPs)")
+    _check_reach(entry, budget, k, n_opt, d_opt)
     per_sample = [compute_optimal(s, [budget], flops_per_param_sample=k) for s in boot.samples]
     lo, hi = 100 * (1 - boot.level) / 2, 100 * (1 + boot.level) / 2
     n_ci, d_ci = (tuple(float(np.nanpercentile([p[i][0] for p in per_sample], q))
                         for q in (lo, hi)) for i in (0, 1))
 
     axes, grid, nuisance = meta.axes, meta.grid, meta.nuisance
-    size_axes = [a for a in axes if axes[a].startswith("model.") and a not in nuisance
-                 and a not in entry.point]
-    data_axis = next(a for a in axes if axes[a] in DATA_PATHS)
-    if entry.x_names[1] != data_axis:
-        raise ScalelabError(f"next: the joint law is fitted against {entry.x_names[1]} "
-                            f"(analysis.data), but next proposes runs along the grid's data "
-                            f"axis {data_axis}; fit against it (analysis.data: auto) to use next")
+    size_axes, data_axis = _proposal_axes(meta, entry)
     template = _template(rows, configs, entry)
     shapes = _shapes(template, size_axes, axes, grid, settings["size"], n_opt)
     seeds = len(the_study.spec.seeds)
@@ -209,15 +170,83 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
                                   predicted, interval, shrink, run_ids, grid_entry(shape, d)))
     result = NextRuns(entry, budget, k, n_opt, d_opt, n_ci, d_ci, boot.level, seeds,
                       proposals, path)
-    ledger = [{**p.to_dict(), "budget": budget, "fit": entry.title, "metric": entry.y_name,
-               "x_names": entry.x_names, "level": boot.level, "seeds": seeds,
-               "law": fit.to_dict(), "fitted_on": {"x": entry.x.tolist(), "y": entry.y.tolist()},
-               "study_file": str(path)} for p in proposals]
     if append:
         result.appended = append_to_study(path, [p.grid for p in proposals])
     with Store.open(out) as store:
-        store.add_predictions(ledger)
+        store.add_predictions(_ledger(result))
     return result
+
+
+def _stored(out: Path, study: str | Path | None, append: bool):
+    """(records, typed meta, configs, study file) of the store in ``out``."""
+    with Store.open(out) as store:
+        records, meta, configs = store.records(), store.study_meta(), store.configs()
+    if study is None and not meta.source:
+        raise ScalelabError(f"next: {out} does not record its study file; pass --study FILE")
+    path = Path(study) if study is not None else recorded_study(out, meta.source)
+    if meta.quick and append:
+        raise ScalelabError(f"{out}: was run with --quick, whose grid replaces the file's; "
+                            "--append would add runs to the full study instead. Run next on "
+                            "the full study's directory, or add the grid entry by hand")
+    return records, meta, configs, path
+
+
+def _check_fit(entry: FitEntry) -> None:
+    """Refuse a fit that is not a law, or runs whose compute is not k·N·D."""
+    label, reasons = entry.fit.verdict
+    if label == "not a law":
+        raise ScalelabError(f"next: refusing to extrapolate {entry.title}: it is not a law "
+                            f"({reasons})")
+    if entry.compute is None:
+        why = entry.allocation_note.split(". Fit the joint law")[0]
+        raise ScalelabError(f"next: {entry.title}: {why}. next proposes runs along the grid's "
+                            "data axis, so it needs runs whose compute is k·N·D: train each "
+                            "for a fixed number of passes (train.epochs instead of max_steps)")
+
+
+def _proposal_axes(meta, entry: FitEntry) -> tuple[list[str], str]:
+    """(the model-size axes a proposal sets, the grid's data axis the joint law is fitted on)."""
+    axes, nuisance = meta.axes, meta.nuisance
+    size_axes = [a for a in axes if axes[a].startswith("model.") and a not in nuisance
+                 and a not in entry.point]
+    data_axis = next(a for a in axes if axes[a] in DATA_PATHS)
+    if entry.x_names[1] != data_axis:
+        raise ScalelabError(f"next: the joint law is fitted against {entry.x_names[1]} "
+                            f"(analysis.data), but next proposes runs along the grid's data "
+                            f"axis {data_axis}; fit against it (analysis.data: auto) to use next")
+    return size_axes, data_axis
+
+
+def _check_reach(entry: FitEntry, budget: float, k: float, n_opt: float, d_opt: float) -> None:
+    """Refuse an optimum more than MAX_REACH past (or below) the sizes and data studied."""
+    studied, smallest = entry.x.max(axis=0), entry.x.min(axis=0)
+    reach = max(n_opt / studied[0], d_opt / studied[1])
+    below = max(smallest[0] / n_opt, smallest[1] / d_opt) if min(n_opt, d_opt) > 0 else math.inf
+    spent = k * entry.x[:, 0] * entry.x[:, 1]
+    if reach > MAX_REACH:
+        raise ScalelabError(
+            f"next: at --budget {budget:.3g} the law's optimum is N = {n_opt:.3g}, D = "
+            f"{d_opt:.3g}, {reach:.3g}x past the largest size or data studied: no fit on these "
+            f"runs supports an extrapolation that far (at most {MAX_REACH:g}x); choose a "
+            f"smaller --budget (the studied runs spend {spent.min():.3g} to {spent.max():.3g} "
+            "FLOPs) or study larger runs first")
+    if below > MAX_REACH or min(n_opt, d_opt) < 1:
+        raise ScalelabError(
+            f"next: at --budget {budget:.3g} the law's optimum is N = {n_opt:.3g}, D = "
+            f"{d_opt:.3g}, {below:.3g}x below the smallest size or data studied: no fit on "
+            f"these runs supports an extrapolation that far down (at most {MAX_REACH:g}x); "
+            f"choose a larger --budget (the studied runs spend {spent.min():.3g} to "
+            f"{spent.max():.3g} FLOPs)")
+
+
+def _ledger(result: NextRuns) -> list[dict[str, Any]]:
+    """The proposals as the store's extrapolation ledger keeps them."""
+    entry = result.fit
+    return [{**p.to_dict(), "budget": result.budget, "fit": entry.title,
+             "metric": entry.y_name, "x_names": entry.x_names, "level": result.level,
+             "seeds": result.seeds, "law": entry.fit.to_dict(),
+             "fitted_on": {"x": entry.x.tolist(), "y": entry.y.tolist()},
+             "study_file": str(result.study_file)} for p in result.proposals]
 
 
 def _joint_fit(fits: list[FitEntry], where: dict[str, str], out: Path) -> FitEntry:
@@ -260,8 +289,7 @@ def _shapes(template: dict[str, Any], size_axes: list[str], axes: dict[str, str]
     size axes at their grid values. Counted on the meta device: nothing is allocated."""
     import torch
 
-    from .models import count_parameters
-    from .models import non_embedding_parameters
+    from .models import count_parameters, non_embedding_parameters
     from .plugin import instantiate
     from .registry import models, tasks
 

@@ -11,13 +11,36 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:  # fitting.py and resampling.py import this module
-    from .fitting import LawFit
-    from .resampling import Bootstrap
+
+class LawFit(Protocol):
+    """What the diagnostics read of a fit (``analysis.fitting.LawFit``, which imports this
+    module: named here by its shape, so the imports run one way)."""
+
+    params: dict[str, float]
+    theta: np.ndarray
+    converged: bool
+    grad_norm: float
+    at_bound: list[str]
+    backtest: Any
+    selection: Any
+
+    def predict(self, x) -> np.ndarray: ...
+
+
+class Bootstrap(Protocol):
+    """What the diagnostics read of ``analysis.resampling.Bootstrap``."""
+
+    n_resamples: int
+    failed: int
+    undefined: dict[str, int]
+    samples: Any
+    intervals: dict[str, tuple[float, float]]
+    derived: dict[str, tuple[float, float]]
+    level: float
 
 Severity = Literal["error", "warning", "info"]
 

@@ -132,16 +132,9 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
     selected, todo = plan(study, statuses, shard)
     retrain: dict[str, float | None] = {}
     if store is not None and study.spec.save_checkpoints:
-        lost = [r for r in selected if statuses.get(r.run_id) == COMPLETED
-                and not checkpoint_path(out_dir, r).exists()]
-        if lost:  # same config and seed: the same numbers, and its checkpoint back
-            output.info(f"{len(lost)} completed run{'s' if len(lost) > 1 else ''} lost "
-                        f"{'their checkpoints' if len(lost) > 1 else 'its checkpoint'} "
-                        f"(e.g. {checkpoint_path(out_dir, lost[0])}): training again")
-            # Each with the row it saw: a run another runner retrained since is left alone.
-            retrain = {r.run_id: finished.get(r.run_id) for r in lost}
-            again = {r.run_id for r in todo} | set(retrain)
-            todo = [r for r in selected if r.run_id in again]
+        retrain = _lost_checkpoints(selected, statuses, finished, out_dir, output)
+        again = {r.run_id for r in todo} | set(retrain)
+        todo = [r for r in selected if r.run_id in again]
     elsewhere = [r for r in todo if r.run_id in others]
     todo = executor.agree([r for r in todo if r.run_id not in others])
     result = StudyRun(study, out_dir, selected, len(selected) - len(todo) - len(elsewhere),
@@ -196,6 +189,21 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
                    " (the completed result stored before is kept)" if stored == KEPT else "")
             progress.advance(run_result.status, _label(run, run_result))
     return result
+
+
+def _lost_checkpoints(selected: list, statuses: dict[str, str],
+                      finished: dict[str, float | None], out_dir: Path,
+                      output: Output) -> dict[str, float | None]:
+    """Completed runs whose checkpoint is gone, each with the finish time of the row it was
+    seen with (a run another runner retrained since is left alone): they train again, with
+    the same config and seed, so the same numbers and the checkpoint back."""
+    lost = [r for r in selected if statuses.get(r.run_id) == COMPLETED
+            and not checkpoint_path(out_dir, r).exists()]
+    if lost:
+        output.info(f"{len(lost)} completed run{'s' if len(lost) > 1 else ''} lost "
+                    f"{'their checkpoints' if len(lost) > 1 else 'its checkpoint'} "
+                    f"(e.g. {checkpoint_path(out_dir, lost[0])}): training again")
+    return {r.run_id: finished.get(r.run_id) for r in lost}
 
 
 class Heartbeat:

@@ -1261,9 +1261,7 @@ def shard_writing(directory: str | Path, wait_s: float = 600.0) -> Iterator[None
     if fcntl is None:
         yield
         return
-    path = OutDir(directory).runners / "shards.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _shards_lock(directory)
     try:
         deadline = time.monotonic() + wait_s
         while True:
@@ -1283,15 +1281,20 @@ def shard_writing(directory: str | Path, wait_s: float = 600.0) -> Iterator[None
         os.close(fd)
 
 
+def _shards_lock(directory: Path) -> int:
+    """An open descriptor of the lock file shard runners share and merge takes whole."""
+    path = OutDir(directory).runners / "shards.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
 @contextmanager
 def _merging(directory: Path, stores: Stores) -> Iterator[None]:
     """Hold the shard runners' lock exclusively, or refuse naming who is still writing."""
     if fcntl is None:
         yield
         return
-    path = OutDir(directory).runners / "shards.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _shards_lock(directory)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

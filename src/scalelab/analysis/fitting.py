@@ -27,17 +27,20 @@ from .forms import LawForm, _as_matrix, _name_of, form_settings, get_form
 Loss = Literal["huber", "mse"]
 
 
+def pointwise_loss(r: np.ndarray, loss: Loss, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each residual's loss (Huber with ``delta``, or half its square) and its slope."""
+    if loss == "huber":
+        absr = np.abs(r)
+        return (np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta)),
+                np.clip(r, -delta, delta))
+    return 0.5 * r * r, r
+
+
 def objective(theta: np.ndarray, form: LawForm, X: np.ndarray, log_y: np.ndarray,
               weights: np.ndarray, loss: Loss = "huber", delta: float = 1e-3) -> tuple[float, np.ndarray]:
     """SUM over points of weight * loss(log prediction - log y), and its gradient."""
     f, jac = form.log_predict(theta, X)
-    r = f - log_y
-    if loss == "huber":
-        absr = np.abs(r)
-        values = np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta))
-        slope = np.clip(r, -delta, delta)
-    else:
-        values, slope = 0.5 * r * r, r
+    values, slope = pointwise_loss(f - log_y, loss, delta)
     if not np.all(np.isfinite(values)):
         return math.inf, np.zeros_like(theta)
     return float(np.sum(weights * values)), jac.T @ (weights * slope)

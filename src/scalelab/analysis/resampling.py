@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from ..errors import ScalelabError
 from .diagnostics import diagnose
-from .fitting import LawFit, Loss, _converged, _gradient_tolerance, _refine
+from .fitting import LawFit, Loss, _converged, _gradient_tolerance, _refine, pointwise_loss
 from .forms import LawForm, _as_matrix
 
 
@@ -223,13 +223,7 @@ def _objective_batch(T: np.ndarray, law: LawForm, X: np.ndarray, log_y: np.ndarr
     (k,) values (inf where a weighted row's loss is not finite) and (k, P) gradients."""
     with np.errstate(all="ignore"):
         F, J = law.log_predict_batch(T, X)
-        r = F - log_y
-        if loss == "huber":
-            absr = np.abs(r)
-            values = np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta))
-            slope = np.clip(r, -delta, delta)
-        else:
-            values, slope = 0.5 * r * r, r
+        values, slope = pointwise_loss(F - log_y, loss, delta)
         used = W > 0
         values = np.where(used, values, 0.0)
         f = np.sum(W * values, axis=1)

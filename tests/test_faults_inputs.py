@@ -146,16 +146,18 @@ def test_recorded_study_of_an_old_store_is_found_from_the_store_not_the_current_
     from scalelab.errors import ScalelabError
     from scalelab.proposal import recorded_study
 
+    # a name no folder above the test's holds (a walk upward reaches / otherwise)
+    name = "study-of-the-old-store-test.yaml"
     project, other = tmp_path / "project", tmp_path / "other"
     (project / "runs" / "s").mkdir(parents=True)
     other.mkdir()
-    (project / "s.yaml").write_text(STUDY_TEXT)
-    (other / "s.yaml").write_text(STUDY_TEXT)
+    (project / name).write_text(STUDY_TEXT)
+    (other / name).write_text(STUDY_TEXT)
     monkeypatch.chdir(other)
-    assert recorded_study(project / "runs" / "s", "s.yaml") == project / "s.yaml"
-    assert recorded_study(project / "runs" / "s", str(project / "s.yaml")) == project / "s.yaml"
+    assert recorded_study(project / "runs" / "s", name) == project / name
+    assert recorded_study(project / "runs" / "s", str(project / name)) == project / name
     with pytest.raises(ScalelabError, match="pass --study FILE"):
-        recorded_study(tmp_path / "elsewhere", "s.yaml")
+        recorded_study(tmp_path / "elsewhere", name)
 
 
 # A small study of the known-law model family of test_next: the joint law is fitted on it.

@@ -207,4 +207,4 @@ def test_coordcheck_command_writes_the_figure_and_exits_by_verdict(tmp_path, run
     assert broken.exit_code == 1
     assert "FAIL: some μP layers' updates change size with width" in broken.stderr
     bad = run_cli("coordcheck", path, "--widths", "8,x")
-    assert bad.exit_code == 2 and "--widths: expected comma-separated integers" in bad.stderr
+    assert bad.exit_code == 2 and "--widths: expected comma-separated whole numbers" in bad.stderr

@@ -590,6 +590,7 @@ def next(out_dir: str | Path, budget: float, *, study: str | Path | None = None,
     return propose(out_dir, budget, study=study, where=where, extra=extra, append=append,
                    n_resamples=n_resamples)
 
+
 def data(name: str | None = None, *, to: str | Path | None = None, shards: int | None = None,
          output: Output | None = None) -> Path | list[dict[str, Any]]:
     """Fetch public dataset ``name`` (``scalelab data list`` names them) into the dataset

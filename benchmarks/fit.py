@@ -15,13 +15,14 @@ params,data` through the API: the joint law with its bootstrap, backtest and dia
 The bootstrap resamples grid points (each with its seeds; here every grid point has one
 run) and refits them all in lockstep (resampling._refine_batch). It is timed three
 times (the median is bootstrap_s) and once more while another process keeps one of the
-cores busy (bootstrap_busy_s): a shared 2-core machine is the setting the goal is for. The
-one-at-a-time scipy refits this replaced took 6.9 s alone here, 11.6 s with one busy
-neighbour process and 20.4 s with two (BLAS pinned in all three; unpinned, one neighbour:
-20.5 s). The review's 16.1 s fits a shared machine, not threads (pinned, 1 per pool) or
-wandering warm starts (a median of 56-65 evaluations per refit over 4 data seeds, Powell
-polishes in at most 5 of 1,000), nor a slower machine of this kind (43 us per objective
-evaluation alone, as before). Also
+cores busy (bootstrap_busy_s): a shared 2-core machine is the setting the goal is for.
+What made the one-at-a-time scipy refits this replaced take 16.1 s in a review where 5.4 s
+was recorded, measured on this 2-core VM: not BLAS threads (pinned, 1 per pool, checked
+inside the bootstrap; unpinned they would cost 2x under contention), not wandering warm
+starts (a median of 56-65 evaluations per refit over 4 data seeds, Powell polishes in at
+most 5 of 1,000), but the machine: the same code took 6.0-8.0 s alone from run to run,
+6.2-9.3 s with one busy neighbour process, 9.5-12.3 s with two and 13.2 s at a load of
+5.5 (other sessions' tests). The lockstep refits take 1.3-2.7 s in all of those. Also
 reported: CPU seconds, the 1-minute load average before timing, the BLAS/OpenMP thread
 counts inside the bootstrap, the refits left to scipy, and the lockstep iterations.
 """

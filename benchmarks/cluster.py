@@ -36,7 +36,7 @@ STUDY = {
     "train": {"optimizer": "adam", "lr": 0.003, "batch_size": 100, "max_steps": 8000,
               "eval_every": 1000},
     "grid": {"train.lr": [0.001, 0.002, 0.003, 0.005]}, "seeds": [0, 1, 2, 3],
-    "batch_runs": "off",
+    "stack_runs": "off",
 }
 SHARED = {**STUDY, "train": {**STUDY["train"], "max_steps": 4000},
           "grid": {"train.lr": [0.001, 0.003, 0.01]}}

@@ -2,7 +2,7 @@
 
 4 widths {16, 32, 64, 128} x 4 seeds of the MNIST-1D MLP (depth 2, Adam, batch 100, 600
 steps, no early stopping): (a) one batched group per width, as scalelab does by default;
-(b) one group of all 16 runs, zero-padded to width 128 (`batch_pad: true`), each run still
+(b) one group of all 16 runs, zero-padded to width 128 (`stack_pad: true`), each run still
 training exactly as at its own width. Figure: time(a) / time(b); padding is worth using
 where this is clearly above 1 (> 1.1).
 """

@@ -59,7 +59,7 @@ def _pick(study, **point):
 
 def cases():
     """name -> (study file, runs, how they train, evaluation settings)."""
-    from scalelab.runner.grouping import without_mates
+    from scalelab.runner.stacks import without_mates
     from scalelab.spec import load_study
 
     quick = load_study(ROOT / "studies" / "quickstart.yaml")
@@ -81,7 +81,7 @@ def cases():
                             ttt.evaluations[:2] + ttt.evaluations[-1:]),
         "lm_scaling/gpt": (_pick(lm, d_model=32, n_layers=1), "single", []),
     }
-    alone = without_mates(selection.runs, selection.spec.batch_pad)
+    alone = without_mates(selection.runs, selection.spec.stack_pad)
     for run in selection.runs:  # every method and baseline at rate 0.2, default scoring
         p = run.point
         if p["seed"] == 0 and p["target_rate"] in (0.2, None) and p["scoring"] is None:

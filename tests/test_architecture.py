@@ -81,14 +81,14 @@ def test_no_import_cycles_between_modules():
 
 
 def test_training_flows_one_way():
-    """train.run (the entries) -> the strategies -> train.common -> the loop and its leaves,
+    """train.dispatch (the entries) -> the strategies -> train.common -> the loop and its leaves,
     counting imports inside functions (no cycle held apart by a function-local import); the
-    runners and evaluators ask scalelab.devices and the package, never train.run."""
+    runners and evaluators ask scalelab.devices and the package, never train.dispatch."""
     files = {_module_name(p): p for p in (SRC / "train").glob("*.py") if p.name != "__init__.py"}
     edges = {m: {t for t in _top_level_imports(p, inside_functions=True) if t in files and t != m}
              for m, p in files.items()}
     assert not _cycles(edges)
-    layers = [{"run", "coordcheck"}, {"single", "streamed", "lm", "stacked"}, {"common"}]
+    layers = [{"dispatch", "coordcheck"}, {"single", "streamed", "lm", "stacked"}, {"common"}]
 
     def level(module: str) -> int:  # the loop and the other leaves: below every layer
         name = module.rpartition(".")[2]
@@ -102,7 +102,7 @@ def test_training_flows_one_way():
     assert not upward
     outside = [p for p in SRC.rglob("*.py") if p.parent.name in ("runner", "evaluation")]
     for path in outside:
-        assert "scalelab.train.run" not in _top_level_imports(path, inside_functions=True), path
+        assert "scalelab.train.dispatch" not in _top_level_imports(path, inside_functions=True), path
 
 
 def test_results_layer_never_imports_training_or_torch():
@@ -114,7 +114,7 @@ def test_results_layer_never_imports_training_or_torch():
     code = textwrap.dedent("""
         import sys
         import scalelab.store, scalelab.records, scalelab.analysis.stats, scalelab.analysis
-        import scalelab.analysis.study, scalelab.report, scalelab.api, scalelab.cli
+        import scalelab.analysis.study_analysis, scalelab.report, scalelab.api, scalelab.cli
         loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith(
             ("scalelab.train", "scalelab.tasks", "scalelab.models", "scalelab.methods")))
         print(loaded)

@@ -31,7 +31,7 @@ PATHS = ["name", "task", "task.name", "task.num_train", "task.pool_size", "model
          "model.name", "model.width", "model.depth", "train", "train.lr", "train.optimizer",
          "train.batch_size", "train.max_steps", "train.epochs", "train.eval_every",
          "train.early_stopping", "grid", "grid.width", "grid.train.lr", "seeds", "method",
-         "nuisance", "baselines", "evaluations", "analysis", "analysis.forms", "batch_runs",
+         "nuisance", "baselines", "evaluations", "analysis", "analysis.forms", "stack_runs",
          "max_runs", "quick", "unknown_key"]
 
 

@@ -186,3 +186,30 @@ def test_messages_name_the_near_miss_and_hide_pydantic_internals(tmp_path, overr
         load_study(path, overrides=[override])
     text = str(err.value)
     assert expected in text and "dict[" not in text and "more)" not in text
+
+
+def test_renamed_study_keys_still_work_with_one_notice(tmp_path, tiny_study):
+    """Old spellings (``batch_runs``, ``track``) load as the new ones, with one notice that
+    names the file and the new key; giving both spellings is refused."""
+    from scalelab.errors import RenamedSetting
+
+    path = tiny_study(tmp_path, batch_runs="off", batch_memory_mb=64)
+    with pytest.warns(RenamedSetting) as caught:
+        study = load_study(path)
+    assert study.spec.stack_runs == "off" and study.spec.stack_memory_mb == 64
+    messages = [str(w.message) for w in caught]
+    assert f"{path}: `batch_runs` is now called `stack_runs` (the old name still works)" in messages
+    both = tiny_study(tmp_path, batch_runs="off", stack_runs="auto")
+    with pytest.raises(StudyError, match=r"batch_runs: is the old name of `stack_runs`, which is "
+                                         r"also set; keep only `stack_runs`"):
+        load_study(both)
+
+
+def test_cli_prints_a_renamed_key_as_one_warning_line(tmp_path, tiny_study):
+    path = tiny_study(tmp_path, batch_runs="off")
+    done = subprocess.run([sys.executable, "-m", "scalelab", "run", str(path), "--dry-run"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    notices = [line for line in done.stderr.splitlines() if "batch_runs" in line]
+    assert notices == [f"warning: {path}: `batch_runs` is now called `stack_runs` (the old name "
+                       "still works)"]

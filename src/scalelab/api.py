@@ -24,12 +24,12 @@ from .analysis import Summary, summarize
 from .analysis.fitting import DEFAULT_HOLDOUT
 from .analysis.stats import Comparison
 from .analysis.stats import compare as compare_records
-from .analysis.study import FitEntry, fit_rows, in_study, per_shape_optimum
+from .analysis.study_analysis import FitEntry, fit_rows, in_study, per_shape_optimum
 from .errors import ScalelabError, first_line
 from .files import open_atomically
 from .outdir import OutDir
 from .output import Output
-from .runner import StudyRun, execute_study, parse_shard, select_shard
+from .runner import StudyExecution, execute_study, parse_shard, select_shard
 from .spec import RunSpec, Study, load_study
 from .store import Store, Stores, StudyMeta
 from .store import open_here as store_open_here
@@ -61,8 +61,8 @@ def run(
     backend: str = "auto",
     shard_store: bool = False,
     address: str | None = None,
-    track: Sequence[str] = (),
-) -> StudyRun:
+    trackers: Sequence[str] = (),
+) -> StudyExecution:
     """Train every run of ``study`` that ``out`` does not hold yet, storing each result; then,
     if the study declares ``evaluations`` (and saves checkpoints), re-score what is missing.
 
@@ -81,7 +81,7 @@ def run(
         check_main_guard()
     result = execute_study(spec, out_dir, workers=workers, device=device, shard=shard,
                            output=output, backend=backend, shard_store=shard_store,
-                           address=address, track=track)
+                           address=address, trackers=trackers)
     if spec.spec.evaluations and spec.spec.save_checkpoints and not shard and result.primary:
         evaluate(out_dir, study=spec, device=device, output=output)
     if check and result.failed:
@@ -94,7 +94,7 @@ class RunsFailed(ScalelabError):
 
     exit_code = 1
 
-    def __init__(self, result: StudyRun):
+    def __init__(self, result: StudyExecution):
         self.result = result
         first, message = result.failed[0]
         super().__init__(

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections import Counter
 from enum import Enum
 from pathlib import Path
@@ -21,7 +22,7 @@ import typer
 from . import api
 from .analysis import Summary
 from .analysis.fitting import parse_holdout
-from .errors import ScalelabError, log_crash, os_error_line
+from .errors import RenamedSetting, ScalelabError, log_crash, os_error_line
 from .output import Output, fmt_bytes
 from .registry import FAMILIES
 
@@ -108,7 +109,7 @@ def run(
     workers: int | None = typer.Option(None, "--workers", min=1, help="parallel worker processes [default: cores, or one per GPU]"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N|mps (auto takes a GPU when there is one)"),
     backend: str = typer.Option("auto", "--backend", help="executor: local (worker processes), torchrun (inside a torchrun job), ray (a Ray cluster); auto picks local or torchrun"),
-    track: list[str] = typer.Option([], "--track", help="also log every run to this tracker (mlflow, wandb; repeatable), with its defaults; a study's `track:` sets them"),
+    trackers: list[str] = typer.Option([], "--tracker", "--track", help="also log every run to this tracker (mlflow, wandb; repeatable), with its defaults; a study's `trackers:` sets them"),
     address: str | None = typer.Option(None, "--address", help="with --backend ray: the cluster (auto, or ray://HOST:PORT) [default: a local Ray]"),
     set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable), e.g. train.lr=0.01 or grid.model.width=[16,32]"),
     quick: bool = typer.Option(False, "--quick", help="apply the study's own `quick:` overrides for a fast first look (kept apart in runs/<name>-quick)"),
@@ -132,7 +133,7 @@ def run(
         return 0
     result = api.run(study, out=out, workers=workers, device=device, overrides=set_,
                      quick=quick, shard=shard, output=output, check=False, backend=backend,
-                     shard_store=shard_store, address=address, track=track)
+                     shard_store=shard_store, address=address, trackers=trackers)
     if not result.primary:  # a non-zero torchrun rank: rank 0 reports
         return 0
     if result.already_done == len(result.selected):
@@ -154,11 +155,11 @@ def run(
             written = _write_report(output, result.out_dir, bootstrap)
             verdicts = _verdicts(written.analysis)
             output.info(f"report: {report_path}  (and report.md, scaling_law.json beside it)")
-            if result.study.spec.track or track:
+            if result.study.spec.trackers or trackers:
                 from .tracking import attach_report
 
                 attach_report(result.study, [written.html, written.markdown,
-                                             written.scaling_law], output, track)
+                                             written.scaling_law], output, trackers)
         else:
             output.info(f"report: {report_path}  (up to date: nothing new was trained; "
                         f"`scalelab report {result.out_dir}` rewrites it)")
@@ -620,7 +621,10 @@ def _point(point: dict) -> str:
 
 def main() -> None:
     """The ``scalelab`` command: typer's usage errors (a bad option value, an unknown option)
-    become the same one line as every other user error, with exit code 2."""
+    become the same one line as every other user error, with exit code 2. A study that uses a
+    renamed setting gets one ``warning:`` line per old name."""
+    warnings.simplefilter("default", RenamedSetting)
+    warnings.showwarning = _show_warning
     try:
         code = app(prog_name="scalelab", standalone_mode=False)
     except _USAGE_ERROR as exc:
@@ -636,6 +640,15 @@ def main() -> None:
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, RenamedSetting):
+        Output().warn(str(message))
+    else:
+        _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOW_WARNING = warnings.showwarning
 
 #: click's UsageError, whether typer uses click or its own copy of it.
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")

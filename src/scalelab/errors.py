@@ -44,6 +44,11 @@ class StudyError(ScalelabError):
         super().__init__(f"{where}: {message}")
 
 
+class RenamedSetting(FutureWarning):
+    """A study uses a setting's old name: it still works; the one-line notice says the new
+    one (the CLI prints it as ``warning: ...``)."""
+
+
 def first_line(exc: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message (its type's name when it has none), for a
     one-line error that quotes what a library said."""

@@ -87,11 +87,11 @@ class Output:
 
     @contextmanager
     def progress(self, total: int, description: str):
-        tracker = _Tracker(self, total, description)
+        counter = _RunCounter(self, total, description)
         try:
-            yield tracker
+            yield counter
         finally:
-            tracker.close()
+            counter.close()
 
 
     @contextmanager
@@ -111,7 +111,7 @@ def _console(file: TextIO) -> Console:
     return Console(file=file, highlight=False, soft_wrap=True, width=width)
 
 
-class _Tracker:
+class _RunCounter:
     """Counts finished runs by status; drives a rich bar or prints one line per run."""
 
     def __init__(self, output: Output, total: int, description: str):

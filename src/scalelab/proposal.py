@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from .analysis.allocation import compute_optimal
-from .analysis.study import (
+from .analysis.study_analysis import (
     DATA_PATHS,
     FitEntry,
     analysis_settings,

@@ -15,6 +15,7 @@ import itertools
 import math
 import types
 import typing
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,7 +25,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ScalelabError, StudyError
+from .errors import RenamedSetting, ScalelabError, StudyError
 from .plugin import Identity
 from .records import RunSpec, run_id
 from .registry import FAMILIES, UnknownNameError
@@ -205,7 +206,7 @@ class StudySpec(StrictModel):
         description="grid axes tuned per shape (lr, weight decay, ...); the rest are scientific",
     )
     save_checkpoints: bool = False
-    track: dict[str, dict[str, Any]] = Field(
+    trackers: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="experiment trackers and their settings, e.g. "
                                           "{mlflow: {tracking_uri: ...}} or {wandb: {mode: offline}}")
     resources: Resources = Field(default_factory=Resources,
@@ -213,12 +214,13 @@ class StudySpec(StrictModel):
     max_runs: int = Field(
         10_000, ge=1, description="refuse a study of more runs (cells x seeds) than this: "
                                   "expanding one takes about 0.3 ms a run; raise it on purpose")
-    batch_runs: Literal["auto", "off"] = Field(
-        "auto", description="train runs that differ only in seed/lr/wd/betas/momentum together")
-    batch_memory_mb: float = Field(1024, gt=0, description="memory limit of one batched group")
-    batch_min_runs: int | None = Field(
-        None, ge=2, description="smallest group worth stacking (default: the model family's)")
-    batch_pad: bool = Field(
+    stack_runs: Literal["auto", "off"] = Field(
+        "auto", description="train runs that differ only in seed/lr/wd/betas/momentum together "
+                            "as one stacked model")
+    stack_memory_mb: float = Field(1024, gt=0, description="memory limit of one stack")
+    stack_min_runs: int | None = Field(
+        None, ge=2, description="smallest stack worth training (default: the model family's)")
+    stack_pad: bool = Field(
         False, description="zero-pad sizes (MLP width) so runs of different widths share a group")
     baselines: list[Literal["full", "matched_full", "random"]] = Field(
         default_factory=list,
@@ -236,7 +238,7 @@ class StudySpec(StrictModel):
     def _name_shorthand(cls, value):
         return {"name": value} if isinstance(value, str) else value
 
-    @field_validator("batch_runs", mode="before")
+    @field_validator("stack_runs", mode="before")
     @classmethod
     def _yaml_off(cls, value):
         # YAML 1.1 reads a bare `off` as false and `on` as true.
@@ -458,8 +460,32 @@ def load_study(
     return study
 
 
+#: Study keys renamed so that one concept has one word (old name -> new name); the old
+#: names keep working, with a one-line notice.
+RENAMED_KEYS = {"batch_runs": "stack_runs", "batch_memory_mb": "stack_memory_mb",
+                "batch_min_runs": "stack_min_runs", "batch_pad": "stack_pad",
+                "track": "trackers"}
+
+
+def _renamed_keys(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``raw`` with old key names replaced by the new ones (a notice for each; an error when
+    both spellings are given, since which one was meant is unknowable)."""
+    raw = dict(raw)
+    for old, new in RENAMED_KEYS.items():
+        if old not in raw:
+            continue
+        if new in raw:
+            raise StudyError(source, old, f"is the old name of `{new}`, which is also set; "
+                                          f"keep only `{new}`")
+        raw[new] = raw.pop(old)
+        warnings.warn(f"{source}: `{old}` is now called `{new}` (the old name still works)",
+                      RenamedSetting, stacklevel=3)
+    return raw
+
+
 def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
     """Validate a study given as a mapping (the shape of the YAML file)."""
+    raw = _renamed_keys(raw, source)
     _refuse_bools(StudySpec, raw, source, "", "")
     try:
         spec = StudySpec.model_validate(raw)
@@ -475,14 +501,14 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
             FAMILIES[section].get(name)
         except UnknownNameError as exc:
             raise StudyError(source, f"{section}.name", str(exc)) from None
-    for name, settings in spec.track.items():
+    for name, settings in spec.trackers.items():
         try:
             tracker = FAMILIES["tracker"].get(name)
             tracker.Config.model_validate(settings)
         except UnknownNameError as exc:
-            raise StudyError(source, f"track.{name}", str(exc)) from None
+            raise StudyError(source, f"trackers.{name}", str(exc)) from None
         except ValidationError as exc:
-            raise _from_validation(source, f"track.{name}", exc, tracker.Config) from None
+            raise _from_validation(source, f"trackers.{name}", exc, tracker.Config) from None
     data_kind = FAMILIES["task"].get(spec.task["name"]).data_kind
     learns = FAMILIES["model"].get(spec.model["name"]).data_kinds
     if data_kind not in learns:

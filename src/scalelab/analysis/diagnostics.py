@@ -26,7 +26,7 @@ class LawFit(Protocol):
     grad_norm: float
     at_bound: list[str]
     backtest: Any
-    selection: Any
+    form_choice: Any
 
     def predict(self, x) -> np.ndarray: ...
 
@@ -177,9 +177,9 @@ def diagnose(fit: LawFit, X: np.ndarray, y: np.ndarray, boot: Bootstrap | None =
         close = _borderline("the backtest error", error, MAX_BACKTEST_ERROR,
                             f"{error:.1%} against {MAX_BACKTEST_ERROR:.0%}")
         out += [close] if close else []
-        if fit.selection:
-            tested = [s["form"] for s in fit.selection if "rmsle" in s]
-            untested = [s["form"] for s in fit.selection if "rmsle" not in s]
+        if fit.form_choice:
+            tested = [s["form"] for s in fit.form_choice if "rmsle" in s]
+            untested = [s["form"] for s in fit.form_choice if "rmsle" not in s]
             sentence = (f"The form was chosen by this backtest among {', '.join(tested)}, so its "
                         "backtest error is optimistic (chosen and scored on the same points)")
             if untested:

@@ -68,7 +68,7 @@ class LawFit:
     at_bound: list[str] = field(default_factory=list)  # quoted parameters pinned at a bound
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     backtest: Backtest | None = None
-    selection: list[dict[str, Any]] = field(default_factory=list)
+    form_choice: list[dict[str, Any]] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
     @property
@@ -94,7 +94,7 @@ class LawFit:
             "starts": self.n_starts, "loss": self.loss, "delta": self.delta,
             "at_bound": self.at_bound,
             "backtest": self.backtest.to_dict() if self.backtest else None,
-            "selection": self.selection,
+            "form_choice": self.form_choice,
             "verdict": label, "verdict_reasons": reasons,
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
@@ -156,11 +156,11 @@ def fit_law(
     ``starts="fast"`` refines the ``refine`` best conditionally-linear starts;
     ``starts="grid"`` refines every point of the form's literature grid (slow; for checks).
     ``form="auto"`` chooses among forms of the right arity by backtest error (see
-    :func:`select_form`). ``diagnostics=False`` leaves ``fit.diagnostics`` empty, for a
+    :func:`choose_form`). ``diagnostics=False`` leaves ``fit.diagnostics`` empty, for a
     caller that diagnoses the finished fit (with its bootstrap) once.
     """
     if form == "auto":
-        return select_form(x, y, weights=weights, loss=loss, delta=delta,
+        return choose_form(x, y, weights=weights, loss=loss, delta=delta,
                            diagnostics=diagnostics)
     law = get_form(form)
     X = _as_matrix(x, law.variables)
@@ -300,7 +300,7 @@ def backtest(x, y, form: str | LawForm = "power", holdout: str | float = DEFAULT
                     rel, rmsle)
 
 
-def select_form(x, y, candidates: Sequence[str] | None = None,
+def choose_form(x, y, candidates: Sequence[str] | None = None,
                 holdout: str | float = DEFAULT_HOLDOUT, diagnostics: bool = True,
                 **fit_options) -> LawFit:
     """Fit every candidate form of the right arity, keep the one with the smallest backtest
@@ -323,7 +323,7 @@ def select_form(x, y, candidates: Sequence[str] | None = None,
     if best is None:
         raise ScalelabError("form=auto: no candidate form could be backtested on these points")
     fit = fit_law(X, y, best[0], **fit_options, diagnostics=False)
-    fit.backtest, fit.selection = best[1], table
+    fit.backtest, fit.form_choice = best[1], table
     if diagnostics:
         fit.diagnostics = diagnose(fit, X, y)
     return fit

@@ -240,7 +240,7 @@ def analyze_selection(records: Sequence[dict[str, Any]], roles: dict[str, str | 
     if timing["stacked_full"]:
         notes.append("wall-time fractions are left out where the full-data runs trained stacked "
                      "(several runs as one model, each stored with a share of the group's time) "
-                     "while selection runs train alone: set `batch_runs: off` to time them alike")
+                     "while selection runs train alone: set `stack_runs: off` to time them alike")
     if timing["other_loop"]:
         notes.append("wall-time fractions compare selection runs (single-run loop) with full-data "
                      "runs trained alone on the stacked loop (a group of one, so that their "

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..plugin import Plugin
 from ..tasks import TaskData
-from ..train.evaluate import accuracy_by_class
+from ..train.scoring import accuracy_by_class
 
 
 class Evaluator(Plugin):

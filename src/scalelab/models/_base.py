@@ -22,7 +22,7 @@ class ModelFamily(Plugin, ABC):
     #: Size settings whose runs can share one stacked group by zero-padding to the group's
     #: largest value: valid only where a zero-padded unit provably stays zero in training.
     paddable: ClassVar[tuple[str, ...]] = ()
-    #: Smallest group of runs worth stacking (``batch_min_runs`` overrides it).
+    #: Smallest group of runs worth stacking (``stack_min_runs`` overrides it).
     min_stack_group: ClassVar[int] = 3
     #: The task data kinds (``Task.data_kind``) this family can learn.
     data_kinds: ClassVar[tuple[str, ...]] = ("classification",)

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from ..analysis.nuisance import value_order
 from ..analysis.stats import Comparison
-from ..analysis.study import FitEntry, held_out
+from ..analysis.study_analysis import FitEntry, held_out
 from ..files import open_atomically
 
 STYLE = {"figsize": (6.0, 4.0), "dpi": 120}

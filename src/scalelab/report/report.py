@@ -24,7 +24,7 @@ from ..analysis.sample_selection import (
     controller_of,
     pareto_front,
 )
-from ..analysis.study import PLATFORM, StudyAnalysis, analyze_study
+from ..analysis.study_analysis import PLATFORM, StudyAnalysis, analyze_study
 from ..files import write_atomically
 from ..outdir import OutDir
 from ..output import fmt_value
@@ -80,7 +80,7 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     report = Report(paths.report_md, paths.report_html, paths.scaling_law,
                     paths.comparison_table, figures, analysis, shrunk)
     write_atomically(report.markdown, _markdown(blocks, out))
-    write_atomically(report.html, _html(blocks, analysis.study))
+    write_atomically(report.html, _html(blocks, analysis.study_analysis))
     write_atomically(report.scaling_law, json.dumps(analysis.to_dict(), indent=2, default=_json_default))
     write_atomically(report.comparison_table, comparison_text(analysis))
     return report
@@ -167,15 +167,15 @@ def _render_laws(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
                        [[k, v, *fit.intervals.get(k, (None, None))] for k, v in fit.params.items()]))
         if bt is not None:
             chosen = (" The form was chosen by this backtest, so this error is optimistic."
-                      if fit.selection else "")
+                      if fit.form_choice else "")
             blocks.append(("p", f"Backtest (fitted on {bt.train_points} points, holdout = "
                                 f"{_holdout_words(bt.holdout)}): RMSLE {bt.rmsle:.4g}, mean "
                                 f"|relative error| {bt.mean_abs_relative_error:.2%} on "
                                 f"{int(bt.held_out.sum())} held-out points.{chosen}"))
-        if fit.selection:
+        if fit.form_choice:
             blocks.append(("table", ["candidate form", "backtest RMSLE", "mean |rel. error|"],
                            [[s["form"], s.get("rmsle"), s.get("mean_abs_relative_error")]
-                            for s in fit.selection]))
+                            for s in fit.form_choice]))
         if entry.allocation:
             blocks.append(("p", f"Compute-optimal allocation at the largest counted budget of "
                                 f"the runs and 10× and 100× beyond it; compute model: "

@@ -3,7 +3,7 @@
 An executor only trains: given groups, it claims each just before starting it (another
 runner may have taken some of its runs meanwhile) and yields each run's :class:`RunResult`
 (checkpoint bytes included) as it finishes. Planning, claims, the store, checkpoints on disk
-and progress are ``runner.study``'s, once for every executor, so a worker needs no access to
+and progress are ``runner.execute``'s, once for every executor, so a worker needs no access to
 the output directory. A new backend is one module with a registered subclass.
 """
 

@@ -48,7 +48,7 @@ class Tracker(Plugin, ABC):
         try:
             return importlib.import_module(module)
         except ImportError:
-            raise ScalelabError(f"track: {self.name} needs {module}: pip install "
+            raise ScalelabError(f"trackers: {self.name} needs {module}: pip install "
                                 f"'scalelab[{self.extra}]'") from None
 
     @property
@@ -100,13 +100,13 @@ class Tracking:
         except Exception as exc:  # the store has every result; tracking is a copy
             self.active.remove(tracker)
             first = first_line(exc, 200)
-            self.output.warn(f"track: {tracker.name} stopped after an error ({first}); every "
+            self.output.warn(f"trackers: {tracker.name} stopped after an error ({first}); every "
                              "result is still in the store")
 
 
 def trackers_for(study: Study, extra: Sequence[str] = ()) -> list[Tracker]:
-    """The trackers the study's ``track:`` declares, plus ``--track NAME`` ones (defaults)."""
-    settings = dict(study.spec.track)
+    """The trackers the study's ``trackers:`` declare, plus ``--tracker NAME`` ones (defaults)."""
+    settings = dict(study.spec.trackers)
     for name in extra:
         settings.setdefault(name, {})
     return [instantiate(trackers, {"name": name, **config}) for name, config in settings.items()]

@@ -7,8 +7,8 @@ and evaluation."""
 
 from ..records import COMPLETED, DIVERGED, FAILED, RunResult
 from .common import load_checkpoint
+from .dispatch import train_group, train_run
 from .loop import Callback, Hooks
-from .run import train_group, train_run
 
 __all__ = ["COMPLETED", "DIVERGED", "FAILED", "Callback", "Hooks", "RunResult",
            "load_checkpoint", "train_group", "train_run"]

@@ -27,10 +27,10 @@ from ..records import COMPLETED, RunResult
 from ..registry import models, tasks
 from ..spec import TrainConfig
 from ..tasks import TaskData
-from .evaluate import class_accuracy, evaluate
 from .flops import count_flops, step_flops
-from .loop import Batch, Outcome, Strategy, Track
+from .loop import Batch, Outcome, RunState, Strategy
 from .optim import lr_factor, set_lr
+from .scoring import class_accuracy, evaluate
 
 
 def build(config: dict[str, Any], data) -> nn.Module:
@@ -133,7 +133,7 @@ class OneModel(Strategy):
 
 
 def classifier_metrics(result: RunResult, model: nn.Module, data: TaskData, cfg: TrainConfig,
-                       track: Track, last_step: int, checkpoint: bool,
+                       state: RunState, last_step: int, checkpoint: bool,
                        forward_flops_per_sample: float) -> None:
     """Final and best-weight metrics of a classifier on train/val/test, per-class test
     accuracy, the checkpoint, eval FLOPs."""
@@ -154,7 +154,7 @@ def classifier_metrics(result: RunResult, model: nn.Module, data: TaskData, cfg:
                 result.metrics["test_eval_time_s"] = time.perf_counter() - started
         return out, split_samples
 
-    evaluated = track.evaluated + final_metrics(result, model, evaluate_all, cfg, track,
+    evaluated = state.evaluated + final_metrics(result, model, evaluate_all, cfg, state,
                                                 last_step, checkpoint)
     if result.status == COMPLETED:  # which classes a method helps or hurts
         result.metrics["test_acc_by_class"] = class_accuracy(model, data.x_test, data.y_test,
@@ -167,11 +167,11 @@ def classifier_metrics(result: RunResult, model: nn.Module, data: TaskData, cfg:
 
 def final_metrics(result: RunResult, model: nn.Module,
                   evaluate_all: Callable[[nn.Module], tuple[dict[str, float], int]],
-                  cfg: TrainConfig, track: Track, last_step: int, checkpoint: bool) -> int:
+                  cfg: TrainConfig, state: RunState, last_step: int, checkpoint: bool) -> int:
     """Metrics of the last step's weights (as ``final_*``) and of the best validation weights
     (unprefixed; the same weights when the last step was the best), and the checkpoint.
 
-    ``model`` holds the last step's weights and ``track.best_state`` those of the best
+    ``model`` holds the last step's weights and ``state.best_state`` those of the best
     evaluation when it was not the last one. Returns the units (samples, tokens) evaluated.
     """
     if result.status != COMPLETED:
@@ -179,8 +179,8 @@ def final_metrics(result: RunResult, model: nn.Module,
     m = result.metrics
     final, evaluated = evaluate_all(model)
     m.update({f"final_{k}": v for k, v in final.items()})
-    if cfg.restore_best and track.best_state is not None and track.best_step != last_step:
-        model.load_state_dict(track.best_state)
+    if cfg.restore_best and state.best_state is not None and state.best_step != last_step:
+        model.load_state_dict(state.best_state)
         final, more = evaluate_all(model)
         evaluated += more
     m.update(final)

@@ -179,10 +179,10 @@ class TokenWindows(OneModel):
                 scored_total += scored
             return out, scored_total
 
-        track = outcome.tracks[run]
+        state = outcome.states[run]
         with autocast(self.dev, cfg):
-            evaluated = track.evaluated + final_metrics(
-                result, self.model, evaluate_all, cfg, track, outcome.steps(run),
+            evaluated = state.evaluated + final_metrics(
+                result, self.model, evaluate_all, cfg, state, outcome.steps(run),
                 checkpoint and self.rank == 0)
         result.metrics["eval_flops"] = int(self.forward_flops_per_window / self.length
                                            * evaluated)

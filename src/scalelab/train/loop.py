@@ -78,7 +78,7 @@ class Strategy(ABC):
     """What one kind of training does at each point of the loop, and what each of its runs
     reports after it."""
 
-    #: Runs trained together; the loop keeps one :class:`Track` per run.
+    #: Runs trained together; the loop keeps one :class:`RunState` per run.
     runs: int = 1
     #: The step budget (the learning-rate schedule is built for it).
     total_steps: int
@@ -141,7 +141,7 @@ class Strategy(ABC):
 
 
 @dataclass
-class Track:
+class RunState:
     """One run's progress: its curves, best validation loss and weights, patience, end."""
 
     status: str = COMPLETED
@@ -165,22 +165,22 @@ class Track:
 
 @dataclass
 class Outcome:
-    """What the loop did: the last step reached, each run's track, and the time it took."""
+    """What the loop did: the last step reached, each run's state, and the time it took."""
 
     step: int
-    tracks: list[Track]
+    states: list[RunState]
     train_time: float
     eval_time: float
 
     def steps(self, run: int) -> int:
         """The steps run ``run`` took (fewer than the loop's when it ended early)."""
-        return self.tracks[run].steps(self.step)
+        return self.states[run].steps(self.step)
 
 
 def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None) -> Outcome:
     """Train until the budget ends, every run has stopped early, or every run diverged."""
     hooks = hooks or Hooks()
-    tracks = [Track() for _ in range(strategy.runs)]
+    states = [RunState() for _ in range(strategy.runs)]
     total = strategy.total_steps
     check_every = strategy.check_every()
     running, count, step, eval_time = None, 0, 0, 0.0
@@ -197,9 +197,9 @@ def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None)
             parameters = strategy.parameters()
             for hook in hooks.post_step:
                 hook(step, parameters)
-        for track in tracks:
-            if trace and track.active:
-                track.curves += [(step, name, value) for name, value in trace.items()]
+        for state in states:
+            if trace and state.active:
+                state.curves += [(step, name, value) for name, value in trace.items()]
         for callback in hooks.callbacks:
             callback.on_step(step, losses)
         running = losses.clone() if running is None else running.add_(losses)
@@ -207,10 +207,10 @@ def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None)
         # One sync for the whole group; which runs went non-finite only when one did.
         if check_every and step % check_every == 0 and not math.isfinite(running.sum().item()):
             for r in torch.nonzero(~torch.isfinite(running)).flatten().tolist():
-                if tracks[r].active:
-                    _end(strategy, tracks[r], r, step, diverged=True)
+                if states[r].active:
+                    _end(strategy, states[r], r, step, diverged=True)
                 running[r] = 0.0  # ended: its sum no longer counts
-            if not any(t.active for t in tracks):
+            if not any(t.active for t in states):
                 break
         if step % cfg.eval_every and not batch.last:
             continue
@@ -220,47 +220,47 @@ def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None)
         running, count = None, 0
         values, scored = strategy.evaluate()
         lrs = strategy.lrs(batch)
-        for r, track in enumerate(tracks):
-            if track.active:
-                _observe(strategy, cfg, track, r, step, train_loss[r], values[r], lrs[r],
+        for r, state in enumerate(states):
+            if state.active:
+                _observe(strategy, cfg, state, r, step, train_loss[r], values[r], lrs[r],
                          scored, hooks)
         eval_time += time.perf_counter() - eval_started
-        if batch.last or not any(t.active for t in tracks):
+        if batch.last or not any(t.active for t in states):
             break
     strategy.synchronize()
-    return Outcome(step, tracks, time.perf_counter() - started, eval_time)
+    return Outcome(step, states, time.perf_counter() - started, eval_time)
 
 
-def _observe(strategy: Strategy, cfg: TrainConfig, track: Track, r: int, step: int,
+def _observe(strategy: Strategy, cfg: TrainConfig, state: RunState, r: int, step: int,
              train_loss: float, values: dict[str, float], lr: float, scored: int,
              hooks: Hooks) -> None:
     """Record one evaluation of run ``r``; end it on divergence or when patience runs out."""
     row = {"train_loss": train_loss, **values, "lr": lr}
-    track.evaluated += scored
-    track.curves += [(step, name, value) for name, value in row.items()]
+    state.evaluated += scored
+    state.curves += [(step, name, value) for name, value in row.items()]
     for callback in hooks.callbacks:
         callback.on_eval(step, r, row)
     val_loss = values.get("val_loss")
     if not (math.isfinite(train_loss) and (val_loss is None or math.isfinite(val_loss))):
-        _end(strategy, track, r, step, diverged=True)
+        _end(strategy, state, r, step, diverged=True)
         return
     if val_loss is None:  # no validation split: no best weights, no early stopping
         return
     stopping = cfg.early_stopping
-    if val_loss < track.best_loss - (stopping.min_delta if stopping else 0.0):
-        track.best_loss, track.best_step, track.evals_without_gain = val_loss, step, 0
+    if val_loss < state.best_loss - (stopping.min_delta if stopping else 0.0):
+        state.best_loss, state.best_step, state.evals_without_gain = val_loss, step, 0
         if cfg.restore_best and step != strategy.total_steps:
-            track.best_state = strategy.snapshot(r)
+            state.best_state = strategy.snapshot(r)
         return
-    track.evals_without_gain += 1
-    if stopping and track.evals_without_gain >= stopping.patience:
-        track.stopped_early = True
-        _end(strategy, track, r, step, diverged=False)
+    state.evals_without_gain += 1
+    if stopping and state.evals_without_gain >= stopping.patience:
+        state.stopped_early = True
+        _end(strategy, state, r, step, diverged=False)
 
 
-def _end(strategy: Strategy, track: Track, r: int, step: int, diverged: bool) -> None:
-    track.end_step = step
+def _end(strategy: Strategy, state: RunState, r: int, step: int, diverged: bool) -> None:
+    state.end_step = step
     if diverged:
-        track.status = DIVERGED
-        track.metrics["diverged_step"] = step
+        state.status = DIVERGED
+        state.metrics["diverged_step"] = step
     strategy.stop(r, diverged)

@@ -24,9 +24,9 @@ from .common import (
     step_metrics,
     time_to_result,
 )
-from .evaluate import evaluate
 from .loop import Batch, Outcome
 from .optim import make_optimizer
+from .scoring import evaluate
 
 
 class Examples(OneModel):
@@ -130,7 +130,7 @@ class Examples(OneModel):
         """Final metrics on every split, per-class accuracy, the checkpoint, and airbench's
         time to result."""
         with autocast(self.dev, self.cfg):
-            classifier_metrics(result, self.model, self.data, self.cfg, outcome.tracks[run],
+            classifier_metrics(result, self.model, self.data, self.cfg, outcome.states[run],
                                outcome.steps(run), checkpoint, self.forward_flops_per_sample)
         if "test_eval_time_s" in result.metrics:
             result.metrics["time_to_result_s"] = time_to_result(

@@ -25,9 +25,9 @@ from ..records import RunResult, run_id
 from ..registry import methods, models
 from ..spec import TrainConfig
 from .common import budget, build, classifier_metrics, counted_compute, step_metrics
-from .evaluate import evaluate_stacked
 from .loop import Batch, Outcome, Strategy
 from .optim import lr_factor
+from .scoring import evaluate_stacked
 from .stacking import padded_model_config
 
 
@@ -184,7 +184,7 @@ class Stacked(Strategy):
             for k, v in (*params.items(), *self.buffers.items()):
                 _assign(self.modules[run], k, v[run])
         classifier_metrics(result, self.modules[run], self.data, self.cfgs[run],
-                           outcome.tracks[run], outcome.steps(run), checkpoint,
+                           outcome.states[run], outcome.steps(run), checkpoint,
                            self.counted[run][1])
 
 

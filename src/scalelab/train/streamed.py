@@ -11,8 +11,8 @@ import torch
 from ..records import COMPLETED, RunResult
 from ..tasks.imagefolder import FolderData
 from .common import autocast, final_metrics
-from .evaluate import accuracy_by_class, score_loader
 from .loop import Outcome
+from .scoring import accuracy_by_class, score_loader
 from .single import Examples
 
 
@@ -66,7 +66,7 @@ class Streamed(Examples):
     def finalize(self, result: RunResult, run: int, outcome: Outcome, checkpoint: bool) -> None:
         """Final metrics on every split through the loaders, per-class accuracy, the
         checkpoint, eval FLOPs."""
-        data, cfg, track = self.data, self.cfg, outcome.tracks[0]
+        data, cfg, state = self.data, self.cfg, outcome.states[0]
         limits = {"train": cfg.eval_train_samples, "val": None, "test": None}
 
         def evaluate_all(module):
@@ -79,8 +79,8 @@ class Streamed(Examples):
             return out, seen
 
         with autocast(self.dev, cfg):
-            evaluated = track.evaluated + final_metrics(result, self.model, evaluate_all, cfg,
-                                                        track, outcome.steps(0), checkpoint)
+            evaluated = state.evaluated + final_metrics(result, self.model, evaluate_all, cfg,
+                                                        state, outcome.steps(0), checkpoint)
             if result.status == COMPLETED:
                 _, _, n, pred, labels = score_loader(
                     self.model, data.loader("test", cfg.eval_batch_size), self.dev)

@@ -1,0 +1,268 @@
+"""Execute a study's missing runs with an executor, storing each result as it arrives.
+
+Plan, claim (mark running), record, write checkpoints and report: once, here, for every
+executor. Only the primary process touches the output directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import store as stores
+from ..errors import ScalelabError
+from ..files import write_atomically
+from ..outdir import OutDir
+from ..output import Output
+from ..records import COMPLETED, FINISHED, RunResult, RunSpec
+from ..registry import executors
+from ..spec import Study
+from ..store import KEPT, LOST, Store, shard_writing, token
+from ..tracking._base import Tracking
+from ._base import Executor, Group
+from .shard import parse_shard, select_shard
+
+
+@dataclass
+class StudyExecution:
+    """What one ``scalelab run`` did."""
+
+    study: Study
+    out_dir: Path
+    selected: list[RunSpec]                   # this invocation's runs (after --shard)
+    already_done: int                          # of those, finished before this invocation
+    trained: Counter = field(default_factory=Counter)  # status -> runs trained now
+    failed: list[tuple[RunSpec, str]] = field(default_factory=list)
+    primary: bool = True  # False on the non-zero ranks of a torchrun job: they write nothing
+    elsewhere: int = 0    # runs left to another runner training them into the same store
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def plan(
+    study: Study, store_statuses: dict[str, str], shard: str | None
+) -> tuple[list[RunSpec], list[RunSpec]]:
+    """(selected runs, those still to train) for this invocation."""
+    runs = study.runs
+    if shard:
+        runs = select_shard(runs, *parse_shard(shard))
+    todo = [r for r in runs if store_statuses.get(r.run_id) not in FINISHED]
+    return runs, todo
+
+
+def make_executor(backend: str, device: str, workers: int | None, checkpoint: bool,
+                  address: str | None = None) -> Executor:
+    """The named executor (``auto``: torchrun inside a torchrun job, else local)."""
+    if backend == "auto":
+        backend = "torchrun" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "local"
+    if backend not in executors:
+        raise ScalelabError(f"--backend: unknown executor {backend!r} (allowed: auto, "
+                            f"{', '.join(executors.names())})")
+    return executors.get(backend)(device, workers, checkpoint, address)
+
+
+def store_meta(store: Store, study: Study) -> None:
+    """What the analysis needs to know about the study's axes."""
+    labels = study.axis_labels()
+    store.set_meta(study=study.name, source=study.source,
+                   axes={label: path for path, label in labels.items()},
+                   grid={labels[path]: values for path, values in study.axes.items()},
+                   nuisance=study.nuisance_labels(),
+                   analysis=study.spec.analysis.model_dump(mode="json"),
+                   methods=study.method_declarations(),
+                   run_ids=[r.run_id for r in study.runs], quick=study.quick)
+
+
+def execute_study(study: Study, out_dir: Path, workers: int | None = None, device: str = "auto",
+                  shard: str | None = None, output: Output | None = None,
+                  backend: str = "auto", shard_store: bool = False,
+                  address: str | None = None, trackers: Sequence[str] = ()) -> StudyExecution:
+    """Train what ``out_dir`` does not hold yet; every result is stored as it arrives. With
+    ``shard_store``, a ``shard`` writes its own store file in ``out_dir`` (for job arrays on
+    filesystems where SQLite's locking is unsafe); readers see all of them as one."""
+    output = output or Output()
+    out_dir = Path(out_dir)
+    if shard_store and not shard:
+        raise ScalelabError("--shard-store: only with --shard i/k (each shard its own file)")
+    own_file = parse_shard(shard) if shard_store else None
+    # Everything that can be refused is refused here, before anything is written.
+    executor = make_executor(backend, device, workers, study.spec.save_checkpoints, address)
+    executor.check(study)
+    with executor, contextlib.ExitStack() as held:
+        tracking = Tracking(study, output, trackers) if executor.primary else None
+        store = None
+        if executor.primary:
+            if own_file:  # `scalelab merge` waits for this runner (and it for a merge)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(shard_writing(out_dir))
+            store = Store.open(out_dir, create=True, shard=own_file)
+        try:
+            return _execute(study, out_dir, shard, output, executor, store, tracking,
+                            own_file is not None)
+        finally:
+            if store is not None:
+                try:
+                    store.release()  # runs claimed and not stored read as interrupted now
+                finally:
+                    store.close()
+
+
+def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
+             executor: Executor, store: Store | None, tracking: Tracking | None,
+             shard_store: bool = False) -> StudyExecution:
+    statuses: dict[str, str] = {}
+    finished: dict[str, float | None] = {}
+    others: set[str] = set()  # runs another live runner is training into this store
+    if store is not None:
+        store.register()
+        store_meta(store, study)
+        store.observe()  # what this machine sees of the other runners' heartbeats
+        # A shard with its own file plans from every store of the directory: runs already
+        # merged into the main store are done.
+        with (Store.open(out_dir) if shard_store else contextlib.nullcontext(store)) as view:
+            statuses, finished = view.statuses(), view.finished_at()
+            others = {c["run_id"] for c in view.claims() if c["token"] != token()}
+    selected, todo = plan(study, statuses, shard)
+    retrain: dict[str, float | None] = {}
+    if store is not None and study.spec.save_checkpoints:
+        retrain = _lost_checkpoints(selected, statuses, finished, out_dir, output)
+        again = {r.run_id for r in todo} | set(retrain)
+        todo = [r for r in selected if r.run_id in again]
+    elsewhere = [r for r in todo if r.run_id in others]
+    todo = executor.agree([r for r in todo if r.run_id not in others])
+    result = StudyExecution(study, out_dir, selected, len(selected) - len(todo) - len(elsewhere),
+                      primary=executor.primary, elsewhere=len(elsewhere))
+    if not todo:
+        return result
+    from .stacks import training_groups  # the training stack loads only to train
+
+    groups = training_groups(todo, study) if executor.stacks else \
+        [Group((r,), stacked=False) for r in todo]
+    if store is None:  # a secondary rank: it trains, the primary claims and records
+        for _ in executor.execute(groups, lambda group: group):
+            pass
+        return result
+    stacked = sum(len(g.runs) > 1 for g in groups)
+    grouped = f" as {len(groups)} group{'s' * (len(groups) != 1)} ({stacked} stacked)" \
+        if stacked else ""
+    output.info(f"training {len(todo)} of {len(selected)} runs{grouped} "
+                f"{executor.describe(len(groups))} -> {out_dir}"
+                + (f"; {len(elsewhere)} more are being trained by another runner"
+                   if elsewhere else ""))
+    with Heartbeat(store.path) as beating, output.progress(len(todo), study.name) as progress:
+        def claim(group: Group) -> Group | None:
+            mine = group.only(store.claim(group.runs, retrain))
+            missed = len(group.runs) - (len(mine.runs) if mine else 0)
+            if missed:  # another runner claimed them since the plan
+                result.elsewhere += missed
+                for _ in range(missed):
+                    progress.advance("elsewhere", "claimed by another runner")
+            beating.add(mine.runs if mine else ())
+            executor.share(len({c["token"] for c in store.claims()} | {token()}))
+            return mine
+
+        for run, run_result in executor.execute(groups, claim):
+            beating.discard(run)
+            # The claim is checked again in the storing transaction; this look spares the
+            # checkpoint of a run another runner has taken over meanwhile.
+            stored = LOST
+            if store.owns(run.run_id):
+                save_checkpoint(out_dir, run, run_result)
+                stored = store.write_result(run, run_result)
+            if stored == LOST:  # this runner was stopped or cut off past the staleness window
+                result.elsewhere += 1
+                output.warn(f"run {run.run_id} ({run.label}) was taken over by another runner "
+                            "while this one was stopped or cut off; its result stands and "
+                            "this one was dropped")
+                progress.advance("elsewhere", "taken over by another runner")
+                continue
+            if stored != KEPT:
+                tracking.log_run(run, run_result)
+            record(result, run, run_result,
+                   " (the completed result stored before is kept)" if stored == KEPT else "")
+            progress.advance(run_result.status, _label(run, run_result))
+    return result
+
+
+def _lost_checkpoints(selected: list, statuses: dict[str, str],
+                      finished: dict[str, float | None], out_dir: Path,
+                      output: Output) -> dict[str, float | None]:
+    """Completed runs whose checkpoint is gone, each with the finish time of the row it was
+    seen with (a run another runner retrained since is left alone): they train again, with
+    the same config and seed, so the same numbers and the checkpoint back."""
+    lost = [r for r in selected if statuses.get(r.run_id) == COMPLETED
+            and not checkpoint_path(out_dir, r).exists()]
+    if lost:
+        output.info(f"{len(lost)} completed run{'s' if len(lost) > 1 else ''} lost "
+                    f"{'their checkpoints' if len(lost) > 1 else 'its checkpoint'} "
+                    f"(e.g. {checkpoint_path(out_dir, lost[0])}): training again")
+    return {r.run_id: finished.get(r.run_id) for r in lost}
+
+
+class Heartbeat:
+    """Every :data:`~scalelab.store.HEARTBEAT_S` seconds, from a background thread with its
+    own connection: one more beat on this runner's heartbeat counter (which keeps its claims
+    alive), and a look at the other runners' counters (see :mod:`scalelab.store`)."""
+
+    def __init__(self, path: Path):
+        self.path, self.runs = path, set()
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def add(self, runs) -> None:
+        with self.lock:
+            self.runs |= {r.run_id for r in runs}
+
+    def discard(self, run: RunSpec) -> None:
+        with self.lock:
+            self.runs.discard(run.run_id)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(stores.HEARTBEAT_S):
+            with self.lock:
+                ids = sorted(self.runs)
+            try:
+                with Store(self.path) as store:
+                    store.heartbeat(ids)
+            except Exception:  # a missed beat only shortens the claim's life; never fatal
+                pass
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def checkpoint_path(out_dir: Path, run: RunSpec) -> Path:
+    return OutDir(out_dir).checkpoint(run.run_id)
+
+
+def save_checkpoint(out_dir: Path, run: RunSpec, result: RunResult) -> None:
+    """The weights a worker sent back, written under a temporary name and renamed (a kill
+    leaves no torn file), before the run's row: a completed run always has its checkpoint."""
+    if result.checkpoint is None:
+        return
+    write_atomically(checkpoint_path(out_dir, run), result.checkpoint)
+    result.checkpoint = None
+
+
+def record(result: StudyExecution, run: RunSpec, run_result: RunResult, note: str = "") -> None:
+    """Count one finished run and keep the last line of its error (and ``note``)."""
+    result.trained[run_result.status] += 1
+    if run_result.error:
+        result.failed.append((run, run_result.error.strip().splitlines()[-1] + note))
+
+
+def _label(run: RunSpec, result: RunResult) -> str:
+    loss = result.metrics.get("test_loss")
+    return f"{run.run_id} {run.label}" + (f" test_loss={loss:.4f}" if loss is not None else "")

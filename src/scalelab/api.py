@@ -528,9 +528,9 @@ def coordcheck(study: str | Path | Study, *, out: str | Path | None = None,
     if widths:
         _check_widths(study, list(widths))
     check = coordinate_check(study, list(widths) if widths else None, steps, seeds, lr)
-    out_dir = Path(out) if out is not None else default_out_dir(study)
-    figure = save(coordcheck_figure(check.to_dict()), out_dir / "coordcheck")[0]
-    write_atomically(out_dir / "coordcheck.json", json.dumps(check.to_dict(), indent=2))
+    files = OutDir(out if out is not None else default_out_dir(study)).coordcheck
+    figure = save(coordcheck_figure(check.to_dict()), files)[0]
+    write_atomically(files.with_suffix(".json"), json.dumps(check.to_dict(), indent=2))
     return check, figure
 
 

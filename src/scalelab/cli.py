@@ -23,6 +23,7 @@ from . import api
 from .analysis import Summary
 from .analysis.fitting import parse_holdout
 from .errors import RenamedSetting, ScalelabError, log_crash, os_error_line
+from .outdir import OutDir
 from .output import Output, fmt_bytes
 from .registry import FAMILIES
 
@@ -144,13 +145,14 @@ def run(
                     f"{result.out_dir} (`scalelab status {result.out_dir}` shows who runs what)")
     summary = api.summary(result.out_dir)
     _print_summary(output, summary)
-    output.info(f"results: {result.out_dir / 'results.sqlite'}  (scalelab status {result.out_dir})")
+    paths = OutDir(result.out_dir)
+    output.info(f"results: {paths.store}  (scalelab status {result.out_dir})")
     report_path, verdicts = None, None
     if report and shard:
         output.info(f"--shard: no report for one slice; when every shard is done, run "
                     f"`scalelab report {result.out_dir}`")
     elif report and summary.n_params:
-        report_path = result.out_dir / "report.html"
+        report_path = paths.report_html
         if result.trained or not report_path.exists():
             written = _write_report(output, result.out_dir, bootstrap)
             verdicts = _verdicts(written.analysis)
@@ -163,7 +165,7 @@ def run(
         else:
             output.info(f"report: {report_path}  (up to date: nothing new was trained; "
                         f"`scalelab report {result.out_dir}` rewrites it)")
-            verdicts = _stored_verdicts(result.out_dir / "scaling_law.json")
+            verdicts = _stored_verdicts(paths.scaling_law)
     for title, form, label, reasons in verdicts or ():
         output.info(f"verdict: {title} ({form}): {label}"
                     + (f" — {reasons}" if label != "trustworthy" else ""))

@@ -11,6 +11,7 @@
       scaling_law.json                  the analysis behind it, for machines
       comparison_table.txt              the comparisons as a table
       figures/                          the report's figures
+      coordcheck.json, coordcheck.png   ``scalelab coordcheck``'s numbers and figure
 """
 
 from __future__ import annotations
@@ -82,3 +83,8 @@ class OutDir:
     @property
     def figures(self) -> Path:
         return self.root / "figures"
+
+    @property
+    def coordcheck(self) -> Path:
+        """The coordinate check's files, without suffix (``.json``, ``.png``, ``.svg``)."""
+        return self.root / "coordcheck"

@@ -221,11 +221,16 @@ def test_selection_tables_name_the_controller_of_each_cell():
         records.append({**base, "seed": seed, "run_id": f"r{seed}", "overshoot": 0.2,
                         "method.controller": "reference", "controller": "reference",
                         "test_acc": 0.7 + seed / 50})
-    sel = analyze_selection(records, {"ast": None})
+    sel = analyze_selection(records, {"ast": None}, traces={"ast": {"rate": ("rate", None)}})
     assert sorted(c.label for c in sel.cells) == ["ast@0.2 (pi controller)",
                                                   "ast@0.2 (reference controller)"]
+    # the analysis, not the report, picks the front and the runs whose traces are drawn
+    assert [p["label"] for p in sel.front] == ["ast@0.2 (pi controller)"]
+    (traces,) = sel.traces
+    assert traces.labels == {"p0": "ast@0.2 (pi controller)",
+                             "r0": "ast@0.2 (reference controller)"}
     blocks = []
-    _selection_blocks(sel, records, [], {}, blocks, lambda *args: None)
+    _selection_blocks(sel, [], blocks, lambda *args: None)
     table = next(b for b in blocks if b[0] == "table")
     column = table[1].index("controller")
     assert sorted(row[column] for row in table[2]) == ["pi", "reference"]

@@ -26,6 +26,9 @@ FLOAT32_ROUNDING = 2.0 ** -23
 CROSS_PLATFORM = 0.15
 FINAL = ("_loss", "_acc", "_ppl")
 EXACT_ANYWHERE = ("n_params", "batch_size")
+#: The case the fast tier also runs (about 5 s on 2 cores): a stacked MLP group with its
+#: evaluators' re-scoring, so a change under train/ that moves numbers fails `-m "not slow"`.
+FAST_CASE = "ttt_scaling/mlp"
 
 
 def test_every_bundled_study_has_a_case():
@@ -39,6 +42,7 @@ def test_every_bundled_study_has_a_case():
     assert studies - covered <= {"lm_scaling_gpu", "airbench94", "ast_imagenet", "mup_transfer",
                                  "mnist_scaling"}
     assert "lm_scaling_gpu" in studies - covered
+    assert FAST_CASE in CASES
 
 
 def exact_mismatch(now: dict, recorded: dict, stacked: bool) -> str | None:
@@ -79,8 +83,8 @@ def tolerance_mismatch(now: dict, recorded: dict) -> str | None:
     return None
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [
+    pytest.param(case, marks=() if case == FAST_CASE else pytest.mark.slow) for case in CASES])
 def test_same_numbers_as_recorded(case):
     here = golden.platform()
     now = golden.produce(case)

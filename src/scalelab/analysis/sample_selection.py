@@ -10,7 +10,7 @@ they measured.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,10 +73,40 @@ class SelectionAnalysis:
     cells: list[SelectionCell]
     points: list[dict[str, Any]]   # every cell and baseline: mean compute and metric (Pareto)
     notes: list[str]
+    front: list[dict[str, Any]] = field(default_factory=list)  # the points on the Pareto front
+    traces: list[TraceSet] = field(default_factory=list)       # per-step traces to plot
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "cells": [c.to_dict() for c in self.cells],
-                "points": self.points, "notes": self.notes}
+                "points": self.points, "front": [p["label"] for p in self.front],
+                "notes": self.notes}
+
+
+@dataclass
+class TraceSet:
+    """One method's declared per-step traces (name -> (label, reference curve)) and the runs
+    to plot them for: the first seed's completed run of each of its cells."""
+
+    method: str
+    declared: dict[str, Any]
+    runs: dict[str, dict[str, Any]]   # run id -> its record
+    labels: dict[str, str]            # run id -> its cell's label
+
+
+def trace_sets(records: Sequence[dict[str, Any]], declared: Mapping[str, Mapping[str, Any]]
+               ) -> list[TraceSet]:
+    """The traces each method declares, for the first seed's run of every cell."""
+    first_seed = min((r.get("seed") for r in records), default=None, key=repr)
+    sets = []
+    for method, traces in sorted(declared.items()):
+        runs = {r["run_id"]: r for r in records if r.get("method.name") == method
+                and r.get("seed") == first_seed and r.get("status") == "completed"}
+        if traces and runs:
+            labels = {i: cell_name(r["method.name"], r["method.target_rate"],
+                                   r.get("method.scoring"), controller_of(r))
+                      for i, r in runs.items()}
+            sets.append(TraceSet(method, dict(traces), runs, labels))
+    return sets
 
 
 def cell_name(method: str, rate: float, scoring: str | None, controller: str | None) -> str:
@@ -211,10 +241,12 @@ def _selection_cell(role: tuple, by_role: dict[tuple, dict[Any, dict]],
     return cell
 
 def analyze_selection(records: Sequence[dict[str, Any]], roles: dict[str, str | None],
-                      metric: str = "test_acc", level: float = 0.95
+                      metric: str = "test_acc", level: float = 0.95,
+                      traces: Mapping[str, Mapping[str, Any]] | None = None
                       ) -> SelectionAnalysis | None:
     """Selection cells against their baselines; None when the study has no selection runs.
-    ``roles``: each method's declared comparison role (``full``, ``random`` or None)."""
+    ``roles``: each method's declared comparison role (``full``, ``random`` or None);
+    ``traces``: the per-step traces each method declares (to pick the runs to plot)."""
     done = [r for r in records if r.get("status") == "completed" and r.get(metric) is not None]
     if not any(_is_selection(r) for r in done):
         return None
@@ -263,7 +295,8 @@ def analyze_selection(records: Sequence[dict[str, Any]], roles: dict[str, str | 
             points.append({"label": label + where, "method": "full",
                            "flops": _mean(runs.values(), "train_flops"),
                            "metric": _mean(runs.values(), metric)})
-    return SelectionAnalysis(metric, cells, points, notes)
+    return SelectionAnalysis(metric, cells, points, notes, pareto_front(points),
+                             trace_sets(records, traces or {}))
 
 
 def _collapse_identical(cells: list[SelectionCell], fingerprints: list[tuple],

@@ -205,7 +205,8 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
 
     comparisons: list[Comparison] = []
     roles = meta.roles
-    selection = analyze_selection(records, roles, compare_metric)
+    selection = analyze_selection(records, roles, compare_metric, traces={
+        name: d.get("traces") or {} for name, d in meta.methods.items()})
     if selection:  # selection studies compare each cell with its own baselines
         notes += selection.notes
     elif method_axis:

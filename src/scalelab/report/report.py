@@ -20,9 +20,6 @@ from ..analysis.ledger import calibration, scorecard
 from ..analysis.sample_selection import (
     KINDS,
     SelectionAnalysis,
-    cell_name,
-    controller_of,
-    pareto_front,
 )
 from ..analysis.study_analysis import PLATFORM, StudyAnalysis, analyze_study
 from ..files import write_atomically
@@ -72,7 +69,7 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     _render_summary(analysis, blocks)
     _render_results(analysis, blocks, figure)
     _render_laws(analysis, blocks, figure)
-    _render_methods(analysis, meta, records, curves, blocks, figure)
+    _render_methods(analysis, curves, blocks, figure)
     _render_figures(analysis, records, curves, blocks, figure)
     _render_closing(analysis, blocks)
 
@@ -80,7 +77,7 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     report = Report(paths.report_md, paths.report_html, paths.scaling_law,
                     paths.comparison_table, figures, analysis, shrunk)
     write_atomically(report.markdown, _markdown(blocks, out))
-    write_atomically(report.html, _html(blocks, analysis.study_analysis))
+    write_atomically(report.html, _html(blocks, analysis.study))
     write_atomically(report.scaling_law, json.dumps(analysis.to_dict(), indent=2, default=_json_default))
     write_atomically(report.comparison_table, comparison_text(analysis))
     return report
@@ -190,13 +187,10 @@ def _render_laws(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
         figure(plots.law_figure(entry), f"law_{i}", entry.title)
 
 
-def _render_methods(a: StudyAnalysis, meta, records: list[dict[str, Any]], curves, blocks: list,
-                    figure: Figure) -> None:
+def _render_methods(a: StudyAnalysis, curves, blocks: list, figure: Figure) -> None:
     """Selection cells against their baselines, and the evaluations of checkpoints."""
     if a.selection:
-        traces = {name: d.get("traces") or {}
-                  for name, d in meta.methods.items()}
-        _selection_blocks(a.selection, records, curves, traces, blocks, figure)
+        _selection_blocks(a.selection, curves, blocks, figure)
     if a.evaluations:
         _evaluation_blocks(a.evaluations, blocks, figure)
         if a.evaluations.tuned:
@@ -342,14 +336,7 @@ def _evaluation_scale_blocks(e: EvaluationAnalysis, blocks: list, figure: Figure
            "evaluations_gain", f"gain over {first} against model size (95% CI)")
 
 
-def _cell_label(r: dict) -> str:
-    """``method@rate (scoring, controller)`` of a selection run."""
-    return cell_name(r["method.name"], r["method.target_rate"], r.get("method.scoring"),
-                     controller_of(r))
-
-
-def _selection_blocks(sel: SelectionAnalysis, records, curves, traces: dict, blocks: list,
-                      figure) -> None:
+def _selection_blocks(sel: SelectionAnalysis, curves, blocks: list, figure) -> None:
     """Each selection cell against full data at equal steps, the compute-matched full run and
     a random subset at the same rate; the Pareto front; controller traces; per-class effects."""
     blocks.append(("h2", "Sample selection"))
@@ -395,23 +382,15 @@ def _selection_blocks(sel: SelectionAnalysis, records, curves, traces: dict, blo
         blocks.append(("table", ["cell", "settling step", "overshoot", "steady-state error"],
                        [[c.label, c.controller.get("settling_step"), c.controller.get("overshoot"),
                          c.controller.get("steady_state_error")] for c in controlled]))
-    front = pareto_front(sel.points)
-    figure(plots.pareto_figure(sel.points, front, sel.metric), "selection_pareto",
+    figure(plots.pareto_figure(sel.points, sel.front, sel.metric), "selection_pareto",
            f"{plots.label(sel.metric)} against realized training compute; Pareto front: "
-           + ", ".join(p["label"] for p in front))
-    first_seed = min((x.get("seed") for x in records), default=None, key=repr)
-    for method, declared in sorted(traces.items()):
-        if not declared:
-            continue
-        runs = {r["run_id"]: r for r in records if r.get("method.name") == method
-                and r.get("seed") == first_seed and r.get("status") == "completed"}
-        if runs:
-            labels = {i: _cell_label(r) for i, r in runs.items()}
-            references = sorted({ref for _, ref in declared.values() if ref})
-            figure(plots.traces_figure(curves, labels, runs, declared),
-                   f"selection_traces_{method}", f"{method}: per-step traces, first seed of "
-                   "each cell" + (f"; dotted: each run's {', '.join(references)}"
-                                  if references else ""))
+           + ", ".join(p["label"] for p in sel.front))
+    for t in sel.traces:
+        references = sorted({ref for _, ref in t.declared.values() if ref})
+        figure(plots.traces_figure(curves, t.labels, t.runs, t.declared),
+               f"selection_traces_{t.method}", f"{t.method}: per-step traces, first seed of "
+               "each cell" + (f"; dotted: each run's {', '.join(references)}"
+                              if references else ""))
     with_classes = [(c.label, c.class_diffs) for c in sel.cells if c.class_diffs]
     if with_classes:
         figure(plots.class_figure(with_classes), "selection_classes",

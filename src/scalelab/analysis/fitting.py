@@ -70,6 +70,7 @@ class LawFit:
     backtest: Backtest | None = None
     form_choice: list[dict[str, Any]] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    method: str = "huber"  # how it was fitted: "huber" (fit_law) or "varpro" (analysis.varpro)
 
     @property
     def law(self) -> LawForm:
@@ -92,7 +93,7 @@ class LawFit:
             "objective": self.objective, "converged": self.converged,
             "grad_norm": self.grad_norm, "message": self.message, "points": self.n_points,
             "starts": self.n_starts, "loss": self.loss, "delta": self.delta,
-            "at_bound": self.at_bound,
+            "at_bound": self.at_bound, "method": self.method,
             "backtest": self.backtest.to_dict() if self.backtest else None,
             "form_choice": self.form_choice,
             "verdict": label, "verdict_reasons": reasons,

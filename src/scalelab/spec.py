@@ -85,7 +85,7 @@ class TrainConfig(Identity, StrictModel):
     later_settings: ClassVar[dict[str, object]] = {
         "warmup_fraction": None, "initial_lr_ratio": 0.0, "channels_last": False,
         "label_smoothing": 0.0, "augment": None, "param_groups": [], "averaging": None,
-        "reference_batch_size": None}
+        "reference_batch_size": None, "decay_fraction": 0.2, "decay_shape": "linear"}
 
     optimizer: Literal["sgd", "adam", "adamw", "muon"] = Field(
         "adam", description="optimizer (muon: Muon for hidden matrices, AdamW for the rest)")
@@ -105,10 +105,15 @@ class TrainConfig(Identity, StrictModel):
         128, ge=1, description="examples (sequences for a language model) per step; capped at num_train")
     max_steps: int | None = Field(None, ge=1, description="budget in optimizer steps")
     epochs: float | None = Field(None, gt=0, description="budget in passes over the train set")
-    schedule: Literal["constant", "cosine", "linear", "airbench"] = Field(
+    schedule: Literal["constant", "cosine", "linear", "airbench", "wsd"] = Field(
         "cosine", description="decay after warm-up; airbench: straight lines from "
         "initial_lr_ratio up to lr at the warm-up's end and down to final_lr_ratio at the "
-        "budget's end (airbench's np.interp)")
+        "budget's end (airbench's np.interp); wsd: warm-up, stable at lr, then decay to "
+        "final_lr_ratio over the last decay_fraction of the steps")
+    decay_fraction: float = Field(
+        0.2, description="wsd schedule: the share of the steps, in (0, 1], that decay")
+    decay_shape: Literal["linear", "1-sqrt"] = Field(
+        "linear", description="wsd schedule: the decay's shape (1-sqrt: Hägele et al. 2024)")
     warmup_steps: int = Field(0, ge=0, description="linear warmup from 0 to lr")
     warmup_fraction: float | None = Field(
         None, ge=0, lt=1, description="warm-up as a fraction of the budget (replaces warmup_steps)")
@@ -134,6 +139,13 @@ class TrainConfig(Identity, StrictModel):
     param_groups: list[ParamGroup] = Field(
         default_factory=list, description="per-parameter-group lr/weight-decay scales")
     averaging: Averaging | None = Field(None, description="lookahead or EMA of the weights")
+
+    @field_validator("decay_fraction")
+    @classmethod
+    def _decay_share(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError(f"must be in (0, 1] (the share of the steps that decay), not {value:g}")
+        return value
 
     @model_validator(mode="after")
     def _one_budget(self):

@@ -131,7 +131,8 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
     Linear warmup over ``warmup_steps`` (or ``warmup_fraction`` of the budget), then
     constant, cosine or linear decay to ``final_lr_ratio`` at the last step; ``airbench``
-    interpolates (0, initial_lr_ratio), (warm-up end, 1), (total_steps, final_lr_ratio).
+    interpolates (0, initial_lr_ratio), (warm-up end, 1), (total_steps, final_lr_ratio);
+    ``wsd`` holds the peak until its decay (see :func:`wsd_factor`).
     """
     warmup = cfg.warmup_steps if cfg.warmup_fraction is None else \
         int(cfg.warmup_fraction * total_steps)
@@ -139,6 +140,8 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "airbench":
         return float(np.interp(step, [0, warmup, total_steps],
                                [cfg.initial_lr_ratio, 1.0, floor]))
+    if cfg.schedule == "wsd":
+        return wsd_factor(step, total_steps, warmup, cfg)
     if step < warmup:
         return (step + 1) / warmup
     decay_steps = max(1, total_steps - warmup - 1)
@@ -148,3 +151,22 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "linear":
         return 1 - (1 - floor) * progress
     return 1.0
+
+
+def wsd_factor(step: int, total_steps: int, warmup: int, cfg: TrainConfig) -> float:
+    """Warm-up, stable, decay: the peak until the last d = decay_fraction·total_steps updates
+    (rounded half up, at least 1); the k-th of those (k = 1..d) has progress k/d, so the
+    last lands on ``final_lr_ratio`` (linear: 1 - k/d; ``1-sqrt``: 1 - sqrt(k/d)). Where
+    warm-up and decay overlap the lower ramp wins.
+
+    Constants from Hägele et al. (2024, "Scaling Laws and Compute-Optimal Training Beyond
+    Fixed Training Durations"): a cooldown over the last 20% matches cosine, and 1-sqrt
+    beats linear (epfml/schedules-and-scaling's ``wsd_schedule``: ``linear``, ``sqrt``).
+    MiniCPM (Hu et al. 2024), which named WSD, decays over about the last 10%. Each run
+    ends annealed, so its final loss is a point Approach 1 can use (analysis.envelope).
+    """
+    decay = max(1, int(cfg.decay_fraction * total_steps + 0.5))
+    progress = min(1.0, max(0.0, (step - (total_steps - decay) + 1) / decay))
+    shape = math.sqrt(progress) if cfg.decay_shape == "1-sqrt" else progress
+    down = 1 - (1 - cfg.final_lr_ratio) * shape
+    return min(down, (step + 1) / warmup) if step < warmup else down

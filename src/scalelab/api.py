@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from .analysis import Summary, summarize
 from .analysis.fitting import DEFAULT_HOLDOUT
+from .analysis.isoflop import isoflop_plan_warnings
 from .analysis.stats import Comparison
 from .analysis.stats import compare as compare_records
 from .analysis.study_analysis import FitEntry, fit_rows, in_study, per_shape_optimum
@@ -175,6 +176,19 @@ def dry_run(
     if shard:  # the runner's own rule, one run at a time
         runs = (r for r in runs if select_shard((r,), index, count))
     return ((r, statuses.get(r.run_id, "new")) for r in runs)
+
+
+def isoflop_plan(study: str | Path | Study, overrides: Sequence[str] = (), quick: bool = False):
+    """(the IsoFLOP design's cells, the plan's warnings: too few sizes at a budget, a span too
+    narrow to bracket a minimum or so wide it biases the parabola, too few budgets); None for
+    a study without a design."""
+    study = _as_study(study, overrides, quick)
+    if not study.design_cells:
+        return None
+    budgets: dict[float, list[int]] = {}
+    for cell in study.design_cells:
+        budgets.setdefault(cell.budget, []).append(cell.params)
+    return study.design_cells, isoflop_plan_warnings(budgets)
 
 
 def records(out_dir: str | Path) -> list[dict[str, Any]]:

@@ -129,8 +129,9 @@ def run(
 
         os.environ[DOWNLOAD_ENV] = "1"
     if dry_run:
-        _print_dry_run(output, api.dry_run(study, out=out, overrides=set_, quick=quick,
-                                           shard=shard))
+        loaded = api.load_study(study, set_, quick)
+        _print_design(output, loaded)
+        _print_dry_run(output, api.dry_run(loaded, out=out, shard=shard))
         return 0
     result = api.run(study, out=out, workers=workers, device=device, overrides=set_,
                      quick=quick, shard=shard, output=output, check=False, backend=backend,
@@ -550,6 +551,23 @@ def _write_report(output: Output, out_dir: Path, bootstrap: int = 1000,
 
 #: Runs a dry run's table shows (the rest are counted; ``--format json`` lists every one).
 DRY_RUN_ROWS = 500
+
+
+def _print_design(output: Output, study) -> None:
+    """An IsoFLOP design's plan (each budget's sizes and the data that spends it) and what
+    could keep its profiles from bracketing a minimum: said before anything trains."""
+    plan = api.isoflop_plan(study)
+    if plan is None:
+        return
+    cells, warnings = plan
+    if not output.is_json:
+        output.table("IsoFLOP design: the data that spends each budget (counted FLOPs)",
+                     ["budget (FLOPs)", study.design_summary()["size"], "parameters",
+                      study.design_summary()["data"], "counted FLOPs", "off by"],
+                     [[f"{c.budget:.3g}", c.size, f"{c.params:,}", f"{c.data:,}",
+                       f"{c.flops:.4g}", f"{c.error:+.2%}"] for c in cells])
+    for w in warnings:
+        output.warn(w.message)
 
 
 def _print_dry_run(output: Output, planned) -> None:

@@ -199,6 +199,37 @@ class Resources(StrictModel):
                                                "trains on CUDA")
 
 
+class IsoflopDesign(StrictModel):
+    """Compute budgets x model sizes; each cell's data amount spends its budget (design.py)."""
+
+    budgets: list[Annotated[float, Field(gt=0)]] = Field(
+        min_length=1, description="training FLOPs per run (counted forward + backward)")
+    sizes: dict[str, list[Any]] = Field(
+        description="one model-size axis and its values, e.g. {width: [16, 32, 64, 128, 256]}")
+    data: str = Field(description="the axis that sets the data amount: train.max_steps (steps "
+                                  "of one batch), or task.num_train (with a train.epochs budget)")
+
+    @field_validator("budgets")
+    @classmethod
+    def _distinct_budgets(cls, budgets: list[float]):
+        if len(set(budgets)) != len(budgets):
+            raise ValueError("budgets repeat")
+        return sorted(budgets)
+
+    @field_validator("sizes")
+    @classmethod
+    def _one_size_axis(cls, sizes: dict[str, list[Any]]):
+        if len(sizes) != 1 or not next(iter(sizes.values())):
+            raise ValueError("give exactly one size axis with at least one value")
+        return sizes
+
+
+class Design(StrictModel):
+    """A study design other than the plain grid."""
+
+    isoflop: IsoflopDesign
+
+
 class StudySpec(StrictModel):
     """The top level of a study file."""
 
@@ -243,6 +274,8 @@ class StudySpec(StrictModel):
         description="settings `scalelab evaluate` re-scores every checkpoint under (a list value "
                     "expands to one setting per value); the first is the comparisons' baseline")
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    design: Design | None = Field(None, description="isoflop: {budgets, sizes, data}: each "
+                                  "budget x size cell gets the data that spends the budget")
     quick: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("task", "model", "method", mode="before")
@@ -300,6 +333,9 @@ class Study:
     spec: StudySpec
     source: str
     grids: list[dict[str, list[Any]]] = field(default_factory=lambda: [{}])  # path -> values
+    # per grid, point fields its runs carry beside their axes (an IsoFLOP cell's budget)
+    marks: list[dict[str, Any]] = field(default_factory=list)
+    design_cells: list[Any] = field(default_factory=list)  # design.IsoflopCell of each cell
     quick: bool = False  # its `quick:` overrides applied (results go to their own directory)
     # Each distinct section setting validated once: (section, settings) -> resolved section.
     _memo: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
@@ -365,6 +401,17 @@ class Study:
                     out.append(entry)
         return out
 
+    def design_summary(self) -> dict[str, Any] | None:
+        """The IsoFLOP design as the analysis reads it: budgets and the labels of its size and
+        data axes (None without a design)."""
+        if not self.design_cells:
+            return None
+        design, labels = self.spec.design.isoflop, self.axis_labels()
+        (size_axis, _), = design.sizes.items()
+        size_path = _axis_path(self.spec, size_axis, self.source, "design.isoflop.sizes")
+        data_path = _axis_path(self.spec, design.data, self.source, "design.isoflop.data")
+        return {"budgets": design.budgets, "size": labels[size_path], "data": labels[data_path]}
+
     def axis_labels(self) -> dict[str, str]:
         """Short column names: the last path segment unless two axes share it."""
         # A plug-in's name axis (method.name) is labelled by its section (method).
@@ -393,7 +440,8 @@ class Study:
     def _grid_runs(self) -> Iterator[RunSpec]:
         labels = self.axis_labels()
         seen = set()
-        for grid in self.grids:
+        for g, grid in enumerate(self.grids):
+            marks = self.marks[g] if self.marks else {}
             paths = list(grid)
             for values in itertools.product(*grid.values()):
                 assignment = dict(zip(paths, values))
@@ -407,7 +455,7 @@ class Study:
                         continue
                     seen.add(rid)
                     point = {label: assignment.get(p) for p, label in labels.items()}
-                    yield RunSpec(rid, config, point | {"seed": seed})
+                    yield RunSpec(rid, config, point | marks | {"seed": seed})
 
     def method_declarations(self) -> dict[str, dict[str, Any]]:
         """What each method of the study declares for the analysis and the report (its
@@ -561,6 +609,8 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
                 resolve(spec, first | {path: value}, spec.seeds[0], source,
                         f"{prefix}.{path}[{i}]")
     study = Study(spec, source, grids)
+    if spec.design:
+        study.grids, study.marks, study.design_cells = _isoflop_grids(spec, grids, source)
     labels = study.axis_labels()
     for i, name in enumerate(spec.nuisance):
         if name not in study.axes and name not in labels.values():
@@ -569,6 +619,39 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
     _ = study.evaluations
     _check_runs(study)
     return study
+
+
+def _isoflop_grids(spec: StudySpec, grids: list[dict[str, list[Any]]], source: str
+                   ) -> tuple[list[dict[str, list[Any]]], list[dict[str, Any]], list[Any]]:
+    """The study's grids crossed with its IsoFLOP cells (one grid per cell, each marked with
+    its budget): the grid keeps the other axes (nuisance settings such as lr)."""
+    from .design import DATA_AXES, isoflop_cells
+
+    design = spec.design.isoflop
+    (size_axis, sizes), = design.sizes.items()
+    size_path = _axis_path(spec, size_axis, source, "design.isoflop.sizes")
+    data_path = _axis_path(spec, design.data, source, "design.isoflop.data")
+    if data_path not in DATA_AXES:
+        raise StudyError(source, "design.isoflop.data", f"{design.data!r} cannot set a data "
+                         f"amount (allowed: {', '.join(DATA_AXES)})")
+    if data_path == "task.num_train" and spec.train.get("epochs") is None:
+        raise StudyError(source, "design.isoflop.data", "task.num_train sets the data only "
+                         "with a train.epochs budget (or use train.max_steps)")
+    for grid in grids:
+        if {size_path, data_path} & set(grid):
+            raise StudyError(source, "grid", f"{size_path} and {data_path} are set by "
+                             "design.isoflop; remove them from the grid")
+    base = {p: v[0] for p, v in grids[0].items()}
+
+    def config_at(size: Any, data: int | None) -> dict[str, Any]:
+        where = f"design.isoflop: {size_axis}={size!r}"
+        cell = {size_path: size} if data is None else {size_path: size, data_path: data}
+        return resolve(spec, base | cell, spec.seeds[0], source, where)
+
+    cells = isoflop_cells(design.budgets, sizes, data_path, config_at, source)
+    out = [({**grid, size_path: [c.size], data_path: [c.data]}, {"budget": c.budget})
+           for c in cells for grid in grids]
+    return [g for g, _ in out], [m for _, m in out], cells
 
 
 #: A validated study keeps its resolved runs when it has at most this many; a larger one

@@ -163,6 +163,7 @@ class StudyMeta:
     run_ids: list[str] | None = None      # the study's runs; None: stored before ids were kept
     quick: bool = False                   # run with --quick (its grid replaces the file's)
     evaluations: list[dict] = field(default_factory=list)  # settings of `scalelab evaluate`
+    design: dict | None = None            # an IsoFLOP design: {budgets, size, data} (labels)
     schema_version: int | None = None     # the store's schema (see SCHEMA_VERSION)
 
     #: Keys stored as plain text (the others as JSON).

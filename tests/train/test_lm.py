@@ -14,6 +14,7 @@ import yaml
 
 from scalelab.errors import ScalelabError, StudyError
 from scalelab.models import non_embedding_parameters
+from scalelab.models.flops import count_flops
 from scalelab.models.gpt import GPT, Rotary
 from scalelab.plugin import instantiate
 from scalelab.registry import models, tasks
@@ -27,7 +28,6 @@ from scalelab.tasks.text import (
     write_shard,
 )
 from scalelab.train import COMPLETED, train_run
-from scalelab.train.flops import count_flops
 
 TEXT = "Ünïcode bytes: naïve café — 3 × 4 = 12\nsecond line\n"
 

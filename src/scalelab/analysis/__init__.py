@@ -3,10 +3,14 @@
 from .allocation import compute_optimal
 from .fitting import Backtest, LawFit, backtest, choose_form, fit_law
 from .forms import LawForm
+from .isoflop import Agreement, Approach2, ApproachEstimate, Profile, agreement, fit_approach2
 from .resampling import Bootstrap, bootstrap
 from .summary import LogLogFit, Summary, fit_loglog, summarize
+from .varpro import bootstrap_varpro, fit_varpro
 
 __all__ = [
-    "Backtest", "Bootstrap", "LawFit", "LawForm", "LogLogFit", "Summary", "backtest",
-    "bootstrap", "compute_optimal", "fit_law", "fit_loglog", "choose_form", "summarize",
+    "Agreement", "Approach2", "ApproachEstimate", "Backtest", "Bootstrap", "LawFit", "LawForm",
+    "LogLogFit", "Profile", "Summary", "agreement", "backtest", "bootstrap", "bootstrap_varpro",
+    "choose_form", "compute_optimal", "fit_approach2", "fit_law", "fit_loglog", "fit_varpro",
+    "summarize",
 ]

@@ -77,7 +77,8 @@ def store_meta(store: Store, study: Study) -> None:
                    nuisance=study.nuisance_labels(),
                    analysis=study.spec.analysis.model_dump(mode="json"),
                    methods=study.method_declarations(),
-                   run_ids=[r.run_id for r in study.runs], quick=study.quick)
+                   run_ids=[r.run_id for r in study.runs], quick=study.quick,
+                   design=study.design_summary())
 
 
 def execute_study(study: Study, out_dir: Path, workers: int | None = None, device: str = "auto",

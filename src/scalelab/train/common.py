@@ -22,12 +22,12 @@ from torch import nn
 from ..devices import synchronize
 from ..errors import ScalelabError, first_line
 from ..models import buffers_kept
+from ..models.flops import count_flops, step_flops
 from ..plugin import instantiate
 from ..records import COMPLETED, RunResult
 from ..registry import models, tasks
 from ..spec import TrainConfig
 from ..tasks import TaskData
-from .flops import count_flops, step_flops
 from .loop import Batch, Outcome, RunState, Strategy
 from .optim import lr_factor, set_lr
 from .scoring import class_accuracy, evaluate

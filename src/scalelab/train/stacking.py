@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..design import meta_model
 from ..plugin import instantiate
 from ..records import run_id
 from ..registry import methods, models, tasks
@@ -50,15 +51,6 @@ def padded_model_config(configs: list[dict[str, Any]]) -> dict[str, Any]:
     return model
 
 
-def meta_model(config: dict[str, Any]) -> tuple[torch.nn.Module, tuple[int, ...], int]:
-    """(the run's model on the meta device: shapes, no memory; its input shape; training
-    examples), from the config alone."""
-    input_shape, num_classes, num_train = instantiate(tasks, config["task"]).shape()
-    with torch.device("meta"):
-        model = instantiate(models, config["model"]).build(input_shape, num_classes)
-    return model, input_shape, num_train
-
-
 def parameter_count(config: dict[str, Any]) -> int:
     return sum(p.numel() for p in meta_model(config)[0].parameters())
 
@@ -66,7 +58,7 @@ def parameter_count(config: dict[str, Any]) -> int:
 def estimate_bytes(config: dict[str, Any]) -> int:
     """Memory one run adds to a group: parameters, gradients and two optimizer moments, plus
     the activations of one training batch kept for the backward pass (float32)."""
-    model, input_shape, num_train = meta_model(config)
+    model, input_shape, _, num_train = meta_model(config)
     activations = 0
 
     def count(_module, _inputs, output):

@@ -1,4 +1,5 @@
-"""FLOPs counted by ``torch.utils.flop_counter`` on the real modules — never estimated."""
+"""FLOPs counted by ``torch.utils.flop_counter`` on the real modules — never estimated. With the
+models, since a model on the meta device is priced here before anything is built for real."""
 
 from __future__ import annotations
 

@@ -11,6 +11,12 @@ predicted loss and an interval for the mean over the study's seeds (bootstrap of
 plus the fit's own residual scatter), and is written to the store's extrapolation ledger, so
 that the report can grade it once the run exists. ``append`` adds the proposals to the study
 file as new grid entries, comments and order kept.
+
+Where the study tunes positive numeric nuisance axes (lr, batch size) and a hyperparameter
+law fits (analysis.hyperlaws), each proposed run gets the law's predicted value and one grid
+step either side (``hyper="bracket"``, the default: the follow-up still finds its own
+optimum, so the ledger can grade the prediction), or the predicted value alone
+(``"predicted"``), instead of the whole grid (``"grid"``, and any axis without a law).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 import yaml
 
 from .analysis.allocation import compute_optimal
+from .analysis.hyperlaws import HyperLaw, study_hyper_laws
 from .analysis.study_analysis import (
     DATA_PATHS,
     FitEntry,
@@ -61,12 +68,48 @@ class Proposal:
     shrinks: float                  # fraction of the optimum's log-variance it would remove
     run_ids: list[str] = field(default_factory=list)
     grid: dict[str, list[Any]] = field(default_factory=dict)  # its entry for the study's grid
+    # per tuned axis with a law: the predicted value, its intervals, the law, the values proposed
+    hyper: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "point": self.point, "n": self.n, "d": self.d,
                 "flops": self.flops, "predicted": self.predicted,
                 "interval": list(self.interval), "shrinks": self.shrinks,
-                "run_ids": self.run_ids, "grid": self.grid}
+                "run_ids": self.run_ids, "grid": self.grid, "hyper": self.hyper}
+
+
+#: How proposed runs set a tuned axis that has a law (see the module docstring).
+HYPER_MODES = ("bracket", "predicted", "grid")
+
+
+@dataclass
+class Tuning:
+    """How the proposed runs set the study's nuisance axes: from each axis's hyperparameter
+    law where one fits (``laws``), else its whole grid; ``notes`` say which, axis by axis."""
+
+    mode: str
+    grid: dict[str, list[Any]]      # each nuisance axis's values in the study
+    laws: dict[str, HyperLaw] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def values(self, n: float, c: float) -> dict[str, list[Any]]:
+        """Each nuisance axis's values for a run of size ``n`` spending ``c`` FLOPs."""
+        out = {}
+        for axis, values in self.grid.items():
+            predicted = self.laws[axis].predict(n, c) if axis in self.laws else None
+            out[axis] = list(values) if predicted is None else _around(
+                predicted["value"], values, self.laws[axis].grid_step, self.mode)
+        return out
+
+    def predictions(self, n: float, c: float) -> dict[str, dict[str, Any]]:
+        """Each law's prediction for the run, with the values it proposes."""
+        values = self.values(n, c)
+        return {axis: {**law.predict(n, c), "proposed": values[axis]}
+                for axis, law in self.laws.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "notes": self.notes,
+                "laws": [law.to_dict() for law in self.laws.values()]}
 
 
 @dataclass
@@ -85,6 +128,7 @@ class NextRuns:
     proposals: list[Proposal]
     study_file: Path
     appended: int = 0               # grid entries added to the study file
+    tuning: Tuning | None = None    # how the runs set the nuisance axes (None: the study tunes none)
 
     def to_dict(self) -> dict[str, Any]:
         label, reasons = self.fit.fit.verdict
@@ -92,15 +136,16 @@ class NextRuns:
                 "budget": self.budget, "k": self.k, "n_opt": self.n_opt, "d_opt": self.d_opt,
                 "n_opt_ci": list(self.n_opt_ci), "d_opt_ci": list(self.d_opt_ci),
                 "level": self.level, "seeds": self.seeds, "study_file": str(self.study_file),
-                "appended": self.appended, "proposals": [p.to_dict() for p in self.proposals]}
+                "appended": self.appended, "proposals": [p.to_dict() for p in self.proposals],
+                "hyper": self.tuning.to_dict() if self.tuning else None}
 
 
 def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = None,
             where: dict[str, str] | None = None, extra: int = 2, append: bool = False,
-            n_resamples: int = 1000, seed: int = 0) -> NextRuns:
-    """The next runs for the study stored in ``out_dir`` at compute ``budget`` (FLOPs)."""
-    if not (math.isfinite(budget) and budget > 0):
-        raise ScalelabError(f"--budget: expected a positive number of FLOPs, got {budget!r}")
+            n_resamples: int = 1000, seed: int = 0, hyper: str = "bracket") -> NextRuns:
+    """The next runs for the study stored in ``out_dir`` at compute ``budget`` (FLOPs);
+    ``hyper`` (one of HYPER_MODES) says how a tuned axis with a law is set."""
+    _check_arguments(budget, hyper)
     out = Path(out_dir)
     records, meta, configs, path = _stored(out, study, append)
     the_study = load_study(path)
@@ -118,21 +163,19 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
         raise ScalelabError(f"next: {entry.title} has no finite compute-optimal point "
                             f"(alpha = {fit.params['alpha']:.3g}, beta = {fit.params['beta']:.3g})")
     _check_reach(entry, budget, k, n_opt, d_opt)
-    per_sample = [compute_optimal(s, [budget], flops_per_param_sample=k) for s in boot.samples]
-    lo, hi = 100 * (1 - boot.level) / 2, 100 * (1 + boot.level) / 2
-    n_ci, d_ci = (tuple(float(np.nanpercentile([p[i][0] for p in per_sample], q))
-                        for q in (lo, hi)) for i in (0, 1))
+    n_ci, d_ci = _optimum_intervals(entry, budget, k)
 
-    axes, grid, nuisance = meta.axes, meta.grid, meta.nuisance
+    axes, grid = meta.axes, meta.grid
     size_axes, data_axis = _proposal_axes(meta, entry)
     template = _template(rows, configs, entry)
     shapes = _shapes(template, size_axes, axes, grid, settings["size"], n_opt)
     seeds = len(the_study.spec.seeds)
+    tuning = _tuning(rows, meta, entry, hyper, n_resamples, seed)
 
-    def grid_entry(shape: dict[str, Any], d: float) -> dict[str, list[Any]]:
+    def grid_entry(shape: dict[str, Any], n: float, d: float) -> dict[str, list[Any]]:
         return {**{a: [v] for a, v in shape.items()}, data_axis: [int(round(d))],
                 **{a: [v] for a, v in entry.point.items()},
-                **{a: list(grid[a]) for a in nuisance}}
+                **tuning.values(n, k * n * int(round(d)))}
 
     best_shape, best_n = min(shapes, key=lambda s: abs(math.log(s[1] / n_opt)))
     target = (best_n, budget / (k * best_n))
@@ -146,10 +189,10 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
     def runnable(i: int) -> list[str] | None:
         """The run ids of candidate i (0: the compute-optimal run), or None when the study
         cannot run it (more data than the task holds, ...)."""
-        shape, _, d = (best_shape, *target) if i == 0 else candidates[i - 1]
+        shape, n, d = (best_shape, *target) if i == 0 else candidates[i - 1]
         try:
             return [r.run_id for r in validate_study(
-                {**raw, "grid": grid_entry(shape, d)}, str(path)).runs]
+                {**raw, "grid": grid_entry(shape, n, d)}, str(path)).runs]
         except StudyError as exc:
             if i == 0:
                 point = " ".join(f"{a}={v}" for a, v in shape.items())
@@ -167,14 +210,78 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
         predicted, interval = _predict(entry, (n, d), seeds, rng)
         proposals.append(Proposal("compute-optimal" if i == 0 else "uncertainty",
                                   {**shape, data_axis: int(d), **entry.point}, n, d, k * n * d,
-                                  predicted, interval, shrink, run_ids, grid_entry(shape, d)))
+                                  predicted, interval, shrink, run_ids, grid_entry(shape, n, d),
+                                  tuning.predictions(n, k * n * d)))
     result = NextRuns(entry, budget, k, n_opt, d_opt, n_ci, d_ci, boot.level, seeds,
-                      proposals, path)
+                      proposals, path, tuning=tuning if tuning.grid else None)
     if append:
         result.appended = append_to_study(path, [p.grid for p in proposals])
     with Store.open(out) as store:
         store.add_predictions(_ledger(result))
     return result
+
+
+def _check_arguments(budget: float, hyper: str) -> None:
+    if not (math.isfinite(budget) and budget > 0):
+        raise ScalelabError(f"--budget: expected a positive number of FLOPs, got {budget!r}")
+    if hyper not in HYPER_MODES:
+        raise ScalelabError(f"--hyper: expected one of {', '.join(HYPER_MODES)}, got {hyper!r}")
+
+
+def _optimum_intervals(entry: FitEntry, budget: float, k: float
+                       ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Bootstrap intervals of the compute-optimal N and D at ``budget``."""
+    boot = entry.boot
+    per_sample = [compute_optimal(s, [budget], flops_per_param_sample=k) for s in boot.samples]
+    lo, hi = 100 * (1 - boot.level) / 2, 100 * (1 + boot.level) / 2
+    n_ci, d_ci = (tuple(float(np.nanpercentile([p[i][0] for p in per_sample], q))
+                        for q in (lo, hi)) for i in (0, 1))
+    return n_ci, d_ci
+
+
+def _tuning(rows, meta, entry: FitEntry, mode: str, n_resamples: int, seed: int) -> Tuning:
+    """The hyperparameter laws of the fit's group (``entry.point``), one per tuned axis that
+    has one, and a sentence per nuisance axis saying how the proposed runs set it."""
+    grid = {a: list(meta.grid[a]) for a in meta.nuisance}
+    tuning = Tuning(mode, grid)
+    laws = {law.axis: law for law in study_hyper_laws(
+        rows, meta, group_by=list(entry.point), n_resamples=n_resamples, seed=seed)
+        if law.group == entry.point}
+    for axis in grid:
+        law = laws.get(axis)
+        if law is None:
+            tuning.notes.append(f"{axis}: no law (its values are not all positive numbers, "
+                                "or every run diverged); every run gets its whole grid")
+        elif not law.laws:
+            why = " ".join(d.message for d in law.diagnostics if d.code == "hyper_too_few")
+            tuning.notes.append(f"{axis}: no law ({why}); every run gets its whole grid")
+        elif mode == "grid":
+            tuning.notes.append(f"{axis}: {law.sentence()}; not used (--hyper grid): every "
+                                "run gets its whole grid")
+        else:
+            tuning.laws[axis] = law
+            edges = sum(o.at_edge for o in law.optima)
+            how = ("the predicted value and one grid step either side, so the follow-up finds "
+                   "its own optimum and the ledger grades the prediction" if mode == "bracket"
+                   else "the predicted value alone (the ledger records it with the run's loss)")
+            tuning.notes.append(
+                f"{axis}: {law.sentence()}"
+                + (f" ({edges} shape(s) whose best {axis} is at its grid's edge left out)"
+                   if edges else "") + f"; each run gets {how}")
+    return tuning
+
+
+def _around(value: float, grid: list[Any], step: float, mode: str) -> list[Any]:
+    """The predicted ``value`` (3 significant digits; whole numbers when the grid's are),
+    and for a bracket one grid ``step`` (a ratio) below and above it."""
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in grid)
+    factors = (1 / step, 1.0, step) if mode == "bracket" and step > 1 else (1.0,)
+    out = []
+    for f in factors:
+        v = max(1, round(value * f)) if whole else float(f"{value * f:.3g}")
+        if v not in out:
+            out.append(v)
+    return out
 
 
 def _stored(out: Path, study: str | Path | None, append: bool):
@@ -289,11 +396,13 @@ def _shapes(template: dict[str, Any], size_axes: list[str], axes: dict[str, str]
     size axes at their grid values. Counted on the meta device: nothing is allocated."""
     import torch
 
-    from .models import count_parameters, non_embedding_parameters
+    from .models import count_parameters
     from .plugin import instantiate
     from .registry import models, tasks
 
-    counters = {"n_params": count_parameters, "n_params_nonembed": non_embedding_parameters}
+    # the family counts its own non-embedding size (one whose embeddings are held otherwise)
+    counters = {"n_params": lambda built, model: count_parameters(model),
+                "n_params_nonembed": lambda built, model: built.non_embedding_parameters(model)}
     if size_column not in counters:
         raise ScalelabError(f"next: cannot count {size_column!r} for a new shape (analysis.size "
                             f"must be one of {', '.join(counters)})")
@@ -317,8 +426,9 @@ def _shapes(template: dict[str, Any], size_axes: list[str], axes: dict[str, str]
                 config = family.Config.model_validate(settings)
             except ValueError:
                 continue  # e.g. heads that do not divide this d_model
+            built = family(config)
             with torch.device("meta"):
-                size = counters[size_column](family(config).build(input_shape, num_classes))
+                size = counters[size_column](built, built.build(input_shape, num_classes))
             out.append((shape, float(size)))
             if size > SHAPE_RANGE * n_opt:
                 break

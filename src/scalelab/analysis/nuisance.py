@@ -39,14 +39,19 @@ def best_over_nuisance(
     A setting is ranked by how many of its seeds diverged first, then by mean validation loss
     of the rest: a setting that diverges on some seeds never wins on its survivors' loss.
     Without nuisance axes every completed run is kept. ``grid`` gives each axis's values, for
-    the edge flag (defaults to the values seen in ``records``).
+    the edge flag (defaults to the values seen in ``records``); a point is judged on the
+    values it ran (stored in any state), so values another point added (a bracket `next`
+    proposed) do not move its edge.
     """
     done = [r for r in records if r.get("status") == "completed" and r.get(metric) is not None]
     if not nuisance:
         return done, []
     seen: dict[str, set] = defaultdict(set)
+    ran: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
     cells: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
+        for a in nuisance:
+            ran[tuple(r.get(x) for x in scientific)][a].add(r.get(a))
         if r.get("status") not in ("completed", "diverged") or (
                 r.get("status") == "completed" and r.get(metric) is None):
             continue
@@ -67,7 +72,9 @@ def best_over_nuisance(
             continue
         selected.extend(r for r in options[best] if r["status"] == "completed")
         chosen = dict(zip(nuisance, best))
-        edges = [a for a, v in chosen.items() if at_edge(v, grid.get(a, []))]
+        edges = [a for a, v in chosen.items()
+                 if at_edge(v, [x for x in grid.get(a, []) if x in ran[point][a]]
+                            or grid.get(a, []))]
         winners.append(Winner(dict(zip(scientific, point)), chosen, float(val_loss), edges,
                               diverged))
     return selected, winners
@@ -188,14 +195,38 @@ def _optimum(width_axis: str, width: Any, by_value: Mapping[Any, list[dict]],
         return np.mean(ok) if ok and len(ok) == len(runs) else np.inf
 
     losses = np.array([loss(v) for v in values])
-    i = int(np.argmin(losses))
-    optimum = float(values[i])
-    edge = i in (0, len(values) - 1)
-    if not edge and np.all(np.isfinite(losses[i - 1:i + 2])):
-        x = np.log(values[i - 1:i + 2])
-        a, b, _ = np.polyfit(x, losses[i - 1:i + 2], 2)
-        if a > 0:  # convex: its vertex lies between the neighbours
-            optimum = float(np.exp(np.clip(-b / (2 * a), x[0], x[2])))
-    return {width_axis: width, "best": values[i], "optimum": optimum,
-            "val_loss": float(losses[i]), "at_edge": edge,
+    ran = [j for j, v in enumerate(values) if by_value.get(v)] or list(range(len(values)))
+    # only the values this width ran: a value another width added (a bracket `next` proposed)
+    # neither moves this width's edge nor blocks its interpolation
+    at, optimum, edge = (v.item() for v in interpolated_optima(
+        [values[j] for j in ran], losses[ran]))
+    i = ran[at]
+    return {width_axis: width, "best": values[i], "optimum": float(optimum),
+            "val_loss": float(losses[i]), "at_edge": bool(edge),
             "losses": [float(v) if np.isfinite(v) else None for v in losses]}
+
+
+def interpolated_optima(values: Sequence[float], losses: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(index of the best value, the optimum, whether the best is the grid's edge) for each
+    row of ``losses`` (..., len(values); inf where a setting diverged): the optimum is the
+    vertex of the parabola in log(value) through the best value and its two neighbours,
+    kept between them, or the best grid value itself at the edge, beside a diverged
+    neighbour, or where the three are not convex. Rows are done together, so a bootstrap's
+    resamples cost one call (analysis.hyperlaws)."""
+    grid = np.asarray(values, dtype=float)
+    x = np.log(grid)
+    losses = np.asarray(losses, dtype=float)
+    i = np.argmin(losses, axis=-1)
+    edge = (i == 0) | (i == len(x) - 1)
+    if len(x) < 3:
+        return i, grid[i], edge
+    j = np.clip(i, 1, len(x) - 2)
+    y0, y1, y2 = (np.take_along_axis(losses, (j + s)[..., None], -1)[..., 0] for s in (-1, 0, 1))
+    x0, x1, x2 = x[j - 1], x[j], x[j + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = (y1 - y0) / (x1 - x0)
+        a = ((y2 - y1) / (x2 - x1) - slope) / (x2 - x0)  # the parabola's curvature
+        vertex = (a * (x0 + x1) - slope) / (2 * a)
+    convex = ~edge & np.isfinite(y0) & np.isfinite(y1) & np.isfinite(y2) & (a > 0)
+    return i, np.where(convex, np.exp(np.clip(vertex, x0, x2)), grid[i]), edge

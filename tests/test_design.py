@@ -45,6 +45,16 @@ def test_trained_cells_spend_their_budget_within_two_percent(tmp_path):
     with Store.open(tmp_path / "out") as store:
         meta = store.study_meta()
     assert meta.design == {"budgets": [1e7, 3e7], "size": "width", "data": "max_steps"}
+    # the report sets the approaches side by side, with the profiles drawn
+    report = scalelab.api.report(tmp_path / "out", n_resamples=50)
+    text = report.markdown.read_text()
+    assert "How big a model for the compute: three approaches" in text
+    assert "| Approach 2 (IsoFLOP parabolas) |" in text
+    assert "Approach 3 (L(N, D), variable projection)" in text
+    assert (tmp_path / "out" / "figures" / "isoflop_profiles.png").exists()
+    answers = report.analysis.compute_optimal
+    assert [p.budget for p in answers.approach2.profiles] == [1e7, 3e7]
+    assert answers.agreement.verdict in ("agree", "disagree", "not compared")
 
 
 def test_num_train_cells_follow_the_epoch_rule(tmp_path):

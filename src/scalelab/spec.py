@@ -178,6 +178,9 @@ class AnalysisConfig(StrictModel):
     data: str = Field("auto", description="data column D of the joint law L(N, D): auto (the "
                       "study's data axis) or a consumed amount such as samples_seen or "
                       "tokens_seen, which compute-optimal allocation needs")
+    target_compute: float | None = Field(
+        None, gt=0, description="training FLOPs the compute-optimal approaches quote N* at "
+                                "(default: 10x the largest budget or run)")
 
     @field_validator("forms")
     @classmethod

@@ -16,9 +16,11 @@ import numpy as np
 from ..errors import ScalelabError
 from ..store import StudyMeta
 from .allocation import compute_optimal
+from .approaches import ComputeOptimal, study_answers
 from .diagnostics import Diagnostic, diagnose, extrapolation, is_law, verdict
 from .evaluations import EvaluationAnalysis, analyze_evaluations
 from .fitting import DEFAULT_HOLDOUT, LawFit, backtest, choose_form, fit_law, holdout_mask
+from .hyperlaws import HyperLaw, study_hyper_laws
 from .ledger import grade
 from .nuisance import Transfer, Winner, best_over_nuisance, transfer
 from .resampling import Bootstrap, bootstrap
@@ -123,6 +125,10 @@ class StudyAnalysis:
     platforms: list[dict[str, Any]] = field(default_factory=list)
     # checkpoint evaluations (`scalelab evaluate`), tuned per shape and compared
     evaluations: EvaluationAnalysis | None = None
+    # how big a model for the compute: every approach the runs allow, and their agreement
+    compute_optimal: ComputeOptimal | None = None
+    # the best value of each tuned setting as a power law of size and compute
+    hyper_laws: list[HyperLaw] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "metric": self.metric, "size": self.size,
@@ -134,7 +140,10 @@ class StudyAnalysis:
                 "runs_not_in_study": self.excluded,
                 "transfer": [t.to_dict() for t in self.transfers],
                 "ledger": self.ledger, "platforms": self.platforms,
-                "selection": self.selection.to_dict() if self.selection else None}
+                "selection": self.selection.to_dict() if self.selection else None,
+                "compute_optimal": self.compute_optimal.to_dict()
+                if self.compute_optimal else None,
+                "hyper_laws": [h.to_dict() for h in self.hyper_laws]}
 
 
 def per_shape_optimum(records: Sequence[dict[str, Any]], meta: StudyMeta
@@ -159,10 +168,12 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
                   metric: str | None = None, compare_metric: str | None = None,
                   n_resamples: int = 1000,
                   predictions: Sequence[dict[str, Any]] = (),
-                  evaluations: Sequence[dict[str, Any]] = ()) -> StudyAnalysis:
-    """Per-shape optima, scaling-law fits and method comparisons of one stored study, its
-    ledger of ``predictions`` graded and its checkpoint ``evaluations`` tuned per shape and
-    compared; ``metric`` and ``compare_metric`` default to the study's ``analysis:`` settings."""
+                  evaluations: Sequence[dict[str, Any]] = (),
+                  curves: Sequence[dict[str, Any]] = ()) -> StudyAnalysis:
+    """Per-shape optima, scaling-law fits, compute-optimal approaches (Approach 1 reads the
+    ``curves``) and method comparisons of one stored study, its ledger of ``predictions``
+    graded and its checkpoint ``evaluations`` tuned per shape and compared; ``metric`` and
+    ``compare_metric`` default to the study's ``analysis:`` settings."""
     meta = StudyMeta.coerce(meta)
     ledger = grade(predictions, records, meta)  # every stored run: proposals may be new
     stored, (records, excluded) = records, in_study(records, meta)
@@ -190,18 +201,9 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
     sizes = [a for a in model_axes if all(isinstance(v, int | float) and not isinstance(v, bool)
                                           for v in grid.get(a, [None]))]
     transfers = transfer(records, scientific, nuisance, sizes[0], grid) if sizes else []
-    data_axis = next((a for a in scientific if axes[a] in DATA_PATHS), None)
     method_axis = next((a for a in scientific if axes[a] == METHOD_PATH), None)
-
-    fits: list[FitEntry] = []
-    if model_axes or data_axis:
-        x_name, fixed = (size, model_axes) if model_axes else (data_axis, [data_axis])
-        for key, rows in _groups(selected, [a for a in scientific if a not in fixed]).items():
-            for form in settings["forms"] if model_axes else ["auto"]:
-                fits.append(_attempt(notes, fit_rows, rows, [x_name], metric, key, n_resamples,
-                                     form))
-    fits += joint_fits(selected, meta, metric, n_resamples, notes)
-    fits = [f for f in fits if f is not None]
+    fits, optimal = _laws(selected, meta, metric, n_resamples, curves, notes)
+    hyper = study_hyper_laws(records, meta, n_resamples=n_resamples) if nuisance else []
 
     comparisons: list[Comparison] = []
     roles = meta.roles
@@ -231,7 +233,38 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
         excluded=[{"run_id": r["run_id"], "status": r.get("status"),
                    "point": {a: r.get(a) for a in [*axes, "seed"] if a in r}} for r in excluded],
         transfers=transfers, ledger=ledger, platforms=platforms(records), evaluations=evaluated,
+        compute_optimal=optimal, hyper_laws=hyper,
     )
+
+
+def _laws(selected: Sequence[dict[str, Any]], meta: StudyMeta, metric: str, n_resamples: int,
+          curves: Sequence[dict[str, Any]], notes: list[str]
+          ) -> tuple[list[FitEntry], ComputeOptimal | None]:
+    """The laws against size (or data) per point of the other axes, the joint laws L(N, D),
+    and the compute-optimal approaches; what the data cannot support goes to ``notes``."""
+    settings, axes, scientific = meta.settings, meta.axes, meta.shape_axes
+    model_axes = [a for a in scientific if axes[a].startswith("model.")]
+    data_axis = next((a for a in scientific if axes[a] in DATA_PATHS), None)
+    if meta.design:  # budgets x sizes: the approaches below fit every run together
+        model_axes, data_axis = [], None
+    fits: list[FitEntry | None] = []
+    if model_axes or data_axis:
+        x_name, fixed = (settings["size"], model_axes) if model_axes else (data_axis, [data_axis])
+        for key, rows in _groups(selected, [a for a in scientific if a not in fixed]).items():
+            for form in settings["forms"] if model_axes else ["auto"]:
+                fits.append(_attempt(notes, fit_rows, rows, [x_name], metric, key, n_resamples,
+                                     form))
+    fits += [] if meta.design else joint_fits(selected, meta, metric, n_resamples, notes)
+    done = [f for f in fits if f is not None]
+    optimal = None
+    if meta.design or any(f.fit.form == "chinchilla" for f in done):
+        optimal = _attempt(notes, study_answers, selected, settings["size"], metric,
+                           meta.design, settings.get("data", "auto"), curves, n_resamples,
+                           settings.get("target_compute"))
+        if isinstance(optimal, str):
+            notes.append(optimal)
+            optimal = None
+    return done, optimal
 
 
 #: What a run's last digits depend on, as its provenance records it.

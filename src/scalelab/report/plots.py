@@ -351,3 +351,54 @@ def transfer_figure(transfers: Sequence[Any]) -> Figure:
         lo = min(finite)
         axes[0].set_ylim(lo - 0.05 * abs(lo), min(max(finite), lo + 3 * (np.median(finite) - lo) + 1e-9))
     return fig
+
+
+def isoflop_figure(approach2: Any, metric: str) -> Figure:
+    """Each budget's IsoFLOP profile: its runs, the parabola in ln N and the minimum with its
+    interval (hollow: a minimum left out of the power laws, e.g. at the edge of its sizes)."""
+    fig, ax = _figure()
+    for i, p in enumerate(approach2.profiles):
+        color = f"C{i % 10}"
+        ax.scatter(p.sizes, p.losses, color=color, s=14, zorder=3, label=f"C = {p.budget:.3g}")
+        if p.coeffs is not None:
+            grid = np.geomspace(p.sizes.min(), p.sizes.max(), 100)
+            ax.plot(grid, np.polyval(p.coeffs, np.log(grid)), color=color, lw=1.2)
+        if np.isfinite(p.n_opt):
+            lo, hi = p.n_opt_interval
+            # a point estimate can fall outside its percentile interval: bars never negative
+            ax.errorbar([p.n_opt], [p.loss_opt], xerr=[[max(p.n_opt - lo, 0)],
+                                                       [max(hi - p.n_opt, 0)]]
+                        if np.isfinite(lo) and np.isfinite(hi) else None, fmt="D", ms=6,
+                        color=color, mfc=color if p.usable else "none", zorder=4)
+    ax.set_xscale("log")
+    _log_y(ax)
+    _finish(ax, "n_params", metric, legend=True)
+    ax.set_title("IsoFLOP profiles: loss against size at each budget; ◆ the parabola's minimum",
+                 fontsize=9)
+    return fig
+
+
+def approaches_figure(estimates: Sequence[Any], lines: Sequence[tuple[str, Any]],
+                      budgets: Sequence[float], target: float) -> Figure:
+    """N* against compute from each approach (``lines``: name, N*(C) function), from the
+    budgets to the target, with each approach's interval at the target."""
+    fig, ax = _figure()
+    lo = min(budgets) if budgets else target / 100
+    grid = np.geomspace(lo, target, 50)
+    for i, (name, n_opt_at) in enumerate(lines):
+        ax.plot(grid, [n_opt_at(c) for c in grid], color=f"C{i}", lw=1.5, label=name)
+    for i, e in enumerate(estimates):
+        low, high = e.n_opt_target_interval
+        if np.isfinite(low) and np.isfinite(high):
+            ax.errorbar([target * (1 + 0.04 * i)], [e.n_opt_target],
+                        yerr=[[max(e.n_opt_target - low, 0)], [max(high - e.n_opt_target, 0)]],
+                        fmt="o",
+                        color=f"C{i}", capsize=3)
+    ax.axvline(target, color="gray", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_ylabel("compute-optimal size N*")
+    ax.legend(fontsize=7)
+    ax.set_title("N*(C) from each approach; interval at the target compute", fontsize=9)
+    return fig

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..analysis.approaches import compute_optimal_lines, estimate_rows
 from ..analysis.evaluations import EvaluationAnalysis
-from ..analysis.ledger import calibration, scorecard
+from ..analysis.ledger import calibration, scorecard, setting_rows
 from ..analysis.sample_selection import (
     KINDS,
     SelectionAnalysis,
@@ -52,7 +53,7 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
         records, meta, curves = store.records(), store.study_meta(), store.curves()
         evaluations, predictions = store.evaluations(), store.predictions()
     analysis = analyze_study(records, meta, n_resamples=n_resamples, predictions=predictions,
-                             evaluations=evaluations)
+                             evaluations=evaluations, curves=curves)
     fig_dir = OutDir(out).figures
     blocks: list[tuple] = []
     figures: list[Path] = []
@@ -69,6 +70,7 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     _render_summary(analysis, blocks)
     _render_results(analysis, blocks, figure)
     _render_laws(analysis, blocks, figure)
+    _render_compute_optimal(analysis, blocks, figure)
     _render_methods(analysis, curves, blocks, figure)
     _render_figures(analysis, records, curves, blocks, figure)
     _render_closing(analysis, blocks)
@@ -140,6 +142,8 @@ def _render_results(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
                          ", ".join(w.at_edge) or "—"] for w in a.winners]))
     if a.transfers:
         _transfer_blocks(a.transfers, blocks, figure)
+    if a.hyper_laws:
+        _hyper_law_blocks(a.hyper_laws, blocks)
     if a.ledger:
         _ledger_blocks(a.ledger, blocks)
 
@@ -185,6 +189,51 @@ def _render_laws(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
         elif entry.allocation_note:
             blocks.append(("muted", entry.allocation_note + "."))
         figure(plots.law_figure(entry), f"law_{i}", entry.title)
+
+
+def _render_compute_optimal(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
+    """Every approach's answer to "how big a model for this compute?", their agreement, the
+    approach to use, and each approach's diagnostics in plain words."""
+    co = a.compute_optimal
+    if co is None:
+        return
+    blocks.append(("h2", "How big a model for the compute: three approaches"))
+    verdict = co.agreement
+    blocks.append(("warn" if verdict.verdict != "agree" else "p",
+                   f"Agreement: {verdict.verdict} — {verdict.reason} Use {verdict.why}"))
+    blocks.append(("p", f"N* ∝ C^a and D* ∝ C^b, with N* quoted at the target compute "
+                        f"C = {co.target:.3g} FLOPs (`analysis.target_compute`); compute model "
+                        f"C = k·N·D with k = {co.k:.3g} FLOPs per parameter per example, "
+                        f"measured from the runs' counted FLOPs. Intervals: "
+                        f"{int(co.joint[0].boot.level * 100)}% bootstrap."))
+    blocks.append(("table", ["approach", "a [CI]", "b [CI]", "N* at target [CI]", "verdict"],
+                   estimate_rows(co)))
+    for note in co.notes:
+        blocks.append(("muted", note))
+    for e in verdict.estimates:
+        for d in e.diagnostics:
+            if d.severity != "info":
+                blocks.append(("li", f"{e.name} — {d.severity}: {d.message}"))
+    blocks.append(("p", f"Approach 3 is the joint law L = E + A/N^α + B/D^β fitted two ways: "
+                        f"variable projection (E, A, B solved exactly for each α, β; squared "
+                        f"relative error) and the Huber fit on log loss. Shown as Approach 3: "
+                        f"{co.chosen_joint_why}."))
+    names = sorted({k for j in co.joint for k in j.fit.params})
+    blocks.append(("table", ["fit", *names, "verdict"],
+                   [[j.name, *(j.fit.params.get(k) for k in names), j.fit.verdict[0]]
+                    for j in co.joint]))
+    budgets = []
+    if co.approach2 is not None:
+        budgets = [p.budget for p in co.approach2.profiles]
+        blocks.append(("table", ["budget C", "sizes", "N* [CI]", "D*", "loss at N*", "used"],
+                       [[p.budget, len(p.sizes), f"{p.n_opt:.3g} {_ci(list(p.n_opt_interval))}",
+                         p.d_opt, p.loss_opt, "yes" if p.usable else "no"]
+                        for p in co.approach2.profiles]))
+        figure(plots.isoflop_figure(co.approach2, a.metric), "isoflop_profiles",
+               "IsoFLOP profiles (Approach 2): filled minima enter the power laws")
+    figure(plots.approaches_figure(verdict.estimates, compute_optimal_lines(co), budgets,
+                                   co.target), "compute_optimal",
+           "compute-optimal size against compute, every approach")
 
 
 def _render_methods(a: StudyAnalysis, curves, blocks: list, figure: Figure) -> None:
@@ -252,6 +301,46 @@ def _ledger_blocks(ledger: list[dict[str, Any]], blocks: list) -> None:
                      "—" if g["measured"] is None else
                      f"{g['measured']:.4g} ({g['runs']}/{g['proposed']})",
                      {True: "yes", False: "NO"}.get(g["held"], "pending")] for g in ledger]))
+    settings = [(g, h) for g in ledger for h in (g.get("hyper") or {}).values()]
+    if settings:
+        blocks.append(("p", scorecard(setting_rows(ledger), "tuned-setting prediction(s)")
+                       + ". A setting proposed as one value was not tuned: its prediction and "
+                         "the run's loss are recorded, not graded."))
+        blocks.append(("table", ["grid point", "setting", "predicted", "interval of the "
+                                 "optimum", "proposed", "found", "held"],
+                       [[_point(g["point"]), h["axis"], h["value"],
+                         f"[{h['optimum_interval'][0]:.4g}, {h['optimum_interval'][1]:.4g}]",
+                         ", ".join(f"{v:g}" for v in h.get("proposed", [])),
+                         "—" if h.get("found") is None else h["found"],
+                         _held(h)] for g, h in settings]))
+
+
+def _held(h: dict[str, Any]) -> str:
+    if not h["tuned"]:
+        return "not tuned"
+    if h["held"] is None:
+        return "bound" if h.get("found_at_edge") else "pending"
+    return "yes" if h["held"] else "NO"
+
+
+def _hyper_law_blocks(laws, blocks: list) -> None:
+    """The best value of each tuned setting against size and compute, per shape and as a law
+    (what `scalelab next` proposes new shapes' settings from)."""
+    blocks.append(("h2", "Hyperparameter laws"))
+    blocks.append(("p", "Each shape's optimum is interpolated (a parabola in the log of the "
+                        "setting through its best grid value and the two neighbours), then "
+                        "fitted as a power law of the parameter count N and of the training "
+                        "compute C; an optimum at the edge of its grid is a bound and is left "
+                        "out. `scalelab next` proposes new shapes' settings from the law."))
+    for law in laws:
+        warned = any(d.severity in ("warning", "error") for d in law.diagnostics)
+        blocks.append(("warn" if warned else "p", law.sentence() + "."))
+        for d in law.diagnostics:
+            blocks.append(("li", f"{d.severity}: {d.message}"))
+        blocks.append(("table", ["point", "N", "C", f"best {law.axis} on the grid",
+                                 "interpolated optimum", "at grid edge"],
+                       [[_point(o.point), o.n, o.c, o.best, o.optimum,
+                         "yes" if o.at_edge else "—"] for o in law.optima]))
 
 
 def _transfer_blocks(transfers, blocks: list, figure) -> None:

@@ -20,7 +20,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from .analysis import Summary, summarize
+from .analysis.approaches import ComputeOptimal, compute_optimal_answers, study_answers
 from .analysis.fitting import DEFAULT_HOLDOUT
 from .analysis.isoflop import isoflop_plan_warnings
 from .analysis.stats import Comparison
@@ -226,6 +229,8 @@ def summary(out_dir: str | Path, metric: str = "test_loss") -> Summary:
     axes = {k: v for k, v in meta.axes.items() if k not in meta.nuisance}
     if any(r.get("matched_to") for r in rows):  # compute-matched baselines: their own rows
         axes["matched_to"] = "matched_to"
+    if meta.design:  # IsoFLOP cells: one column per budget, not per data amount
+        axes = {k: v for k, v in axes.items() if k != meta.design["data"]} | {"budget": "budget"}
     return summarize(rows, axes, metric)
 
 
@@ -461,6 +466,150 @@ def fit(out_dir: str | Path | None = None, *, x: str = "params", y: str = "test_
         raise ScalelabError(f"no completed runs with values for {', '.join([*x_names, y_name])}")
     return [fit_rows(g, x_names, y_name, ((by_name, key),) if by_name else (), n_resamples, form,
                      holdout, allocate=len(x_names) == 2) for key, g in groups.items()]
+
+
+def compute_optimal(out_dir: str | Path, *, n_resamples: int = 1000,
+                    target: float | None = None) -> ComputeOptimal | str:
+    """The stored study's compute-optimal answers (every approach its runs allow, their
+    agreement and the one to use), computed as its report computes them; or why it has none
+    (a sentence). ``target``: the FLOPs N* is quoted at [default: the study's
+    ``analysis.target_compute``, else 10x its largest budget or run]."""
+    _check_target(target)
+    with Store.open(out_dir) as store:
+        records, meta, curves = store.records(), store.study_meta(), store.curves()
+    selected = per_shape_optimum(in_study(records, meta)[0], meta)[0]
+    settings = meta.settings
+    try:
+        return study_answers(selected, settings["size"], settings["metric"], meta.design,
+                             settings.get("data", "auto"), curves, n_resamples,
+                             target if target is not None else settings.get("target_compute"))
+    except ScalelabError as exc:  # the runs cannot support the approaches: say why
+        return str(exc)
+
+
+#: The columns of a CSV of one's own runs, by what they hold (matched ignoring case).
+RUN_COLUMNS = {"model size": ("N", "params"), "data": ("D", "tokens", "examples"),
+               "budget": ("C", "budget"), "loss": ("loss", "L")}
+#: Runs whose k·N·D agree within this (relative) are one IsoFLOP budget.
+SHARED_BUDGET_RTOL = 0.01
+#: Fewest runs the approaches are asked to fit.
+MIN_CSV_RUNS = 5
+
+
+def is_runs_csv(path: str | Path) -> bool:
+    """Whether a CSV names a loss column (``loss`` or ``L``): a table of one's own runs for
+    :func:`fit_csv`, rather than a table of results to fit a named law to."""
+    header = read_csv_records(path)[0].keys()
+    return _column(header, "loss", Path(path), required=False) is not None
+
+
+def fit_csv(path: str | Path, *, flops_per_param_token: float | None = None,
+            target: float | None = None, n_resamples: int = 1000, seed: int = 0
+            ) -> ComputeOptimal:
+    """Chinchilla's Approaches 2 and 3 and their agreement on runs trained anywhere: a CSV
+    with one row per run and columns for model size (``N`` or ``params``), data (``D``,
+    ``tokens`` or ``examples``), loss (``loss`` or ``L``), the IsoFLOP budget (``C`` or
+    ``budget``, optional) and optionally ``seed`` or ``group`` (runs drawn together when
+    resampling). Without a budget column, ``flops_per_param_token`` k gives each run
+    C = k·N·D, and runs whose C agree within 1% form one budget (a run that shares it with
+    fewer than 3 sizes is left out of Approach 2). Rows whose ``status`` is not completed are
+    skipped. N* is quoted at ``target`` FLOPs [default: 10x the largest budget]."""
+    _check_target(target)
+    if flops_per_param_token is not None and not (
+            math.isfinite(flops_per_param_token) and flops_per_param_token > 0):
+        raise ScalelabError(f"--flops-per-param-token: expected a positive number (6 for a "
+                            f"transformer's forward and backward), got {flops_per_param_token!r}")
+    every = read_csv_records(path)
+    path = every.path
+    columns = {role: _column(every[0].keys(), role, path) for role in RUN_COLUMNS}
+    kept = [i for i, r in enumerate(every) if r.get("status", "completed") == "completed"]
+    rows = CsvRows(path, [every[i] for i in kept], [every.lines[i] for i in kept])
+    needed = [columns[r] for r in ("model size", "data", "loss")]
+    check_numbers(rows, [c for c in (*needed, columns["budget"]) if c], "fit --csv",
+                  positive=True)
+    for i, r in enumerate(rows):
+        empty = builtins.next((c for c in needed if r.get(c) is None), None)
+        if empty is not None:
+            raise ScalelabError(f"{rows.where(i)}{empty}: empty; every run needs its model "
+                                "size, data and loss (leave the run out, or mark it with a "
+                                "status column other than completed)")
+    if len(rows) < MIN_CSV_RUNS:
+        raise ScalelabError(f"{path}: {len(rows)} completed run(s); the approaches need at "
+                            f"least {MIN_CSV_RUNS} (one row per run)")
+    N, D, L = (np.array([float(r[c]) for r in rows]) for c in needed)
+    notes: list[str] = []
+    C = _csv_budgets(rows, columns["budget"], N, D, flops_per_param_token, notes)
+    groups = _csv_groups(rows, C, N, D)
+    result = compute_optimal_answers(N, D, C, L, groups, target=target,
+                                     n_resamples=n_resamples, seed=seed)
+    result.notes = notes + result.notes
+    return result
+
+
+def _check_target(target: float | None) -> None:
+    if target is not None and not (math.isfinite(target) and target > 0):
+        raise ScalelabError(f"--target: expected a positive number of FLOPs, got {target!r}")
+
+
+def _column(header, role: str, path: Path, required: bool = True) -> str | None:
+    """The one column of ``header`` that holds ``role`` (RUN_COLUMNS), or a one-line error."""
+    allowed = RUN_COLUMNS[role]
+    found = [h for h in header if h.strip().lower() in {a.lower() for a in allowed}]
+    if len(found) > 1:
+        raise ScalelabError(f"{path}: columns {' and '.join(map(repr, found))} both give the "
+                            f"{role}; keep one (allowed: {', '.join(allowed)})")
+    if not found and required and role != "budget":
+        raise ScalelabError(f"{path}: no {role} column (allowed: {', '.join(allowed)}; the "
+                            f"file has {', '.join(map(repr, header))})")
+    return found[0] if found else None
+
+
+def _csv_budgets(rows: CsvRows, column: str | None, N: np.ndarray, D: np.ndarray,
+                 k: float | None, notes: list[str]) -> np.ndarray | None:
+    """Each run's IsoFLOP budget (NaN: none): the budget column as given, else k·N·D with
+    runs whose compute agrees within SHARED_BUDGET_RTOL taken as one budget, else None."""
+    if column is not None:
+        if k is not None:
+            notes.append(f"--flops-per-param-token is not used: the {column!r} column gives "
+                         "each run's budget (k is measured from it)")
+        return np.array([np.nan if r.get(column) is None else float(r[column]) for r in rows])
+    if k is None:
+        notes.append("No budget column (C or budget): give one, or --flops-per-param-token "
+                     "k to take C = k·N·D, for Approach 2.")
+        return None
+    spent = k * N * D
+    C = np.full(len(N), np.nan)
+    order = np.argsort(spent, kind="stable")
+    clusters, start = [[order[0]]], spent[order[0]]
+    for i in order[1:]:
+        if spent[i] > start * (1 + SHARED_BUDGET_RTOL):
+            clusters.append([])
+            start = spent[i]
+        clusters[-1].append(i)
+    alone = 0
+    for members in clusters:
+        if len(np.unique(N[members])) >= 3:  # a parabola in ln N needs 3 sizes
+            C[members] = float(np.median(spent[members]))
+        else:
+            alone += len(members)
+    if alone:
+        notes.append(f"{alone} run(s) share their C = {k:g}·N·D (within "
+                     f"{SHARED_BUDGET_RTOL:.0%}) with runs of fewer than 3 sizes: no IsoFLOP "
+                     "profile, so Approach 2 leaves them out (Approach 3 uses every run).")
+    return C
+
+
+def _csv_groups(rows: CsvRows, C: np.ndarray | None, N: np.ndarray, D: np.ndarray
+                ) -> list[str] | None:
+    """Labels of runs resampled together: the ``group`` column, else (with a ``seed``
+    column) each budget, size and data's seeds, else None (every run alone)."""
+    names = {h.strip().lower(): h for h in rows[0]}
+    if "group" in names:
+        return [str(r.get(names["group"])) for r in rows]
+    if "seed" in names:
+        budgets = C if C is not None else np.full(len(N), np.nan)
+        return [f"{c:.6g}|{n:.6g}|{d:.6g}" for c, n, d in zip(budgets, N, D)]
+    return None
 
 
 def compare(out_dir: str | Path | None = None, *, metric: str, by: str, baseline: str,

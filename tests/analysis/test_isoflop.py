@@ -270,3 +270,16 @@ def test_everything_is_json_ready():
     result = agreement([fit.estimate(), estimate("Approach 3", 0.45, (0.44, 0.46), 1e10,
                                                  (0.9e10, 1.1e10))])
     assert json.loads(json.dumps(result.to_dict(), allow_nan=False))["verdict"] == result.verdict
+
+
+def test_agreement_of_wide_intervals_says_it_means_little():
+    """Overlap because one answer is too uncertain to disagree is not agreement to trust."""
+    from scalelab.analysis.isoflop import ApproachEstimate, agreement
+
+    sharp = ApproachEstimate("sharp", 0.5, (0.48, 0.52), 0.5, (0.48, 0.52), 1e4, (9e3, 1.1e4))
+    vague = ApproachEstimate("vague", 0.6, (0.1, 2.0), 0.4, (-1.0, 0.9), 2e4, (5e2, 1e8))
+    result = agreement([sharp, vague])
+    assert result.verdict == "agree"
+    assert "The agreement says little: vague has an interval of N* at the target wider " \
+           "than 10×" in result.reason
+    assert "says little" not in agreement([sharp, sharp]).reason

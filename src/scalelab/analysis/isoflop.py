@@ -576,6 +576,15 @@ class Agreement:
                 "why": self.why, "estimates": [e.to_dict() for e in self.estimates]}
 
 
+#: An interval of N* at the target wider than this factor makes agreement uninformative.
+WIDE_AGREEMENT = 10.0
+
+
+def _spans(interval: tuple[float, float]) -> float:
+    lo, hi = interval
+    return hi / lo if lo > 0 else math.inf
+
+
 def _overlap(one: tuple[float, float], other: tuple[float, float]) -> bool:
     tol = OVERLAP_RTOL * max(abs(one[1]), abs(other[1]))
     return max(one[0], other[0]) <= min(one[1], other[1]) + tol
@@ -651,8 +660,13 @@ def agreement(estimates: Sequence[ApproachEstimate]) -> Agreement:
             if what:
                 apart.append((one, other, what))
     if not apart:
+        wide = [e.name for e in usable if _spans(e.n_opt_target_interval) > WIDE_AGREEMENT]
+        caution = (f" The agreement says little: {' and '.join(wide)} "
+                   f"{'has' if len(wide) == 1 else 'have'} an interval of N* at the target "
+                   f"wider than {WIDE_AGREEMENT:g}×, too uncertain to disagree; train more "
+                   "seeds or budgets." if wide else "")
         return Agreement("agree", "Every pair's intervals of a and of N* at the target overlap ("
-                         + "; ".join(_describe(e) for e in usable) + ").",
+                         + "; ".join(_describe(e) for e in usable) + ")." + caution,
                          recommended, why, estimates)
     one, other, what = apart[0]
     causes = list(dict.fromkeys(c for o, t, _ in apart for e in (o, t) for c in _causes(e)))

@@ -77,7 +77,8 @@ def summarize(records: list[dict[str, Any]], axes: dict[str, str], metric: str =
     row_names: dict[int, str] = {}
     for r in done:
         n = r["n_params"]
-        column = ", ".join(f"{a}={r[a]}" for a in other_axes) or metric
+        column = ", ".join(f"{a}={r[a]:g}" if isinstance(r[a], float) else f"{a}={r[a]}"
+                           for a in other_axes) or metric
         groups[(n, column)].append(r[metric])
         row_names[n] = ", ".join(f"{a}={r[a]}" for a in model_axes)
     n_params = sorted(row_names)

@@ -225,7 +225,7 @@ def _render_compute_optimal(a: StudyAnalysis, blocks: list, figure: Figure) -> N
     budgets = []
     if co.approach2 is not None:
         budgets = [p.budget for p in co.approach2.profiles]
-        blocks.append(("table", ["budget C", "sizes", "N* [CI]", "D*", "loss at N*", "used"],
+        blocks.append(("table", ["budget C", "runs", "N* [CI]", "D*", "loss at N*", "used"],
                        [[p.budget, len(p.sizes), f"{p.n_opt:.3g} {_ci(list(p.n_opt_interval))}",
                          p.d_opt, p.loss_opt, "yes" if p.usable else "no"]
                         for p in co.approach2.profiles]))

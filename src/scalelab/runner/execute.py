@@ -199,11 +199,11 @@ def _lost_checkpoints(selected: list, statuses: dict[str, str],
     seen with (a run another runner retrained since is left alone): they train again, with
     the same config and seed, so the same numbers and the checkpoint back."""
     lost = [r for r in selected if statuses.get(r.run_id) == COMPLETED
-            and not checkpoint_path(out_dir, r).exists()]
+            and not OutDir(out_dir).checkpoint(r.run_id).exists()]
     if lost:
         output.info(f"{len(lost)} completed run{'s' if len(lost) > 1 else ''} lost "
                     f"{'their checkpoints' if len(lost) > 1 else 'its checkpoint'} "
-                    f"(e.g. {checkpoint_path(out_dir, lost[0])}): training again")
+                    f"(e.g. {OutDir(out_dir).checkpoint(lost[0].run_id)}): training again")
     return {r.run_id: finished.get(r.run_id) for r in lost}
 
 
@@ -244,16 +244,12 @@ class Heartbeat:
         self.thread.join(timeout=5)
 
 
-def checkpoint_path(out_dir: Path, run: RunSpec) -> Path:
-    return OutDir(out_dir).checkpoint(run.run_id)
-
-
 def save_checkpoint(out_dir: Path, run: RunSpec, result: RunResult) -> None:
     """The weights a worker sent back, written under a temporary name and renamed (a kill
     leaves no torn file), before the run's row: a completed run always has its checkpoint."""
     if result.checkpoint is None:
         return
-    write_atomically(checkpoint_path(out_dir, run), result.checkpoint)
+    write_atomically(OutDir(out_dir).checkpoint(run.run_id), result.checkpoint)
     result.checkpoint = None
 
 

@@ -283,3 +283,15 @@ def test_agreement_of_wide_intervals_says_it_means_little():
     assert "The agreement says little: vague has an interval of N* at the target wider " \
            "than 10×" in result.reason
     assert "says little" not in agreement([sharp, sharp]).reason
+
+
+def test_a_nearly_flat_profile_does_not_overflow():
+    """A vertex at ln N = 1000 (past float range) is an off-grid minimum, not a crash."""
+    from scalelab.analysis.isoflop import fit_profile
+
+    N = np.geomspace(1e3, 1e4, 6)
+    L = 1.0 + 1e-9 * (np.log(N) - 1000.0) ** 2
+    profile = fit_profile(1e12, N, 1e12 / (6 * N), L, n_resamples=50)
+    assert profile.n_opt > N.max()
+    assert "isoflop_off_grid" in {d.code for d in profile.diagnostics}
+    assert not profile.usable

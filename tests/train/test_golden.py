@@ -39,8 +39,10 @@ def test_every_bundled_study_has_a_case():
     # the vision tests and test_mup (μP equals standard at its base width, stacked equals
     # alone) pin their numbers instead. mnist_scaling trains on real MNIST from the dataset
     # cache (tests/test_data_get.py loads it; its quick block is the mnist task's own reader).
+    # isoflop trains the quickstart's MLP path at budgets its design sets (test_design checks
+    # each run's counted FLOPs against its budget).
     assert studies - covered <= {"lm_scaling_gpu", "airbench94", "ast_imagenet", "mup_transfer",
-                                 "mnist_scaling"}
+                                 "mnist_scaling", "isoflop"}
     assert "lm_scaling_gpu" in studies - covered
     assert FAST_CASE in CASES
 

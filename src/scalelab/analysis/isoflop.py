@@ -52,6 +52,8 @@ MAX_ASYMMETRY_BIAS = 0.01
 MAX_FAILED_SHARE = 0.05
 #: Budgets within this relative difference are one budget.
 BUDGET_RTOL = 1e-6
+#: ln N beyond which a vertex is kept at the limit (math.exp overflows past ~709).
+LN_LIMIT = 700.0
 #: Diagnostic codes that name a bias of Approach 2 (read by :func:`agreement`).
 BIAS_CODES = ("isoflop_off_grid", "isoflop_off_centre", "isoflop_wide_grid", "isoflop_asymmetry")
 
@@ -157,7 +159,7 @@ class Approach2:
             return (math.nan, math.nan)
         values = self.draws[ok, 1] + self.draws[ok, 0] * math.log(compute)
         lo, hi = np.percentile(values, [50 * (1 - self.level), 50 * (1 + self.level)])
-        return (math.exp(lo), math.exp(hi))
+        return (math.exp(min(lo, LN_LIMIT)), math.exp(min(hi, LN_LIMIT)))
 
     @property
     def verdict(self) -> tuple[str, str]:
@@ -320,7 +322,9 @@ def fit_profile(budget: float, N, D, L, groups=None, *, n_resamples: int = 1000,
         return Profile(coeffs=coeffs, n_opt=math.nan, n_opt_interval=(math.nan, math.nan),
                        loss_opt=math.nan, diagnostics=[Diagnostic("error", "isoflop_no_minimum", why)],
                        **base)
-    vertex = mean - c1 / (2 * c2)
+    # a nearly flat parabola puts its vertex anywhere: kept within float range (it is then
+    # far off-grid, which the placement diagnostic says)
+    vertex = float(np.clip(mean - c1 / (2 * c2), -LN_LIMIT, LN_LIMIT))
     diags = _placement(budget, x, vertex)
     diags += _shape(budget, x, u, L, vertex)
     draws = (_vertex_draws(u, L, groups, n_resamples, rng) + mean if n_resamples
@@ -329,7 +333,7 @@ def fit_profile(budget: float, N, D, L, groups=None, *, n_resamples: int = 1000,
     interval = (math.nan, math.nan)
     if n_resamples and failed < n_resamples:
         lo, hi = np.nanpercentile(draws, [50 * (1 - level), 50 * (1 + level)])
-        interval = (math.exp(lo), math.exp(hi))
+        interval = (math.exp(min(lo, LN_LIMIT)), math.exp(min(hi, LN_LIMIT)))
     if failed:
         share = failed / n_resamples
         diags.append(Diagnostic(

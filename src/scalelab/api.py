@@ -542,7 +542,9 @@ def fit_csv(path: str | Path, *, flops_per_param_token: float | None = None,
     groups = _csv_groups(rows, C, N, D)
     result = compute_optimal_answers(N, D, C, L, groups, target=target,
                                      n_resamples=n_resamples, seed=seed)
-    result.notes = notes + result.notes
+    said = any(n.startswith("Approach 2 is left out") for n in notes)  # in the CSV's words
+    result.notes = notes + [n for n in result.notes
+                            if not (said and n.startswith("Approach 2 is left out"))]
     return result
 
 
@@ -574,8 +576,9 @@ def _csv_budgets(rows: CsvRows, column: str | None, N: np.ndarray, D: np.ndarray
                          "each run's budget (k is measured from it)")
         return np.array([np.nan if r.get(column) is None else float(r[column]) for r in rows])
     if k is None:
-        notes.append("No budget column (C or budget): give one, or --flops-per-param-token "
-                     "k to take C = k·N·D, for Approach 2.")
+        notes.append("Approach 2 is left out: no budget column (C or budget); give one, or "
+                     "--flops-per-param-token k to take each run's C = k·N·D (runs whose C "
+                     f"agree within {SHARED_BUDGET_RTOL:.0%} form one budget).")
         return None
     spent = k * N * D
     C = np.full(len(N), np.nan)
@@ -742,16 +745,18 @@ def _check_widths(study: Study, widths: list[int]) -> None:
 
 def next(out_dir: str | Path, budget: float, *, study: str | Path | None = None,  # noqa: A001
          where: dict[str, str] | None = None, extra: int = 2, append: bool = False,
-         n_resamples: int = 1000):
-    """The next runs of a stored study at compute ``budget`` (FLOPs), from its joint law: the
-    compute-optimal run snapped to a buildable shape and ``extra`` runs that most shrink the
-    uncertainty there, each with its predicted metric and interval; recorded in the store's
-    extrapolation ledger, and with ``append`` added to the study file's grid (see
-    :mod:`scalelab.proposal`). ``scalelab.next`` in a notebook."""
+         n_resamples: int = 1000, hyper: str = "bracket"):
+    """The next runs of a stored study at compute ``budget`` (FLOPs): the compute-optimal run
+    (N* from the approach the study's agreement verdict recommends, else its joint law's
+    optimum; ``result.approach`` says which) snapped to a buildable shape and ``extra`` runs
+    that most shrink the uncertainty there, each with its predicted metric and interval and,
+    per ``hyper`` (bracket, predicted, grid), its tuned settings from their laws; recorded in
+    the store's extrapolation ledger, and with ``append`` added to the study file's grid
+    (see :mod:`scalelab.proposal`). ``scalelab.next`` in a notebook."""
     from .proposal import propose
 
     return propose(out_dir, budget, study=study, where=where, extra=extra, append=append,
-                   n_resamples=n_resamples)
+                   n_resamples=n_resamples, hyper=hyper)
 
 
 def data(name: str | None = None, *, to: str | Path | None = None, shards: int | None = None,

@@ -21,6 +21,7 @@ import typer
 
 from . import api
 from .analysis import Summary
+from .analysis.approaches import ComputeOptimal, estimate_rows
 from .analysis.fitting import parse_holdout
 from .errors import RenamedSetting, ScalelabError, log_crash, os_error_line
 from .outdir import OutDir
@@ -258,21 +259,66 @@ def list_(
 @command
 def fit(
     out_dir: Path | None = typer.Argument(None, help="a study output directory (or use --csv)"),
-    x: str = typer.Option("params", "--x", help="column(s) of the law's input: params, data, compute or any column; 'params,data' fits a joint law"),
-    y: str = typer.Option("test_loss", "--y", help="the column to fit"),
+    x: str | None = typer.Option(None, "--x", help="column(s) of the law's input: params, data, compute or any column; 'params,data' fits a joint law (default: params)"),
+    y: str | None = typer.Option(None, "--y", help="the column to fit (default: test_loss)"),
     by: str | None = typer.Option(None, "--by", help="one fit per value of this column (e.g. method)"),
     form: str = typer.Option("auto", "--form", help="a registered law form, or auto (chosen by backtest error)"),
-    csv: Path | None = typer.Option(None, "--csv", help="analyse a CSV of results instead of a store"),
+    csv: Path | None = typer.Option(None, "--csv", help="analyse a CSV instead of a store: one of your own runs per row (columns N or params, D or tokens or examples, loss or L; optional C or budget, seed, group) gets the compute-optimal approaches; a results table (no loss column, or --x/--y given) gets the law fit"),
     holdout: str = typer.Option("0.2", "--holdout", help="backtest holdout: a fraction f < 1 of the largest distinct sizes, largest (the largest size), or k > 1 (compute above max/k)"),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="bootstrap resamples over runs"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", "--resamples", min=10, help="bootstrap resamples over runs"),
+    target: float | None = typer.Option(None, "--target", help="training FLOPs the compute-optimal approaches quote N* at (default: the study's analysis.target_compute, else 10x the largest budget)"),
+    flops_per_param_token: float | None = typer.Option(None, "--flops-per-param-token", help="with --csv of your own runs and no budget column: each run's budget is C = k·N·D for this k (6: a transformer's forward and backward per parameter and token), and runs whose C agree within 1% form one IsoFLOP budget for Approach 2"),
     fmt: Fmt = FormatOption,
     output: Output = None,
 ) -> int:
-    """Fit a scaling law with bootstrap intervals and a backtest on held-out largest points."""
+    """Fit a scaling law with bootstrap intervals and a backtest on held-out largest points;
+    where the runs allow it (an IsoFLOP design, consumed data, or a CSV of your own runs),
+    also every compute-optimal approach side by side, their agreement and the one to use."""
     if form != "auto" and form not in FAMILIES["law"]:
         raise ScalelabError(f"--form: unknown law {form!r} (allowed: auto, {', '.join(FAMILIES['law'].names())})")
-    entries = api.fit(out_dir, x=x, y=y, by=by, form=form, csv_path=csv, n_resamples=bootstrap,
-                      holdout=parse_holdout(holdout))
+    if (out_dir is None) == (csv is None):
+        raise ScalelabError("give either a study output directory or --csv FILE")
+    named = x is not None or y is not None or by is not None or form != "auto"
+    own_runs = csv is not None and not named and (
+        target is not None or flops_per_param_token is not None or api.is_runs_csv(csv))
+    if csv is not None and not own_runs and (target, flops_per_param_token) != (None, None):
+        raise ScalelabError("--target and --flops-per-param-token go with a CSV of your own runs "
+                            "(N, D, loss columns), without --x, --y, --by or --form")
+    if out_dir is not None and flops_per_param_token is not None:
+        raise ScalelabError("--flops-per-param-token: only with --csv (a stored study's runs "
+                            "count their own FLOPs)")
+    optimal = (api.fit_csv(csv, flops_per_param_token=flops_per_param_token, target=target,
+                           n_resamples=bootstrap) if own_runs else
+               api.compute_optimal(out_dir, n_resamples=bootstrap, target=target)
+               if out_dir is not None and csv is None else None)
+    has_answers = isinstance(optimal, ComputeOptimal)
+    entries = []
+    if not own_runs:
+        try:
+            entries = api.fit(out_dir, x=x or "params", y=y or "test_loss", by=by, form=form,
+                              csv_path=csv, n_resamples=bootstrap,
+                              holdout=parse_holdout(holdout))
+        except ScalelabError as exc:
+            if csv is not None and not named and str(exc).startswith("no column"):
+                raise ScalelabError(f"{exc}; for a CSV of your own runs give a loss column "
+                                    "(loss or L) beside N and D (see `scalelab fit --help`)"
+                                    ) from None
+            if not has_answers:
+                raise
+            output.warn(f"{exc} (the compute-optimal approaches below fit the runs together)")
+    _print_fits(output, entries)
+    results = [e.to_dict() for e in entries]
+    if has_answers:
+        _print_compute_optimal(output, optimal)
+        results.append({"title": "compute-optimal approaches",
+                        "compute_optimal": optimal.to_dict()})
+    output.emit(results)
+    return 0
+
+
+def _print_fits(output: Output, entries) -> None:
+    """Each fitted law: its parameters with intervals, backtest, verdict, diagnostics and
+    compute-optimal allocation."""
     for entry in entries:
         f, bt = entry.fit, entry.fit.backtest
         output.table(f"{entry.title}: {f.form}  {f.formula}  (converged: {'yes' if f.converged else 'NO'})",
@@ -292,8 +338,29 @@ def fit(
                         f"[{r['D_opt_ci'][0]:.3g}, {r['D_opt_ci'][1]:.3g}] {' '.join(r['warnings'])}")
         if entry.allocation_note:
             output.info(f"  allocation: {entry.allocation_note}")
-    output.emit([e.to_dict() for e in entries])
-    return 0
+
+
+def _print_compute_optimal(output: Output, result: ComputeOptimal) -> None:
+    """The agreement table (each approach's a, b and N* at the target, with intervals), the
+    verdict and its reason, the approach to use and why, each approach's diagnostics and
+    the approaches left out."""
+    output.table(f"how big a model for C = {result.target:.3g} FLOPs: every approach "
+                 "(N* ∝ C^a, D* ∝ C^b, bootstrap intervals)",
+                 ["approach", "a [CI]", "b [CI]", f"N* at {result.target:.3g} [CI]", "verdict"],
+                 estimate_rows(result))
+    agreement = result.agreement
+    output.info(f"agreement: {agreement.verdict} — {agreement.reason}")
+    output.info(f"recommended: {agreement.why}" if agreement.recommended else
+                f"recommended: none — {agreement.why}")
+    output.info(f"Approach 3 is fitted by {result.chosen_joint_why}")
+    seen = set()
+    for e in agreement.estimates:
+        for d in e.diagnostics:
+            if d.message not in seen:
+                seen.add(d.message)
+                output.info(f"  {e.name}: {d.severity}: {d.message}")
+    for note in result.notes:
+        output.info(f"note: {note}")
 
 
 @command
@@ -340,6 +407,12 @@ def coordcheck(
     return 0 if check.passed else 1
 
 
+class Hyper(str, Enum):
+    bracket = "bracket"
+    predicted = "predicted"
+    grid = "grid"
+
+
 @command
 def next_(
     out_dir: Path = typer.Argument(..., help="a study output directory with a joint law (model size x data)"),
@@ -347,14 +420,17 @@ def next_(
     study: Path | None = typer.Option(None, "--study", help="the study file [default: the one the store was run from]"),
     where: list[str] = typer.Option([], "--where", help="AXIS=VALUE: which joint fit, when the study has several (e.g. method=full)"),
     extra: int = typer.Option(2, "--extra", min=0, max=5, help="runs besides the compute-optimal one, chosen to shrink its uncertainty"),
+    hyper: Hyper = typer.Option(Hyper.bracket, "--hyper", help="tuned settings (lr, batch size) with a hyperparameter law: the predicted value and one grid step either side (bracket), the predicted value alone (predicted), or the whole grid (grid)"),
     append: bool = typer.Option(False, "--append", help="add the proposed runs to the study file's grid (comments kept); `scalelab run` then trains exactly them"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="bootstrap resamples"),
     fmt: Fmt = FormatOption,
     output: Output = None,
 ) -> int:
-    """Propose the next runs from the fitted law: the compute-optimal (N, D) at --budget and
-    the runs that most shrink its uncertainty, each with its predicted loss and interval;
-    every prediction is kept in the store's extrapolation ledger and graded in the report."""
+    """Propose the next runs: the compute-optimal (N, D) at --budget from the approach the
+    study's agreement verdict recommends (else the joint law's optimum) and the runs that
+    most shrink its uncertainty, each with its predicted loss and interval (and predicted
+    lr or batch size where a law fits); every prediction is kept in the store's
+    extrapolation ledger and graded in the report."""
     filters = {}
     for item in where:
         key, sep, value = item.partition("=")
@@ -362,20 +438,22 @@ def next_(
             raise ScalelabError(f"--where: expected AXIS=VALUE, got {item!r}")
         filters[key] = value
     result = api.next(out_dir, budget, study=study, where=filters, extra=extra, append=append,
-                      n_resamples=bootstrap)
+                      n_resamples=bootstrap, hyper=hyper.value)
     label, reasons = result.fit.fit.verdict
     level = int(round(100 * result.level))
-    output.info(f"from {result.fit.title}: verdict {label} — {reasons}")
+    if result.agreement is not None:
+        output.info(f"agreement of the approaches: {result.agreement.verdict} — "
+                    f"{result.agreement.reason}")
+    output.info(f"N_opt and D_opt from {result.approach}: {result.approach_why}")
     output.info(f"C = {result.budget:.3g} FLOPs = k·N·D with k = {result.k:.3g}: N_opt "
                 f"{result.n_opt:.4g} [{result.n_opt_ci[0]:.4g}, {result.n_opt_ci[1]:.4g}], D_opt "
                 f"{result.d_opt:.4g} [{result.d_opt_ci[0]:.4g}, {result.d_opt_ci[1]:.4g}] "
                 f"({level}% bootstrap intervals)")
-    metric = result.fit.y_name
-    output.table(f"proposed runs ({result.seeds} seed(s) each; {level}% interval of the mean "
-                 "over seeds)", ["kind", "grid point", "N", "D", "FLOPs", f"predicted {metric}",
-                                 "low", "high", "shrinks optimum's variance"],
-                 [[p.kind, _point(p.point), p.n, p.d, p.flops, p.predicted, *p.interval,
-                   f"{p.shrinks:.0%}"] for p in result.proposals])
+    output.info(f"predicted {result.fit.y_name} from {result.fit.title}: verdict {label} — "
+                f"{reasons}")
+    for note in result.tuning.notes if result.tuning else ():
+        output.info(f"tuning: {note}")
+    _print_proposals(output, result, level)
     output.info(f"recorded {len(result.proposals)} prediction(s) in the extrapolation ledger of "
                 f"{out_dir}; the report grades them once their runs exist")
     if append:
@@ -387,6 +465,29 @@ def next_(
                     f"({runs} runs)")
     output.emit(result.to_dict())
     return 0
+
+
+def _print_proposals(output: Output, result, level: int) -> None:
+    """The proposed runs: where, cost, predicted metric with its interval, what each shrinks,
+    and for each tuned setting with a law its predicted value and the values proposed."""
+    axes = list(result.tuning.laws) if result.tuning else []
+
+    def predicted(h: dict | None) -> str:
+        if not h:
+            return "—"
+        lo, hi = h["optimum_interval"]
+        return f"{h['value']:.3g} [{lo:.3g}, {hi:.3g}]"
+
+    output.table(f"proposed runs ({result.seeds} seed(s) each; {level}% interval of the mean "
+                 "over seeds)", ["kind", "grid point", "N", "D", "FLOPs",
+                                 f"predicted {result.fit.y_name}", "low", "high",
+                                 "shrinks optimum's variance",
+                                 *(c for a in axes for c in (f"predicted {a}", f"{a} proposed"))],
+                 [[p.kind, _point(p.point), p.n, p.d, p.flops, p.predicted, *p.interval,
+                   f"{p.shrinks:.0%}",
+                   *(c for a in axes for c in (predicted(p.hyper.get(a)), ", ".join(
+                       f"{v:g}" for v in p.hyper.get(a, {}).get("proposed", [])) or "—"))]
+                  for p in result.proposals])
 
 
 @command

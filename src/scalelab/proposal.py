@@ -34,7 +34,9 @@ import numpy as np
 import yaml
 
 from .analysis.allocation import compute_optimal
+from .analysis.approaches import APPROACH_3, CONSUMED, ComputeOptimal, study_answers
 from .analysis.hyperlaws import HyperLaw, study_hyper_laws
+from .analysis.isoflop import Agreement
 from .analysis.study_analysis import (
     DATA_PATHS,
     FitEntry,
@@ -129,6 +131,9 @@ class NextRuns:
     study_file: Path
     appended: int = 0               # grid entries added to the study file
     tuning: Tuning | None = None    # how the runs set the nuisance axes (None: the study tunes none)
+    approach: str = ""              # where N* and D* come from ...
+    approach_why: str = ""          # ... and why that one
+    agreement: Agreement | None = None  # the approaches' agreement (None: no answers)
 
     def to_dict(self) -> dict[str, Any]:
         label, reasons = self.fit.fit.verdict
@@ -137,7 +142,26 @@ class NextRuns:
                 "n_opt_ci": list(self.n_opt_ci), "d_opt_ci": list(self.d_opt_ci),
                 "level": self.level, "seeds": self.seeds, "study_file": str(self.study_file),
                 "appended": self.appended, "proposals": [p.to_dict() for p in self.proposals],
-                "hyper": self.tuning.to_dict() if self.tuning else None}
+                "hyper": self.tuning.to_dict() if self.tuning else None,
+                "approach": self.approach, "approach_why": self.approach_why,
+                "agreement": self.agreement.to_dict() if self.agreement else None}
+
+
+#: Where N* and D* come from when the study has no compute-optimal answers (as before them).
+JOINT_LAW = "the joint law's closed-form optimum (Huber fit)"
+
+
+@dataclass
+class Optimum:
+    """The compute-optimal N and D at the budget, their intervals, and where they come from."""
+
+    n: float
+    d: float
+    n_ci: tuple[float, float]
+    d_ci: tuple[float, float]
+    approach: str
+    why: str
+    agreement: Agreement | None = None
 
 
 def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = None,
@@ -147,42 +171,37 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
     ``hyper`` (one of HYPER_MODES) says how a tuned axis with a law is set."""
     _check_arguments(budget, hyper)
     out = Path(out_dir)
-    records, meta, configs, path = _stored(out, study, append)
+    records, meta, configs, path, curves = _stored(out, study, append)
     the_study = load_study(path)
     settings = analysis_settings(meta)
     rows, _ = in_study(records, meta)
     selected, _ = per_shape_optimum(rows, meta)
     entry = _joint_fit(joint_fits(selected, meta, settings["metric"], n_resamples), where or {},
-                       out)
+                       out, meta)
     _check_fit(entry)
     k = entry.compute.k
-    fit, boot = entry.fit, entry.boot
-    n_opt, d_opt = (float(v[0]) for v in compute_optimal(fit.params, [budget],
-                                                         flops_per_param_sample=k))
-    if not (math.isfinite(n_opt) and math.isfinite(d_opt)):
-        raise ScalelabError(f"next: {entry.title} has no finite compute-optimal point "
-                            f"(alpha = {fit.params['alpha']:.3g}, beta = {fit.params['beta']:.3g})")
+    optimum = _optimum(entry, selected, meta, curves, budget, n_resamples)
+    n_opt, d_opt = optimum.n, optimum.d
     _check_reach(entry, budget, k, n_opt, d_opt)
-    n_ci, d_ci = _optimum_intervals(entry, budget, k)
 
     axes, grid = meta.axes, meta.grid
-    size_axes, data_axis = _proposal_axes(meta, entry)
+    size_axes, data_axis, per = _proposal_axes(meta, entry, rows)
     template = _template(rows, configs, entry)
     shapes = _shapes(template, size_axes, axes, grid, settings["size"], n_opt)
     seeds = len(the_study.spec.seeds)
     tuning = _tuning(rows, meta, entry, hyper, n_resamples, seed)
 
     def grid_entry(shape: dict[str, Any], n: float, d: float) -> dict[str, list[Any]]:
-        return {**{a: [v] for a, v in shape.items()}, data_axis: [int(round(d))],
+        return {**{a: [v] for a, v in shape.items()}, data_axis: [round(d / per)],
                 **{a: [v] for a, v in entry.point.items()},
-                **tuning.values(n, k * n * int(round(d)))}
+                **tuning.values(n, k * n * per * round(d / per))}
 
     best_shape, best_n = min(shapes, key=lambda s: abs(math.log(s[1] / n_opt)))
     target = (best_n, budget / (k * best_n))
     # Affordable runs: every shape at each data size of the grid, and at the data that spends C.
     candidates = [(s, n, d) for s, n in shapes
-                  for d in sorted({*map(float, grid[data_axis]), budget / (k * n)})
-                  if k * n * d <= budget * (1 + 1e-9) and d >= 1 and s != best_shape]
+                  for d in sorted({*(per * float(v) for v in grid[data_axis]), budget / (k * n)})
+                  if k * n * d <= budget * (1 + 1e-9) and d >= per and s != best_shape]
     points = np.array([target] + [(n, d) for _, n, d in candidates])
     raw = _read_yaml(path)
 
@@ -197,7 +216,7 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
             if i == 0:
                 point = " ".join(f"{a}={v}" for a, v in shape.items())
                 raise ScalelabError(f"next: the compute-optimal run ({point}, {data_axis}="
-                                    f"{int(round(d))}) is not valid for this study: {exc}"
+                                    f"{round(d / per)}) is not valid for this study: {exc}"
                                     ) from None
             return None
 
@@ -206,14 +225,17 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
     proposals = []
     for i, shrink, run_ids in chosen:
         shape, n, d = (best_shape, *target) if i == 0 else candidates[i - 1]
-        d = float(int(round(d)))
+        d = per * round(d / per)  # the law's data, of a whole number of the axis's units
         predicted, interval = _predict(entry, (n, d), seeds, rng)
         proposals.append(Proposal("compute-optimal" if i == 0 else "uncertainty",
-                                  {**shape, data_axis: int(d), **entry.point}, n, d, k * n * d,
+                                  {**shape, data_axis: round(d / per), **entry.point}, n, d,
+                                  k * n * d,
                                   predicted, interval, shrink, run_ids, grid_entry(shape, n, d),
                                   tuning.predictions(n, k * n * d)))
-    result = NextRuns(entry, budget, k, n_opt, d_opt, n_ci, d_ci, boot.level, seeds,
-                      proposals, path, tuning=tuning if tuning.grid else None)
+    result = NextRuns(entry, budget, k, n_opt, d_opt, optimum.n_ci, optimum.d_ci,
+                      entry.boot.level, seeds, proposals, path,
+                      tuning=tuning if tuning.grid else None, approach=optimum.approach,
+                      approach_why=optimum.why, agreement=optimum.agreement)
     if append:
         result.appended = append_to_study(path, [p.grid for p in proposals])
     with Store.open(out) as store:
@@ -226,6 +248,59 @@ def _check_arguments(budget: float, hyper: str) -> None:
         raise ScalelabError(f"--budget: expected a positive number of FLOPs, got {budget!r}")
     if hyper not in HYPER_MODES:
         raise ScalelabError(f"--hyper: expected one of {', '.join(HYPER_MODES)}, got {hyper!r}")
+
+
+def _optimum(entry: FitEntry, selected, meta, curves, budget: float, n_resamples: int
+             ) -> Optimum:
+    """N* at ``budget`` from the approach the study's agreement verdict recommends (Approach
+    3 quoted under the runs' own counted FLOPs), D* the data that spends the budget; the
+    joint law's own optimum, saying why, when the study has no compute-optimal answers."""
+    k = entry.compute.k
+    answers = _answers(selected, meta, curves, budget, n_resamples)
+    if isinstance(answers, ComputeOptimal) and answers.recommended is not None:
+        best = answers.recommended
+        if best.name.startswith(APPROACH_3.split("{")[0]):
+            best = next(j for j in answers.joint if j.name == answers.chosen_joint).estimate(
+                budget, _consumed_k(selected, meta.settings["size"], k))
+        n, (lo, hi) = best.n_opt_target, best.n_opt_target_interval
+        if all(math.isfinite(v) and v > 0 for v in (n, lo, hi)):
+            return Optimum(n, budget / (k * n), (lo, hi), (budget / (k * hi), budget / (k * lo)),
+                           best.name, answers.agreement.why, answers.agreement)
+        reason = f"{best.name} has no finite N* at this budget"
+    else:
+        reason = answers if isinstance(answers, str) else answers.agreement.why
+    fit = entry.fit
+    n_opt, d_opt = (float(v[0]) for v in compute_optimal(fit.params, [budget],
+                                                         flops_per_param_sample=k))
+    if not (math.isfinite(n_opt) and math.isfinite(d_opt)):
+        raise ScalelabError(f"next: {entry.title} has no finite compute-optimal point "
+                            f"(alpha = {fit.params['alpha']:.3g}, beta = {fit.params['beta']:.3g})")
+    n_ci, d_ci = _optimum_intervals(entry, budget, k)
+    return Optimum(n_opt, d_opt, n_ci, d_ci, JOINT_LAW,
+                   f"as before the approaches: {reason.rstrip('.')}")
+
+
+def _answers(selected, meta, curves, budget: float, n_resamples: int) -> ComputeOptimal | str:
+    """The study's compute-optimal approaches at ``budget``, fitted as its report fits them
+    (so next follows the verdict the report shows), or why there are none."""
+    settings = meta.settings
+    try:
+        return study_answers(selected, settings["size"], settings["metric"], meta.design,
+                             settings.get("data", "auto"), curves, n_resamples, budget)
+    except ScalelabError as exc:
+        return str(exc)
+
+
+def _consumed_k(selected, size: str, fallback: float) -> float:
+    """FLOPs per parameter per unit of data consumed, as the runs counted them: the k the
+    approaches' D (samples or tokens seen) needs for N* at a budget of counted FLOPs."""
+    done = [r for r in selected if r.get("status") == "completed" and r.get("train_flops")
+            and r.get(size)]
+    column = next((c for c in CONSUMED if done and all(r.get(c) for r in done)), None)
+    if column is None:
+        return fallback
+    return float(np.median([r["train_flops"] / (float(r[size]) * float(r[column]))
+                            for r in done]))
 
 
 def _optimum_intervals(entry: FitEntry, budget: float, k: float
@@ -285,9 +360,10 @@ def _around(value: float, grid: list[Any], step: float, mode: str) -> list[Any]:
 
 
 def _stored(out: Path, study: str | Path | None, append: bool):
-    """(records, typed meta, configs, study file) of the store in ``out``."""
+    """(records, typed meta, configs, study file, learning curves) of the store in ``out``."""
     with Store.open(out) as store:
         records, meta, configs = store.records(), store.study_meta(), store.configs()
+        curves = store.curves()
     if study is None and not meta.source:
         raise ScalelabError(f"next: {out} does not record its study file; pass --study FILE")
     path = Path(study) if study is not None else recorded_study(out, meta.source)
@@ -295,7 +371,7 @@ def _stored(out: Path, study: str | Path | None, append: bool):
         raise ScalelabError(f"{out}: was run with --quick, whose grid replaces the file's; "
                             "--append would add runs to the full study instead. Run next on "
                             "the full study's directory, or add the grid entry by hand")
-    return records, meta, configs, path
+    return records, meta, configs, path, curves
 
 
 def _check_fit(entry: FitEntry) -> None:
@@ -311,17 +387,36 @@ def _check_fit(entry: FitEntry) -> None:
                             "for a fixed number of passes (train.epochs instead of max_steps)")
 
 
-def _proposal_axes(meta, entry: FitEntry) -> tuple[list[str], str]:
-    """(the model-size axes a proposal sets, the grid's data axis the joint law is fitted on)."""
+#: A law fitted on consumed data proposes along the data axis when every run's consumed
+#: data per unit of that axis is within this of the median (a fixed number of epochs).
+MAX_PER_UNIT_SPREAD = 0.05
+
+
+def _proposal_axes(meta, entry: FitEntry, rows) -> tuple[list[str], str, float]:
+    """(the model-size axes a proposal sets, the grid's data axis, the law's data per unit
+    of that axis: 1 when the joint law is fitted on the axis itself, else the consumed data
+    (analysis.data) per unit, which must be the same for every run, as with fixed epochs)."""
     axes, nuisance = meta.axes, meta.nuisance
     size_axes = [a for a in axes if axes[a].startswith("model.") and a not in nuisance
                  and a not in entry.point]
-    data_axis = next(a for a in axes if axes[a] in DATA_PATHS)
-    if entry.x_names[1] != data_axis:
-        raise ScalelabError(f"next: the joint law is fitted against {entry.x_names[1]} "
-                            f"(analysis.data), but next proposes runs along the grid's data "
-                            f"axis {data_axis}; fit against it (analysis.data: auto) to use next")
-    return size_axes, data_axis
+    data_axis = next((a for a in axes if axes[a] in DATA_PATHS), None)
+    if data_axis is None:
+        raise ScalelabError(f"next: the study has no data axis ({' or '.join(DATA_PATHS)}) in "
+                            "its grid to propose runs along (an IsoFLOP design sets the data "
+                            "per cell: add a budget to design.isoflop.budgets instead)")
+    column = entry.x_names[1]
+    if column == data_axis:
+        return size_axes, data_axis, 1.0
+    ratios = np.array([r[column] / r[data_axis] for r in rows if r.get("status") == "completed"
+                       and r.get(column) and r.get(data_axis)], dtype=float)
+    per = float(np.median(ratios)) if len(ratios) else math.nan
+    if not (per > 0) or np.max(np.abs(ratios / per - 1)) > MAX_PER_UNIT_SPREAD:
+        raise ScalelabError(f"next: the joint law is fitted against {column} (analysis.data), "
+                            f"but the runs' {column} per unit of the grid's data axis "
+                            f"{data_axis} is not one number (train each run for a fixed number "
+                            f"of epochs), so no {data_axis} gives a proposed run its {column}; "
+                            "fit against the axis (analysis.data: auto) to use next")
+    return size_axes, data_axis, per
 
 
 def _check_reach(entry: FitEntry, budget: float, k: float, n_opt: float, d_opt: float) -> None:
@@ -350,14 +445,20 @@ def _ledger(result: NextRuns) -> list[dict[str, Any]]:
     """The proposals as the store's extrapolation ledger keeps them."""
     entry = result.fit
     return [{**p.to_dict(), "budget": result.budget, "fit": entry.title,
+             "optimum_from": result.approach,
              "metric": entry.y_name, "x_names": entry.x_names, "level": result.level,
              "seeds": result.seeds, "law": entry.fit.to_dict(),
              "fitted_on": {"x": entry.x.tolist(), "y": entry.y.tolist()},
              "study_file": str(result.study_file)} for p in result.proposals]
 
 
-def _joint_fit(fits: list[FitEntry], where: dict[str, str], out: Path) -> FitEntry:
+def _joint_fit(fits: list[FitEntry], where: dict[str, str], out: Path, meta) -> FitEntry:
     joint = [f for f in fits if len(f.x_names) == 2]
+    if meta.design:
+        raise ScalelabError(f"next: {out} is an IsoFLOP design, which sets each cell's data "
+                            "itself, and next proposes runs along a grid's data axis: add a "
+                            "budget to design.isoflop.budgets (around the N* its report "
+                            "recommends) and rerun the study")
     if not joint:
         raise ScalelabError(f"next: {out} has no joint law of model size and data to extrapolate: "
                             "the study needs a model-size axis and a data axis (task.num_train "

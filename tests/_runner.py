@@ -17,12 +17,12 @@ if skew:
     time.time = lambda: wall() + skew
 
 from scalelab import store  # noqa: E402
-from scalelab.runner import study  # noqa: E402
+from scalelab.runner import execute  # noqa: E402
 
 for name in ("STALE_S", "HEARTBEAT_S"):
     value = os.environ.get(f"SCALELAB_TEST_{name}")
     if value:
-        for module in (store, study):
+        for module in (store, execute):
             if hasattr(module, name):  # (a module that imported the constant by name)
                 setattr(module, name, float(value))
 

@@ -541,7 +541,8 @@ def fit_csv(path: str | Path, *, flops_per_param_token: float | None = None,
     C = _csv_budgets(rows, columns["budget"], N, D, flops_per_param_token, notes)
     groups = _csv_groups(rows, C, N, D)
     result = compute_optimal_answers(N, D, C, L, groups, target=target,
-                                     n_resamples=n_resamples, seed=seed)
+                                     n_resamples=n_resamples, seed=seed,
+                                     k=flops_per_param_token)
     said = any(n.startswith("Approach 2 is left out") for n in notes)  # in the CSV's words
     result.notes = notes + [n for n in result.notes
                             if not (said and n.startswith("Approach 2 is left out"))]

@@ -107,12 +107,12 @@ def command(fn):
 @command
 def run(
     study: Path = typer.Argument(..., help="study YAML file"),
-    out: Path | None = typer.Option(None, "--out", help="output directory [default: runs/<study name>, or runs/<study name>-quick with --quick]"),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="parallel worker processes [default: cores, or one per GPU]"),
+    out: Path | None = typer.Option(None, "--out", help="output directory (default: runs/<study name>, or runs/<study name>-quick with --quick)"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="parallel worker processes (default: cores, or one per GPU)"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N|mps (auto takes a GPU when there is one)"),
     backend: str = typer.Option("auto", "--backend", help="executor: local (worker processes), torchrun (inside a torchrun job), ray (a Ray cluster); auto picks local or torchrun"),
     trackers: list[str] = typer.Option([], "--tracker", "--track", help="also log every run to this tracker (mlflow, wandb; repeatable), with its defaults; a study's `trackers:` sets them"),
-    address: str | None = typer.Option(None, "--address", help="with --backend ray: the cluster (auto, or ray://HOST:PORT) [default: a local Ray]"),
+    address: str | None = typer.Option(None, "--address", help="with --backend ray: the cluster (auto, or ray://HOST:PORT) (default: a local Ray)"),
     set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable), e.g. train.lr=0.01 or grid.model.width=[16,32]"),
     quick: bool = typer.Option(False, "--quick", help="apply the study's own `quick:` overrides for a fast first look (kept apart in runs/<name>-quick)"),
     download: bool = typer.Option(False, "--download", help="let a task whose path is empty fetch its dataset into the cache on first use, as `download: true` in the task does (same as SCALELAB_DOWNLOAD=1)"),
@@ -226,7 +226,7 @@ def status(
 
 @command
 def list_(
-    family: str | None = typer.Argument(None, help="task, model, method, law, evaluator, executor or tracker [default: all]"),
+    family: str | None = typer.Argument(None, help="task, model, method, law, evaluator, executor or tracker (default: all)"),
     pattern: str = typer.Option("*", "--match", help="shell-style wildcard on names"),
     settings: bool = typer.Option(False, "--settings", help="also list each plug-in's settings"),
     fmt: Fmt = FormatOption,
@@ -366,11 +366,11 @@ def _print_compute_optimal(output: Output, result: ComputeOptimal) -> None:
 @command
 def coordcheck(
     study: Path = typer.Argument(..., help="study YAML file (its model must have a width: mlp, gpt)"),
-    out: Path | None = typer.Option(None, "--out", help="where coordcheck.png/.svg/.json go [default: the study's output directory]"),
-    widths: str | None = typer.Option(None, "--widths", help="comma-separated widths [default: the study grid's widths]"),
+    out: Path | None = typer.Option(None, "--out", help="where coordcheck.png/.svg/.json go (default: the study's output directory)"),
+    widths: str | None = typer.Option(None, "--widths", help="comma-separated widths (default: the study grid's widths)"),
     steps: int = typer.Option(5, "--steps", min=2, help="training steps per width"),
     seeds: int = typer.Option(3, "--seeds", min=1, help="seeds averaged per width"),
-    lr: float | None = typer.Option(None, "--lr", min=0, help="the constant learning rate [default: the study's train.lr]"),
+    lr: float | None = typer.Option(None, "--lr", min=0, help="the constant learning rate (default: the study's train.lr)"),
     set_: list[str] = typer.Option([], "--set", help="override a setting: key=value (repeatable)"),
     quick: bool = typer.Option(False, "--quick", help="apply the study's `quick:` overrides"),
     fmt: Fmt = FormatOption,
@@ -417,7 +417,7 @@ class Hyper(str, Enum):
 def next_(
     out_dir: Path = typer.Argument(..., help="a study output directory with a joint law (model size x data)"),
     budget: float = typer.Option(..., "--budget", help="training compute of the next run, in FLOPs (e.g. 1e13)"),
-    study: Path | None = typer.Option(None, "--study", help="the study file [default: the one the store was run from]"),
+    study: Path | None = typer.Option(None, "--study", help="the study file (default: the one the store was run from)"),
     where: list[str] = typer.Option([], "--where", help="AXIS=VALUE: which joint fit, when the study has several (e.g. method=full)"),
     extra: int = typer.Option(2, "--extra", min=0, max=5, help="runs besides the compute-optimal one, chosen to shrink its uncertainty"),
     hyper: Hyper = typer.Option(Hyper.bracket, "--hyper", help="tuned settings (lr, batch size) with a hyperparameter law: the predicted value and one grid step either side (bracket), the predicted value alone (predicted), or the whole grid (grid)"),
@@ -521,7 +521,7 @@ def compare(
 def report(
     out_dir: Path = typer.Argument(..., help="a study output directory"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="bootstrap resamples over runs"),
-    out: Path | None = typer.Option(None, "--out", help="write the report into this folder [default: the study output directory; e.g. for one on read-only storage]"),
+    out: Path | None = typer.Option(None, "--out", help="write the report into this folder (default: the study output directory; e.g. for one on read-only storage)"),
     output: Output = None,
 ) -> int:
     """Write report.md, a self-contained report.html, scaling_law.json and comparison_table.txt."""
@@ -536,7 +536,7 @@ def report(
 @command
 def evaluate(
     out_dir: Path = typer.Argument(..., help="a study output directory with checkpoints"),
-    study: Path | None = typer.Option(None, "--study", help="take the evaluation settings from this study file [default: the one the runs were trained from]"),
+    study: Path | None = typer.Option(None, "--study", help="take the evaluation settings from this study file (default: the one the runs were trained from)"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N|mps"),
     report: bool = typer.Option(True, "--report/--no-report", help="rewrite the study report when done"),
     fmt: Fmt = FormatOption,
@@ -579,7 +579,7 @@ def merge(
 def export(
     out_dir: Path = typer.Argument(..., help="a study output directory"),
     to: ExportFmt = typer.Option(ExportFmt.csv, "--to", help="file format (parquet needs pyarrow)"),
-    path: Path | None = typer.Option(None, "--output", "-o", help="file to write [default: DIR/results.FORMAT]"),
+    path: Path | None = typer.Option(None, "--output", "-o", help="file to write (default: DIR/results.FORMAT)"),
     curves: bool = typer.Option(False, "--curves", help="export the learning curves instead of the runs"),
     output: Output = None,
 ) -> int:
@@ -608,7 +608,7 @@ def _data_command(fn):
 def data_get(
     name: str = typer.Argument(..., help="mnist, fashion_mnist, cifar10, cifar100, imagenette or fineweb10B (`scalelab data list`)"),
     to: Path | None = typer.Option(None, "--to", help="put it in this folder instead of the dataset cache (then give the task `path:` that folder)"),
-    shards: int | None = typer.Option(None, "--shards", min=1, help="fineweb10B: training shards of 100 M tokens to fetch, beside the validation shard [default: 1; 9 is modded-nanogpt's speedrun, 103 all]"),
+    shards: int | None = typer.Option(None, "--shards", min=1, help="fineweb10B: training shards of 100 M tokens to fetch, beside the validation shard (default: 1; 9 is modded-nanogpt's speedrun, 103 all)"),
     fmt: Fmt = FormatOption,
     output: Output = None,
 ) -> int:

@@ -126,15 +126,20 @@ def _choose_joint(joint: list[JointFit]) -> tuple[JointFit, str]:
 
 def compute_optimal_answers(N, D, C, L, groups=None, *, target: float | None = None,
                             n_resamples: int = 1000, seed: int = 0,
-                            curves: Sequence[Curve] | None = None) -> ComputeOptimal:
+                            curves: Sequence[Curve] | None = None,
+                            k: float | None = None) -> ComputeOptimal:
     """Approaches 2 and 3 (and 1, from the runs' learning ``curves`` when their schedules
     allow it) on runs of size N, data D, budget C (None or NaN: runs without a budget, e.g.
     a plain grid; Approach 2 then is left out with a note) and loss L; N* quoted at
-    ``target`` (default: 10x the largest budget, or of the largest N·D·k)."""
+    ``target`` (default: 10x the largest budget, or of the largest N·D·k). ``k``, FLOPs per
+    parameter per example (token): measured from the budgets, else given (e.g. from the
+    runs' counted FLOPs), else 6 (a dense transformer's forward and backward)."""
     N, D, L = (np.asarray(v, dtype=float) for v in (N, D, L))
     C = np.full(len(N), np.nan) if C is None else np.asarray(C, dtype=float)
     budgeted = np.isfinite(C)
-    k = float(np.median(C[budgeted] / (N[budgeted] * D[budgeted]))) if budgeted.any() else 6.0
+    if budgeted.any():
+        k = float(np.median(C[budgeted] / (N[budgeted] * D[budgeted])))
+    k = 6.0 if k is None else float(k)
     largest = float(np.max(C[budgeted])) if budgeted.any() else float(np.max(k * N * D))
     target = DEFAULT_TARGET_FACTOR * largest if target is None else float(target)
     joint = _joint_fits(np.stack([N, D], 1), L, n_resamples, seed)
@@ -222,8 +227,9 @@ def study_answers(selected: Sequence[dict[str, Any]], size: str, metric: str,
     C = np.array([r["budget"] if design else np.nan for r in done], dtype=float)
     L = np.array([r[metric] for r in done], dtype=float)
     groups = [f"{r.get('budget')}|{r[size]}" for r in done]
+    k = float(np.median([r["train_flops"] / (r[size] * r[consumed]) for r in done]))
     return compute_optimal_answers(N, D, C, L, groups, target=target, n_resamples=n_resamples,
-                                   curves=_curves(done, size, consumed, curves))
+                                   curves=_curves(done, size, consumed, curves), k=k)
 
 
 def _curves(done: Sequence[dict[str, Any]], size: str, consumed: str,

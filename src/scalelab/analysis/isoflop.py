@@ -618,8 +618,8 @@ def _recommend(estimates: list[ApproachEstimate]) -> tuple[str | None, str]:
                       "diagnostics name.")
 
     def width(e: ApproachEstimate) -> float:
-        lo, hi = e.n_opt_target_interval
-        return hi / lo if lo > 0 else math.inf
+        lo, hi = e.n_opt_target_interval  # zero width: every resample alike, no measure at all
+        return hi / lo if lo > 0 and hi > lo else math.inf
 
     best = min(laws, key=lambda e: (bool(_causes(e)), width(e)))
     others = [e for e in estimates if e is not best]

@@ -16,7 +16,7 @@ import math
 import os
 import stat
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -652,12 +652,14 @@ def check_store(out_dir: str | Path) -> None:
         store.check()
 
 
-def report(out_dir: str | Path, n_resamples: int = 1000, out: str | Path | None = None):
+def report(out_dir: str | Path, n_resamples: int = 1000, out: str | Path | None = None,
+           progress: Callable[[str], None] | None = None):
     """Write the study report (md, html, json, txt, figures) into ``out`` (default:
-    ``out_dir``; another folder for a store that cannot be written, e.g. an archive)."""
+    ``out_dir``; another folder for a store that cannot be written, e.g. an archive).
+    ``progress`` is told of each slow step (the fits, the figures) before it starts."""
     from .report import write_report
 
-    return write_report(out_dir, n_resamples=n_resamples, out=out)
+    return write_report(out_dir, n_resamples=n_resamples, out=out, progress=progress)
 
 
 def evaluate(out_dir: str | Path, *, study: str | Path | Study | None = None,

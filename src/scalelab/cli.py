@@ -642,7 +642,7 @@ def data_list(fmt: Fmt = FormatOption, output: Output = None) -> int:
 def _write_report(output: Output, out_dir: Path, bootstrap: int = 1000,
                   out: Path | None = None):
     """Write the report; say so when it has fewer completed runs than the one it replaced."""
-    written = api.report(out_dir, n_resamples=bootstrap, out=out)
+    written = api.report(out_dir, n_resamples=bootstrap, out=out, progress=output.info)
     if written.replaced_runs is not None:
         output.warn(f"the report is built from {written.analysis.counts.get('completed', 0)} "
                     f"runs, fewer than the {written.replaced_runs} of the one it replaced "

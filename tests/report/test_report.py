@@ -164,3 +164,28 @@ def test_a_report_built_from_fewer_runs_says_so(tmp_path, tiny_study):
         in result.output
     assert "This report is built from 3 runs, fewer than the 4" in (out / "report.md").read_text()
     assert not list(out.glob(".*.tmp*")) and not list((out / "figures").glob(".*"))
+
+
+def test_the_analysis_after_training_says_what_it_does_on_stderr_and_never_in_json(
+        tmp_path, tiny_study, run_cli):
+    study = tiny_study(tmp_path, grid={"width": [4, 8, 16]})
+    out = tmp_path / "out"
+    text = run_cli("run", study, "--out", out, "--workers", "1", "--device", "cpu",
+                   "--bootstrap", "20")
+    assert text.exit_code == 0, text.output
+    lines = text.stderr.splitlines()
+    analysing = next(i for i, line in enumerate(lines) if line.startswith("analysing: "))
+    assert lines[analysing] == "analysing: 1 fit, 20 bootstrap resamples each …"
+    writing = lines[analysing + 1]
+    assert re.fullmatch(r"writing \d+ figures \(PNG and SVG\) and the report into .+ …",
+                        writing), lines
+    assert "analysing" not in text.stdout and "writing" not in text.stdout
+    (out / "report.html").unlink()  # the report is rewritten: its phases are said again
+    as_json = run_cli("run", study, "--out", out, "--device", "cpu", "--bootstrap", "20",
+                      "--format", "json")
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)["report"].endswith("report.html")
+    assert "analysing" not in as_json.output and "writing" not in as_json.output
+    report = run_cli("report", out, "--bootstrap", "20")
+    assert report.exit_code == 0 and "analysing: 1 fit, 20 bootstrap resamples each …" \
+        in report.stderr and "writing " in report.stderr and not report.stdout.strip()

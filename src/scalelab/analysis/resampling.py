@@ -139,8 +139,7 @@ def bootstrap(
     intervals = {k: interval([s[k] for s in samples]) for k in fit.params}
     prediction = None
     if predict_at is not None and thetas:
-        P = _as_matrix(predict_at, law.variables)
-        preds = np.array([law.predict(t, P) for t in thetas])
+        preds = _predictions(law, np.array(thetas), _as_matrix(predict_at, law.variables))
         prediction = np.stack([np.percentile(preds, lo, axis=0), np.percentile(preds, hi, axis=0)], 1)
     derived_values = {name: np.array([f(s) for s in samples], dtype=float)
                       for name, f in (derived or {}).items()}
@@ -152,6 +151,17 @@ def bootstrap(
     if diagnostics:  # False: the caller diagnoses the fit with this bootstrap itself
         fit.diagnostics = diagnose(fit, X, y, boot)
     return boot
+
+
+def _predictions(law: LawForm, thetas: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """The law at the rows of P under every resample's parameters (resamples, rows): by the
+    form's array code where it has some (the same numbers as one at a time), in blocks that
+    keep the Jacobian it also returns small."""
+    if type(law).log_predict_batch is LawForm.log_predict_batch:
+        return np.array([law.predict(t, P) for t in thetas])
+    size = max(1, LOCKSTEP_CELLS // max(1, len(P)))
+    return np.concatenate([np.exp(law.log_predict_batch(thetas[i:i + size], P)[0])
+                           for i in range(0, len(thetas), size)])
 
 
 def _draw_resamples(law: LawForm, X: np.ndarray, y: np.ndarray, labels: np.ndarray,
@@ -253,6 +263,37 @@ def _two_loop(g: np.ndarray, S: np.ndarray, Y: np.ndarray, rho: np.ndarray) -> n
     return q
 
 
+class _Running:
+    """The problems of :func:`_refine_batch` still running, packed: their rows of the batch
+    and their state, so each iteration's array operations touch only them and a problem
+    that stops is copied out once (the rows stay in batch order: the same arithmetic on the
+    same rows as indexing the whole batch every iteration, so the same numbers)."""
+
+    def __init__(self, rows, T, f, g, W, lower, upper, memory: int):
+        P = T.shape[1]
+        self.rows, self.T, self.f, self.g = rows, T[rows], f[rows], g[rows]
+        self.W, self.lower, self.upper = W[rows], lower[rows], upper[rows]
+        self.S, self.Y = np.zeros((len(rows), memory, P)), np.zeros((len(rows), memory, P))
+        self.rho = np.zeros((len(rows), memory))
+        self.flat_steps = np.zeros(len(rows), int)
+        self.projected = _projected_gradient(self.T, self.g, self.lower, self.upper)
+
+    def drop(self, stopped: np.ndarray, T: np.ndarray, f: np.ndarray, g: np.ndarray) -> None:
+        """Copy the stopped problems' state out into (T, f, g); keep running the rest."""
+        if not stopped.any():
+            return
+        out = self.rows[stopped]
+        T[out], f[out], g[out] = self.T[stopped], self.f[stopped], self.g[stopped]
+        keep = ~stopped
+        for name in ("rows", "T", "f", "g", "W", "lower", "upper", "S", "Y", "rho",
+                     "flat_steps", "projected"):
+            setattr(self, name, getattr(self, name)[keep])
+
+
+def _projected_gradient(T, g, lower, upper) -> np.ndarray:
+    return np.abs(T - np.clip(T - g, lower, upper)).max(axis=1)
+
+
 def _refine_batch(T0, law, X, log_y, W, loss, delta, lower, upper, memory: int = 10,
                   max_iter: int = 500) -> list[optimize.OptimizeResult]:
     """Minimise :func:`objective` for k weightings of the rows at once, from starts T0
@@ -268,68 +309,93 @@ def _refine_batch(T0, law, X, log_y, W, loss, delta, lower, upper, memory: int =
     k, P = T.shape
     tol = _gradient_tolerance(W.shape[1], delta)
     f, g = _objective_batch(T, law, X, log_y, W, loss, delta)
-    # the last ``memory`` steps s and gradient changes y, newest first; rho = 1 / (s . y)
-    S, Y = np.zeros((k, memory, P)), np.zeros((k, memory, P))
-    rho = np.zeros((k, memory))
-    nit, flat_steps = np.zeros(k, int), np.zeros(k, int)
-    running = np.isfinite(f)
+    nit = np.zeros(k, int)
     message = np.array(["running"] * k, dtype=object)
-    message[~running] = "objective not finite at the start"
+    message[~np.isfinite(f)] = "objective not finite at the start"
+    run = _Running(np.nonzero(np.isfinite(f))[0], T, f, g, W, lower, upper, memory)
     for _ in range(max_iter):
-        projected = np.abs(T - np.clip(T - g, lower, upper)).max(axis=1)
-        done = running & (projected <= 0.1 * tol)
-        message[done] = "projected gradient below tolerance"
-        running &= ~done
-        idx = np.nonzero(running)[0]
-        if not len(idx):
+        done = run.projected <= 0.1 * tol
+        message[run.rows[done]] = "projected gradient below tolerance"
+        run.drop(done, T, f, g)
+        if not len(run.rows):
             break
-        nit[idx] += 1
-        rho_i = rho[idx]
-        q = _two_loop(g[idx], S[idx], Y[idx], rho_i)
-        d, gi, Ti, fi = -q, g[idx], T[idx], f[idx]
-        lo, hi = lower[idx], upper[idx]
-        pinned = ((Ti <= lo) & (gi > 0)) | ((Ti >= hi) & (gi < 0))
-        d[pinned] = 0.0
-        uphill = np.einsum("kp,kp->k", d, gi) >= 0
-        d[uphill] = -np.where(pinned[uphill], 0.0, gi[uphill])
-        first = rho_i[:, 0] == 0  # no curvature yet: a step of unit length, as L-BFGS-B
-        step = np.where(first, 1.0 / np.maximum(np.linalg.norm(d, axis=1), 1e-300), 1.0)
-        new_T, new_f, new_g = Ti.copy(), fi.copy(), gi.copy()
-        searching = np.ones(len(idx), bool)
-        for _ in range(40):
-            s_idx = np.nonzero(searching)[0]
-            if not len(s_idx):
-                break
-            trial = np.clip(Ti[s_idx] + step[s_idx, None] * d[s_idx], lo[s_idx], hi[s_idx])
-            f_t, g_t = _objective_batch(trial, law, X, log_y, W[idx[s_idx]], loss, delta)
-            slope = np.einsum("kp,kp->k", gi[s_idx], trial - Ti[s_idx])
-            accept = f_t <= fi[s_idx] + 1e-4 * slope
-            ok = s_idx[accept]
-            new_T[ok], new_f[ok], new_g[ok] = trial[accept], f_t[accept], g_t[accept]
-            searching[ok] = False
-            rejected = s_idx[~accept]
-            # minimum of the quadratic through f(0), f'(0) and f(step), kept in [0.1, 0.5] step
-            curve = f_t[~accept] - fi[rejected] - slope[~accept]
-            with np.errstate(all="ignore"):
-                shrink = np.where(np.isfinite(curve) & (curve > 0),
-                                  -slope[~accept] / (2 * curve), 0.5)
-            step[rejected] *= np.clip(shrink, 0.1, 0.5)
-        stalled = searching
-        s_new, y_new = new_T - Ti, new_g - gi
-        sy = np.einsum("kp,kp->k", s_new, y_new)
-        keep = ~stalled & (sy > 1e-10 * np.maximum(np.einsum("kp,kp->k", y_new, y_new), 1e-300))
-        kept = idx[keep]
-        S[kept, 1:], Y[kept, 1:], rho[kept, 1:] = S[kept, :-1], Y[kept, :-1], rho[kept, :-1]
-        S[kept, 0], Y[kept, 0], rho[kept, 0] = s_new[keep], y_new[keep], 1 / sy[keep]
-        T[idx], f[idx], g[idx] = new_T, new_f, new_g
-        flat = ~stalled & (fi - new_f <= 1e-15 * np.maximum(np.maximum(np.abs(fi), np.abs(new_f)),
-                                                           1.0))
-        flat_steps[idx] = np.where(flat, flat_steps[idx] + 1, 0)
-        small = np.abs(new_T - np.clip(new_T - new_g, lo, hi)).max(axis=1) <= tol
-        stop = flat & (small | (flat_steps[idx] >= 5))
-        message[idx[stalled]] = "no step lowers the objective"
-        message[idx[stop]] = "objective stopped falling"
-        running[idx[stalled | stop]] = False
-    message[running] = "iteration limit"
+        nit[run.rows] += 1
+        stalled, stop = _lbfgs_step(run, law, X, log_y, loss, delta, tol)
+        message[run.rows[stalled]] = "no step lowers the objective"
+        message[run.rows[stop]] = "objective stopped falling"
+        run.drop(stalled | stop, T, f, g)
+    message[run.rows] = "iteration limit"
+    run.drop(np.ones(len(run.rows), bool), T, f, g)
     return [optimize.OptimizeResult(x=T[i], fun=float(f[i]), jac=g[i], nit=int(nit[i]),
                                     message=str(message[i])) for i in range(k)]
+
+
+def _lbfgs_step(run: _Running, law, X, log_y, loss, delta, tol: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """One L-BFGS iteration of every running problem, in place: the two-loop direction,
+    projected on the box, a line search, the curvature pair kept where it is positive.
+    Returns (stalled: no step lowered the objective, stop: it stopped falling)."""
+    q = _two_loop(run.g, run.S, run.Y, run.rho)
+    d, gi, Ti, fi = -q, run.g, run.T, run.f
+    lo, hi = run.lower, run.upper
+    pinned = ((Ti <= lo) & (gi > 0)) | ((Ti >= hi) & (gi < 0))
+    d[pinned] = 0.0
+    uphill = np.einsum("kp,kp->k", d, gi) >= 0
+    d[uphill] = -np.where(pinned[uphill], 0.0, gi[uphill])
+    first = run.rho[:, 0] == 0  # no curvature yet: a step of unit length, as L-BFGS-B
+    step = np.where(first, 1.0 / np.maximum(np.linalg.norm(d, axis=1), 1e-300), 1.0)
+    new_T, new_f, new_g, stalled = _line_search(run, d, step, law, X, log_y, loss, delta)
+    s_new, y_new = new_T - Ti, new_g - gi
+    sy = np.einsum("kp,kp->k", s_new, y_new)
+    keep = ~stalled & (sy > 1e-10 * np.maximum(np.einsum("kp,kp->k", y_new, y_new), 1e-300))
+    S, Y, rho = run.S, run.Y, run.rho
+    if keep.all():  # the common case: shift every memory in place
+        S[:, 1:], Y[:, 1:], rho[:, 1:] = S[:, :-1], Y[:, :-1], rho[:, :-1]
+        S[:, 0], Y[:, 0], rho[:, 0] = s_new, y_new, 1 / sy
+    else:
+        S[keep, 1:], Y[keep, 1:], rho[keep, 1:] = S[keep, :-1], Y[keep, :-1], rho[keep, :-1]
+        S[keep, 0], Y[keep, 0], rho[keep, 0] = s_new[keep], y_new[keep], 1 / sy[keep]
+    run.T, run.f, run.g = new_T, new_f, new_g
+    flat = ~stalled & (fi - new_f <= 1e-15 * np.maximum(np.maximum(np.abs(fi), np.abs(new_f)),
+                                                       1.0))
+    run.flat_steps = np.where(flat, run.flat_steps + 1, 0)
+    run.projected = _projected_gradient(new_T, new_g, lo, hi)
+    stop = flat & ((run.projected <= tol) | (run.flat_steps >= 5))
+    return stalled, stop
+
+
+def _line_search(run: _Running, d: np.ndarray, step: np.ndarray, law, X, log_y, loss,
+                 delta) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Backtracking Armijo search along ``d`` from ``step`` (quadratic interpolation, the
+    step shrunk to 0.1-0.5 of itself, at most 40 trials) for every running problem:
+    (new points, values, gradients, stalled: no trial lowered the objective)."""
+    Ti, fi, gi = run.T, run.f, run.g
+    new_T, new_f, new_g = Ti.copy(), fi.copy(), gi.copy()
+    searching = np.ones(len(Ti), bool)
+    for _ in range(40):
+        s_idx = np.nonzero(searching)[0]
+        if not len(s_idx):
+            break
+        every = len(s_idx) == len(Ti)  # the first trial, as a rule: no rows to pick out
+
+        def rows(a: np.ndarray, every=every, s_idx=s_idx) -> np.ndarray:
+            return a if every else a[s_idx]
+
+        T_s = rows(Ti)
+        trial = np.clip(T_s + rows(step)[:, None] * rows(d), rows(run.lower), rows(run.upper))
+        f_t, g_t = _objective_batch(trial, law, X, log_y, rows(run.W), loss, delta)
+        slope = np.einsum("kp,kp->k", rows(gi), trial - T_s)
+        accept = f_t <= rows(fi) + 1e-4 * slope
+        if every and accept.all():  # every problem took its first step
+            return trial, f_t, g_t, ~accept
+        ok = s_idx[accept]
+        new_T[ok], new_f[ok], new_g[ok] = trial[accept], f_t[accept], g_t[accept]
+        searching[ok] = False
+        rejected = s_idx[~accept]
+        # minimum of the quadratic through f(0), f'(0) and f(step), kept in [0.1, 0.5] step
+        curve = f_t[~accept] - fi[rejected] - slope[~accept]
+        with np.errstate(all="ignore"):
+            shrink = np.where(np.isfinite(curve) & (curve > 0),
+                              -slope[~accept] / (2 * curve), 0.5)
+        step[rejected] *= np.clip(shrink, 0.1, 0.5)
+    return new_T, new_f, new_g, searching

@@ -6,8 +6,9 @@ validation loss) and every seed of it as a separate point, so the bootstrap resa
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,18 +17,22 @@ import numpy as np
 from ..errors import ScalelabError
 from ..store import StudyMeta
 from .allocation import compute_optimal
-from .approaches import ComputeOptimal, study_answers
+from .approaches import CONSUMED, ComputeOptimal, study_answers
 from .diagnostics import Diagnostic, diagnose, extrapolation, is_law, verdict
 from .evaluations import EvaluationAnalysis, analyze_evaluations
 from .fitting import DEFAULT_HOLDOUT, LawFit, backtest, choose_form, fit_law, holdout_mask
 from .hyperlaws import HyperLaw, study_hyper_laws
 from .ledger import grade
 from .nuisance import Transfer, Winner, best_over_nuisance, transfer
+from .parallel import run_all
 from .resampling import Bootstrap, bootstrap
 from .sample_selection import SelectionAnalysis, analyze_selection
 from .stats import Comparison, compare
 
 DATA_PATHS, METHOD_PATH = ("task.num_train", "task.num_train_tokens"), "method.name"
+
+#: Told what a slow step is about to do (one line, e.g. "analysing: 4 fits, ..."); None: quiet.
+Progress = Callable[[str], None] | None
 
 
 @dataclass
@@ -169,11 +174,14 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
                   n_resamples: int = 1000,
                   predictions: Sequence[dict[str, Any]] = (),
                   evaluations: Sequence[dict[str, Any]] = (),
-                  curves: Sequence[dict[str, Any]] = ()) -> StudyAnalysis:
+                  curves: Sequence[dict[str, Any]] = (), progress: Progress = None,
+                  workers: int | None = None) -> StudyAnalysis:
     """Per-shape optima, scaling-law fits, compute-optimal approaches (Approach 1 reads the
     ``curves``) and method comparisons of one stored study, its ledger of ``predictions``
     graded and its checkpoint ``evaluations`` tuned per shape and compared; ``metric`` and
-    ``compare_metric`` default to the study's ``analysis:`` settings."""
+    ``compare_metric`` default to the study's ``analysis:`` settings. ``progress`` is told
+    of each slow step before it starts; the fits run on ``workers`` processes (default:
+    every usable core; the same numbers on any count)."""
     meta = StudyMeta.coerce(meta)
     ledger = grade(predictions, records, meta)  # every stored run: proposals may be new
     stored, (records, excluded) = records, in_study(records, meta)
@@ -202,7 +210,9 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
                                           for v in grid.get(a, [None]))]
     transfers = transfer(records, scientific, nuisance, sizes[0], grid) if sizes else []
     method_axis = next((a for a in scientific if axes[a] == METHOD_PATH), None)
-    fits, optimal = _laws(selected, meta, metric, n_resamples, curves, notes)
+    fits, optimal = _laws(selected, meta, metric, n_resamples, curves, notes, progress, workers)
+    if nuisance and progress:
+        progress(f"hyperparameter laws: {n_resamples:,} seed resamples …")
     hyper = study_hyper_laws(records, meta, n_resamples=n_resamples) if nuisance else []
 
     comparisons: list[Comparison] = []
@@ -238,8 +248,8 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
 
 
 def _laws(selected: Sequence[dict[str, Any]], meta: StudyMeta, metric: str, n_resamples: int,
-          curves: Sequence[dict[str, Any]], notes: list[str]
-          ) -> tuple[list[FitEntry], ComputeOptimal | None]:
+          curves: Sequence[dict[str, Any]], notes: list[str], progress: Progress = None,
+          workers: int | None = None) -> tuple[list[FitEntry], ComputeOptimal | None]:
     """The laws against size (or data) per point of the other axes, the joint laws L(N, D),
     and the compute-optimal approaches; what the data cannot support goes to ``notes``."""
     settings, axes, scientific = meta.settings, meta.axes, meta.shape_axes
@@ -247,17 +257,21 @@ def _laws(selected: Sequence[dict[str, Any]], meta: StudyMeta, metric: str, n_re
     data_axis = next((a for a in scientific if axes[a] in DATA_PATHS), None)
     if meta.design:  # budgets x sizes: the approaches below fit every run together
         model_axes, data_axis = [], None
-    fits: list[FitEntry | None] = []
+    jobs: list[tuple] = []
     if model_axes or data_axis:
         x_name, fixed = (settings["size"], model_axes) if model_axes else (data_axis, [data_axis])
         for key, rows in _groups(selected, [a for a in scientific if a not in fixed]).items():
             for form in settings["forms"] if model_axes else ["auto"]:
-                fits.append(_attempt(notes, fit_rows, rows, [x_name], metric, key, n_resamples,
-                                     form))
-    fits += [] if meta.design else joint_fits(selected, meta, metric, n_resamples, notes)
-    done = [f for f in fits if f is not None]
+                jobs.append((rows, [x_name], metric, key, n_resamples, form))
+    jobs += [] if meta.design else _joint_jobs(selected, meta, metric, n_resamples)
+    if jobs and progress:
+        progress(f"analysing: {len(jobs)} fit{'s' * (len(jobs) != 1)}, {n_resamples:,} "
+                 "bootstrap resamples each …")
+    done = _fit_all(jobs, notes, workers)
     optimal = None
     if meta.design or any(f.fit.form == "chinchilla" for f in done):
+        if progress and (meta.design or settings.get("data", "auto") in CONSUMED):
+            progress(f"compute-optimal approaches: {n_resamples:,} bootstrap resamples each …")
         optimal = _attempt(notes, study_answers, selected, settings["size"], metric,
                            meta.design, settings.get("data", "auto"), curves, n_resamples,
                            settings.get("target_compute"))
@@ -265,6 +279,32 @@ def _laws(selected: Sequence[dict[str, Any]], meta: StudyMeta, metric: str, n_re
             notes.append(optimal)
             optimal = None
     return done, optimal
+
+
+#: Bootstrap refits (resamples x runs, over all fits) below which a study's fits run one
+#: after another: forking workers costs more than it saves on a small analysis.
+PARALLEL_REFITS = 50_000
+
+
+def _fit_all(jobs: Sequence[tuple], notes: list[str], workers: int | None = None
+             ) -> list[FitEntry]:
+    """:func:`fit_rows` of every job (its arguments), on every usable core when the
+    bootstraps are large (:mod:`.parallel`: the same numbers as one after another); a fit
+    the data cannot support is left out with the reason in ``notes``, in the jobs' order."""
+    refits = sum(len(job[0]) * job[4] for job in jobs)
+    outcomes = run_all([functools.partial(_fit_or_reason, *job) for job in jobs],
+                       weights=[len(job[1]) for job in jobs],  # a joint law costs about twice
+                       workers=workers if refits >= PARALLEL_REFITS else 1)
+    notes += [o for o in outcomes if isinstance(o, str)]
+    return [o for o in outcomes if not isinstance(o, str)]
+
+
+def _fit_or_reason(*args) -> FitEntry | str:
+    """:func:`fit_rows`, or why the data cannot support it."""
+    try:
+        return fit_rows(*args)
+    except ScalelabError as exc:
+        return str(exc)
 
 
 #: What a run's last digits depend on, as its provenance records it.
@@ -285,19 +325,25 @@ def joint_fits(selected: Sequence[dict[str, Any]], meta: StudyMeta, metric: str,
     """The joint laws L(N, D) of a study, one per point of its other scientific axes, fitted
     on ``selected`` (the per-shape optimum), with compute-optimal allocation; a group the data
     cannot support is left out with the reason in ``notes``."""
-    meta = StudyMeta.coerce(meta)
+    notes = [] if notes is None else notes
+    fits = [_attempt(notes, fit_rows, *job)
+            for job in _joint_jobs(selected, StudyMeta.coerce(meta), metric, n_resamples)]
+    return [f for f in fits if f is not None]
+
+
+def _joint_jobs(selected: Sequence[dict[str, Any]], meta: StudyMeta, metric: str,
+                n_resamples: int) -> list[tuple]:
+    """The :func:`fit_rows` arguments of each of :func:`joint_fits`' laws."""
     settings, axes, scientific = meta.settings, meta.axes, meta.shape_axes
     model_axes = [a for a in scientific if axes[a].startswith("model.")]
     data_axis = next((a for a in scientific if axes[a] in DATA_PATHS), None)
     data_column = data_axis if settings.get("data", "auto") == "auto" else settings["data"]
     if not (model_axes and data_column):
         return []
-    notes = [] if notes is None else notes
-    fits = [_attempt(notes, fit_rows, rows, [settings["size"], data_column], metric, key,
-                     n_resamples, "chinchilla", DEFAULT_HOLDOUT, True)
+    return [(rows, [settings["size"], data_column], metric, key, n_resamples, "chinchilla",
+             DEFAULT_HOLDOUT, True)
             for key, rows in _groups(selected, [a for a in scientific if a not in model_axes
                                                 and a != data_axis]).items()]
-    return [f for f in fits if f is not None]
 
 
 def in_study(records: Sequence[dict[str, Any]], meta: StudyMeta

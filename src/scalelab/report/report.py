@@ -7,6 +7,7 @@ The content is built once as a list of blocks and rendered to both Markdown and 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import time
@@ -18,11 +19,12 @@ from typing import Any
 from ..analysis.approaches import compute_optimal_lines, estimate_rows
 from ..analysis.evaluations import EvaluationAnalysis
 from ..analysis.ledger import calibration, scorecard, setting_rows
+from ..analysis.parallel import run_all
 from ..analysis.sample_selection import (
     KINDS,
     SelectionAnalysis,
 )
-from ..analysis.study_analysis import PLATFORM, StudyAnalysis, analyze_study
+from ..analysis.study_analysis import PLATFORM, Progress, StudyAnalysis, analyze_study
 from ..files import write_atomically
 from ..outdir import OutDir
 from ..output import fmt_value
@@ -45,23 +47,26 @@ class Report:
 
 
 def write_report(out_dir: str | Path, n_resamples: int = 1000,
-                 out: str | Path | None = None) -> Report:
+                 out: str | Path | None = None, progress: Progress = None,
+                 workers: int | None = None) -> Report:
     """Analyse the study stored in ``out_dir`` and write every report file there (or into
-    ``out``: a store on read-only storage is read, and its report written elsewhere)."""
+    ``out``: a store on read-only storage is read, and its report written elsewhere).
+    ``progress`` is told of each slow step before it starts (one line each); the fits and
+    the figures run on ``workers`` processes (default: every usable core)."""
     out = Path(out if out is not None else out_dir)
     with Store.open(out_dir) as store:
         records, meta, curves = store.records(), store.study_meta(), store.curves()
         evaluations, predictions = store.evaluations(), store.predictions()
     analysis = analyze_study(records, meta, n_resamples=n_resamples, predictions=predictions,
-                             evaluations=evaluations, curves=curves)
+                             evaluations=evaluations, curves=curves, progress=progress,
+                             workers=workers)
     fig_dir = OutDir(out).figures
     blocks: list[tuple] = []
-    figures: list[Path] = []
+    pending: list[tuple[Any, Path]] = []  # drawn, saved together once every one is drawn
 
     def figure(fig, name: str, caption: str) -> None:
-        paths = plots.save(fig, fig_dir / name)
-        figures.extend(paths)
-        blocks.append(("fig", paths[0], caption))
+        pending.append((fig, fig_dir / name))
+        blocks.append(("fig", (fig_dir / name).with_suffix(".png"), caption))
 
     # Completed results, not runs of every status: 6 completed replaced by 6 failed is a loss.
     before, now = _previous_run_count(out), analysis.counts.get("completed", 0)
@@ -74,6 +79,12 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     _render_methods(analysis, curves, blocks, figure)
     _render_figures(analysis, records, curves, blocks, figure)
     _render_closing(analysis, blocks)
+    if pending and progress:
+        progress(f"writing {len(pending)} figure{'s' * (len(pending) != 1)} (PNG and SVG) "
+                 f"and the report into {out} …")
+    figures = [path for paths in run_all([functools.partial(plots.save, fig, stem)
+                                          for fig, stem in pending], workers=workers)
+               for path in paths]
 
     paths = OutDir(out)
     report = Report(paths.report_md, paths.report_html, paths.scaling_law,

@@ -34,8 +34,14 @@ seeds: [0]
 """
 
 
+#: What the analysis phase says it is doing (stderr, never an error).
+PROGRESS = ("analysing:", "writing ", "compute-optimal approaches:", "hyperparameter laws:")
+
+
 def errors(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
+    """Stderr's lines other than the analysis phase's progress lines."""
+    return [line for line in result.stderr.splitlines()
+            if line.strip() and not line.startswith(PROGRESS)]
 
 
 # ----------------------------------------------------------------- 3. next --append

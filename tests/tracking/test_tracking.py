@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 def study_file(tmp_path, track):
     path = tmp_path / "tracked.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "name": "tracked", "track": track}))
+    path.write_text(yaml.safe_dump({**TINY, "name": "tracked", "trackers": track}))
     return path
 
 
@@ -107,7 +107,7 @@ def test_a_missing_tracker_library_is_one_line_naming_the_extra(tmp_path, monkey
     path = study_file(tmp_path, {"mlflow": {}})
     result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert result.output.strip() == ("error: track: mlflow needs mlflow: pip install "
+    assert result.output.strip() == ("error: trackers: mlflow needs mlflow: pip install "
                                      "'scalelab[mlflow]'")
     assert not (tmp_path / "out").exists()
 
@@ -115,5 +115,5 @@ def test_a_missing_tracker_library_is_one_line_naming_the_extra(tmp_path, monkey
 def test_an_unknown_tracker_is_refused_when_the_study_is_read(tmp_path):
     path = study_file(tmp_path, {"tensorboard": {}})
     result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "track.tensorboard: unknown tracker 'tensorboard'" \
+    assert result.exit_code == 2 and "trackers.tensorboard: unknown tracker 'tensorboard'" \
         in result.output

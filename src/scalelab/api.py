@@ -216,6 +216,13 @@ def study_axes(out_dir: str | Path) -> dict[str, str]:
         return store.study_meta().axes
 
 
+def planned_runs(out_dir: str | Path) -> list[str] | None:
+    """The run ids of the study as its file was last run (None: a store written before they
+    were recorded)."""
+    with Store.open(out_dir) as store:
+        return store.study_meta().run_ids
+
+
 def study_records(out_dir: str | Path) -> list[dict[str, Any]]:
     """The stored runs of the study as its file was last run (see :func:`in_study`)."""
     with Store.open(out_dir) as store:

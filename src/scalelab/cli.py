@@ -201,7 +201,19 @@ def status(
         output.info(f"{out_dir}: the results store passed SQLite's integrity check")
     rows = api.records(out_dir)
     counts = Counter(r["status"] for r in rows)
-    output.table(f"{out_dir}: {len(rows)} runs", ["status", "runs"], sorted(counts.items()))
+    planned = api.planned_runs(out_dir)
+    if planned is not None:  # the study's runs never started (e.g. an interrupted study)
+        stored = {r["run_id"] for r in rows}
+        missing = sum(1 for run_id in planned if run_id not in stored)
+        if missing:
+            counts["not started"] = missing
+        title = f"{out_dir}: {len(planned) - missing} of the study's {len(planned)} runs stored"
+        others = len(stored - set(planned))
+        if others:
+            title += f", and {others} from an earlier version of it"
+    else:
+        title = f"{out_dir}: {len(rows)} run{'s' * (len(rows) != 1)} stored"
+    output.table(title, ["status", "runs"], sorted(counts.items()))
     done = sorted((r for r in rows if r["status"] == "completed"),
                   key=lambda r: (r.get("val_loss") is None, r.get("val_loss") or 0.0))
     axes = list(api.study_axes(out_dir)) + ["seed"]

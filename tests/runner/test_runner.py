@@ -223,3 +223,15 @@ def test_a_runner_sharing_the_store_with_another_trains_on_its_share_of_the_thre
         assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
+
+
+def test_status_counts_the_runs_of_the_study_not_started(tmp_path, tiny_study):
+    """An interrupted (or half-sharded) study: status says how many of its runs exist."""
+    study, out = tiny_study(tmp_path), tmp_path / "o"
+    assert invoke("run", study, "--out", out, "--shard", "0/2", "--workers", 1,
+                  "--no-report").exit_code == 0
+    counts = json.loads(invoke("status", out, "--format", "json").output)["counts"]
+    stored = counts.get("completed", 0)
+    assert 0 < stored < 4 and counts["not started"] == 4 - stored
+    text = invoke("status", out).output
+    assert f"{stored} of the study's 4 runs stored" in text and "not started" in text

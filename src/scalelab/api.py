@@ -458,12 +458,19 @@ def fit(out_dir: str | Path | None = None, *, x: str = "params", y: str = "test_
         by: str | None = None, form: str = "auto", csv_path: str | Path | None = None,
         n_resamples: int = 1000, holdout: str | float = DEFAULT_HOLDOUT) -> list[FitEntry]:
     """Fit ``y`` against ``x`` (comma-separated for a joint law), one fit per value of ``by``;
-    a joint law gets compute-optimal allocation when the runs' counted FLOPs support one.
+    a joint law gets compute-optimal allocation when the runs' counted FLOPs support one, and
+    on a stored study is the report's form (chinchilla) unless ``form`` names another.
     Every fit carries its diagnostics and verdict (``entry.fit.verdict``)."""
     rows = analysis_records(out_dir, csv_path)
-    x_names = [resolve_column(rows, name.strip()) for name in x.split(",")]
+    labels = {} if out_dir is None else {path: label for label, path in
+                                         study_axes(out_dir).items()}
+    # a stored study's columns as its report names them (num_train, not task.num_train)
+    x_names = [labels.get(c, c) for c in (resolve_column(rows, n.strip()) for n in x.split(","))]
     y_name = resolve_column(rows, y)
     by_name = resolve_column(rows, by) if by else None
+    by_name = labels.get(by_name, by_name)
+    if form == "auto" and len(x_names) == 2 and out_dir is not None:
+        form = "chinchilla"  # the joint law the study's report fits, so the two agree
     check_numbers(rows, [*x_names, y_name], "fit", positive=True)
     groups: dict[Any, list[dict[str, Any]]] = {}
     for r in rows:

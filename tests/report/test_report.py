@@ -110,6 +110,13 @@ def test_fit_command_on_a_store_and_on_a_csv(fixture_store, tmp_path):
         for n, d in ((480, 500), (3840, 2000)):
             fitted = p["E"] + p["A"] * n ** -p["alpha"] + p["B"] * d ** -p["beta"]
             assert fitted == pytest.approx(1.2 + 30 * n**-0.5 + 25 * d**-0.4, rel=0.02)
+    # without --form, a stored study's joint law is the report's (chinchilla), and its data
+    # axis is named as the report names it
+    plain = cli.invoke(app, ["fit", str(fixture_store), "--x", "params,data", "--by", "method",
+                             "--bootstrap", "30", "--format", "json"])
+    assert plain.exit_code == 0, plain.output
+    assert {(f["form"], tuple(f["x"])) for f in json.loads(plain.stdout)} == \
+        {("chinchilla", ("n_params", "num_train"))}
     csv = tmp_path / "r.csv"
     x = np.geomspace(1e3, 1e6, 10)
     csv.write_text("size,loss\n" + "".join(f"{a},{3 * a ** -0.2}\n" for a in x))

@@ -101,3 +101,19 @@ def test_dry_run_shows_the_plan_and_warns_before_training(tmp_path):
     assert "has 3 sizes (fewer than 5)" in result.output  # both budgets warned
     assert "2 budgets planned (fewer than 3)" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_next_append_adds_a_budget_to_the_design_not_the_quick_block(tmp_path):
+    """`next --append` on an IsoFLOP study edits one line: the design's own budgets list."""
+    from scalelab.proposal import _append_budget
+
+    text = _study(tmp_path).read_text().replace("budgets:\n    - 10000000.0\n    - 30000000.0",
+                                                "budgets: [1.0e+07, 3.0e+07]  # two to start")
+    text += "quick:\n  design:\n    isoflop:\n      budgets: [1.0e+06, 3.0e+06]\n"
+    path = tmp_path / "iso.yaml"
+    path.write_text(text)
+    assert _append_budget(path, 1e8) == 1 and _append_budget(path, 1e8) == 0
+    edited = path.read_text()
+    assert "budgets: [1.0e+07, 3.0e+07, 1.0e+08]  # two to start" in edited
+    assert "budgets: [1.0e+06, 3.0e+06]" in edited  # the quick block is left alone
+    assert edited.replace(", 1.0e+08", "") == text

@@ -172,6 +172,23 @@ def test_fit_on_a_stored_isoflop_study_prints_the_agreement(isoflop_store, run_c
     last = json.loads(as_json.stdout)[-1]
     assert last["title"] == "compute-optimal approaches"
     assert last["compute_optimal"]["approach2"]["profiles"]
-    # next proposes along a grid's data axis; a design sets the data per cell: one line
-    refused = run_cli("next", isoflop_store, "--budget", "1e8", "--bootstrap", "20")
-    assert refused.exit_code == 2 and "design.isoflop.budgets" in refused.stderr
+    # next proposes the next IsoFLOP profile: the design's sizes at the new budget, N* from
+    # the recommended approach; --append adds the budget to the design
+    study = isoflop_store.parent / "iso.yaml"
+    proposed = run_cli("next", isoflop_store, "--budget", "1e8", "--bootstrap", "20",
+                       "--append", "--format", "json")
+    assert proposed.exit_code == 0, proposed.output
+    result = json.loads(proposed.stdout)
+    assert result["approach"] == result["agreement"]["recommended"]
+    assert sorted(p["point"]["width"] for p in result["proposals"]) == [4, 8, 16]
+    assert [p["kind"] for p in result["proposals"]].count("compute-optimal") == 1
+    for p in result["proposals"]:  # each cell spends the new budget, as the design counts it
+        assert p["point"]["budget"] == 1e8 and abs(p["flops"] / 1e8 - 1) <= 0.02
+        assert len(p["run_ids"]) == 1 and p["interval"][0] <= p["predicted"] <= p["interval"][1]
+    assert result["appended"] == 1 and result["appended_to"] == "design.isoflop.budgets"
+    assert yaml.safe_load(study.read_text())["design"]["isoflop"]["budgets"] == [1e7, 3e7, 1e8]
+    planned = scalelab.api.dry_run(study, out=isoflop_store)
+    new = sorted(r.run_id for r, state in planned if state == "new")
+    assert new == sorted(p["run_ids"][0] for p in result["proposals"])
+    again = run_cli("next", isoflop_store, "--budget", "1e8", "--bootstrap", "20", "--append")
+    assert again.exit_code == 0 and "already has the budget 1e+08" in again.stderr

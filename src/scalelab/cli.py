@@ -465,14 +465,22 @@ def next_(
                 f"{reasons}")
     for note in result.tuning.notes if result.tuning else ():
         output.info(f"tuning: {note}")
+    for note in result.notes:
+        output.warn(note)
     _print_proposals(output, result, level)
     output.info(f"recorded {len(result.proposals)} prediction(s) in the extrapolation ledger of "
                 f"{out_dir}; the report grades them once their runs exist")
     if append:
         runs = sum(len(p.run_ids) for p in result.proposals)
-        output.info(f"appended {result.appended} grid entr{'y' if result.appended == 1 else 'ies'}"
-                    f" to {result.study_file}" if result.appended else
-                    f"{result.study_file} already holds these grid entries")
+        if result.appended_to == "grid":
+            output.info(f"appended {result.appended} grid entr"
+                        f"{'y' if result.appended == 1 else 'ies'} to {result.study_file}"
+                        if result.appended else
+                        f"{result.study_file} already holds these grid entries")
+        else:
+            output.info(f"added the budget {result.budget:.4g} to {result.appended_to} in "
+                        f"{result.study_file}" if result.appended else
+                        f"{result.study_file} already has the budget {result.budget:.4g}")
         output.info(f"`scalelab run {result.study_file} --out {out_dir}` trains exactly them "
                     f"({runs} runs)")
     output.emit(result.to_dict())

@@ -134,6 +134,8 @@ class NextRuns:
     approach: str = ""              # where N* and D* come from ...
     approach_why: str = ""          # ... and why that one
     agreement: Agreement | None = None  # the approaches' agreement (None: no answers)
+    appended_to: str = "grid"       # what --append extends (an IsoFLOP study: its budgets)
+    notes: list[str] = field(default_factory=list)  # warnings about the proposal
 
     def to_dict(self) -> dict[str, Any]:
         label, reasons = self.fit.fit.verdict
@@ -144,6 +146,7 @@ class NextRuns:
                 "appended": self.appended, "proposals": [p.to_dict() for p in self.proposals],
                 "hyper": self.tuning.to_dict() if self.tuning else None,
                 "approach": self.approach, "approach_why": self.approach_why,
+                "appended_to": self.appended_to, "notes": self.notes,
                 "agreement": self.agreement.to_dict() if self.agreement else None}
 
 
@@ -172,12 +175,14 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
     _check_arguments(budget, hyper)
     out = Path(out_dir)
     records, meta, configs, path, curves = _stored(out, study, append)
+    if meta.design:
+        return _propose_budget(out, budget, records, meta, curves, path, append, n_resamples)
     the_study = load_study(path)
     settings = analysis_settings(meta)
     rows, _ = in_study(records, meta)
     selected, _ = per_shape_optimum(rows, meta)
     entry = _joint_fit(joint_fits(selected, meta, settings["metric"], n_resamples), where or {},
-                       out, meta)
+                       out)
     _check_fit(entry)
     k = entry.compute.k
     optimum = _optimum(entry, selected, meta, curves, budget, n_resamples)
@@ -241,6 +246,123 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
     with Store.open(out) as store:
         store.add_predictions(_ledger(result))
     return result
+
+
+def _propose_budget(out: Path, budget: float, records, meta, curves, path: Path, append: bool,
+                    n_resamples: int) -> NextRuns:
+    """An IsoFLOP study's next profile: the design's sizes at ``budget``, N* from the approach
+    the agreement recommends, each cell's loss predicted by the joint law Approach 3 chose;
+    ``append`` adds the budget to ``design.isoflop.budgets``."""
+    selected, _ = per_shape_optimum(in_study(records, meta)[0], meta)
+    answers = _answers(selected, meta, curves, budget, n_resamples)
+    if isinstance(answers, str) or answers.recommended is None:
+        raise ScalelabError(f"next: {out}: " + (answers if isinstance(answers, str) else
+                                                answers.agreement.why))
+    best, k = answers.recommended, answers.k
+    n_opt, (lo, hi) = best.n_opt_target, best.n_opt_target_interval
+    raw = _read_yaml(path)
+    budgets = list(raw["design"]["isoflop"]["budgets"])
+    grown = {**raw, "design": {"isoflop": {**raw["design"]["isoflop"],
+                                           "budgets": sorted({*map(float, budgets), budget})}}}
+    study = validate_study(grown, str(path))
+    cells = [c for c in study.design_cells if c.budget == budget]
+    entry = _chosen_law(answers, selected, meta)
+    seeds = len(study.spec.seeds)
+    nearest = min(cells, key=lambda c: abs(math.log(c.params / n_opt)))
+    size_label = meta.design["size"]
+    proposals = []
+    for cell in cells:
+        d = budget / (k * cell.params)
+        predicted, interval = _predict(entry, (cell.params, d), seeds, np.random.default_rng(0))
+        run_ids = [r.run_id for r in study.runs
+                   if r.point["budget"] == budget and r.point[size_label] == cell.size]
+        proposals.append(Proposal("compute-optimal" if cell is nearest else "profile",
+                                  {size_label: cell.size, meta.design["data"]: cell.data,
+                                   "budget": budget}, cell.params, d, cell.flops, predicted,
+                                  interval, 0.0, run_ids))
+    result = NextRuns(entry, budget, k, n_opt, budget / (k * n_opt), (lo, hi),
+                      (budget / (k * hi), budget / (k * lo)), entry.boot.level, seeds,
+                      proposals, path, approach=best.name, approach_why=answers.agreement.why,
+                      agreement=answers.agreement, appended_to="design.isoflop.budgets")
+    sizes = sorted(c.params for c in cells)
+    if not sizes[0] < n_opt < sizes[-1]:
+        result.notes.append(f"N* at {budget:.3g} FLOPs ({n_opt:.3g} parameters) lies outside "
+                            f"the design's sizes ({sizes[0]:,} to {sizes[-1]:,}): this profile "
+                            "cannot bracket its minimum; extend design.isoflop.sizes past it")
+    if append:
+        result.appended = _append_budget(path, budget)
+    with Store.open(out) as store:
+        store.add_predictions(_ledger(result))
+    return result
+
+
+def _chosen_law(answers: ComputeOptimal, selected, meta) -> FitEntry:
+    """The joint law Approach 3 chose, as a fit entry of the points it was fitted on (for the
+    predictions, their intervals and the ledger)."""
+    chosen = next(j for j in answers.joint if j.name == answers.chosen_joint)
+    size, metric = meta.settings["size"], meta.settings["metric"]
+    done = [r for r in selected if r.get("status") == "completed" and r.get(metric) is not None]
+    consumed = next(c for c in CONSUMED if all(r.get(c) for r in done))
+    x = np.array([[r[size], r[consumed]] for r in done], dtype=float)
+    y = np.array([r[metric] for r in done], dtype=float)
+    return FitEntry(f"{metric} vs {size} & {consumed}, L(N, D) by {chosen.name}",
+                    [size, consumed], metric, x, y, chosen.fit, chosen.boot, x)
+
+
+def _append_budget(path: Path, budget: float) -> int:
+    """Add ``budget`` to the study file's ``design.isoflop.budgets`` (a ``[...]`` list on one
+    line, or a block of ``- `` items), every other line kept as it is, under the study file's
+    lock, validated before it replaces the file; 1 if added, 0 if it was there."""
+    target = Path(os.path.realpath(path))
+    with _locked(target) as text:
+        if budget in map(float, yaml.safe_load(text)["design"]["isoflop"]["budgets"]):
+            return 0
+        lines = text.splitlines(keepends=True)
+        at = _budgets_line(lines)
+        if at is None:
+            raise ScalelabError(f"next --append: {path}: design.isoflop.budgets is neither a "
+                                "[...] list on one line nor a block of '- ' items; add the "
+                                "budget by hand")
+        line = lines[at]
+        if "[" in line:
+            close = line.index("]")
+            lines[at] = line[:close].rstrip() + f", {_yaml_float(budget)}" + line[close:]
+        else:
+            last = at
+            while last + 1 < len(lines) and lines[last + 1].lstrip().startswith("- "):
+                last += 1
+            item = lines[last]
+            dash = item.index("- ")
+            lines.insert(last + 1, f"{item[:dash]}- {_yaml_float(budget)}\n")
+        new = "".join(lines)
+        validate_study(yaml.safe_load(new), str(path))
+        write_atomically(target, new)
+        return 1
+
+
+def _yaml_float(value: float) -> str:
+    """``value`` as YAML 1.1 reads a float (it reads ``1e+08``, without a point, as text)."""
+    text = f"{value:.6g}"
+    mantissa, _, exponent = text.partition("e")
+    mantissa += "" if "." in mantissa else ".0"
+    return mantissa + (f"e{exponent}" if exponent else "")
+
+
+def _budgets_line(lines: list[str]) -> int | None:
+    """The line of the top-level design's ``budgets:`` (not the quick block's)."""
+    top = next((i for i, line in enumerate(lines) if line.startswith("design:")), None)
+    if top is None:
+        return None
+    for i in range(top + 1, len(lines)):
+        if lines[i][:1].strip() and not lines[i].startswith("#"):
+            return None  # the next top-level key: the design block has ended
+        stripped = lines[i].strip()
+        if stripped.startswith("budgets:"):
+            flow = "[" in stripped and "]" in stripped
+            block = stripped == "budgets:" and i + 1 < len(lines) and \
+                lines[i + 1].lstrip().startswith("- ")
+            return i if flow or block else None
+    return None
 
 
 def _check_arguments(budget: float, hyper: str) -> None:
@@ -402,8 +524,7 @@ def _proposal_axes(meta, entry: FitEntry, rows) -> tuple[list[str], str, float]:
     data_axis = next((a for a in axes if axes[a] in DATA_PATHS), None)
     if data_axis is None:
         raise ScalelabError(f"next: the study has no data axis ({' or '.join(DATA_PATHS)}) in "
-                            "its grid to propose runs along (an IsoFLOP design sets the data "
-                            "per cell: add a budget to design.isoflop.budgets instead)")
+                            "its grid to propose runs along")
     column = entry.x_names[1]
     if column == data_axis:
         return size_axes, data_axis, 1.0
@@ -452,13 +573,8 @@ def _ledger(result: NextRuns) -> list[dict[str, Any]]:
              "study_file": str(result.study_file)} for p in result.proposals]
 
 
-def _joint_fit(fits: list[FitEntry], where: dict[str, str], out: Path, meta) -> FitEntry:
+def _joint_fit(fits: list[FitEntry], where: dict[str, str], out: Path) -> FitEntry:
     joint = [f for f in fits if len(f.x_names) == 2]
-    if meta.design:
-        raise ScalelabError(f"next: {out} is an IsoFLOP design, which sets each cell's data "
-                            "itself, and next proposes runs along a grid's data axis: add a "
-                            "budget to design.isoflop.budgets (around the N* its report "
-                            "recommends) and rerun the study")
     if not joint:
         raise ScalelabError(f"next: {out} has no joint law of model size and data to extrapolate: "
                             "the study needs a model-size axis and a data axis (task.num_train "

@@ -197,7 +197,11 @@ def _newton_direction(g, H, theta, lo, hi) -> tuple[np.ndarray, np.ndarray]:
     shift = np.where(low <= 1e-10 * np.abs(top), 1e-10 * np.abs(top) - low + 1e-300, 0.0)
     h11, h22 = h11 + shift, h22 + shift
     det = h11 * h22 - h12 * h12
-    step = -np.stack([h22 * g[:, 0] - h12 * g[:, 1], h11 * g[:, 1] - h12 * g[:, 0]], 1) / det[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = -np.stack([h22 * g[:, 0] - h12 * g[:, 1], h11 * g[:, 1] - h12 * g[:, 0]],
+                         1) / det[:, None]
+    flat = ~np.all(np.isfinite(step), axis=1)  # no curvature at all: a gradient step instead
+    step[flat] = -g[flat]
     step *= np.minimum(1.0, 0.25 / np.maximum(np.abs(step).max(1), 1e-300))[:, None]  # trust
     return np.where(held, 0.0, step), g
 

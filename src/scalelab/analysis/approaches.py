@@ -22,7 +22,7 @@ from .diagnostics import Diagnostic
 from .envelope import Approach1, Curve, Omitted, fit_approach1
 from .fitting import LawFit, fit_law
 from .isoflop import Agreement, Approach2, ApproachEstimate, agreement, fit_approach2
-from .resampling import Bootstrap, bootstrap
+from .resampling import Bootstrap, bootstrap, percentile_interval
 from .varpro import bootstrap_varpro, fit_varpro
 
 #: Without a stated target, N* is quoted at this multiple of the largest budget.
@@ -44,9 +44,8 @@ class JointFit:
         """The law's closed-form optimum: N* = G·(C/k)^a with a = β/(α+β), b = α/(α+β)."""
         draws = np.array([_optimum(s, target, k) for s in self.boot.samples]).reshape(-1, 3)
         a, b, n = _optimum(self.fit.params, target, k)
-        return ApproachEstimate(APPROACH_3.format(self.name), a, _interval(draws[:, 0],
-                                self.boot.level), b, _interval(draws[:, 1], self.boot.level),
-                                n, _interval(draws[:, 2], self.boot.level),
+        a_iv, b_iv, n_iv = (percentile_interval(draws[:, i], self.boot.level) for i in range(3))
+        return ApproachEstimate(APPROACH_3.format(self.name), a, a_iv, b, b_iv, n, n_iv,
                                 tuple(self.fit.diagnostics))
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,14 +91,6 @@ def _optimum(params, target: float, k: float) -> tuple[float, float, float]:
     g = (alpha * params["A"] / (beta * params["B"])) ** (1 / (alpha + beta))
     a = beta / (alpha + beta)
     return a, 1 - a, g * (target / k) ** a
-
-
-def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return (math.nan, math.nan)
-    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
-    return (float(lo), float(hi))
 
 
 def _joint_fits(X: np.ndarray, L: np.ndarray, n_resamples: int, seed: int) -> list[JointFit]:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import ScalelabError
-from .diagnostics import Diagnostic, verdict
-from .isoflop import ApproachEstimate
+from .diagnostics import Diagnostic
+from .isoflop import ApproachEstimate, OptimaLaw, _f, _pair
+from .resampling import percentile_interval
 
 #: Schedules that end annealed: only a run's final point is a loss the envelope may compare.
 ANNEALED = ("cosine", "linear", "wsd", "airbench")
@@ -41,16 +42,6 @@ MAX_EDGE_SHARE = 0.5
 REMEDY = ("use schedule: wsd (or constant) and train each size at several data amounts "
           "(several num_train or max_steps per size)")
 MORE_DATA = "train each size at several data amounts (several num_train or max_steps per size)"
-
-
-def _f(value) -> float | None:
-    """A JSON-ready float: None for NaN or infinity."""
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _pair(interval) -> list[float | None]:
-    return [_f(interval[0]), _f(interval[1])]
 
 
 @dataclass(frozen=True)
@@ -109,7 +100,7 @@ class Omitted:
 
 
 @dataclass
-class Approach1:
+class Approach1(OptimaLaw):
     """Power laws through the envelope's N*: N*(C) = G·C^a and D*(C) = H·C^b (b = 1 - a,
     H = 1/(k·G) with k = C/(N·D)), with percentile intervals from resampling the runs."""
 
@@ -128,34 +119,10 @@ class Approach1:
     target: float | None = None
     failed: int = 0  # bootstrap resamples without a fit
     draws: np.ndarray = field(default_factory=lambda: np.empty((0, 2)), repr=False)  # a, ln G
-
-    def n_opt_at(self, compute: float) -> float:
-        return float(self.G * compute ** self.a)
-
-    def n_opt_interval_at(self, compute: float) -> tuple[float, float]:
-        """Percentile interval of N* at ``compute`` over the bootstrap draws of (a, ln G)."""
-        ok = np.all(np.isfinite(self.draws), axis=1)
-        if not ok.any():
-            return (math.nan, math.nan)
-        values = self.draws[ok, 1] + self.draws[ok, 0] * math.log(compute)
-        lo, hi = np.percentile(values, [50 * (1 - self.level), 50 * (1 + self.level)])
-        return (math.exp(lo), math.exp(hi))
+    approach: ClassVar[str] = "Approach 1"
 
     def d_opt_at(self, compute: float) -> float:
         return float(compute / (self.flops_per_param_example * self.n_opt_at(compute)))
-
-    @property
-    def verdict(self) -> tuple[str, str]:
-        return verdict(self.diagnostics)
-
-    def estimate(self, target: float | None = None, name: str = "Approach 1") -> ApproachEstimate:
-        """This fit as one row of the agreement table, N* at ``target`` (default: its own)."""
-        target = self.target if target is None else target
-        if target is None:
-            raise ScalelabError("Approach 1: no target compute to compare N* at; pass target")
-        return ApproachEstimate(name, self.a, self.a_interval, self.b, self.b_interval,
-                                self.n_opt_at(target), self.n_opt_interval_at(target),
-                                tuple(self.diagnostics))
 
     def to_dict(self) -> dict[str, Any]:
         label, sentence = self.verdict
@@ -350,14 +317,6 @@ def _bootstrap(runs: _Runs, annealed: bool, grid: np.ndarray, n_resamples: int,
     return draws
 
 
-def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return (math.nan, math.nan)
-    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
-    return (float(lo), float(hi))
-
-
 def _diagnose(points: list[EnvelopePoint], failed: int, n_resamples: int) -> list[Diagnostic]:
     """Envelope computes left out because their winner sat at the edge of the sizes there,
     a power law resting on few winning sizes, and failed resamples."""
@@ -439,7 +398,7 @@ def fit_approach1(curves: Sequence[Curve], *, target: float | None = None,
     points = [EnvelopePoint(float(math.exp(grid[j])), float(loss[j]),
                             float(runs.sizes[winner[j]]), float(math.exp(log_opt[j])),
                             str(edge[j]) or None) for j in np.flatnonzero(on)]
-    a_iv = _interval(draws[:, 0], level)
+    a_iv = percentile_interval(draws[:, 0], level)
     return Approach1(
         mode="final points" if annealed else "every point", schedule=schedule,
         envelope=points, a=a, a_interval=a_iv, b=1 - a, b_interval=(1 - a_iv[1], 1 - a_iv[0]),

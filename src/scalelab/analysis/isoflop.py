@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import ScalelabError
 from .diagnostics import Diagnostic, verdict
+from .resampling import percentile_interval
 
 #: A budget with fewer distinct sizes has a parabola that cannot show its own lack of fit.
 MIN_SIZES = 5
@@ -132,8 +133,42 @@ class ApproachEstimate:
                 "diagnostics": [d.to_dict() for d in self.diagnostics]}
 
 
+class OptimaLaw:
+    """What Approaches 1 and 2 share once their optima are fitted as N*(C) = G·C^a: N* at a
+    compute, its interval over the bootstrap draws of (a, ln G), the verdict and the row of
+    the agreement table. The dataclasses mixing it in hold a, a_interval, b, b_interval, G,
+    diagnostics, level, target and draws; ``approach`` names them."""
+
+    approach: ClassVar[str]
+
+    def n_opt_at(self, compute: float) -> float:
+        return float(self.G * compute ** self.a)
+
+    def n_opt_interval_at(self, compute: float) -> tuple[float, float]:
+        """Percentile interval of N* at ``compute`` over the bootstrap draws of (a, ln G)."""
+        ok = np.all(np.isfinite(self.draws), axis=1)
+        values = self.draws[ok, 1] + self.draws[ok, 0] * math.log(compute)
+        lo, hi = percentile_interval(values, self.level)  # NaN when no draw is finite
+        return (math.exp(min(lo, LN_LIMIT)), math.exp(min(hi, LN_LIMIT)))
+
+    @property
+    def verdict(self) -> tuple[str, str]:
+        return verdict(self.diagnostics)
+
+    def estimate(self, target: float | None = None, name: str | None = None
+                 ) -> ApproachEstimate:
+        """This fit as one row of the agreement table, N* at ``target`` (default: its own)."""
+        target = self.target if target is None else target
+        if target is None:
+            raise ScalelabError(f"{self.approach}: no target compute to compare N* at; pass "
+                                "target")
+        return ApproachEstimate(name or self.approach, self.a, self.a_interval, self.b,
+                                self.b_interval, self.n_opt_at(target),
+                                self.n_opt_interval_at(target), tuple(self.diagnostics))
+
+
 @dataclass
-class Approach2:
+class Approach2(OptimaLaw):
     """Power laws through the usable minima: N*(C) = G·C^a and D*(C) = H·C^b, with
     percentile intervals that carry each budget's own minimum uncertainty."""
 
@@ -148,31 +183,7 @@ class Approach2:
     level: float = 0.95
     target: float | None = None
     draws: np.ndarray = field(default_factory=lambda: np.empty((0, 2)), repr=False)  # a, ln G
-
-    def n_opt_at(self, compute: float) -> float:
-        return float(self.G * compute ** self.a)
-
-    def n_opt_interval_at(self, compute: float) -> tuple[float, float]:
-        """Percentile interval of N* at ``compute`` over the bootstrap draws of (a, ln G)."""
-        ok = np.all(np.isfinite(self.draws), axis=1)
-        if not ok.any():
-            return (math.nan, math.nan)
-        values = self.draws[ok, 1] + self.draws[ok, 0] * math.log(compute)
-        lo, hi = np.percentile(values, [50 * (1 - self.level), 50 * (1 + self.level)])
-        return (math.exp(min(lo, LN_LIMIT)), math.exp(min(hi, LN_LIMIT)))
-
-    @property
-    def verdict(self) -> tuple[str, str]:
-        return verdict(self.diagnostics)
-
-    def estimate(self, target: float | None = None, name: str = "Approach 2") -> ApproachEstimate:
-        """This fit as one row of the agreement table, N* at ``target`` (default: its own)."""
-        target = self.target if target is None else target
-        if target is None:
-            raise ScalelabError("Approach 2: no target compute to compare N* at; pass target")
-        return ApproachEstimate(name, self.a, self.a_interval, self.b, self.b_interval,
-                                self.n_opt_at(target), self.n_opt_interval_at(target),
-                                tuple(self.diagnostics))
+    approach: ClassVar[str] = "Approach 2"
 
     def to_dict(self) -> dict[str, Any]:
         label, sentence = self.verdict
@@ -364,14 +375,6 @@ def _lines(x: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return slope, ym - slope * xm
 
 
-def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return (math.nan, math.nan)
-    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
-    return (float(lo), float(hi))
-
-
 def _power_laws(usable: list[Profile], level: float) -> dict[str, Any]:
     """a, ln G (N* = G·C^a) and b, ln H (D* = H·C^b) through the usable minima, and their
     bootstrap draws: resample r takes every budget's r-th draw of its own minimum."""
@@ -388,7 +391,7 @@ def _power_laws(usable: list[Profile], level: float) -> dict[str, Any]:
         a_r, log_g_r = _lines(x, Y)
         b_r, _ = _lines(x, x - log_k - Y)
         draws = np.stack([a_r, log_g_r], axis=1)
-        a_iv, b_iv = _interval(a_r, level), _interval(b_r, level)
+        a_iv, b_iv = percentile_interval(a_r, level), percentile_interval(b_r, level)
     return dict(a=a, log_g=log_g, b=b, log_h=log_h, draws=draws, a_interval=a_iv,
                 b_interval=b_iv)
 

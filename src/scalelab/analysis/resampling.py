@@ -127,30 +127,47 @@ def bootstrap(
     counts, lower, upper = _draw_resamples(law, X, y, labels, n_resamples, seed)
     thetas, samples, failed = _refit_resamples(fit, X, np.log(y), counts, counts * w, lower,
                                                upper)
-    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-
-    def interval(values) -> tuple[float, float]:
-        values = np.asarray(values, dtype=float)
-        values = values[np.isfinite(values)]
-        if not len(values):  # undefined in every resample (e.g. no finite optimum)
-            return math.nan, math.nan
-        return float(np.percentile(values, lo)), float(np.percentile(values, hi))
-
-    intervals = {k: interval([s[k] for s in samples]) for k in fit.params}
-    prediction = None
-    if predict_at is not None and thetas:
-        preds = _predictions(law, np.array(thetas), _as_matrix(predict_at, law.variables))
-        prediction = np.stack([np.percentile(preds, lo, axis=0), np.percentile(preds, hi, axis=0)], 1)
-    derived_values = {name: np.array([f(s) for s in samples], dtype=float)
-                      for name, f in (derived or {}).items()}
-    derived_iv = {name: interval(v) for name, v in derived_values.items()}
-    undefined = {name: int(np.sum(~np.isfinite(v))) for name, v in derived_values.items()}
+    intervals, prediction, derived_iv, undefined = summarize_resamples(
+        fit, samples, thetas, level, predict_at, derived)
     fit.intervals = intervals
     boot = Bootstrap(samples, intervals, prediction, derived_iv, failed, level, n_resamples,
                      undefined, np.array(thetas))
     if diagnostics:  # False: the caller diagnoses the fit with this bootstrap itself
         fit.diagnostics = diagnose(fit, X, y, boot)
     return boot
+
+
+def percentile_interval(values, level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of the finite ``values`` (NaN, NaN when none
+    is: a quantity undefined in every resample, e.g. no finite optimum)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return math.nan, math.nan
+    lo, hi = np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def summarize_resamples(fit: LawFit, samples: list[dict[str, float]], thetas, level: float,
+                        predict_at=None,
+                        derived: Mapping[str, Callable[[dict[str, float]], float]] | None = None
+                        ) -> tuple[dict, np.ndarray | None, dict, dict]:
+    """(parameter intervals, prediction intervals at ``predict_at`` or None, ``derived``
+    intervals, how many resamples left each derived value undefined): percentiles over the
+    used resamples, whichever fitter refitted them."""
+    law = fit.law
+    intervals = {k: percentile_interval([s[k] for s in samples], level) for k in fit.params}
+    prediction = None
+    if predict_at is not None and len(thetas):
+        preds = _predictions(law, np.asarray(thetas), _as_matrix(predict_at, law.variables))
+        lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+        prediction = np.stack([np.percentile(preds, lo, axis=0),
+                               np.percentile(preds, hi, axis=0)], 1)
+    values = {name: np.array([f(s) for s in samples], dtype=float)
+              for name, f in (derived or {}).items()}
+    return (intervals, prediction,
+            {name: percentile_interval(v, level) for name, v in values.items()},
+            {name: int(np.sum(~np.isfinite(v))) for name, v in values.items()})
 
 
 def _predictions(law: LawForm, thetas: np.ndarray, P: np.ndarray) -> np.ndarray:

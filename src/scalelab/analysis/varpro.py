@@ -22,7 +22,6 @@ the same Newton iteration, all resamples in lockstep.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ from ..errors import ScalelabError
 from .diagnostics import diagnose
 from .fitting import LawFit, distinct_points
 from .forms import Chinchilla, _as_matrix, form_settings
-from .resampling import Bootstrap, grid_points, resample_grid_points
+from .resampling import Bootstrap, grid_points, resample_grid_points, summarize_resamples
 
 #: The default exponent grid of a single fit (step 0.01). α = 0 is left out: there N^-α is
 #: the constant E already is, and (E, A) are not identified.
@@ -387,38 +386,11 @@ def bootstrap_varpro(
         except OverflowError:
             continue
         thetas.append(t)
-    intervals, prediction, derived_iv, undefined = _summaries(fit, samples, thetas, level,
-                                                              predict_at, derived)
+    intervals, prediction, derived_iv, undefined = summarize_resamples(
+        fit, samples, thetas, level, predict_at, derived)
     fit.intervals = intervals
     boot = Bootstrap(samples, intervals, prediction, derived_iv, resamples - len(samples), level,
                      resamples, undefined, np.array(thetas))
     if diagnostics:
         fit.diagnostics = diagnose(fit, X, y, boot)
     return boot
-
-
-def _summaries(fit: LawFit, samples: list[dict[str, float]], thetas: list[np.ndarray],
-               level: float, predict_at, derived) -> tuple[dict, np.ndarray | None, dict, dict]:
-    """(parameter intervals, prediction intervals, derived intervals, undefined counts):
-    percentiles over the used resamples, NaN and infinite values left out, exactly as
-    :func:`.resampling.bootstrap` computes them."""
-    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-
-    def interval(values) -> tuple[float, float]:
-        values = np.asarray(values, dtype=float)
-        values = values[np.isfinite(values)]
-        if not len(values):
-            return math.nan, math.nan
-        return float(np.percentile(values, lo)), float(np.percentile(values, hi))
-
-    intervals = {k: interval([s[k] for s in samples]) for k in fit.params}
-    prediction = None
-    if predict_at is not None and thetas:
-        P = _as_matrix(predict_at, 2)
-        preds = np.array([fit.law.predict(t, P) for t in thetas])
-        prediction = np.stack([np.percentile(preds, lo, axis=0),
-                               np.percentile(preds, hi, axis=0)], 1)
-    values = {name: np.array([f(s) for s in samples], dtype=float)
-              for name, f in (derived or {}).items()}
-    return (intervals, prediction, {name: interval(v) for name, v in values.items()},
-            {name: int(np.sum(~np.isfinite(v))) for name, v in values.items()})

@@ -25,7 +25,7 @@ import numpy as np
 from .analysis import Summary, summarize
 from .analysis.approaches import ComputeOptimal, compute_optimal_answers, study_answers
 from .analysis.fitting import DEFAULT_HOLDOUT
-from .analysis.isoflop import isoflop_plan_warnings
+from .analysis.isoflop import budget_groups, isoflop_plan_warnings
 from .analysis.stats import Comparison
 from .analysis.stats import compare as compare_records
 from .analysis.study_analysis import FitEntry, fit_rows, in_study, per_shape_optimum
@@ -597,15 +597,8 @@ def _csv_budgets(rows: CsvRows, column: str | None, N: np.ndarray, D: np.ndarray
         return None
     spent = k * N * D
     C = np.full(len(N), np.nan)
-    order = np.argsort(spent, kind="stable")
-    clusters, start = [[order[0]]], spent[order[0]]
-    for i in order[1:]:
-        if spent[i] > start * (1 + SHARED_BUDGET_RTOL):
-            clusters.append([])
-            start = spent[i]
-        clusters[-1].append(i)
     alone = 0
-    for members in clusters:
+    for members in budget_groups(spent, SHARED_BUDGET_RTOL):
         if len(np.unique(N[members])) >= 3:  # a parabola in ln N needs 3 sizes
             C[members] = float(np.median(spent[members]))
         else:

@@ -475,12 +475,13 @@ def _check_inputs(N, D, C, L, groups) -> tuple[np.ndarray, ...]:
     return tuple(arrays)
 
 
-def _budgets(C: np.ndarray) -> list[np.ndarray]:
-    """Row indices of each budget: budgets within BUDGET_RTOL of each other are one."""
+def budget_groups(C: np.ndarray, rtol: float = BUDGET_RTOL) -> list[np.ndarray]:
+    """Row indices of each budget, smallest first: a budget within ``rtol`` above the first
+    of its group is that budget."""
     order = np.argsort(C, kind="stable")
     groups, start = [[order[0]]], C[order[0]]
     for i in order[1:]:
-        if C[i] > start * (1 + BUDGET_RTOL):
+        if C[i] > start * (1 + rtol):
             groups.append([])
             start = C[i]
         groups[-1].append(i)
@@ -501,7 +502,7 @@ def fit_approach2(N, D, C, L, groups=None, *, target: float | None = None,
     rng = np.random.default_rng(seed)
     profiles = [fit_profile(float(np.median(C[rows])), N[rows], D[rows], L[rows], labels[rows],
                             n_resamples=n_resamples, level=level, rng=rng)
-                for rows in _budgets(C)]
+                for rows in budget_groups(C)]
     usable = [p for p in profiles if p.usable]
     laws = _power_laws(usable, level) if usable else dict(
         a=math.nan, log_g=math.nan, b=math.nan, log_h=math.nan, draws=np.empty((0, 2)),

@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 
 from .analysis.allocation import compute_optimal
-from .analysis.approaches import APPROACH_3, CONSUMED, ComputeOptimal, study_answers
+from .analysis.approaches import ComputeOptimal, study_answers
 from .analysis.hyperlaws import HyperLaw, study_hyper_laws
 from .analysis.isoflop import Agreement
 from .analysis.study_analysis import (
@@ -266,7 +266,7 @@ def _propose_budget(out: Path, budget: float, records, meta, curves, path: Path,
                                            "budgets": sorted({*map(float, budgets), budget})}}}
     study = validate_study(grown, str(path))
     cells = [c for c in study.design_cells if c.budget == budget]
-    entry = _chosen_law(answers, selected, meta)
+    entry = _chosen_law(answers, meta)
     seeds = len(study.spec.seeds)
     nearest = min(cells, key=lambda c: abs(math.log(c.params / n_opt)))
     size_label = meta.design["size"]
@@ -296,17 +296,14 @@ def _propose_budget(out: Path, budget: float, records, meta, curves, path: Path,
     return result
 
 
-def _chosen_law(answers: ComputeOptimal, selected, meta) -> FitEntry:
+def _chosen_law(answers: ComputeOptimal, meta) -> FitEntry:
     """The joint law Approach 3 chose, as a fit entry of the points it was fitted on (for the
     predictions, their intervals and the ledger)."""
     chosen = next(j for j in answers.joint if j.name == answers.chosen_joint)
-    size, metric = meta.settings["size"], meta.settings["metric"]
-    done = [r for r in selected if r.get("status") == "completed" and r.get(metric) is not None]
-    consumed = next(c for c in CONSUMED if all(r.get(c) for r in done))
-    x = np.array([[r[size], r[consumed]] for r in done], dtype=float)
-    y = np.array([r[metric] for r in done], dtype=float)
-    return FitEntry(f"{metric} vs {size} & {consumed}, L(N, D) by {chosen.name}",
-                    [size, consumed], metric, x, y, chosen.fit, chosen.boot, x)
+    metric = meta.settings["metric"]
+    return FitEntry(f"{metric} vs {' & '.join(answers.x_names)}, L(N, D) by {chosen.name}",
+                    list(answers.x_names), metric, chosen.x, chosen.y, chosen.fit, chosen.boot,
+                    chosen.x)
 
 
 def _append_budget(path: Path, budget: float) -> int:
@@ -380,10 +377,7 @@ def _optimum(entry: FitEntry, selected, meta, curves, budget: float, n_resamples
     k = entry.compute.k
     answers = _answers(selected, meta, curves, budget, n_resamples)
     if isinstance(answers, ComputeOptimal) and answers.recommended is not None:
-        best = answers.recommended
-        if best.name.startswith(APPROACH_3.split("{")[0]):
-            best = next(j for j in answers.joint if j.name == answers.chosen_joint).estimate(
-                budget, _consumed_k(selected, meta.settings["size"], k))
+        best = answers.recommended  # at the budget, under the runs' own counted FLOPs
         n, (lo, hi) = best.n_opt_target, best.n_opt_target_interval
         if all(math.isfinite(v) and v > 0 for v in (n, lo, hi)):
             return Optimum(n, budget / (k * n), (lo, hi), (budget / (k * hi), budget / (k * lo)),
@@ -411,18 +405,6 @@ def _answers(selected, meta, curves, budget: float, n_resamples: int) -> Compute
                              settings.get("data", "auto"), curves, n_resamples, budget)
     except ScalelabError as exc:
         return str(exc)
-
-
-def _consumed_k(selected, size: str, fallback: float) -> float:
-    """FLOPs per parameter per unit of data consumed, as the runs counted them: the k the
-    approaches' D (samples or tokens seen) needs for N* at a budget of counted FLOPs."""
-    done = [r for r in selected if r.get("status") == "completed" and r.get("train_flops")
-            and r.get(size)]
-    column = next((c for c in CONSUMED if done and all(r.get(c) for r in done)), None)
-    if column is None:
-        return fallback
-    return float(np.median([r["train_flops"] / (float(r[size]) * float(r[column]))
-                            for r in done]))
 
 
 def _optimum_intervals(entry: FitEntry, budget: float, k: float

@@ -39,6 +39,8 @@ class JointFit:
     name: str          # "variable projection" or "Huber"
     fit: LawFit
     boot: Bootstrap
+    x: np.ndarray = field(repr=False)  # the points it was fitted on: (N, D) rows ...
+    y: np.ndarray = field(repr=False)  # ... and their losses
 
     def estimate(self, target: float, k: float) -> ApproachEstimate:
         """The law's closed-form optimum: N* = G·(C/k)^a with a = β/(α+β), b = α/(α+β)."""
@@ -69,6 +71,7 @@ class ComputeOptimal:
     agreement: Agreement
     notes: list[str] = field(default_factory=list)  # approaches left out, and why
     approach1: Approach1 | None = None    # when the runs' schedules allow it
+    x_names: tuple[str, str] = ("N", "D")  # the size and data columns it was fitted on
 
     @property
     def recommended(self) -> ApproachEstimate | None:
@@ -97,10 +100,10 @@ def _joint_fits(X: np.ndarray, L: np.ndarray, n_resamples: int, seed: int) -> li
     out = []
     varpro = fit_varpro(X, L)
     out.append(JointFit("variable projection", varpro,
-                        bootstrap_varpro(varpro, X, L, resamples=n_resamples, seed=seed)))
+                        bootstrap_varpro(varpro, X, L, resamples=n_resamples, seed=seed), X, L))
     huber = fit_law(X, L, form="chinchilla")
     out.append(JointFit("Huber", huber, bootstrap(huber, X, L, n_resamples=n_resamples,
-                                                  seed=seed)))
+                                                  seed=seed), X, L))
     return out
 
 
@@ -219,8 +222,11 @@ def study_answers(selected: Sequence[dict[str, Any]], size: str, metric: str,
     L = np.array([r[metric] for r in done], dtype=float)
     groups = [f"{r.get('budget')}|{r[size]}" for r in done]
     k = float(np.median([r["train_flops"] / (r[size] * r[consumed]) for r in done]))
-    return compute_optimal_answers(N, D, C, L, groups, target=target, n_resamples=n_resamples,
-                                   curves=_curves(done, size, consumed, curves), k=k)
+    result = compute_optimal_answers(N, D, C, L, groups, target=target,
+                                     n_resamples=n_resamples,
+                                     curves=_curves(done, size, consumed, curves), k=k)
+    result.x_names = (size, consumed)
+    return result
 
 
 def _curves(done: Sequence[dict[str, Any]], size: str, consumed: str,

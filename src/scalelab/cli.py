@@ -682,9 +682,10 @@ def _print_design(output: Output, study) -> None:
         return
     cells, warnings = plan
     if not output.is_json:
+        axes = study.design_summary()
         output.table("IsoFLOP design: the data that spends each budget (counted FLOPs)",
-                     ["budget (FLOPs)", study.design_summary()["size"], "parameters",
-                      study.design_summary()["data"], "counted FLOPs", "off by"],
+                     ["budget (FLOPs)", axes["size"], "parameters", axes["data"],
+                      "counted FLOPs", "off by"],
                      [[f"{c.budget:.3g}", c.size, f"{c.params:,}", f"{c.data:,}",
                        f"{c.flops:.4g}", f"{c.error:+.2%}"] for c in cells])
     for w in warnings:

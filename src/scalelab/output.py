@@ -132,7 +132,7 @@ class _RunCounter:
         self.counts[status] += 1
         if self.bar is not None:
             issues = " ".join(f"[red]{s}: {self.counts[s]}[/]"
-                              for s in ("failed", "diverged") if self.counts[s])
+                              for s in ("failed", "diverged", "pruned") if self.counts[s])
             self.bar.update(self.task, advance=1, issues=issues)
         else:
             self.output.info(f"[{self.done}/{self.total}] {status:9} {label}")

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
+#: Stopped at a rung of a successive-halving search (``nuisance_search: halving``): its
+#: setting was not among the best of its shape there; its curve ends at that rung.
+PRUNED = "pruned"
 RUNNING = "running"
 INTERRUPTED = "interrupted"  # read-only view of a `running` row whose runner is gone
 #: Runs in these states are never trained again; ``failed`` and ``running`` ones are retried.
-FINISHED = frozenset({COMPLETED, DIVERGED})
+FINISHED = frozenset({COMPLETED, DIVERGED, PRUNED})
 
 
 @dataclass(frozen=True)

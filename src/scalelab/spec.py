@@ -227,6 +227,30 @@ class IsoflopDesign(StrictModel):
         return sizes
 
 
+class NuisanceSearch(StrictModel):
+    """How each shape's nuisance settings are searched (``search.py``): every setting trained
+    to the end (``grid``), or asynchronous successive halving (``halving``)."""
+
+    method: Literal["grid", "halving"] = Field(
+        "grid", description="grid: every setting to the end; halving: a setting trains on "
+                            "past each rung only if it is among the best 1/eta of its shape's")
+    eta: int = Field(3, ge=2, description="halving: keep the best 1/eta at each rung; rungs "
+                                          "are eta times apart in steps")
+    rungs: int = Field(2, ge=1, description="halving: rungs before the full budget (the first "
+                                            "at budget / eta^rungs)")
+    start: Literal["grid", "law"] = Field(
+        "grid", description="halving: which settings start: every grid value, or the `window` "
+                            "values nearest the learning-rate law's prediction for the shape "
+                            "(fitted on the smaller shapes; the grid until there is a law)")
+    window: int = Field(3, ge=2, description="start: law: grid values started per shape; one "
+                                             "more beyond an edge the winner lands on")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"method": value} if isinstance(value, str) else value
+
+
 class Design(StrictModel):
     """A study design other than the plain grid."""
 
@@ -251,6 +275,10 @@ class StudySpec(StrictModel):
         default_factory=list,
         description="grid axes tuned per shape (lr, weight decay, ...); the rest are scientific",
     )
+    nuisance_search: NuisanceSearch = Field(
+        default_factory=NuisanceSearch,
+        description="grid (every nuisance setting to the end) or halving: {eta, rungs, start: "
+                    "grid|law, window}")
     save_checkpoints: bool = False
     trackers: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="experiment trackers and their settings, e.g. "
@@ -619,6 +647,9 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
         if name not in study.axes and name not in labels.values():
             raise StudyError(source, f"nuisance[{i}]",
                              f"{name!r} is not a grid axis (axes: {', '.join(labels.values())})")
+    if spec.nuisance_search.method == "halving" and not spec.nuisance:
+        raise StudyError(source, "nuisance_search.method", "halving searches the nuisance axes "
+                         "of each shape, and this study has none: list them under `nuisance:`")
     _ = study.evaluations
     _check_runs(study)
     return study

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import secrets
 import shutil
@@ -52,7 +53,7 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -60,14 +61,15 @@ from typing import Any
 
 from .errors import ScalelabError
 from .outdir import FILENAME, SHARD_GLOB, OutDir, shard_filename  # noqa: F401 (re-exported)
-from .records import COMPLETED, DIVERGED, FINISHED, INTERRUPTED, RUNNING, RunResult, RunSpec
+from .records import (COMPLETED, DIVERGED, FINISHED, INTERRUPTED, PRUNED, RUNNING, RunResult,
+                      RunSpec)
 
 try:  # POSIX; elsewhere liveness rests on heartbeats alone
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: A runner whose heartbeat counter one machine has seen unchanged for this long (seconds, by
 #: that machine's own clock) has stopped: its claims are taken over.
 STALE_S = 600.0
@@ -131,6 +133,24 @@ CREATE TABLE IF NOT EXISTS predictions (  -- the extrapolation ledger of `scalel
     created_at REAL NOT NULL,
     run_ids    TEXT NOT NULL,   -- the proposed runs (JSON list; every seed and nuisance value)
     prediction TEXT NOT NULL    -- law, the data it was fitted on, prediction, interval (JSON)
+);
+CREATE TABLE IF NOT EXISTS rungs (  -- a run's validation loss at a rung of a halving search
+    run_id   TEXT NOT NULL,
+    shape    TEXT NOT NULL,   -- its scientific point (JSON), the cohort it is ranked in
+    setting  TEXT NOT NULL,   -- its nuisance values (JSON)
+    rung     INTEGER NOT NULL,
+    step     INTEGER NOT NULL,
+    val_loss REAL,            -- NULL: not finite
+    PRIMARY KEY (run_id, rung)
+);
+CREATE TABLE IF NOT EXISTS promotions (  -- each setting's decision at each rung, made once
+    shape    TEXT NOT NULL,
+    setting  TEXT NOT NULL,
+    rung     INTEGER NOT NULL,
+    promoted INTEGER NOT NULL,  -- 1: trains on to the next rung; 0: pruned here
+    rank     INTEGER NOT NULL,  -- its place (from 1) among the settings at the rung then
+    cohort   INTEGER NOT NULL,  -- how many settings of its shape had reached the rung then
+    PRIMARY KEY (shape, setting, rung)
 );
 """
 
@@ -334,6 +354,17 @@ class BaseStore(ABC):
 
     @abstractmethod
     def add_predictions(self, predictions: Iterable[dict[str, Any]]) -> None: ...
+
+    @abstractmethod
+    def record_rung(self, rung: int, step: int, entries: Iterable[tuple[str, str, str, float]],
+                    decide: Callable[[dict[str, float], str], tuple[bool, int, int]]
+                    ) -> dict[str, bool]:
+        """Record runs' validation losses at a rung of a halving search and return whether
+        each run's setting trains on (see :meth:`Store.record_rung`)."""
+
+    @abstractmethod
+    def rung_records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(every run's recorded rungs, every setting's decision at each rung)."""
 
     # reading
     @abstractmethod
@@ -756,6 +787,49 @@ class Store(BaseStore):
                 "INSERT INTO predictions (created_at, run_ids, prediction) VALUES (?, ?, ?)",
                 [(time.time(), json.dumps(p["run_ids"]), json.dumps(p)) for p in predictions])
 
+    def record_rung(self, rung: int, step: int, entries: Iterable[tuple[str, str, str, float]],
+                    decide: Callable[[dict[str, float], str], tuple[bool, int, int]]
+                    ) -> dict[str, bool]:
+        """Record each (run id, shape, setting, validation loss) at rung ``rung`` (reached at
+        ``step``), and return for each run whether its setting trains on. A setting's
+        decision at a rung is made once, in this transaction, by ``decide(scores, setting)``
+        over the mean loss of every setting of its shape recorded at the rung so far (a
+        loss that is not finite counts as infinite), and kept: a run that reaches the rung
+        later (another seed, a retrain after a kill, another runner) follows it."""
+        entries = list(entries)
+        out: dict[str, bool] = {}
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO rungs VALUES (?,?,?,?,?,?)",
+                [(run_id, shape, setting, rung, step,
+                  loss if loss is not None and math.isfinite(loss) else None)
+                 for run_id, shape, setting, loss in entries])
+            for run_id, shape, setting, _ in entries:
+                row = self._db.execute(
+                    "SELECT promoted FROM promotions WHERE shape = ? AND setting = ? AND "
+                    "rung = ?", (shape, setting, rung)).fetchone()
+                if row is None:
+                    losses: dict[str, list[float]] = {}
+                    for other, loss in self._db.execute(
+                            "SELECT setting, val_loss FROM rungs WHERE shape = ? AND rung = ?",
+                            (shape, rung)):
+                        losses.setdefault(other, []).append(math.inf if loss is None else loss)
+                    promoted, rank, cohort = decide(
+                        {k: sum(v) / len(v) for k, v in losses.items()}, setting)
+                    self._db.execute("INSERT INTO promotions VALUES (?,?,?,?,?,?)",
+                                     (shape, setting, rung, int(promoted), rank, cohort))
+                    row = (promoted,)
+                out[run_id] = bool(row[0])
+        return out
+
+    def rung_records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        rungs = [dict(zip(("run_id", "shape", "setting", "rung", "step", "val_loss"), row))
+                 for row in self._db.execute("SELECT * FROM rungs ORDER BY rung, run_id")]
+        decisions = [dict(zip(("shape", "setting", "rung", "promoted", "rank", "cohort"), row))
+                     for row in self._db.execute(
+                         "SELECT * FROM promotions ORDER BY shape, rung, rank")]
+        return rungs, decisions
+
     # ---------------------------------------------------------------- reading
 
     def predictions(self) -> list[dict[str, Any]]:
@@ -922,7 +996,7 @@ def _writable(path: Path) -> bool:
 
 
 #: Which of two stored rows of one run to believe: a finished one, then one in flight.
-_RANK = {COMPLETED: 3, DIVERGED: 3, RUNNING: 2}
+_RANK = {COMPLETED: 3, DIVERGED: 3, PRUNED: 3, RUNNING: 2}
 
 
 def _better(status: str | None, finished: float | None, than: tuple | None) -> bool:
@@ -1041,6 +1115,13 @@ class Stores(BaseStore):
 
     def evaluations(self) -> list[dict[str, Any]]:
         return [e for store in self.stores for e in store.evaluations()]
+
+    def record_rung(self, rung, step, entries, decide) -> dict[str, bool]:
+        return self._writer().record_rung(rung, step, entries, decide)
+
+    def rung_records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The main store's (a halving search never runs with shard stores)."""
+        return self.main.rung_records() if self.main is not None else ([], [])
 
     def add_predictions(self, predictions) -> None:
         self._writer().add_predictions(predictions)

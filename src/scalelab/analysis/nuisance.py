@@ -37,7 +37,9 @@ def best_over_nuisance(
     """(the completed runs of each point's winning nuisance setting, the winners).
 
     A setting is ranked by how many of its seeds diverged first, then by mean validation loss
-    of the rest: a setting that diverges on some seeds never wins on its survivors' loss.
+    of the rest: a setting that diverges on some seeds never wins on its survivors' loss. A
+    setting a halving search pruned on any seed never wins, and values it never started do
+    not count as searched (for the edge flag).
     Without nuisance axes every completed run is kept. ``grid`` gives each axis's values, for
     the edge flag (defaults to the values seen in ``records``); a point is judged on the
     values it ran (stored in any state), so values another point added (a bracket `next`
@@ -49,10 +51,15 @@ def best_over_nuisance(
     seen: dict[str, set] = defaultdict(set)
     ran: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
     cells: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    pruned = {(tuple(r.get(a) for a in scientific), tuple(r.get(a) for a in nuisance))
+              for r in records if r.get("status") == "pruned"}
     for r in records:
-        for a in nuisance:
-            ran[tuple(r.get(x) for x in scientific)][a].add(r.get(a))
+        if r.get("status") != "pruned" or r.get("pruned_rung"):  # never started: not searched
+            for a in nuisance:
+                ran[tuple(r.get(x) for x in scientific)][a].add(r.get(a))
         if r.get("status") not in ("completed", "diverged") or (
+                (tuple(r.get(a) for a in scientific), tuple(r.get(a) for a in nuisance))
+                in pruned) or (
                 r.get("status") == "completed" and r.get(metric) is None):
             continue
         cells[tuple(r[a] for a in scientific)][tuple(r[a] for a in nuisance)].append(r)

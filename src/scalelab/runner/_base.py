@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar
 
 from ..errors import ScalelabError
 from ..plugin import PluginConfig
@@ -23,16 +24,18 @@ from ..spec import Study
 @dataclass(frozen=True)
 class Group:
     """Runs that train together, or one run. ``stacked``: on the stacked path (a group of
-    one included); False: alone on the single-run loop."""
+    one included); False: alone on the single-run loop. ``search``: the halving search its
+    runs take part in (:class:`scalelab.search.RungPlan`), if any."""
 
     runs: tuple[RunSpec, ...]
     stacked: bool
+    search: Any = None
 
     def only(self, runs: list[RunSpec]) -> Group | None:
         """This group cut down to ``runs`` (None when that leaves nothing)."""
         ids = {r.run_id for r in runs}
         kept = tuple(r for r in self.runs if r.run_id in ids)
-        return Group(kept, self.stacked) if kept else None
+        return replace(self, runs=kept) if kept else None
 
     @property
     def id(self) -> str | None:
@@ -45,11 +48,13 @@ class Group:
 def train_group_of(group: Group, device: str, checkpoint: bool) -> list[RunResult]:
     """Train one group where this function is called (any process, any machine); one result
     per run, in order."""
-    from ..train import train_group, train_run
+    from ..train import Hooks, train_group, train_run
 
+    hooks = Hooks(rungs=group.search.gate([r.run_id for r in group.runs])) \
+        if group.search is not None else None
     if not group.stacked:
-        return [train_run(group.runs[0].config, device, checkpoint)]
-    return train_group([r.config for r in group.runs], device, checkpoint, group.id)
+        return [train_run(group.runs[0].config, device, checkpoint, hooks)]
+    return train_group([r.config for r in group.runs], device, checkpoint, group.id, hooks)
 
 
 class Executor(ABC):
@@ -82,6 +87,13 @@ class Executor(ABC):
         """Told before each group how many runners (this one included) are training into
         the same store now, so one that trains on this machine's cores takes only its share:
         two runners each spinning every core's thread pool ran 10x slower than one."""
+
+    def board(self, store_path: Path) -> Any:
+        """Where its trainings record a halving search's rungs: the store itself, which
+        workers on this machine open (a cluster executor hands them a proxy instead)."""
+        from ..search import StoreBoard
+
+        return StoreBoard(store_path)
 
     def agree(self, todo: list[RunSpec]) -> list[RunSpec]:
         """The runs to train, as the primary process planned them."""

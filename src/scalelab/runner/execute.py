@@ -11,20 +11,22 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .. import store as stores
 from ..errors import ScalelabError
 from ..files import write_atomically
 from ..outdir import OutDir
 from ..output import Output
-from ..records import COMPLETED, FINISHED, RunResult, RunSpec
+from ..records import COMPLETED, FINISHED, PRUNED, RunResult, RunSpec, run_id
 from ..registry import executors
 from ..spec import Study
 from ..store import KEPT, LOST, Store, shard_writing, token
 from ..tracking._base import Tracking
 from ._base import Executor, Group
+from .halving import rung_plan, waves
 from .shard import parse_shard, select_shard
 
 
@@ -93,6 +95,9 @@ def execute_study(study: Study, out_dir: Path, workers: int | None = None, devic
     if shard_store and not shard:
         raise ScalelabError("--shard-store: only with --shard i/k (each shard its own file)")
     own_file = parse_shard(shard) if shard_store else None
+    if shard_store and study.spec.nuisance_search.method == "halving":
+        raise ScalelabError("--shard-store: a halving search keeps its rungs in the one shared "
+                            "store; run the shards without --shard-store")
     # Everything that can be refused is refused here, before anything is written.
     executor = make_executor(backend, device, workers, study.spec.save_checkpoints, address)
     executor.check(study)
@@ -144,52 +149,110 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
         return result
     from .stacks import training_groups  # the training stack loads only to train
 
-    groups = training_groups(todo, study) if executor.stacks else \
-        [Group((r,), stacked=False) for r in todo]
     if store is None:  # a secondary rank: it trains, the primary claims and records
+        groups = training_groups(todo, study) if executor.stacks else \
+            [Group((r,), stacked=False) for r in todo]
         for _ in executor.execute(groups, lambda group: group):
             pass
         return result
-    stacked = sum(len(g.runs) > 1 for g in groups)
-    grouped = f" as {len(groups)} group{'s' * (len(groups) != 1)} ({stacked} stacked)" \
-        if stacked else ""
-    output.info(f"training {len(todo)} of {len(selected)} runs{grouped} "
-                f"{executor.describe(len(groups))} -> {out_dir}"
-                + (f"; {len(elsewhere)} more are being trained by another runner"
-                   if elsewhere else ""))
+    search = rung_plan(study, executor.board(store.path))
     with Heartbeat(store.path) as beating, output.progress(len(todo), study.name) as progress:
-        def claim(group: Group) -> Group | None:
-            mine = group.only(store.claim(group.runs, retrain))
-            missed = len(group.runs) - (len(mine.runs) if mine else 0)
-            if missed:  # another runner claimed them since the plan
-                result.elsewhere += missed
-                for _ in range(missed):
-                    progress.advance("elsewhere", "claimed by another runner")
-            beating.add(mine.runs if mine else ())
-            executor.share(len({c["token"] for c in store.claims()} | {token()}))
-            return mine
+        training = _Training(result, executor, store, tracking, output, out_dir, retrain,
+                             beating, progress)
+        for number, wave in enumerate(waves(study, todo, store, output, _size_counter(),
+                                            training.skipped)):
+            groups = training_groups(wave, study) if executor.stacks else \
+                [Group((r,), stacked=False) for r in wave]
+            stacked = sum(len(g.runs) > 1 for g in groups)
+            grouped = f" as {len(groups)} group{'s' * (len(groups) != 1)} ({stacked} stacked)" \
+                if stacked else ""
+            if number == 0:
+                output.info(f"training {len(wave)} of {len(selected)} runs{grouped} "
+                            f"{executor.describe(len(groups))} -> {out_dir}"
+                            + (f"; {len(elsewhere)} more are being trained by another runner"
+                               if elsewhere else "") + _search_words(study, len(todo)))
+            elif wave:
+                output.info(f"next wave: {len(wave)} runs{grouped}")
+            training.train([replace(g, search=search) for g in groups])
+    return result
 
-        for run, run_result in executor.execute(groups, claim):
-            beating.discard(run)
+
+def _search_words(study: Study, todo: int) -> str:
+    search = study.spec.nuisance_search
+    if search.method != "halving":
+        return ""
+    return (f" (successive halving over {', '.join(study.nuisance_labels())}: eta "
+            f"{search.eta}, {search.rungs} rung{'s' * (search.rungs != 1)}"
+            + (f"; law-seeded, in waves of model size, {todo} runs in all"
+               if search.start == "law" else "") + ")")
+
+
+def _size_counter():
+    """Parameters of a run's model, counted on the meta device once per model config."""
+    from ..train.stacking import parameter_count
+
+    sizes: dict[str, int] = {}
+
+    def size_of(run: RunSpec) -> int:
+        key = run_id(run.config["model"] | {"task": run.config["task"]})
+        if key not in sizes:
+            sizes[key] = parameter_count(run.config)
+        return sizes[key]
+    return size_of
+
+
+@dataclass
+class _Training:
+    """Claims, trains and records groups: what every wave of an invocation shares."""
+
+    result: StudyExecution
+    executor: Executor
+    store: Store
+    tracking: Tracking | None
+    output: Output
+    out_dir: Path
+    retrain: dict[str, float | None]
+    beating: Heartbeat
+    progress: Any
+
+    def claim(self, group: Group) -> Group | None:
+        mine = group.only(self.store.claim(group.runs, self.retrain))
+        missed = len(group.runs) - (len(mine.runs) if mine else 0)
+        if missed:  # another runner claimed them since the plan
+            self.result.elsewhere += missed
+            for _ in range(missed):
+                self.progress.advance("elsewhere", "claimed by another runner")
+        self.beating.add(mine.runs if mine else ())
+        self.executor.share(len({c["token"] for c in self.store.claims()} | {token()}))
+        return mine
+
+    def skipped(self, run: RunSpec) -> None:
+        """A run the search stored as never started."""
+        self.result.trained[PRUNED] += 1
+        self.progress.advance(PRUNED, f"{run.run_id} {run.label} not started")
+
+    def train(self, groups: list[Group]) -> None:
+        store, result, progress = self.store, self.result, self.progress
+        for run, run_result in self.executor.execute(groups, self.claim):
+            self.beating.discard(run)
             # The claim is checked again in the storing transaction; this look spares the
             # checkpoint of a run another runner has taken over meanwhile.
             stored = LOST
             if store.owns(run.run_id):
-                save_checkpoint(out_dir, run, run_result)
+                save_checkpoint(self.out_dir, run, run_result)
                 stored = store.write_result(run, run_result)
             if stored == LOST:  # this runner was stopped or cut off past the staleness window
                 result.elsewhere += 1
-                output.warn(f"run {run.run_id} ({run.label}) was taken over by another runner "
-                            "while this one was stopped or cut off; its result stands and "
-                            "this one was dropped")
+                self.output.warn(f"run {run.run_id} ({run.label}) was taken over by another "
+                                 "runner while this one was stopped or cut off; its result "
+                                 "stands and this one was dropped")
                 progress.advance("elsewhere", "taken over by another runner")
                 continue
             if stored != KEPT:
-                tracking.log_run(run, run_result)
+                self.tracking.log_run(run, run_result)
             record(result, run, run_result,
                    " (the completed result stored before is kept)" if stored == KEPT else "")
             progress.advance(run_result.status, _label(run, run_result))
-    return result
 
 
 def _lost_checkpoints(selected: list, statuses: dict[str, str],

@@ -15,6 +15,9 @@ import contextlib
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from ..devices import available_cores, share
 from ..errors import ScalelabError, first_line
@@ -88,6 +91,18 @@ class RayExecutor(Executor):
         finally:
             self.quiet.__exit__(*exc)
 
+    def board(self, store_path: Path) -> RayBoard:
+        """A halving search's rungs go through one actor on this (the driver's) node, which
+        holds the store: workers on other machines never open it."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from ..search import StoreBoard
+
+        here = NodeAffinitySchedulingStrategy(self.ray.get_runtime_context().get_node_id(),
+                                              soft=False)
+        actor = self.ray.remote(StoreBoard).options(num_cpus=0, scheduling_strategy=here)
+        return RayBoard(actor.remote(store_path))
+
     def describe(self, groups: int) -> str:
         total = self.ray.cluster_resources()
         r = self.resources
@@ -129,3 +144,15 @@ class RayExecutor(Executor):
         finally:
             for ref in pending:  # interrupted: stop the tasks in flight
                 ray.cancel(ref, force=True)
+
+
+@dataclass(frozen=True)
+class RayBoard:
+    """A worker's handle on the driver's :class:`~scalelab.search.StoreBoard` actor."""
+
+    actor: Any
+
+    def record_rung(self, rung: int, step: int, entries: list, eta: int) -> dict[str, bool]:
+        import ray
+
+        return ray.get(self.actor.record_rung.remote(rung, step, entries, eta))

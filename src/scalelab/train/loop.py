@@ -21,7 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..records import COMPLETED, DIVERGED, RunResult
+from ..errors import ScalelabError
+from ..records import COMPLETED, DIVERGED, PRUNED, RunResult
 from ..spec import TrainConfig
 
 
@@ -52,12 +53,17 @@ class Hooks:
       weight averaging such as EMA or lookahead; a hook with a ``begin(tensors,
       total_steps)`` method is first shown the starting weights and the budget.
     - ``callbacks``: :class:`Callback` objects.
+    - ``rungs``: a halving search's gate (:class:`scalelab.search.RungGate`): ``steps(total,
+      eval_every)`` maps the steps of its rungs (on the evaluation cadence) to rung numbers;
+      after the evaluation at one, ``decide(rung, step, {run: best val loss})`` names the
+      runs that stop there, ``pruned``.
     """
 
     batch_transform: Callable[[Batch, int], tuple[torch.Tensor, torch.Tensor]] | None = None
     criterion: Callable[..., torch.Tensor] = F.cross_entropy
     post_step: list[Callable[[int, list[torch.Tensor]], None]] = field(default_factory=list)
     callbacks: list[Callback] = field(default_factory=list)
+    rungs: Any = None
 
 
 @dataclass
@@ -183,6 +189,7 @@ def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None)
     states = [RunState() for _ in range(strategy.runs)]
     total = strategy.total_steps
     check_every = strategy.check_every()
+    rung_at = hooks.rungs.steps(total, cfg.eval_every) if hooks.rungs is not None else {}
     running, count, step, eval_time = None, 0, 0, 0.0
     for hook in hooks.post_step:
         if hasattr(hook, "begin"):
@@ -224,6 +231,8 @@ def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None)
             if state.active:
                 _observe(strategy, cfg, state, r, step, train_loss[r], values[r], lrs[r],
                          scored, hooks)
+        if step in rung_at:
+            _rung(strategy, states, hooks.rungs, rung_at[step], step)
         eval_time += time.perf_counter() - eval_started
         if batch.last or not any(t.active for t in states):
             break
@@ -256,6 +265,18 @@ def _observe(strategy: Strategy, cfg: TrainConfig, state: RunState, r: int, step
     if stopping and state.evals_without_gain >= stopping.patience:
         state.stopped_early = True
         _end(strategy, state, r, step, diverged=False)
+
+
+def _rung(strategy: Strategy, states: list[RunState], gate, rung: int, step: int) -> None:
+    """Report the live runs' best validation losses at a rung; stop those the search prunes."""
+    live = {r: state.best_loss for r, state in enumerate(states) if state.active}
+    if live and all(math.isinf(loss) for loss in live.values()):
+        raise ScalelabError("nuisance_search: halving ranks settings by validation loss, and "
+                            "this task has no validation split (set its num_val)")
+    for r in sorted(gate.decide(rung, step, live)):
+        _end(strategy, states[r], r, step, diverged=False)
+        states[r].status = PRUNED
+        states[r].metrics["pruned_rung"] = rung
 
 
 def _end(strategy: Strategy, state: RunState, r: int, step: int, diverged: bool) -> None:

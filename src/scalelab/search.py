@@ -1,0 +1,230 @@
+"""Nuisance search: how the nuisance settings (learning rate, ...) of each shape are tried.
+
+``grid`` trains every setting to the end. ``halving`` is asynchronous successive halving
+(ASHA, Li et al. 2018, in the stop-early form Ray Tune's ``AsyncHyperBandScheduler`` uses):
+every setting of a shape starts; at rungs ``eta`` times apart in steps (the first at the
+budget / eta^rungs, each on the evaluation cadence, so a survivor is evaluated exactly as a
+run trained without the search), a run's setting trains on only if its mean validation loss
+over the seeds recorded there is among the best ``max(1, floor(n / eta))`` of the ``n``
+settings of its shape that have reached that rung; the rest stop and are stored ``pruned``
+with their curve up to the rung. The store holds the rung records and each setting's
+decision, made once, so every runner, executor and retry after a kill follows the same one.
+
+``start: law`` seeds the search with scale: a shape's settings start only within a
+``window`` of grid values centred on what a power law of the best value against parameter
+count, fitted on the already searched smaller shapes, predicts for it (the grid while fewer
+than two sizes are searched); a winner on the window's edge brings in the next grid value
+beyond it. Values never started are stored ``pruned`` at rung 0.
+
+Run ids do not change: a search decides which runs train how far, never what a run is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from numbers import Real
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .analysis.nuisance import best_over_nuisance
+from .records import PRUNED, RunResult, RunSpec
+from .store import Store
+
+#: The curve name a pruned run's rung is kept under in its metrics.
+PRUNED_RUNG = "pruned_rung"
+
+
+def shape_key(point: Mapping[str, Any], nuisance: Sequence[str]) -> str:
+    """The cohort a run is ranked in: its grid point without seed and nuisance values."""
+    return json.dumps({k: v for k, v in point.items() if k != "seed" and k not in nuisance},
+                      sort_keys=True, default=str)
+
+
+def setting_key(point: Mapping[str, Any], nuisance: Sequence[str]) -> str:
+    """What is kept or pruned: a run's nuisance values (all its seeds share the decision)."""
+    return json.dumps({k: point.get(k) for k in nuisance}, sort_keys=True, default=str)
+
+
+def rung_steps(total: int, eval_every: int, eta: int, rungs: int) -> dict[int, int]:
+    """Step -> rung (from 1): budget / eta^k for k = rungs..1, rounded to the evaluation
+    cadence (at least one evaluation in), strictly before the budget's end."""
+    out: dict[int, int] = {}
+    for k in range(rungs, 0, -1):
+        step = max(eval_every, round(total / eta ** k / eval_every) * eval_every)
+        if step < total and step not in out:
+            out[step] = len(out) + 1
+    return out
+
+
+def promote(scores: Mapping[str, float], setting: str, eta: int) -> tuple[bool, int, int]:
+    """(whether ``setting`` trains on, its rank from 1, the cohort's size): the best
+    ``max(1, floor(n / eta))`` of the ``n`` settings' mean losses go on (ties: setting
+    order); the first to reach a rung always does."""
+    order = sorted(scores, key=lambda k: (scores[k], k))
+    rank = order.index(setting)
+    return rank < max(1, len(order) // eta), rank + 1, len(order)
+
+
+class Board(Protocol):
+    """Where a search's rung records are kept and its decisions made."""
+
+    def record_rung(self, rung: int, step: int, entries: list[tuple[str, str, str, float]],
+                    eta: int) -> dict[str, bool]: ...
+
+
+@dataclass(frozen=True)
+class StoreBoard:
+    """The study's store itself, opened by whichever process reaches a rung (a worker on the
+    machine that holds the output directory)."""
+
+    path: Path
+
+    def record_rung(self, rung: int, step: int, entries: list[tuple[str, str, str, float]],
+                    eta: int) -> dict[str, bool]:
+        with Store(self.path) as store:
+            return store.record_rung(rung, step, entries, partial(promote, eta=eta))
+
+
+@dataclass(frozen=True)
+class RungPlan:
+    """What a training needs to take part in a halving search: the board, the rule's
+    ``eta``, the number of rungs, and each run's (shape, setting)."""
+
+    board: Board
+    eta: int
+    rungs: int
+    keys: Mapping[str, tuple[str, str]]
+
+    def gate(self, run_ids: Sequence[str]) -> RungGate:
+        return RungGate(self, list(run_ids))
+
+
+@dataclass
+class RungGate:
+    """The training loop's side of a search: at which steps to report, and which of the
+    runs trained together stop there."""
+
+    plan: RungPlan
+    run_ids: list[str]
+
+    def steps(self, total: int, eval_every: int) -> dict[int, int]:
+        return rung_steps(total, eval_every, self.plan.eta, self.plan.rungs)
+
+    def decide(self, rung: int, step: int, losses: Mapping[int, float]) -> set[int]:
+        """Report the runs' (by index) best validation losses so far; the indices to stop."""
+        entries = [(self.run_ids[r], *self.plan.keys[self.run_ids[r]], loss)
+                   for r, loss in losses.items()]
+        keep = self.plan.board.record_rung(rung, step, entries, self.plan.eta)
+        return {r for r in losses if not keep[self.run_ids[r]]}
+
+
+def plan_for(runs: Iterable[RunSpec], nuisance: Sequence[str], board: Board, eta: int,
+             rungs: int) -> RungPlan:
+    """The rung plan of ``runs`` (every run of the study: keys are looked up by id)."""
+    return RungPlan(board, eta, rungs, {r.run_id: (shape_key(r.point, nuisance),
+                                                   setting_key(r.point, nuisance))
+                                        for r in runs})
+
+
+def not_started(run: RunSpec, why: str) -> RunResult:
+    """The stored result of a run a law-seeded search never started."""
+    return RunResult(PRUNED, metrics={PRUNED_RUNG: 0, "steps": 0, "train_flops": 0.0,
+                                      "pruned_reason": why})
+
+
+# ------------------------------------------------------------------ law-seeded starts
+
+
+def law_axis(grid: Mapping[str, Sequence[Any]], nuisance: Sequence[str]) -> str | None:
+    """The first nuisance axis whose values are all positive numbers (the one a law of the
+    best value against size can predict), or None."""
+    for axis in nuisance:
+        values = grid.get(axis, [])
+        if values and all(isinstance(v, Real) and not isinstance(v, bool) and v > 0
+                          for v in values):
+            return axis
+    return None
+
+
+@dataclass
+class SeedLaw:
+    """log(best value) = a + b·log(N), through the winners of the searched shapes."""
+
+    a: float
+    b: float
+    sizes: int
+
+    def predict(self, n: float) -> float:
+        return math.exp(self.a + self.b * math.log(n))
+
+
+def fit_seed_law(records: Sequence[dict[str, Any]], scientific: Sequence[str],
+                 nuisance: Sequence[str], axis: str, below: float) -> SeedLaw | None:
+    """The law through the winning ``axis`` value of every stored shape with fewer than
+    ``below`` parameters (least squares in log-log); None with fewer than two sizes."""
+    smaller = [r for r in records if r.get("n_params") and r["n_params"] < below]
+    _, winners = best_over_nuisance(smaller, scientific, nuisance)
+    sizes: dict[tuple, float] = {}
+    for r in smaller:
+        sizes[tuple(r.get(a) for a in scientific)] = float(r["n_params"])
+    points = [(sizes[tuple(w.point.get(a) for a in scientific)], float(w.nuisance[axis]))
+              for w in winners]
+    if len({n for n, _ in points}) < 2:
+        return None
+    x, y = np.log([n for n, _ in points]), np.log([v for _, v in points])
+    b, a = np.polyfit(x, y, 1)
+    return SeedLaw(float(a), float(b), len({n for n, _ in points}))
+
+
+def window(values: Sequence[float], centre: float, width: int) -> list[float]:
+    """The ``width`` grid values nearest ``centre`` in log distance (contiguous in order)."""
+    ordered = sorted(values)
+    nearest = sorted(ordered, key=lambda v: (abs(math.log(v / centre)), v))[:width]
+    return [v for v in ordered if v in nearest]
+
+
+def widen(values: Sequence[float], started: Sequence[float], best: float) -> float | None:
+    """The next grid value beyond the started range when the winner ``best`` sits on its
+    edge (None: inside, or the grid's own edge)."""
+    ordered, lo, hi = sorted(values), min(started), max(started)
+    i = ordered.index(best)
+    if best == lo and i > 0:
+        return ordered[i - 1]
+    if best == hi and i + 1 < len(ordered):
+        return ordered[i + 1]
+    return None
+
+
+@dataclass
+class LawStart:
+    """One shape's law-seeded start: the values started so far and the prediction."""
+
+    shape: str
+    predicted: float | None
+    started: list[float]
+    runs: list[RunSpec] = field(default_factory=list)
+
+
+def law_starts(runs: Sequence[RunSpec], records: Sequence[dict[str, Any]],
+               scientific: Sequence[str], nuisance: Sequence[str], axis: str, width: int,
+               size_of: Callable[[RunSpec], float]) -> dict[str, LawStart]:
+    """For each shape of ``runs``: the law fitted on the stored shapes smaller than it, its
+    prediction, and the window of ``axis`` values to start (all of them without a law)."""
+    by_shape: dict[str, list[RunSpec]] = defaultdict(list)
+    for r in runs:
+        by_shape[shape_key(r.point, nuisance)].append(r)
+    out = {}
+    for shape, members in by_shape.items():
+        values = sorted({float(r.point[axis]) for r in members})
+        law = fit_seed_law(records, scientific, nuisance, axis, size_of(members[0]))
+        predicted = law.predict(size_of(members[0])) if law else None
+        started = window(values, predicted, width) if predicted else values
+        out[shape] = LawStart(shape, predicted, started, members)
+    return out

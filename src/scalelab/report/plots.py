@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib import ticker
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from ..analysis.nuisance import value_order
 from ..analysis.stats import Comparison
@@ -49,18 +51,125 @@ def _figure() -> tuple[Figure, Any]:
     return fig, ax
 
 
-def _log_y(ax) -> None:
-    """Log scale with plain numbers. A loss axis often spans well under a decade, where the
-    default log ticks (1, 2, ..., 9 times a power of ten) can miss the data entirely: then
-    six ticks are spread evenly in log space over the data's own range. Call after plotting."""
-    ax.set_yscale("log")
-    lo, hi = ax.get_ylim()
-    if lo > 0 and hi / lo < 10:
-        ax.yaxis.set_major_locator(ticker.FixedLocator(np.geomspace(lo, hi, 6)[1:-1]))
-        ax.yaxis.set_minor_locator(ticker.NullLocator())
-    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
-    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.3g"))
-    ax.tick_params(axis="y", which="minor", labelsize=7)
+def si(value: float, _pos: Any = None) -> str:
+    """A count as a paper writes it: 500, 10k, 2.5M, 1.2B, 3T."""
+    for threshold, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= threshold:
+            return f"{value / threshold:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def plain(value: float, _pos: Any = None) -> str:
+    """A metric's value: 0.75, 1, 1.5, 20 (thousands and up as counts: 2k)."""
+    return si(value) if abs(value) >= 1e3 else f"{value:.3g}"
+
+
+def power_of_ten(value: float, _pos: Any = None) -> str:
+    """A compute as 10⁹ or 2×10⁹ (mathtext)."""
+    if value <= 0:
+        return ""
+    exponent = int(np.floor(np.log10(value) + 1e-9))
+    coefficient = value / 10.0**exponent
+    if abs(coefficient - 1) < 1e-6:
+        return f"$10^{{{exponent}}}$"
+    return f"${coefficient:.3g}\\times10^{{{exponent}}}$"
+
+
+#: Tick labels of each kind of log axis.
+FORMATTERS = {"count": si, "metric": plain, "flops": power_of_ten}
+METRIC_WORDS = ("loss", "ppl", "acc", "bpb", "error")
+
+
+def axis_kind(name: str) -> str:
+    """How a quantity's ticks read: a compute, a metric or (the rest) a count or size."""
+    if "flops" in name or name in ("C", "compute"):
+        return "flops"
+    return "metric" if any(w in name for w in METRIC_WORDS) else "count"
+
+
+def log_axis(ax, which: str, kind: str, values: Sequence[float] | None = None) -> None:
+    """A log axis with readable ticks: at 1, 2 and 5 × 10^k (10^k alone over more than four
+    decades; round values evenly spaced where the limits hold fewer than three of those),
+    or at the grid's own ``values`` (at most eight), labelled by ``kind`` (FORMATTERS).
+    Call after plotting: the choice reads the axis's limits."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    lo, hi = sorted(getattr(ax, f"get_{which}lim")())
+    decades = np.log10(hi / lo)
+    if values is not None and 0 < len(values) <= 8:
+        major = ticker.FixedLocator(sorted(values))
+    else:
+        major = ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 4 else (1.0,))
+        if sum(lo <= t <= hi for t in major.tick_values(lo, hi)) < 3:
+            round_values = ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10])
+            major = ticker.FixedLocator([t for t in round_values.tick_values(lo, hi) if t > 0])
+    axis.set_major_locator(major)
+    axis.set_minor_locator(ticker.LogLocator(base=10, subs="auto") if decades >= 1
+                           and values is None else ticker.NullLocator())
+    axis.set_major_formatter(ticker.FuncFormatter(FORMATTERS[kind]))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _log_y(ax, kind: str = "metric") -> None:
+    log_axis(ax, "y", kind)
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def styles(keys: Sequence[tuple], names: Sequence[str]) -> tuple[dict[tuple, dict[str, Any]],
+                                                                 list[Line2D]]:
+    """How to draw each combination ``keys`` of the values of the axes ``names``: hue per
+    value of the first, lightness (lighter: smaller) and marker per value of the second,
+    line style (and hollow markers) per combination of the rest; and the legend, one entry
+    per value of each axis."""
+    if not names:  # nothing varies: one style
+        return {key: {"color": "C0", "marker": "o", "ls": "-", "hollow": False}
+                for key in keys}, []
+    first = sorted({k[0] for k in keys}, key=value_order)
+    second = sorted({k[1] for k in keys if len(k) > 1}, key=value_order)
+    rest = sorted({k[2:] for k in keys}, key=lambda t: tuple(map(value_order, t)))
+    out = {}
+    for key in keys:
+        j = second.index(key[1]) if len(key) > 1 else 0
+        r = rest.index(key[2:])
+        lighten = 0.6 * (1 - j / (len(second) - 1)) if len(second) > 1 else 0.0
+        out[key] = {"color": _lighter(f"C{first.index(key[0]) % 10}", lighten),
+                    "marker": MARKERS[j % len(MARKERS)], "ls": LINESTYLES[r % len(LINESTYLES)],
+                    "hollow": r % 2 == 1}
+    legend = [Line2D([], [], color=f"C{i % 10}", lw=2, label=_value_label(names[0], v))
+              for i, v in enumerate(first)] if names else []
+    legend += [Line2D([], [], color=_lighter("0.25", 0.6 * (1 - j / max(len(second) - 1, 1))),
+                      marker=MARKERS[j % len(MARKERS)], ls="none",
+                      label=_value_label(names[1], v))
+               for j, v in enumerate(second)] if len(second) > 1 else []
+    legend += [Line2D([], [], color="0.25", ls=LINESTYLES[r % len(LINESTYLES)],
+                      marker="o", mfc="none" if r % 2 else "0.25",
+                      label=", ".join(_value_label(n, v) for n, v in zip(names[2:], t)))
+               for r, t in enumerate(rest)] if len(rest) > 1 else []
+    return out, legend
+
+
+def _legend(ax, handles: Sequence[Line2D]) -> None:
+    """A legend in the axes when short, to their right when long (it would hide data)."""
+    if not handles:
+        return
+    if len(handles) <= 5:
+        ax.legend(handles=handles, fontsize=7)
+    else:
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0.0)
+
+
+def _lighter(color: str, amount: float) -> tuple[float, float, float]:
+    """``color`` mixed with white (0: as it is, 1: white)."""
+    return tuple(c + (1 - c) * amount for c in to_rgb(color))
+
+
+def _value_label(name: str, value: Any) -> str:
+    return f"{name} = {value:,}" if isinstance(value, int) and not isinstance(value, bool) \
+        else f"{name} = {value}"
 
 
 def _finish(ax, x_name: str, y_name: str, legend: bool) -> None:
@@ -84,9 +193,14 @@ def save(fig: Figure, stem: Path) -> list[Path]:
 
 
 def law_figure(entry: FitEntry) -> Figure:
-    """Points (held-out ones hollow), the fitted curve and its bootstrap band, log-log."""
+    """The full fit (on all points) with its bootstrap band, log-log; the points the backtest
+    held out hollow, and the backtest fit's predictions for them as crosses."""
     fig, ax = _figure()
+    bt = entry.fit.backtest
     mask = held_out(entry)
+    predicted = np.full(len(entry.x), np.nan)
+    if bt is not None and len(bt.predicted) == int(mask.sum()):
+        predicted[mask] = bt.predicted
     band = entry.boot.prediction_intervals
     if entry.x.shape[1] == 1:
         groups = [(None, np.ones(len(entry.x), bool), np.ones(len(entry.grid), bool))]
@@ -94,12 +208,12 @@ def law_figure(entry: FitEntry) -> Figure:
     else:
         grid_x = entry.grid[:, 0]
         groups = [(d, entry.x[:, 1] == d, entry.grid[:, 1] == d) for d in np.unique(entry.x[:, 1])]
-    colors = [f"C{i}" for i in range(10)]
     for i, (d, point_sel, grid_sel) in enumerate(groups):
-        color = colors[i % 10]
-        tag = f"{label(entry.x_names[1])} = {d:g}" if d is not None else "fit"
-        curve = entry.fit.predict(entry.grid[grid_sel])
-        ax.plot(grid_x[grid_sel], curve, color=color, lw=1.5, label=tag)
+        color = f"C{i % 10}"
+        tag = (f"{label(entry.x_names[1])} = {si(d)}" if d is not None
+               else f"full fit, {int(entry.boot.level * 100)}% band")
+        ax.plot(grid_x[grid_sel], entry.fit.predict(entry.grid[grid_sel]), color=color, lw=1.5,
+                label=tag)
         if band is not None:
             ax.fill_between(grid_x[grid_sel], band[grid_sel, 0], band[grid_sel, 1], color=color,
                             alpha=0.15, lw=0)
@@ -107,58 +221,72 @@ def law_figure(entry: FitEntry) -> Figure:
         ax.scatter(entry.x[fit_pts, 0], entry.y[fit_pts], color=color, s=18, zorder=3)
         ax.scatter(entry.x[out_pts, 0], entry.y[out_pts], facecolors="none", edgecolors=color,
                    s=40, zorder=3)
-    ax.scatter([], [], color="gray", s=18, label="fitted points")
-    ax.scatter([], [], facecolors="none", edgecolors="gray", s=40, label="held out in backtest")
-    ax.set_xscale("log")
+        ax.scatter(entry.x[out_pts, 0], predicted[out_pts], marker="x", color=color, s=30,
+                   zorder=4)
+    ax.scatter([], [], color="gray", s=18, label="runs")
+    if mask.any():
+        ax.scatter([], [], facecolors="none", edgecolors="gray", s=40,
+                   label="held out by the backtest")
+        ax.scatter([], [], marker="x", color="gray", s=30, label="backtest fit's prediction")
+    log_axis(ax, "x", axis_kind(entry.x_names[0]))
     _log_y(ax)
     ax.set_xlabel(label(entry.x_names[0]))
     ax.set_ylabel(label(entry.y_name))
-    ax.set_title(f"{entry.fit.form}: {entry.fit.formula}  ({int(entry.boot.level * 100)}% band)",
-                 fontsize=9)
+    ax.set_title(f"full fit, {entry.fit.form}: {entry.fit.formula}", fontsize=9)
     ax.legend(fontsize=7)
     return fig
 
 
+def _keys(row: dict[str, Any], axes: Sequence[str]) -> tuple:
+    return tuple(row.get(a) for a in axes)
+
+
 def axis_figure(table: Sequence[dict[str, Any]], metric: str, x_axis: str,
-                line_axis: str | None) -> Figure:
-    """Mean ± std of ``metric`` against one grid axis, one line per value of another."""
+                others: Sequence[str] | str | None) -> Figure:
+    """Mean ± std of ``metric`` against one grid axis, one line per combination of the other
+    axes (``styles``: hue per the first of them, lightness and marker per the second)."""
+    others = [others] if isinstance(others, str) else list(others or [])
     fig, ax = _figure()
-    lines: dict[Any, list[tuple]] = defaultdict(list)
+    lines: dict[tuple, list[tuple]] = defaultdict(list)
     for row in table:
         if row.get(metric) is None or row.get(x_axis) is None:
             continue
-        lines[row.get(line_axis) if line_axis else None].append(
+        lines[_keys(row, others)].append(
             (row[x_axis], row[metric], row.get(f"{metric}_std") or 0.0))
-    for i, (value, pts) in enumerate(sorted(lines.items(), key=lambda kv: value_order(kv[0]))):
+    look, legend = styles(list(lines), others)
+    for key, pts in lines.items():
         pts.sort(key=lambda p: p[0])
         xs, ys, es = zip(*pts)
-        ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=2, color=f"C{i % 10}",
-                    label=f"{line_axis} = {value}" if line_axis else None)
+        st = look[key]
+        ax.errorbar(xs, ys, yerr=es, marker=st["marker"], ms=4, capsize=2, color=st["color"],
+                    ls=st["ls"], mfc="none" if st["hollow"] else st["color"])
     if all(isinstance(r.get(x_axis), int | float) and r.get(x_axis) > 0 for r in table):
-        ax.set_xscale("log")
-        values = sorted({r[x_axis] for r in table})
-        if len(values) <= 8:  # label the grid's own values, not crowded powers of ten
-            ax.xaxis.set_major_locator(ticker.FixedLocator(values))
-            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.4g}"))
-            ax.xaxis.set_minor_locator(ticker.NullLocator())
-    _finish(ax, x_axis, metric, bool(line_axis))
+        log_axis(ax, "x", axis_kind(x_axis), sorted({r[x_axis] for r in table}))
+    _finish(ax, x_axis, metric, False)
+    _legend(ax, legend)
     return fig
 
 
-def compute_figure(records: Sequence[dict[str, Any]], metric: str, color_axis: str | None) -> Figure:
-    """Every completed run's ``metric`` against its counted training FLOPs, log-log."""
+def compute_figure(records: Sequence[dict[str, Any]], metric: str,
+                   axes: Sequence[str] | str | None) -> Figure:
+    """Every completed run's ``metric`` against its counted training FLOPs, log-log, drawn
+    by its grid point (``styles``: hue, lightness and marker, hollow)."""
+    axes = [axes] if isinstance(axes, str) else list(axes or [])
     fig, ax = _figure()
-    groups: dict[Any, list[tuple[float, float]]] = defaultdict(list)
+    groups: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
     for r in records:
         if r.get("status") == "completed" and r.get(metric) and r.get("train_flops"):
-            groups[r.get(color_axis) if color_axis else None].append((r["train_flops"], r[metric]))
-    for i, (value, pts) in enumerate(sorted(groups.items(), key=lambda kv: value_order(kv[0]))):
+            groups[_keys(r, axes)].append((r["train_flops"], r[metric]))
+    look, legend = styles(list(groups), axes)
+    for key, pts in groups.items():
         xs, ys = zip(*pts)
-        ax.scatter(xs, ys, s=14, color=f"C{i % 10}",
-                   label=f"{color_axis} = {value}" if color_axis else None)
-    ax.set_xscale("log")
+        st = look[key]
+        ax.scatter(xs, ys, s=16, marker=st["marker"], edgecolors=st["color"],
+                   facecolors="none" if st["hollow"] else st["color"])
+    log_axis(ax, "x", "flops")
     _log_y(ax)
-    _finish(ax, "train_flops", metric, bool(color_axis))
+    _finish(ax, "train_flops", metric, False)
+    _legend(ax, legend)
     return fig
 
 
@@ -175,34 +303,36 @@ def forest_figure(comparisons: Sequence[Comparison]) -> Figure:
     ax.axvline(0, color="gray", lw=1)
     ax.set_yticks(ys, [c.candidate for c in comparisons], fontsize=7)
     metric = comparisons[0].metric if comparisons else ""
-    ax.set_xlabel(f"difference in {label(metric)} vs {comparisons[0].baseline if comparisons else ''}"
-                  f" ({int(100 * (comparisons[0].level if comparisons else 0.95))}% CI; red: Holm p < 0.05)")
+    ax.set_xlabel(f"difference in {label(metric)} vs "
+                  f"{comparisons[0].baseline if comparisons else ''}\n"
+                  f"({int(100 * (comparisons[0].level if comparisons else 0.95))}% CI; "
+                  "red: Holm p < 0.05)")
     ax.grid(True, axis="x", alpha=0.25)
     return fig
 
 
 def curves_figure(curves: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]],
-                  color_axis: str | None, name: str = "val_loss") -> Figure:
-    """Learning curves of every run, coloured by one grid axis."""
+                  axes: Sequence[str] | str | None, name: str = "val_loss") -> Figure:
+    """Learning curves of every run in ``records``, drawn by grid point (``styles``: hue per
+    the first axis, lightness and an end marker per the second, line style per the rest)."""
+    axes = [axes] if isinstance(axes, str) else list(axes or [])
     fig, ax = _figure()
     by_run: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for c in curves:
         if c["name"] == name and c["value"] is not None:
             by_run[c["run_id"]].append((c["step"], c["value"]))
-    values = sorted({str(r.get(color_axis)) for r in records}, key=value_order) if color_axis else [""]
-    color_of = {v: f"C{i % 10}" for i, v in enumerate(values)}
-    shown = set()
-    for r in records:
-        pts = by_run.get(r["run_id"])
-        if not pts:
-            continue
-        key = str(r.get(color_axis)) if color_axis else ""
-        steps, vals = zip(*sorted(pts))
-        ax.plot(steps, vals, color=color_of[key], lw=0.8, alpha=0.7,
-                label=f"{color_axis} = {key}" if color_axis and key not in shown else None)
-        shown.add(key)
-    _log_y(ax)
-    _finish(ax, "step", name, bool(color_axis))
+    drawn = [r for r in records if by_run.get(r["run_id"])]
+    look, legend = styles([_keys(r, axes) for r in drawn], axes)
+    for r in drawn:
+        steps, vals = zip(*sorted(by_run[r["run_id"]]))
+        st = look[_keys(r, axes)]
+        ax.plot(steps, vals, color=st["color"], ls=st["ls"], lw=0.9, alpha=0.85,
+                marker=st["marker"], markevery=[len(steps) - 1], ms=4,
+                mfc="none" if st["hollow"] else st["color"])
+    if drawn:
+        _log_y(ax)
+    _finish(ax, "step", name, False)
+    _legend(ax, legend)
     return fig
 
 
@@ -218,7 +348,7 @@ def pareto_figure(points: Sequence[dict[str, Any]], front: Sequence[dict[str, An
                    color=f"C{i % 10}", label=method, zorder=3)
     ax.plot([p["flops"] for p in front], [p["metric"] for p in front], color="gray", lw=1,
             ls="--", label="Pareto front")
-    ax.set_xscale("log")
+    log_axis(ax, "x", "flops")
     _finish(ax, "train_flops", metric, True)
     return fig
 
@@ -275,7 +405,6 @@ def settings_figure(gains: Sequence[dict[str, Any]], data_axis: str | None, gain
     fig, ax = _figure()
     settings = list(dict.fromkeys(g["setting"] for g in gains))
     sizes = sorted({g.get(data_axis) for g in gains}, key=value_order) if data_axis else [None]
-    styles = ["-", "--", ":", "-."]
     for i, setting in enumerate(settings):
         if gain and i == 0:
             continue
@@ -292,16 +421,17 @@ def settings_figure(gains: Sequence[dict[str, Any]], data_axis: str | None, gain
                         for g in pts],
                        [(g["gain_high"] if g["gain_high"] is not None else g["gain"]) - g["gain"]
                         for g in pts]]
-                ax.errorbar(xs, ys, yerr=err, color=f"C{i % 10}", ls=styles[j % 4], marker="o",
-                            ms=3, capsize=2, label=f"{setting}" + (f", {data_axis}={d}" if d
-                                                                   is not None else ""))
+                ax.errorbar(xs, ys, yerr=err, color=f"C{i % 10}", ls=LINESTYLES[j % 4],
+                            marker="o", ms=3, capsize=2, label=f"{setting}"
+                            + (f", {data_axis} = {si(d)}" if d is not None else ""))
             else:
                 ax.plot(xs, [1 - g["mean"] if metric.endswith("acc") else g["mean"] for g in pts],
-                        color=f"C{i % 10}", ls=styles[j % 4], marker="o", ms=3,
-                        label=f"{setting}" + (f", {data_axis}={d}" if d is not None else ""))
+                        color=f"C{i % 10}", ls=LINESTYLES[j % 4], marker="o", ms=3,
+                        label=f"{setting}" + (f", {data_axis} = {si(d)}" if d is not None
+                                              else ""))
     if gain:
         ax.axhline(0, color="gray", lw=1)
-    ax.set_xscale("log")
+    log_axis(ax, "x", "count")
     ax.set_xlabel(label("n_params"))
     name = metric.replace("_acc", " error") if metric.endswith("acc") and not gain else metric
     ax.set_ylabel(f"gain in {metric}" if gain else name)
@@ -362,7 +492,8 @@ def isoflop_figure(approach2: Any, metric: str) -> Figure:
     fig, ax = _figure()
     for i, p in enumerate(approach2.profiles):
         color = f"C{i % 10}"
-        ax.scatter(p.sizes, p.losses, color=color, s=14, zorder=3, label=f"C = {p.budget:.3g}")
+        ax.scatter(p.sizes, p.losses, color=color, s=14, zorder=3,
+                   label=f"C = {power_of_ten(p.budget)} FLOPs")
         if p.coeffs is not None:
             grid = np.geomspace(p.sizes.min(), p.sizes.max(), 100)
             ax.plot(grid, np.polyval(p.coeffs, np.log(grid)), color=color, lw=1.2)
@@ -373,7 +504,7 @@ def isoflop_figure(approach2: Any, metric: str) -> Figure:
                                                        [max(hi - p.n_opt, 0)]]
                         if np.isfinite(lo) and np.isfinite(hi) else None, fmt="D", ms=6,
                         color=color, mfc=color if p.usable else "none", zorder=4)
-    ax.set_xscale("log")
+    log_axis(ax, "x", "count")
     _log_y(ax)
     _finish(ax, "n_params", metric, legend=True)
     ax.set_title("IsoFLOP profiles: loss against size at each budget; ◆ the parabola's minimum",
@@ -398,8 +529,8 @@ def approaches_figure(estimates: Sequence[Any], lines: Sequence[tuple[str, Any]]
                         fmt="o",
                         color=f"C{i}", capsize=3)
     ax.axvline(target, color="gray", lw=0.8, ls=":")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    log_axis(ax, "x", "flops")
+    log_axis(ax, "y", "count")
     ax.set_xlabel("training compute C (FLOPs)")
     ax.set_ylabel("compute-optimal size N*")
     ax.legend(fontsize=7)

@@ -24,12 +24,13 @@ from ..analysis.sample_selection import (
     KINDS,
     SelectionAnalysis,
 )
-from ..analysis.study_analysis import PLATFORM, Progress, StudyAnalysis, analyze_study
+from ..analysis.study_analysis import Progress, StudyAnalysis, analyze_study
 from ..files import write_atomically
 from ..outdir import OutDir
-from ..output import fmt_value
 from ..store import Store
 from . import plots
+from .provenance import provenance_blocks
+from .tables import EMPTY, MeanStd, Percent, format_table, is_number, number, pm_caption
 
 #: Adds a figure to the page: (matplotlib figure, file stem, caption).
 Figure = Callable[[Any, str, str], None]
@@ -72,6 +73,9 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     before, now = _previous_run_count(out), analysis.counts.get("completed", 0)
     shrunk = before if before is not None and now < before else None
     _render_head(analysis, before, now, blocks)
+    blocks += provenance_blocks(analysis, records, meta)
+    blocks.append(("muted", READING))
+    _render_verdicts(analysis, blocks)
     _render_summary(analysis, blocks)
     _render_results(analysis, blocks, figure)
     _render_laws(analysis, blocks, figure)
@@ -96,8 +100,14 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     return report
 
 
+#: How to read the numbers, said once near the top.
+READING = ("Numbers have 4 significant digits, set to one decimal place per column where the "
+           "column spans less than a decade; a ± is defined in the caption of each table that "
+           "shows one; relative errors are in percent.")
+
+
 def _render_head(a: StudyAnalysis, before: int | None, now: int, blocks: list) -> None:
-    """The title, a warning when the report shrank, the verdicts and excluded runs."""
+    """The title and a warning when the report shrank."""
     blocks.append(("h1", f"Study report: {a.study}"))
     if before is not None and now < before:
         blocks.append(("warn", f"This report is built from {now} runs, fewer than the {before} "
@@ -106,13 +116,18 @@ def _render_head(a: StudyAnalysis, before: int | None, now: int, blocks: list) -
                                "failed when trained again, or the study file now declares fewer "
                                "(runs not in it are listed at the end). Restore the store from a "
                                "backup if that was not meant."))
+
+
+def _render_verdicts(a: StudyAnalysis, blocks: list) -> None:
+    """The verdict of every fitted law, and the runs left out."""
     if a.fits:
         blocks.append(("h2", "Verdicts"))
         blocks.append(("p", "Each fitted law, judged by its diagnostics: trustworthy (none found a "
                             "problem), use with care (warnings), or not a law (the curve does not "
                             "describe loss falling with scale; no allocation is derived from it)."))
-        blocks.append(("table", ["fit", "form", "verdict", "why"],
-                       [[e.title, e.fit.form, *e.fit.verdict] for e in a.fits]))
+        rows = [[e.title, e.fit.form, *e.fit.verdict] for e in a.fits]
+        blocks.append(("table", ["fit", "form", "verdict", "why"], rows,
+                       _optimum_notation(r[3] for r in rows)))
     if a.excluded:
         blocks.append(("warn", f"{len(a.excluded)} stored run(s) are not in this study as its "
                                "file is now written (an older version of the file, or other "
@@ -121,7 +136,7 @@ def _render_head(a: StudyAnalysis, before: int | None, now: int, blocks: list) -
 
 
 def _render_summary(a: StudyAnalysis, blocks: list) -> None:
-    """Run counts, the compute used and the platforms the runs trained on."""
+    """Run counts and the compute used (the platforms are under Provenance)."""
     blocks.append(("h2", "Summary"))
     blocks.append(("table", ["status", "runs"], sorted(a.counts.items())))
     blocks.append(("p", f"Compute used: {a.compute['train_flops']:.3g} training FLOPs (counted), "
@@ -129,13 +144,6 @@ def _render_summary(a: StudyAnalysis, blocks: list) -> None:
                         f"{a.compute['samples_seen']:.3g} samples seen. Scientific axes: "
                         f"{', '.join(a.scientific) or 'none'}; nuisance axes (tuned per shape on "
                         f"validation loss): {', '.join(a.nuisance) or 'none'}."))
-    if a.platforms:
-        blocks.append(("p", "Where the runs trained (their numbers agree to the last digit only "
-                            "within one platform; across CPUs of another instruction set, "
-                            "torch build or thread count the last digits may differ):"))
-        blocks.append(("table", [*PLATFORM, "runs"],
-                       [[p.get(k) if p.get(k) is not None else "not recorded" for k in PLATFORM]
-                        + [p["runs"]] for p in a.platforms]))
 
 
 def _render_results(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
@@ -143,13 +151,15 @@ def _render_results(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
     if a.table and not a.selection:  # a selection study's results are its own section
         blocks.append(("h2", "Results"))
         cols = [*a.scientific, a.size, a.metric, a.compare_metric, "runs"]
-        rows = [[r.get(c) if c not in (a.metric, a.compare_metric) else _pm(r, c) for c in cols]
-                for r in a.table]
-        blocks.append(("table", cols, rows))
+        rows = [[_setting(r.get(c)) for c in a.scientific] + [r.get(a.size)]
+                + [_pm(r, a.metric), _pm(r, a.compare_metric), r.get("runs")] for r in a.table]
+        blocks.append(("table", cols, rows,
+                       "Mean of each grid point's runs (at its best nuisance setting). "
+                       + pm_caption("runs")))
     if a.winners:
         blocks.append(("h2", "Per-shape optimum over nuisance axes"))
         blocks.append(("table", ["point", *a.nuisance, "val_loss", "at grid edge"],
-                       [[_point(w.point), *w.nuisance.values(), w.val_loss,
+                       [[_point(w.point), *map(_setting, w.nuisance.values()), w.val_loss,
                          ", ".join(w.at_edge) or "—"] for w in a.winners]))
     if a.transfers:
         _transfer_blocks(a.transfers, blocks, figure)
@@ -170,13 +180,19 @@ def _render_laws(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
         blocks.append(("warn" if label != "trustworthy" else "p", f"Verdict: {label} — {reasons}"))
         for d in entry.diagnostics:
             blocks.append(("li", f"{d.severity}: {d.message}"))
+        notation = _optimum_notation(d.message for d in entry.diagnostics)
+        if notation:
+            blocks.append(("muted", notation))
         blocks.append(("p", f"Form `{fit.form}`: {fit.formula}. Huber (δ = {fit.delta:g}) on log "
                             f"loss, summed over {fit.n_points} runs, L-BFGS-B from {fit.n_starts} "
                             f"starts; converged: {'yes' if fit.converged else 'NO'} (max |gradient| "
                             f"{fit.grad_norm:.2g}). Intervals: {int(entry.boot.level * 100)}% "
                             f"percentile bootstrap over runs ({len(entry.boot.samples)} resamples)."))
         blocks.append(("table", ["parameter", "value", "CI low", "CI high"],
-                       [[k, v, *fit.intervals.get(k, (None, None))] for k, v in fit.params.items()]))
+                       [[k, *map(_num, (v, *fit.intervals.get(k, (None, None))))]
+                        for k, v in fit.params.items()],
+                       f"The full fit (on all {fit.n_points} runs) and its "
+                       f"{int(entry.boot.level * 100)}% bootstrap CI."))
         if bt is not None:
             chosen = (" The form was chosen by this backtest, so this error is optimistic."
                       if fit.form_choice else "")
@@ -185,21 +201,38 @@ def _render_laws(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
                                 f"|relative error| {bt.mean_abs_relative_error:.2%} on "
                                 f"{int(bt.held_out.sum())} held-out points.{chosen}"))
         if fit.form_choice:
-            blocks.append(("table", ["candidate form", "backtest RMSLE", "mean |rel. error|"],
-                           [[s["form"], s.get("rmsle"), s.get("mean_abs_relative_error")]
-                            for s in fit.form_choice]))
+            blocks.append(("table", ["candidate form", "backtest RMSLE", "mean |relative error|"],
+                           [[s["form"], s.get("rmsle"), Percent(s.get("mean_abs_relative_error"))]
+                            for s in fit.form_choice],
+                           "Each candidate form fitted on the smaller points and scored on the "
+                           "held-out ones ('—': too few points to fit it)."))
         if entry.allocation:
             blocks.append(("p", f"Compute-optimal allocation at the largest counted budget of "
                                 f"the runs and 10× and 100× beyond it; compute model: "
                                 f"{entry.allocation_note}."))
-            blocks.append(("table", ["budget C (FLOPs)", "N_opt", "N_opt CI", "D_opt", "D_opt CI",
-                                     "warning"],
-                           [[r["flops"], r["N_opt"], _ci(r["N_opt_ci"]), r["D_opt"],
-                             _ci(r["D_opt_ci"]), " ".join(r["warnings"]) or "—"]
-                            for r in entry.allocation]))
+            blocks.append(("table", ["i", "budget C (FLOPs)", "N_opt", "N_opt CI", "D_opt",
+                                     "D_opt CI", "warning"],
+                           [[j, r["flops"], _num(r["N_opt"]), _ci(r["N_opt_ci"]),
+                             _num(r["D_opt"]), _ci(r["D_opt_ci"]),
+                             " ".join(r["warnings"]) or "—"]
+                            for j, r in enumerate(entry.allocation)],
+                           "From the full fit; CIs from its bootstrap. Row i is what the "
+                           "diagnostics call N_opt[i] and D_opt[i]."))
         elif entry.allocation_note:
             blocks.append(("muted", entry.allocation_note + "."))
-        figure(plots.law_figure(entry), f"law_{i}", entry.title)
+        figure(plots.law_figure(entry), f"law_{i}", _law_caption(entry))
+
+
+def _law_caption(entry) -> str:
+    """Which fit the figure draws: always the full fit; the backtest's only as predictions."""
+    bt, level = entry.fit.backtest, int(entry.boot.level * 100)
+    words = (f"{entry.title}. Line and band: the full fit (on all {entry.fit.n_points} runs) and "
+             f"its {level}% bootstrap band")
+    if bt is None or not bt.held_out.any():
+        return words + "; no backtest (too few points to hold any out)."
+    return (words + f"; hollow: the {int(bt.held_out.sum())} runs the backtest held out; ×: "
+            f"the backtest fit's predictions for them (fitted on the other {bt.train_points} "
+            "runs; its curve is not drawn).")
 
 
 def _render_compute_optimal(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
@@ -237,7 +270,7 @@ def _render_compute_optimal(a: StudyAnalysis, blocks: list, figure: Figure) -> N
     if co.approach2 is not None:
         budgets = [p.budget for p in co.approach2.profiles]
         blocks.append(("table", ["budget C", "runs", "N* [CI]", "D*", "loss at N*", "used"],
-                       [[p.budget, len(p.sizes), f"{p.n_opt:.3g} {_ci(list(p.n_opt_interval))}",
+                       [[p.budget, len(p.sizes), f"{_num(p.n_opt)} {_ci(list(p.n_opt_interval))}",
                          p.d_opt, p.loss_opt, "yes" if p.usable else "no"]
                         for p in co.approach2.profiles]))
         figure(plots.isoflop_figure(co.approach2, a.metric), "isoflop_profiles",
@@ -269,19 +302,36 @@ def _render_figures(a: StudyAnalysis, records: list[dict[str, Any]], curves, blo
     if a.table and a.scientific and not a.selection:
         blocks.append(("h2", "Metrics along each axis"))
         for axis in a.scientific:
-            other = next((o for o in a.scientific if o != axis), None)
-            figure(plots.axis_figure(a.table, a.metric, axis, other), f"axis_{axis}",
-                   f"{plots.label(a.metric)} vs {axis}"
-                   + (f", one line per {other}" if other else ""))
+            others = [o for o in a.scientific if o != axis]
+            figure(plots.axis_figure(a.table, a.metric, axis, others), f"axis_{axis}",
+                   f"{plots.label(a.metric)} vs {axis}: mean ± std over seeds (error bars) of "
+                   "each grid point's runs, joined by straight lines; no law is drawn"
+                   + _encoding_words(others) + ".")
     if any(r.get("train_flops") for r in records):
         blocks.append(("h2", "Loss against compute"))
-        figure(plots.compute_figure(records, a.metric, a.scientific[0] if a.scientific else None),
-               "compute", f"{plots.label(a.metric)} of every run against its counted training "
-                          "FLOPs")
+        figure(plots.compute_figure(records, a.metric, a.scientific),
+               "compute", f"{plots.label(a.metric)} of every completed run (every nuisance "
+                          "setting and seed) against its counted training FLOPs; no law is "
+                          "drawn" + _encoding_words(a.scientific) + ".")
     if curves:
         blocks.append(("h2", "Learning curves"))
-        figure(plots.curves_figure(curves, records, a.scientific[0] if a.scientific else None),
-               "curves", "validation loss during training")
+        tuned = bool(a.nuisance) and bool(a.selected)
+        figure(plots.curves_figure(curves, a.selected if tuned else records, a.scientific),
+               "curves", "validation loss during training of "
+               + (f"each grid point's runs at its best {', '.join(a.nuisance)}" if tuned
+                  else "every run") + _encoding_words(a.scientific) + ".")
+
+
+def _encoding_words(axes: list[str]) -> str:
+    """How a figure's lines tell its grid axes apart (plots.styles), for its caption."""
+    if not axes:
+        return ""
+    words = [f"colour: {axes[0]}"]
+    if len(axes) > 1:
+        words.append(f"lightness and marker: {axes[1]} (lighter: smaller)")
+    if len(axes) > 2:
+        words.append(f"line style and hollow markers: {', '.join(axes[2:])}")
+    return "; " + "; ".join(words)
 
 
 def _render_closing(a: StudyAnalysis, blocks: list) -> None:
@@ -394,7 +444,8 @@ def _evaluation_blocks(e: EvaluationAnalysis, blocks: list, figure: Figure) -> N
                       c.p_value if c else None, c.wilcoxon_p if c else None,
                       c.p_holm if c else None, c.effect_size if c else None])
     blocks.append(("table", ["setting", "models", metric, "Δ vs first [CI]", "p (t)",
-                             "p (Wilcoxon)", "p (Holm)", "d_z"], table))
+                             "p (Wilcoxon)", "p (Holm)", "d_z"], table,
+                   pm_caption("models", over="the trained models scored")))
     if comparisons:
         figure(plots.forest_figure(comparisons), "evaluations",
                f"difference in {metric} to {summary[0]['setting']}, paired by model")
@@ -472,7 +523,7 @@ def _selection_blocks(sel: SelectionAnalysis, curves, blocks: list, figure) -> N
             row += [f"{c.mean_diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]", c.p_value,
                     c.p_holm, c.effect_size] if c else ["—", None, None, None]
         rows.append(row)
-    blocks.append(("table", headers, rows))
+    blocks.append(("table", headers, rows, pm_caption("seeds")))
     controlled = [c for c in sel.cells if c.controller]
     if controlled:
         blocks.append(("p", "Threshold controller (means over seeds): settling step = first step "
@@ -518,9 +569,12 @@ def comparison_text(analysis: StudyAnalysis) -> str:
     if not _comparisons(analysis):
         return "no comparisons in this study (it has no method axis)\n"
     headers, rows = _comparison_rows(analysis)
-    cells = [headers, *[[fmt_value(v) for v in row] for row in rows]]
-    widths = [max(len(str(row[i])) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in cells) + "\n"
+    texts, numeric = format_table(rows, len(headers))
+    cells = [headers, *texts]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(v.rjust(w) if n else v.ljust(w)
+                                for v, w, n in zip(row, widths, numeric)).rstrip()
+                      for row in cells) + "\n"
 
 
 def _comparison_rows(a: StudyAnalysis) -> tuple[list[str], list[list[Any]]]:
@@ -532,14 +586,13 @@ def _comparison_rows(a: StudyAnalysis) -> tuple[list[str], list[list[Any]]]:
     return headers, rows
 
 
-def _pm(row: dict, metric: str) -> str:
+def _pm(row: dict, metric: str) -> MeanStd | None:
     return _mean_std(row.get(metric), row.get(f"{metric}_std"))
 
 
-def _mean_std(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "—"
-    return f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}"
+def _mean_std(mean: float | None, std: float | None) -> MeanStd | None:
+    """A mean ± std cell (None: no mean), formatted with its column (tables.py)."""
+    return None if mean is None else MeanStd(mean, std)
 
 
 def _md_cell(text: str) -> str:
@@ -555,12 +608,31 @@ def _holdout_words(holdout: str) -> str:
             else f"compute above 1/{value:g} of the largest")
 
 
+def _setting(value: Any) -> Any:
+    """A grid value as the study file writes it (0.1, not 0.1000): text, still right-aligned."""
+    return f"{value:g}" if isinstance(value, float) else value
+
+
+def _optimum_notation(texts) -> str | None:
+    """The caption that explains N_opt[i] and D_opt[i] wherever a text uses them."""
+    if not any("_opt[" in str(t) for t in texts):
+        return None
+    return ("N_opt[i] and D_opt[i]: the compute-optimal parameters and data at budget i of the "
+            "law's allocation table (Scaling laws): i = 0 the largest counted budget of the "
+            "runs, 1 = 10× and 2 = 100× beyond it.")
+
+
 def _point(point: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items())
 
 
 def _ci(pair) -> str:
-    return f"[{pair[0]:.3g}, {pair[1]:.3g}]"
+    return f"[{_num(pair[0])}, {_num(pair[1])}]"
+
+
+def _num(value: float | None) -> str:
+    """One number to 4 significant digits, as text (a row of different quantities)."""
+    return EMPTY if value is None else number(float(value))
 
 
 def _markdown(blocks: list[tuple], out: Path) -> str:
@@ -576,14 +648,22 @@ def _markdown(blocks: list[tuple], out: Path) -> str:
         elif kind == "li":
             lines += [f"- {block[1]}", ""]
         elif kind == "table":
-            headers, rows = block[1], block[2]
-            lines.append("| " + " | ".join(_md_cell(h) for h in headers) + " |")
-            lines.append("|" + "---|" * len(headers))
-            lines += ["| " + " | ".join(_md_cell(fmt_value(v)) for v in row) + " |" for row in rows]
-            lines.append("")
+            lines += _markdown_table(*block[1:]) + [""]
         elif kind == "fig":
-            lines += [f"![{block[2]}]({block[1].relative_to(out).as_posix()})", ""]
+            lines += [f"![{block[2]}]({block[1].relative_to(out).as_posix()})", "",
+                      f"*Figure: {block[2]}*", ""]
     return "\n".join(lines)
+
+
+def _markdown_table(headers: list[str], rows: list[list[Any]], caption: str | None = None
+                    ) -> list[str]:
+    """A table with its caption above it; numeric columns right-aligned (``---:``)."""
+    cells, numeric = format_table(rows, len(headers))
+    lines = [f"*{caption}*", ""] if caption else []
+    lines.append("| " + " | ".join(_md_cell(h) for h in headers) + " |")
+    lines.append("|" + "".join("---:|" if n else ":---|" for n in numeric))
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in cells]
+    return lines
 
 
 def _html(blocks: list[tuple], title: str) -> str:
@@ -594,48 +674,65 @@ def _html(blocks: list[tuple], title: str) -> str:
             body.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
         elif kind in ("p", "muted", "warn"):
             css = "" if kind == "p" else f' class="{kind}"'
-            body.append(f"<p{css}>{html.escape(block[1]).replace('`', '')}</p>")
+            body.append(f"<p{css}>{_inline(block[1])}</p>")
         elif kind == "li":
-            item = f"<li>{html.escape(block[1])}</li>"
+            item = f"<li>{_inline(block[1])}</li>"
             if body and body[-1].endswith("</ul>"):
                 body[-1] = body[-1][:-len("</ul>")] + item + "</ul>"
             else:
                 body.append(f"<ul>{item}</ul>")
         elif kind == "table":
-            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(_html_cell(v) for v in row) + "</tr>"
-                           for row in block[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            body.append(_html_table(*block[1:]))
         elif kind == "fig":
             data = base64.b64encode(block[1].read_bytes()).decode()
             body.append(f'<figure><img alt="{html.escape(block[2])}" '
                         f'src="data:image/png;base64,{data}"><figcaption>'
-                        f"{html.escape(block[2])}</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-             "th{background:#f3f3f3}img{max-width:100%}figcaption{font-size:0.85em;color:#555}"
-             "td.t{text-align:left}.muted{color:#888;font-style:italic}"
-             ".warn{background:#fff4e5;border-left:4px solid #e69500;padding:4px 8px}"
-             "ul{margin:0.2em 0}")
+                        f"{_inline(block[2])}</figcaption></figure>")
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"</title><style>{STYLE}</style></head><body>\n" + "\n".join(body)
+            + "\n</body></html>\n")
 
 
-def _html_cell(value: Any) -> str:
-    """A table cell: numbers right-aligned, text (sentences, labels) left-aligned."""
-    text = html.escape(fmt_value(value))
-    words = isinstance(value, str) and not _looks_numeric(value)
-    return f'<td class="t">{text}</td>' if words else f"<td>{text}</td>"
+#: The page's one style sheet: a paper's appendix (serif-free, tabular figures, captions).
+STYLE = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222;"
+         "line-height:1.4}"
+         "table{border-collapse:collapse;margin:0.5em 0 1.2em;font-size:0.9em;"
+         "font-variant-numeric:tabular-nums}"
+         "caption{caption-side:top;text-align:left;font-size:0.85em;color:#555;"
+         "padding-bottom:3px}"
+         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right;vertical-align:top}"
+         "th{background:#f3f3f3}td.t,th.t{text-align:left}"
+         "img{max-width:100%}figure{margin:1em 0}"
+         "figcaption{font-size:0.85em;color:#555;max-width:48em}"
+         ".muted{color:#888;font-style:italic}"
+         ".warn{background:#fff4e5;border-left:4px solid #e69500;padding:4px 8px}"
+         "ul{margin:0.2em 0}code{font-size:0.9em;background:#f3f3f3;padding:0 3px}")
 
 
-def _looks_numeric(text: str) -> bool:
-    head = text.strip().lstrip("+-−[").split(" ")[0].replace(",", "")
-    try:
-        float(head)
-    except ValueError:
-        return False
-    return True
+def _html_table(headers: list[str], rows: list[list[Any]], caption: str | None = None) -> str:
+    """A table with its caption; numbers and their headers right-aligned, words left (a
+    dash in a numeric column stays with the numbers)."""
+    cells, numeric = format_table(rows, len(headers))
+    head = "".join(("<th>" if n else '<th class="t">') + f"{html.escape(str(h))}</th>"
+                   for h, n in zip(headers, numeric))
+    body = "".join("<tr>" + "".join(_html_cell(v, text, n)
+                                    for v, text, n in zip(row, texts, numeric)) + "</tr>"
+                   for row, texts in zip(rows, cells))
+    top = f"<caption>{_inline(caption)}</caption>" if caption else ""
+    return f"<table>{top}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_cell(value: Any, text: str, numeric_column: bool) -> str:
+    right = is_number(value) or (text == EMPTY and numeric_column)
+    return f"<td>{html.escape(text)}</td>" if right else f'<td class="t">{html.escape(text)}</td>'
+
+
+def _inline(text: str) -> str:
+    """Escaped text with `code` spans set as code."""
+    parts = html.escape(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: left as it is
+        return html.escape(text)
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def _previous_run_count(out: Path) -> int | None:

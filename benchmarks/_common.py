@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -20,6 +24,25 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def quickstart_store(source: Path, into: Path) -> str:
+    """A quickstart store in ``into`` (a folder not there yet): a copy of ``source``'s (the
+    bundled study as `scalelab run studies/quickstart.yaml` stores it), or, when there is none,
+    the --quick variant trained there (about two minutes, said). Returns which."""
+    if (source / "results.sqlite").exists():
+        into.mkdir()
+        shutil.copy2(source / "results.sqlite", into / "results.sqlite")
+        return str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source)
+    print(f"{source}: no stored quickstart; training the --quick variant instead (about two "
+          "minutes; smaller than the quickstart)", flush=True)
+    subprocess.run([sys.executable, "-m", "scalelab", "run", str(ROOT / "studies" /
+                    "quickstart.yaml"), "--quick", "--out", str(into), "--no-report"],
+                   check=True)
+    return "studies/quickstart.yaml --quick (trained here)"
 
 
 def timed(fn: Callable[[], object]) -> float:

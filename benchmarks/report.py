@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,25 +32,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import alternate, median, report  # noqa: E402
+from _common import alternate, median, quickstart_store, report  # noqa: E402
 
 from scalelab.report import write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def store(source: Path, into: Path) -> str:
-    """A quickstart store in ``into``: ``source``'s, or the --quick variant trained there."""
-    if (source / "results.sqlite").exists():
-        into.mkdir()
-        shutil.copy2(source / "results.sqlite", into / "results.sqlite")
-        return str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source)
-    print(f"{source}: no stored quickstart; training the --quick variant instead (about two "
-          "minutes; its report is smaller than the quickstart's)", flush=True)
-    subprocess.run([sys.executable, "-m", "scalelab", "run", str(ROOT / "studies" /
-                    "quickstart.yaml"), "--quick", "--out", str(into), "--no-report"],
-                   check=True)
-    return "studies/quickstart.yaml --quick (trained here)"
 
 
 def timed_command(out: Path) -> dict:
@@ -90,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "quickstart"
-        source = store(Path(args.quickstart), out)
+        source = quickstart_store(Path(args.quickstart), out)
         runs = [timed_command(out) for _ in range(args.repeats)]
         written = {}
 

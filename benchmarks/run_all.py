@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["overhead", "batched", "padding", "time_to_accuracy", "fit", "report", "isoflop",
-         "selection", "ttt", "lm", "cluster", "vision"]
+ORDER = ["overhead", "batched", "padding", "time_to_accuracy", "fit", "report", "next_refusal",
+         "isoflop", "selection", "ttt", "lm", "cluster", "vision"]
 
 
 def scripts() -> list[Path]:

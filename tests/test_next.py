@@ -158,17 +158,43 @@ def _k(out) -> float:
     return float(np.median([r["train_flops"] / (r["n_params"] * r["num_train"]) for r in rows]))
 
 
+def _no_bootstrap(monkeypatch):
+    """A refusal is decided on the joint law's first look: drawing a bootstrap fails."""
+    from scalelab.analysis import study_analysis
+
+    def bootstrap(*args, **kwargs):
+        raise AssertionError("next drew bootstrap resamples before refusing")
+
+    monkeypatch.setattr(study_analysis, "bootstrap", bootstrap)
+
+
 def test_next_refuses_a_fit_that_is_not_a_law(tmp_path, law_family, monkeypatch, run_cli):
     path = tmp_path / "flat.yaml"
     path.write_text(STUDY)
     # the loss rises with N: no power law in N
     monkeypatch.setitem(globals(), "law", lambda n, d: E + 0.02 * n ** 0.3 + B / d ** BETA)
     assert scalelab.run(path, out=tmp_path / "out", workers=1, device="cpu").ok
-    refused = run_cli("next", tmp_path / "out", "--budget", "1e9", "--bootstrap", "50")
+    _no_bootstrap(monkeypatch)
+    refused = run_cli("next", tmp_path / "out", "--budget", "1e9")
     assert refused.exit_code == 2
     assert "refusing to extrapolate" in refused.stderr and "not a law" in refused.stderr
     with Store.open(tmp_path / "out") as store:
         assert store.predictions() == []
+
+
+def test_next_refuses_runs_whose_compute_is_not_knd_before_any_bootstrap(
+        tmp_path, law_family, monkeypatch, run_cli):
+    """The quickstart's refusal: runs trained for max_steps, whose counted FLOPs follow steps
+    x batch, not N x D (it took a minute of bootstrapping to say so before issue 24)."""
+    path = tmp_path / "steps.yaml"
+    path.write_text(STUDY.replace("epochs: 1", "max_steps: 4").replace("seeds: 3", "seeds: 1")
+                    .replace("[2, 4, 8, 16, 32, 64]", "[2, 4, 8, 16]"))
+    assert scalelab.run(path, out=tmp_path / "out", workers=1, device="cpu").ok
+    _no_bootstrap(monkeypatch)
+    refused = run_cli("next", tmp_path / "out", "--budget", "1e9")
+    assert refused.exit_code == 2, refused.output
+    assert "no compute-optimal allocation" in refused.stderr
+    assert "train each for a fixed number of passes" in refused.stderr
 
 
 def test_next_without_a_data_axis_says_what_it_needs(tmp_path, tiny_study, run_cli):

@@ -177,13 +177,11 @@ def propose(out_dir: str | Path, budget: float, *, study: str | Path | None = No
     records, meta, configs, path, curves = _stored(out, study, append)
     if meta.design:
         return _propose_budget(out, budget, records, meta, curves, path, append, n_resamples)
-    the_study = load_study(path)
     settings = analysis_settings(meta)
     rows, _ = in_study(records, meta)
     selected, _ = per_shape_optimum(rows, meta)
-    entry = _joint_fit(joint_fits(selected, meta, settings["metric"], n_resamples), where or {},
-                       out)
-    _check_fit(entry)
+    entry = _checked_joint_fit(selected, meta, settings["metric"], where or {}, out, n_resamples)
+    the_study = load_study(path)
     k = entry.compute.k
     optimum = _optimum(entry, selected, meta, curves, budget, n_resamples)
     n_opt, d_opt = optimum.n, optimum.d
@@ -553,6 +551,18 @@ def _ledger(result: NextRuns) -> list[dict[str, Any]]:
              "seeds": result.seeds, "law": entry.fit.to_dict(),
              "fitted_on": {"x": entry.x.tolist(), "y": entry.y.tolist()},
              "study_file": str(result.study_file)} for p in result.proposals]
+
+
+def _checked_joint_fit(selected, meta, metric: str, where: dict[str, str], out: Path,
+                       n_resamples: int) -> FitEntry:
+    """The joint law to extrapolate, with its bootstrap. Refusals are decided first, on each
+    group's first look (the fit, its backtest and compute model, no bootstrap: whether it is a
+    law never depends on the bootstrap), so a refusal costs a fit, not a thousand; then the
+    chosen group alone is fitted with its bootstrap (the same fit again, deterministic)."""
+    first = _joint_fit(joint_fits(selected, meta, metric, 0), where, out)
+    _check_fit(first)
+    group = [r for r in selected if all(r.get(k) == v for k, v in first.point.items())]
+    return _joint_fit(joint_fits(group, meta, metric, n_resamples), {}, out)
 
 
 def _joint_fit(fits: list[FitEntry], where: dict[str, str], out: Path) -> FitEntry:

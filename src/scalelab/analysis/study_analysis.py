@@ -45,7 +45,7 @@ class FitEntry:
     x: np.ndarray
     y: np.ndarray
     fit: LawFit
-    boot: Bootstrap
+    boot: Bootstrap | None      # None: a first look (fit_rows with n_resamples=0)
     grid: np.ndarray            # where the curve and band are drawn
     allocation: list[dict[str, Any]] = field(default_factory=list)
     allocation_note: str = ""   # the compute model used, or why no allocation is shown
@@ -384,7 +384,10 @@ def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str
              holdout: str | float = DEFAULT_HOLDOUT, allocate: bool = False) -> FitEntry:
     """Fit ``metric`` against the ``x_names`` columns of ``rows``, with bootstrap, backtest and
     diagnostics; with ``allocate`` (a joint law), compute-optimal allocation under the compute
-    model the runs' counted FLOPs follow, only when the fit is a law and that model exists."""
+    model the runs' counted FLOPs follow, only when the fit is a law and that model exists.
+    ``n_resamples=0``: the first look alone (no bootstrap, ``boot`` None, no allocation): the
+    fit, its backtest, the diagnostics that need no bootstrap (whether it is a law is decided
+    by them: the bootstrap's diagnostics are never errors) and the compute model."""
     rows = [r for r in rows if r.get(metric) is not None
             and all(r.get(n) is not None for n in x_names)]
     x = np.array([[float(r[n]) for n in x_names] for r in rows]).reshape(len(rows), len(x_names))
@@ -398,14 +401,13 @@ def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str
     # and for a given form before its backtest) only decides whether to allocate compute.
     if form == "auto":
         fit = choose_form(xs, y, holdout=holdout, diagnostics=False)
-        first_look = diagnose(fit, xs, y)
     else:
         fit = fit_law(xs, y, form, diagnostics=False)
-        first_look = diagnose(fit, x, y)
         try:
             fit.backtest = backtest(xs, y, form, holdout)
         except ScalelabError:
             fit.backtest = None  # too few points to hold any out; the diagnostics say so
+    first_look = diagnose(fit, x, y, None, x_names, metric)
     lo, hi = x[:, 0].min(), x[:, 0].max() * 2
     line = np.geomspace(lo, hi, 60)
     if len(x_names) == 1:
@@ -426,6 +428,11 @@ def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str
                     compute_optimal(p, [c], flops_per_param_sample=model.k)[0][0])
                 derived[f"D_opt[{i}]"] = lambda p, c=c: float(
                     compute_optimal(p, [c], flops_per_param_sample=model.k)[1][0])
+    if n_resamples == 0:
+        fit.diagnostics = first_look
+        return FitEntry(title, list(x_names), metric, x, y, fit, None, grid,
+                        allocation_note=model.describe() if model else note, point=dict(key),
+                        compute=model)
     boot = bootstrap(fit, xs, y, n_resamples=n_resamples, predict_at=grid, derived=derived,
                      diagnostics=False)
     fit.diagnostics = diagnose(fit, x, y, boot, x_names, metric)

@@ -229,16 +229,20 @@ def study_records(out_dir: str | Path) -> list[dict[str, Any]]:
         return in_study(store.records(), store.study_meta())[0]
 
 
-def summary(out_dir: str | Path, metric: str = "test_loss") -> Summary:
-    """Mean ``metric`` by size; with nuisance axes, each shape at its best nuisance setting
-    (chosen on validation loss), as the report and fits use it."""
+def summary(out_dir: str | Path, metric: str | None = None, size: str | None = None
+            ) -> Summary:
+    """Mean ``metric`` by model ``size``, both by default the columns the study's analysis
+    fits (its ``analysis:`` block: e.g. ``test_ppl`` by ``n_params_nonembed``); with nuisance
+    axes, each shape at its best nuisance setting (chosen on validation loss), as the report
+    and fits use it."""
     rows, meta = _per_shape_optimum(out_dir)
+    settings = meta.settings
     axes = {k: v for k, v in meta.axes.items() if k not in meta.nuisance}
     if any(r.get("matched_to") for r in rows):  # compute-matched baselines: their own rows
         axes["matched_to"] = "matched_to"
     if meta.design:  # IsoFLOP cells: one column per budget, not per data amount
         axes = {k: v for k, v in axes.items() if k != meta.design["data"]} | {"budget": "budget"}
-    return summarize(rows, axes, metric)
+    return summarize(rows, axes, metric or settings["metric"], size or settings["size"])
 
 
 def export(out_dir: str | Path, fmt: ExportFormat, path: str | Path | None = None,

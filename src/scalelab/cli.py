@@ -23,6 +23,7 @@ from . import api
 from .analysis import Summary
 from .analysis.approaches import ComputeOptimal, estimate_rows
 from .analysis.fitting import parse_holdout
+from .analysis.summary import format_params, law_rows
 from .errors import RenamedSetting, ScalelabError, log_crash, os_error_line
 from .outdir import OutDir
 from .output import Output, fmt_bytes
@@ -149,7 +150,7 @@ def run(
     _print_summary(output, summary)
     paths = OutDir(result.out_dir)
     output.info(f"results: {paths.store}  (scalelab status {result.out_dir})")
-    report_path, verdicts = None, None
+    report_path, laws = None, None
     if report and shard:
         output.info(f"--shard: no report for one slice; when every shard is done, run "
                     f"`scalelab report {result.out_dir}`")
@@ -157,7 +158,7 @@ def run(
         report_path = paths.report_html
         if result.trained or not report_path.exists():
             written = _write_report(output, result.out_dir, bootstrap)
-            verdicts = _verdicts(written.analysis)
+            laws = _report_laws(written.scaling_law)
             output.info(f"report: {report_path}  (and report.md, scaling_law.json beside it)")
             if result.study.spec.trackers or trackers:
                 from .tracking import attach_report
@@ -167,10 +168,8 @@ def run(
         else:
             output.info(f"report: {report_path}  (up to date: nothing new was trained; "
                         f"`scalelab report {result.out_dir}` rewrites it)")
-            verdicts = _stored_verdicts(paths.scaling_law)
-    for title, form, label, reasons in verdicts or ():
-        output.info(f"verdict: {title} ({form}): {label}"
-                    + (f" — {reasons}" if label != "trustworthy" else ""))
+            laws = _report_laws(paths.scaling_law)
+    _print_laws(output, laws)
     for r, message in result.failed:
         output.error(f"run {r.run_id} ({_point(r.point)}) failed: {message}")
     if result.failed:
@@ -181,7 +180,7 @@ def run(
         "runs": len(result.selected), "already_done": result.already_done,
         "trained": dict(result.trained), "elsewhere": result.elsewhere,
         "failed": [{"run_id": r.run_id, "point": r.point, "error": m} for r, m in result.failed],
-        "summary": summary.to_dict(),
+        "summary": summary.to_dict(), "laws": laws["fits"] if laws else [],
         "report": str(report_path) if report_path else None,
     })
     return 1 if result.failed else 0
@@ -725,36 +724,50 @@ def _print_summary(output: Output, summary: Summary) -> None:
         return f"{cell[0]:.4f} ± {cell[1]:.4f}" if cell[1] is not None else f"{cell[0]:.4f} (1 run)"
 
     sizes = [f"{n:,}" + (f" ({label})" if label else "")
-             for n, label in zip(summary.n_params, summary.row_labels)]
+             for n, label in zip(summary.sizes, summary.row_labels)]
     if len(summary.column_labels) <= 6:  # sizes down, the other axes across
-        output.table(f"mean {summary.metric} (± std over seeds) by parameter count",
-                     ["parameters", *summary.column_labels],
+        output.table(f"mean {summary.metric} (± std over seeds) by {summary.size}",
+                     [summary.size, *summary.column_labels],
                      [[size, *(text(summary.cells.get((n, c))) for c in summary.column_labels)]
-                      for size, n in zip(sizes, summary.n_params)])
+                      for size, n in zip(sizes, summary.sizes)])
     else:  # many settings (a method study): one row each, sizes across
-        output.table(f"mean {summary.metric} (± std over seeds) by setting",
-                     ["setting", *(f"{size} parameters" for size in sizes)],
-                     [[c, *(text(summary.cells.get((n, c))) for n in summary.n_params)]
+        output.table(f"mean {summary.metric} (± std over seeds) by setting and {summary.size}",
+                     ["setting", *(f"{summary.size} {size}" for size in sizes)],
+                     [[c, *(text(summary.cells.get((n, c))) for n in summary.sizes)]
                       for c in summary.column_labels])
-    if summary.fits:
-        output.table(f"first fit: {summary.metric} ≈ A · N^(−α), least squares in log-log",
-                     ["data", "A", "α", "R²", "points"],
-                     [[c, f.coefficient, f.exponent, f.r_squared, f.points]
-                      for c, f in summary.fits.items()])
 
 
-def _verdicts(analysis) -> list[tuple[str, str, str, str]]:
-    """(title, form, verdict, why) of every law the analysis fitted."""
-    return [(e.title, e.fit.form, *e.fit.verdict) for e in analysis.fits]
+def _print_laws(output: Output, laws: dict | None) -> None:
+    """The laws the report's analysis fitted (``laws``: :func:`_report_laws`; None: no
+    report), not refitted: each in the form the analysis chose, with its parameters, then
+    each verdict with its reasons; none, and the report's notes that say why."""
+    if laws is None:
+        return
+    fits = laws["fits"]
+    if not fits:
+        output.info("no law fitted" + (f" ({' '.join(laws['notes'])})" if laws["notes"] else ""))
+        return
+    formulas = dict.fromkeys(f"{law['form']}: {law['formula']}" for law in fits
+                             if law["formula"])
+    output.table(f"laws fitted by the analysis ({'; '.join(formulas)}; intervals and "
+                 "backtests in the report)", ["law", "form", "parameters", "points", "verdict"],
+                 [[law["title"], law["form"], format_params(law["params"]), law["points"],
+                   law["verdict"]] for law in fits])
+    for law in fits:
+        label, reasons = law["verdict"], law["verdict_reasons"]
+        output.info(f"verdict: {law['title']} ({law['form']}): {label}"
+                    + (f" — {reasons}" if label != "trustworthy" else ""))
 
 
-def _stored_verdicts(scaling_law: Path) -> list[tuple[str, str, str, str]]:
-    """The verdicts of a report left up to date (nothing new was analysed): as it stored them."""
+def _report_laws(scaling_law: Path) -> dict | None:
+    """The laws of the report's analysis as its scaling_law.json stores them (just written,
+    or left up to date), so a fresh and a stored report print alike: ``fits``
+    (:func:`~scalelab.analysis.summary.law_rows`) and the analysis's ``notes``."""
     try:
-        fits = json.loads(scaling_law.read_text()).get("fits", [])
-    except (OSError, ValueError):
-        return []
-    return [(f["title"], f["form"], f["verdict"], f["verdict_reasons"]) for f in fits]
+        stored = json.loads(scaling_law.read_text())
+        return {"fits": law_rows(stored.get("fits", [])), "notes": stored.get("notes", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _point(point: dict) -> str:

@@ -1,27 +1,11 @@
+"""The end-of-run summary: the study's analysis columns, and the analysis's own laws."""
+
 import numpy as np
 import pytest
-from scipy import stats
 
-from scalelab.analysis import fit_loglog, summarize
-
-
-def test_loglog_fit_recovers_an_exact_power_law():
-    x = np.array([1e3, 3e3, 1e4, 3e4])
-    fit = fit_loglog(x, 5.0 * x**-0.3)
-    assert fit.coefficient == pytest.approx(5.0) and fit.exponent == pytest.approx(0.3)
-    assert fit.r_squared == pytest.approx(1.0) and fit.points == 4
-    assert fit.predict(1e5) == pytest.approx(5.0 * 1e5**-0.3)
-
-
-def test_loglog_fit_equals_scipy_on_noisy_data():
-    rng = np.random.default_rng(0)
-    x = np.geomspace(10, 1e5, 9)
-    y = 2.0 * x**-0.5 * np.exp(rng.normal(0, 0.05, 9))
-    line = stats.linregress(np.log(x), np.log(y))
-    fit = fit_loglog(x, y)
-    assert fit.exponent == pytest.approx(-line.slope, rel=1e-12)
-    with pytest.raises(ValueError, match="positive"):
-        fit_loglog([1, 2], [1, -1])
+from scalelab.analysis import summarize
+from scalelab.analysis.study_analysis import fit_rows
+from scalelab.analysis.summary import format_params, law_rows
 
 
 def test_summarize_groups_by_parameters_and_other_axes():
@@ -29,13 +13,42 @@ def test_summarize_groups_by_parameters_and_other_axes():
         {"status": "completed", "n_params": n, "width": w, "num_train": d, "seed": s,
          "test_loss": 10.0 * n**-0.5 * (1 + 0.01 * s) / d}
         for n, w in ((100, 4), (400, 8), (1600, 16)) for d in (1, 2) for s in (0, 1)
-        if not (n == 1600 and d == 1)  # num_train=1 has two sizes only: no fit for it
+        if not (n == 1600 and d == 1)
     ] + [{"status": "diverged", "n_params": 100, "width": 4, "num_train": 1, "seed": 2}]
     summary = summarize(records, {"width": "model.width", "num_train": "task.num_train"})
-    assert summary.n_params == [100, 400, 1600]
+    assert summary.sizes == [100, 400, 1600] and summary.size == "n_params"
     assert summary.row_labels == ["width=4", "width=8", "width=16"]
     assert summary.column_labels == ["num_train=1", "num_train=2"]
     mean, std, runs = summary.cells[(100, "num_train=1")]
     assert runs == 2 and mean == pytest.approx(10 * 100**-0.5 * 1.005)
-    assert summary.fits["num_train=2"].exponent == pytest.approx(0.5)
-    assert "num_train=1" not in summary.fits  # a line through two points proves nothing
+    assert (1600, "num_train=1") not in summary.cells
+    assert not hasattr(summary, "fits")  # it fits nothing: the laws are the analysis's
+
+
+def test_summarize_reads_the_study_metric_and_size_columns():
+    """An LM study analyses test_ppl against non-embedding parameters: so does its summary."""
+    records = [{"status": "completed", "n_params": 1000 + n, "n_params_nonembed": n,
+                "d_model": w, "test_loss": 1.0, "test_ppl": 10.0 + s, "seed": s}
+               for n, w in ((64, 8), (256, 16)) for s in (0, 1)]
+    records.append({"status": "completed", "n_params": 9, "d_model": 4, "test_loss": 1.0})
+    summary = summarize(records, {"d_model": "model.d_model"}, "test_ppl", "n_params_nonembed")
+    assert summary.metric == "test_ppl" and summary.size == "n_params_nonembed"
+    assert summary.sizes == [64, 256]  # keyed by the analysis's size; a run without it left out
+    assert summary.cells[(64, "test_ppl")] == (10.5, pytest.approx(0.7071, rel=1e-3), 2)
+    row = summary.to_dict()["rows"][0]
+    assert row["n_params_nonembed"] == 64 and row["test_ppl"]["mean"] == 10.5
+
+
+def test_law_rows_are_the_analysis_fits_in_their_chosen_form():
+    """The printed law is the fit the analysis made (its form, its parameters, its verdict),
+    and a stored scaling_law.json's fits print alike."""
+    rng = np.random.default_rng(0)
+    rows = [{"n_params": n, "test_loss": 0.5 + 30 * n ** -0.4 * np.exp(rng.normal(0, 0.01))}
+            for n in np.geomspace(1e3, 1e6, 8) for _ in range(2)]
+    entry = fit_rows(rows, ["n_params"], "test_loss", n_resamples=20, form="power_offset")
+    (law,) = law_rows([entry.to_dict()])
+    assert law["title"] == "test_loss vs n_params, form power_offset"
+    assert law["form"] == "power_offset" and law["formula"] == "L = E + A·x^(−α)"
+    assert law["params"] == entry.fit.params and law["points"] == 16
+    assert law["verdict"] == entry.fit.verdict[0]
+    assert format_params({"E": 0.51234, "alpha": 0.4}) == "E = 0.5123, alpha = 0.4"

@@ -31,7 +31,7 @@ def test_run_then_rerun_trains_nothing(tmp_path, tiny_study):
     assert first.exit_code == 0, first.output
     payload = json.loads(first.stdout)
     assert payload["trained"] == {"completed": 4} and payload["already_done"] == 0
-    assert payload["summary"]["fits"] == {}  # two sizes: too few for a first fit
+    assert payload["summary"]["metric"] == "test_loss" and payload["laws"] == []  # no report
     second = json.loads(invoke("run", study, "--out", out, "--no-report", "--format", "json").stdout)
     assert second["trained"] == {} and second["already_done"] == 4
     frame = scalelab.load(out)
@@ -40,10 +40,14 @@ def test_run_then_rerun_trains_nothing(tmp_path, tiny_study):
 
 
 def test_text_output_has_table_and_fit(tmp_path, tiny_study):
-    study = tiny_study(tmp_path, grid={"width": [4, 8, 16]}, seeds=[0])  # a fit needs 3 sizes
+    study = tiny_study(tmp_path, grid={"width": [4, 8, 16, 32]}, seeds=[0])  # a backtested law
     result = invoke("run", study, "--out", tmp_path / "o", "--workers", 1, "--bootstrap", 20)
     assert result.exit_code == 0
-    assert "mean test_loss" in result.output and "A · N^(−α)" in result.output
+    assert "mean test_loss (± std over seeds) by n_params" in result.output
+    laws = json.loads((tmp_path / "o" / "scaling_law.json").read_text())["fits"]
+    assert "laws fitted by the analysis" in result.output and laws  # the report's, printed
+    assert all(f"{law['title']} " in result.output and law["form"] in result.output
+               for law in laws)
     assert f"report: {tmp_path / 'o' / 'report.html'}" in result.output
     assert (tmp_path / "o" / "scaling_law.json").exists()
     before = (tmp_path / "o" / "report.html").stat().st_mtime_ns
@@ -51,7 +55,7 @@ def test_text_output_has_table_and_fit(tmp_path, tiny_study):
     assert "up to date: nothing new was trained" in again.output
     assert (tmp_path / "o" / "report.html").stat().st_mtime_ns == before
     status = invoke("status", tmp_path / "o")
-    assert "completed" in status.output and "best 3 by validation loss" in status.output
+    assert "completed" in status.output and "best 4 by validation loss" in status.output
 
 
 def test_bad_study_exits_2_and_writes_nothing(tmp_path, tiny_study):

@@ -5,12 +5,11 @@ from .fitting import Backtest, LawFit, backtest, choose_form, fit_law
 from .forms import LawForm
 from .isoflop import Agreement, Approach2, ApproachEstimate, Profile, agreement, fit_approach2
 from .resampling import Bootstrap, bootstrap
-from .summary import LogLogFit, Summary, fit_loglog, summarize
+from .summary import Summary, summarize
 from .varpro import bootstrap_varpro, fit_varpro
 
 __all__ = [
     "Agreement", "Approach2", "ApproachEstimate", "Backtest", "Bootstrap", "LawFit", "LawForm",
-    "LogLogFit", "Profile", "Summary", "agreement", "backtest", "bootstrap", "bootstrap_varpro",
-    "choose_form", "compute_optimal", "fit_approach2", "fit_law", "fit_loglog", "fit_varpro",
-    "summarize",
+    "Profile", "Summary", "agreement", "backtest", "bootstrap", "bootstrap_varpro",
+    "choose_form", "compute_optimal", "fit_approach2", "fit_law", "fit_varpro", "summarize",
 ]

@@ -1,93 +1,91 @@
-"""The end-of-run summary: mean metric by model size and data size, and a first power law.
+"""The end-of-run summary: the mean of the study's metric by model size and the other axes.
 
-This is a quick look, not the fitting machinery: an ordinary least-squares line through the
-per-size means in log-log space, L ~ A * N^(-alpha), one line per data size.
+The table reads the columns the study's analysis fits (``analysis.metric`` against
+``analysis.size``, e.g. ``test_ppl`` against ``n_params_nonembed``), so what is printed is
+what is analysed. It fits nothing: the laws printed after it are the analysis's own fits, in
+the form each analysis chose, with the parameters it found (:func:`law_rows`).
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
-
-
-@dataclass(frozen=True)
-class LogLogFit:
-    """``y = coefficient * x ** (-exponent)`` fitted by least squares on log y vs log x."""
-
-    coefficient: float
-    exponent: float
-    r_squared: float
-    points: int
-
-    def predict(self, x: float | np.ndarray) -> float | np.ndarray:
-        return self.coefficient * np.asarray(x, dtype=float) ** (-self.exponent)
-
-
-def fit_loglog(x, y) -> LogLogFit:
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2 or np.any(x <= 0) or np.any(y <= 0):
-        raise ValueError("a log-log fit needs at least two points with positive x and y")
-    line = stats.linregress(np.log(x), np.log(y))
-    return LogLogFit(math.exp(line.intercept), -line.slope, line.rvalue**2, len(x))
 
 
 @dataclass
 class Summary:
-    """Mean ± std of ``metric`` over seeds, rows by parameter count, columns by the other axes."""
+    """Mean ± std of ``metric`` over seeds, rows by model size (the ``size`` column), columns
+    by the other axes."""
 
     metric: str
     row_labels: list[str]
     column_labels: list[str]
-    # (n_params, column) -> mean, std (None for a single run), runs
+    # (size, column) -> mean, std (None for a single run), runs
     cells: dict[tuple[int, str], tuple[float, float | None, int]]
-    fits: dict[str, LogLogFit]
-    n_params: list[int]
+    sizes: list[int]
+    size: str = "n_params"          # the model-size column the rows are keyed by
+
+    @property
+    def n_params(self) -> list[int]:
+        """The row sizes (of the ``size`` column, which need not be ``n_params``)."""
+        return self.sizes
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "metric": self.metric,
+            "size": self.size,
             "rows": [
-                {"n_params": n, "label": label,
+                {self.size: n, "label": label,
                  **{c: {"mean": m, "std": s, "runs": k}
                     for c in self.column_labels
                     if (cell := self.cells.get((n, c))) for m, s, k in [cell]}}
-                for n, label in zip(self.n_params, self.row_labels)
+                for n, label in zip(self.sizes, self.row_labels)
             ],
-            "fits": {c: {"coefficient": f.coefficient, "exponent": f.exponent,
-                         "r_squared": f.r_squared, "points": f.points}
-                     for c, f in self.fits.items()},
         }
 
 
-def summarize(records: list[dict[str, Any]], axes: dict[str, str], metric: str = "test_loss") -> Summary:
-    """Summary of completed runs; ``axes`` maps each grid axis label to its config path.
+def summarize(records: list[dict[str, Any]], axes: dict[str, str], metric: str = "test_loss",
+              size: str = "n_params") -> Summary:
+    """Summary of completed runs; ``axes`` maps each grid axis label to its config path;
+    ``metric`` and ``size`` are the study's analysis columns.
 
     Rows are the numeric model axes (sizes); every other axis, a model setting such as the
     parametrization included, makes columns, so two models of one size never share a row."""
-    done = [r for r in records if r["status"] == "completed" and r.get(metric) is not None]
+    done = [r for r in records if r["status"] == "completed" and r.get(metric) is not None
+            and r.get(size) is not None]
     model_axes = [label for label, path in axes.items() if path.startswith("model.")
                   and all(isinstance(r.get(label), int | float) for r in done)]
     other_axes = [label for label in axes if label not in model_axes]
     groups: dict[tuple[int, str], list[float]] = defaultdict(list)
     row_names: dict[int, str] = {}
     for r in done:
-        n = r["n_params"]
+        n = r[size]
         column = ", ".join(f"{a}={r[a]:g}" if isinstance(r[a], float) else f"{a}={r[a]}"
                            for a in other_axes) or metric
         groups[(n, column)].append(r[metric])
         row_names[n] = ", ".join(f"{a}={r[a]}" for a in model_axes)
-    n_params = sorted(row_names)
+    sizes = sorted(row_names)
     columns = list(dict.fromkeys(c for _, c in groups))
     cells = {key: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None, len(v))
              for key, v in groups.items()}
-    fits = {}
-    for column in columns:
-        xs = [n for n in n_params if (n, column) in cells]
-        if len(xs) >= 3:  # through two points any line fits (R² = 1): no evidence of a law
-            fits[column] = fit_loglog(xs, [cells[(n, column)][0] for n in xs])
-    return Summary(metric, [row_names[n] for n in n_params], columns, cells, fits, n_params)
+    return Summary(metric, [row_names[n] for n in sizes], columns, cells, sizes, size)
+
+
+def law_rows(fits: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each law the analysis fitted, as the summary prints it: its title, the form the
+    analysis chose (and its formula), its parameters as the analysis names them, its points
+    and verdict. ``fits``: the fits' ``to_dict()`` (``FitEntry``), or the ``fits`` of a
+    stored ``scaling_law.json`` (the same dicts), so a fresh and a stored report print alike."""
+    return [{"title": f["title"], "form": f["form"], "formula": f.get("formula", ""),
+             "params": dict(f["params"]), "points": f.get("points"),
+             "verdict": f["verdict"], "verdict_reasons": f.get("verdict_reasons", "")}
+            for f in fits]
+
+
+def format_params(params: Mapping[str, float]) -> str:
+    """``E = 0.6893, A = 26.79, alpha = 0.3957``: 4 significant digits, the analysis's names."""
+    return ", ".join(f"{k} = {v:.4g}" for k, v in params.items())

@@ -57,6 +57,8 @@ def best_over_nuisance(
         if r.get("status") != "pruned" or r.get("pruned_rung"):  # never started: not searched
             for a in nuisance:
                 ran[tuple(r.get(x) for x in scientific)][a].add(r.get(a))
+                if r.get("status") == "pruned":
+                    seen[a].add(r.get(a))
         if r.get("status") not in ("completed", "diverged") or (
                 (tuple(r.get(a) for a in scientific), tuple(r.get(a) for a in nuisance))
                 in pruned) or (

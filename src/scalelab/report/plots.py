@@ -53,6 +53,8 @@ def _figure() -> tuple[Figure, Any]:
 
 def si(value: float, _pos: Any = None) -> str:
     """A count as a paper writes it: 500, 10k, 2.5M, 1.2B, 3T."""
+    if abs(value) >= 1e15:
+        return power_of_ten(value)
     for threshold, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= threshold:
             return f"{value / threshold:.3g}{suffix}"
@@ -101,7 +103,7 @@ def log_axis(ax, which: str, kind: str, values: Sequence[float] | None = None) -
     else:
         major = ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 4 else (1.0,))
         if sum(lo <= t <= hi for t in major.tick_values(lo, hi)) < 3:
-            round_values = ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10])
+            round_values = ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10], min_n_ticks=3)
             major = ticker.FixedLocator([t for t in round_values.tick_values(lo, hi) if t > 0])
     axis.set_major_locator(major)
     axis.set_minor_locator(ticker.LogLocator(base=10, subs="auto") if decades >= 1
@@ -140,15 +142,30 @@ def styles(keys: Sequence[tuple], names: Sequence[str]) -> tuple[dict[tuple, dic
                     "hollow": r % 2 == 1}
     legend = [Line2D([], [], color=f"C{i % 10}", lw=2, label=_value_label(names[0], v))
               for i, v in enumerate(first)] if names else []
-    legend += [Line2D([], [], color=_lighter("0.25", 0.6 * (1 - j / max(len(second) - 1, 1))),
+    shown = range(len(second)) if len(second) <= 6 else (0, None, len(second) - 1)
+    legend += [Line2D([], [], ls="none", label="…") if j is None else
+               Line2D([], [], color=_lighter("0.25", 0.6 * (1 - j / max(len(second) - 1, 1))),
                       marker=MARKERS[j % len(MARKERS)], ls="none",
-                      label=_value_label(names[1], v))
-               for j, v in enumerate(second)] if len(second) > 1 else []
+                      label=_value_label(names[1], second[j]))
+               for j in shown] if len(second) > 1 else []
     legend += [Line2D([], [], color="0.25", ls=LINESTYLES[r % len(LINESTYLES)],
                       marker="o", mfc="none" if r % 2 else "0.25",
                       label=", ".join(_value_label(n, v) for n, v in zip(names[2:], t)))
                for r, t in enumerate(rest)] if len(rest) > 1 else []
     return out, legend
+
+
+def _clip(ax, which: str, values: Sequence[float], reach: float = 10.0) -> None:
+    """Limit a log axis to the finite, positive ``values`` (and at most ``reach`` times beyond
+    them): an interval that runs off by decades would otherwise squash the data into a corner
+    (it is drawn to the edge, and its numbers are in the table)."""
+    good = [float(v) for v in values if np.isfinite(v) and v > 0]
+    if not good:
+        return
+    lo, hi = min(good), max(good)
+    now_lo, now_hi = getattr(ax, f"get_{which}lim")()
+    getattr(ax, f"set_{which}lim")(max(now_lo, lo / reach) if now_lo > 0 else lo / reach,
+                                   min(now_hi, hi * reach))
 
 
 def _legend(ax, handles: Sequence[Line2D]) -> None:
@@ -168,8 +185,12 @@ def _lighter(color: str, amount: float) -> tuple[float, float, float]:
 
 
 def _value_label(name: str, value: Any) -> str:
-    return f"{name} = {value:,}" if isinstance(value, int) and not isinstance(value, bool) \
-        else f"{name} = {value}"
+    """'width = 64', 'num_train = 10,000', 'budget = 4×10⁸'."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{name} = {value}"
+    if abs(value) >= 1e5:
+        return f"{name} = {power_of_ten(value)}"
+    return f"{name} = {value:,}" if isinstance(value, int) else f"{name} = {value:g}"
 
 
 def _finish(ax, x_name: str, y_name: str, legend: bool) -> None:
@@ -504,6 +525,7 @@ def isoflop_figure(approach2: Any, metric: str) -> Figure:
                                                        [max(hi - p.n_opt, 0)]]
                         if np.isfinite(lo) and np.isfinite(hi) else None, fmt="D", ms=6,
                         color=color, mfc=color if p.usable else "none", zorder=4)
+    _clip(ax, "x", [v for p in approach2.profiles for v in (*p.sizes, p.n_opt)], reach=2.0)
     log_axis(ax, "x", "count")
     _log_y(ax)
     _finish(ax, "n_params", metric, legend=True)
@@ -529,6 +551,8 @@ def approaches_figure(estimates: Sequence[Any], lines: Sequence[tuple[str, Any]]
                         fmt="o",
                         color=f"C{i}", capsize=3)
     ax.axvline(target, color="gray", lw=0.8, ls=":")
+    _clip(ax, "y", [n_opt_at(c) for _, n_opt_at in lines for c in (grid[0], grid[-1])]
+          + [e.n_opt_target for e in estimates], reach=3.0)
     log_axis(ax, "x", "flops")
     log_axis(ax, "y", "count")
     ax.set_xlabel("training compute C (FLOPs)")

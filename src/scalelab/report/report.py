@@ -10,6 +10,7 @@ import base64
 import functools
 import html
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     _render_laws(analysis, blocks, figure)
     _render_compute_optimal(analysis, blocks, figure)
     _render_methods(analysis, curves, blocks, figure)
-    _render_figures(analysis, records, curves, blocks, figure)
+    _render_figures(analysis, records, curves, blocks, figure, meta.design)
     _render_closing(analysis, blocks)
     if pending and progress:
         progress(f"writing {len(pending)} figure{'s' * (len(pending) != 1)} (PNG and SVG) "
@@ -153,9 +154,11 @@ def _render_results(a: StudyAnalysis, blocks: list, figure: Figure) -> None:
         cols = [*a.scientific, a.size, a.metric, a.compare_metric, "runs"]
         rows = [[_setting(r.get(c)) for c in a.scientific] + [r.get(a.size)]
                 + [_pm(r, a.metric), _pm(r, a.compare_metric), r.get("runs")] for r in a.table]
+        spread = any(isinstance(v, MeanStd) and v.std is not None for row in rows for v in row)
         blocks.append(("table", cols, rows,
-                       "Mean of each grid point's runs (at its best nuisance setting). "
-                       + pm_caption("runs")))
+                       "Mean of each grid point's runs"
+                       + (f" at its best {', '.join(a.nuisance)}" if a.nuisance else "")
+                       + (". " + pm_caption("runs") if spread else " (one run each: no ±).")))
     if a.winners:
         blocks.append(("h2", "Per-shape optimum over nuisance axes"))
         blocks.append(("table", ["point", *a.nuisance, "val_loss", "at grid edge"],
@@ -251,7 +254,11 @@ def _render_compute_optimal(a: StudyAnalysis, blocks: list, figure: Figure) -> N
                         f"measured from the runs' counted FLOPs. Intervals: "
                         f"{int(co.joint[0].boot.level * 100)}% bootstrap."))
     blocks.append(("table", ["approach", "a [CI]", "b [CI]", "N* at target [CI]", "verdict"],
-                   estimate_rows(co)))
+                   [[e.name, f"{_num(e.a)} {_ci(e.a_interval)}", f"{_num(e.b)} {_ci(e.b_interval)}",
+                     f"{_num(e.n_opt_target)} {_ci(e.n_opt_target_interval)}", row[-1]]
+                    for e, row in zip(verdict.estimates, estimate_rows(co))],
+                   f"Each approach's exponents and N* at C = {_num(co.target)} FLOPs, with "
+                   f"{int(co.joint[0].boot.level * 100)}% bootstrap intervals."))
     for note in co.notes:
         blocks.append(("muted", note))
     for e in verdict.estimates:
@@ -274,10 +281,16 @@ def _render_compute_optimal(a: StudyAnalysis, blocks: list, figure: Figure) -> N
                          p.d_opt, p.loss_opt, "yes" if p.usable else "no"]
                         for p in co.approach2.profiles]))
         figure(plots.isoflop_figure(co.approach2, a.metric), "isoflop_profiles",
-               "IsoFLOP profiles (Approach 2): filled minima enter the power laws")
+               "IsoFLOP profiles (Approach 2): each budget's runs and the parabola in ln N "
+               "fitted to all of them (no backtest); ◆ its minimum N* with its bootstrap "
+               "interval (cut at the figure's edge where it runs off; the table has its "
+               "numbers); filled minima enter the power laws N*(C), hollow ones are left out.")
     figure(plots.approaches_figure(verdict.estimates, compute_optimal_lines(co), budgets,
                                    co.target), "compute_optimal",
-           "compute-optimal size against compute, every approach")
+           "Compute-optimal size N* against compute: each approach's full fit (on all the runs "
+           "it uses; no backtest fit is drawn), from the smallest budget to the target "
+           f"compute (dotted); at the target, each approach's {int(co.joint[0].boot.level * 100)}% "
+           "bootstrap interval (cut at the figure's edge where it runs off).")
 
 
 def _render_methods(a: StudyAnalysis, curves, blocks: list, figure: Figure) -> None:
@@ -293,42 +306,62 @@ def _render_methods(a: StudyAnalysis, curves, blocks: list, figure: Figure) -> N
 
 
 def _render_figures(a: StudyAnalysis, records: list[dict[str, Any]], curves, blocks: list,
-                    figure: Figure) -> None:
+                    figure: Figure, design: dict[str, Any] | None = None) -> None:
     """Comparisons, and the metric along each axis, against compute and during training."""
     if a.comparisons:
         blocks.append(("h2", "Comparisons"))
         blocks.append(("table", *_comparison_rows(a)))
         figure(plots.forest_figure(a.comparisons), "forest", "difference to the baseline")
-    if a.table and a.scientific and not a.selection:
+    axes, table, data = _figure_axes(a, records, design)
+    if table and a.scientific and not a.selection:
         blocks.append(("h2", "Metrics along each axis"))
         for axis in a.scientific:
-            others = [o for o in a.scientific if o != axis]
-            figure(plots.axis_figure(a.table, a.metric, axis, others), f"axis_{axis}",
+            # in an IsoFLOP design the data axis is set by size and budget: never a line of its own
+            others = [o for o in axes if o != axis and not (o == "budget" and axis == data)]
+            figure(plots.axis_figure(table, a.metric, axis, others), f"axis_{axis}",
                    f"{plots.label(a.metric)} vs {axis}: mean ± std over seeds (error bars) of "
                    "each grid point's runs, joined by straight lines; no law is drawn"
-                   + _encoding_words(others) + ".")
+                   + _encoding_words(others, table) + ".")
     if any(r.get("train_flops") for r in records):
         blocks.append(("h2", "Loss against compute"))
-        figure(plots.compute_figure(records, a.metric, a.scientific),
-               "compute", f"{plots.label(a.metric)} of every completed run (every nuisance "
-                          "setting and seed) against its counted training FLOPs; no law is "
-                          "drawn" + _encoding_words(a.scientific) + ".")
+        figure(plots.compute_figure(records, a.metric, axes),
+               "compute", f"{plots.label(a.metric)} of every completed run (every seed"
+                          + (f" and every {', '.join(a.nuisance)}" if a.nuisance else "")
+                          + ") against its counted training FLOPs; no law is drawn"
+                          + _encoding_words(axes, records) + ".")
     if curves:
         blocks.append(("h2", "Learning curves"))
         tuned = bool(a.nuisance) and bool(a.selected)
-        figure(plots.curves_figure(curves, a.selected if tuned else records, a.scientific),
+        figure(plots.curves_figure(curves, a.selected if tuned else records, axes),
                "curves", "validation loss during training of "
                + (f"each grid point's runs at its best {', '.join(a.nuisance)}" if tuned
-                  else "every run") + _encoding_words(a.scientific) + ".")
+                  else "every run") + _encoding_words(axes, records) + ".")
 
 
-def _encoding_words(axes: list[str]) -> str:
+def _figure_axes(a: StudyAnalysis, records: list[dict[str, Any]],
+                 design: dict[str, Any] | None) -> tuple[list[str], list[dict[str, Any]], str]:
+    """The axes the figures tell apart, the results table they draw and the design's data
+    axis: the scientific axes, except that an IsoFLOP design's data axis (a different value
+    in every run) is replaced by the budget that set it."""
+    data = (design or {}).get("data", "")
+    done = [r for r in records if r.get("status") == "completed"]
+    if data not in a.scientific or not done or any(r.get("budget") is None for r in done):
+        return list(a.scientific), a.table, ""
+    budget = {tuple(r.get(x) for x in a.scientific): r["budget"] for r in done}
+    table = [{**row, "budget": budget.get(tuple(row.get(x) for x in a.scientific))}
+             for row in a.table]
+    return [x if x != data else "budget" for x in a.scientific], table, data
+
+
+def _encoding_words(axes: list[str], rows: list[dict[str, Any]]) -> str:
     """How a figure's lines tell its grid axes apart (plots.styles), for its caption."""
     if not axes:
         return ""
     words = [f"colour: {axes[0]}"]
     if len(axes) > 1:
-        words.append(f"lightness and marker: {axes[1]} (lighter: smaller)")
+        numbers = all(isinstance(r.get(axes[1]), int | float) for r in rows if axes[1] in r)
+        words.append(f"lightness and marker: {axes[1]} (lighter: "
+                     f"{'smaller' if numbers else 'earlier alphabetically'})")
     if len(axes) > 2:
         words.append(f"line style and hollow markers: {', '.join(axes[2:])}")
     return "; " + "; ".join(words)
@@ -400,7 +433,7 @@ def _hyper_law_blocks(laws, blocks: list) -> None:
             blocks.append(("li", f"{d.severity}: {d.message}"))
         blocks.append(("table", ["point", "N", "C", f"best {law.axis} on the grid",
                                  "interpolated optimum", "at grid edge"],
-                       [[_point(o.point), o.n, o.c, o.best, o.optimum,
+                       [[_point(o.point), o.n, o.c, _setting(o.best), o.optimum,
                          "yes" if o.at_edge else "—"] for o in law.optima]))
 
 
@@ -416,8 +449,8 @@ def _transfer_blocks(transfers, blocks: list, figure) -> None:
         blocks.append(("p" if t.stays and not t.edges else "warn", t.sentence() + "."))
         blocks.append(("table", [t.width_axis, f"best {t.axis} (grid)",
                                  f"interpolated {t.axis}", "val_loss", "at grid edge"],
-                       [[r[t.width_axis], r["best"], r["optimum"], r["val_loss"],
-                         "yes" if r["at_edge"] else "—"] for r in t.rows]))
+                       [[_setting(r[t.width_axis]), _setting(r["best"]), r["optimum"],
+                         r["val_loss"], "yes" if r["at_edge"] else "—"] for r in t.rows]))
     axes = {t.axis for t in transfers}
     for axis in sorted(axes):
         chosen = [t for t in transfers if t.axis == axis]
@@ -627,6 +660,9 @@ def _point(point: dict) -> str:
 
 
 def _ci(pair) -> str:
+    """An interval '[low, high]' to 4 significant digits ('—': not finite)."""
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in pair):
+        return EMPTY
     return f"[{_num(pair[0])}, {_num(pair[1])}]"
 
 

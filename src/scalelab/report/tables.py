@@ -16,7 +16,7 @@ EMPTY = "—"
 
 #: The caption line of every table that shows a ±; ``{n}`` names the column that counts n.
 PM_DEFINITION = ("± is the sample standard deviation over {over} (n − 1 in the denominator); "
-                 "n = the {n} column")
+                 "n = the {n} column.")
 
 
 def pm_caption(n: str, over: str = "seeds") -> str:

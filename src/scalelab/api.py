@@ -223,6 +223,15 @@ def planned_runs(out_dir: str | Path) -> list[str] | None:
         return store.study_meta().run_ids
 
 
+def search(out_dir: str | Path):
+    """What a halving search did at each shape (:class:`~scalelab.analysis.tuning.
+    SearchAnalysis`); None when no run was pruned."""
+    from .analysis.tuning import analyze_search
+
+    with Store.open(out_dir) as store:
+        return analyze_search(store.records(), store.study_meta())
+
+
 def study_records(out_dir: str | Path) -> list[dict[str, Any]]:
     """The stored runs of the study as its file was last run (see :func:`in_study`)."""
     with Store.open(out_dir) as store:

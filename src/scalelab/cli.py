@@ -213,6 +213,12 @@ def status(
     else:
         title = f"{out_dir}: {len(rows)} run{'s' * (len(rows) != 1)} stored"
     output.table(title, ["status", "runs"], sorted(counts.items()))
+    search = api.search(out_dir) if counts.get("pruned") else None
+    if search is not None:
+        output.info(f"nuisance search (successive halving): {counts['pruned']} runs pruned; "
+                    f"{search.spent_flops:.3g} training FLOPs spent, "
+                    f"{search.grid_flops:.3g} for every setting to the end "
+                    f"({search.grid_flops / search.spent_flops:.2f}× less)")
     done = sorted((r for r in rows if r["status"] == "completed"),
                   key=lambda r: (r.get("val_loss") is None, r.get("val_loss") or 0.0))
     axes = list(api.study_axes(out_dir)) + ["seed"]
@@ -231,6 +237,7 @@ def status(
         last = (r["error"] or "").strip().splitlines()[-1:] or [""]
         output.error(f"run {r['run_id']} failed: {last[0]}")
     output.emit({"counts": counts, "best": done[:top], "running": claims,
+                 "search": search.to_dict() if search else None,
                  "failed": [{"run_id": r["run_id"], "error": r["error"]} for r in failed]})
     return 0
 

@@ -28,6 +28,7 @@ from .parallel import run_all
 from .resampling import Bootstrap, bootstrap
 from .sample_selection import SelectionAnalysis, analyze_selection
 from .stats import Comparison, compare
+from .tuning import SearchAnalysis, analyze_search
 
 DATA_PATHS, METHOD_PATH = ("task.num_train", "task.num_train_tokens"), "method.name"
 
@@ -134,6 +135,8 @@ class StudyAnalysis:
     compute_optimal: ComputeOptimal | None = None
     # the best value of each tuned setting as a power law of size and compute
     hyper_laws: list[HyperLaw] = field(default_factory=list)
+    # what a halving search did at each shape (None: every setting trained to the end)
+    search: SearchAnalysis | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "metric": self.metric, "size": self.size,
@@ -148,7 +151,8 @@ class StudyAnalysis:
                 "selection": self.selection.to_dict() if self.selection else None,
                 "compute_optimal": self.compute_optimal.to_dict()
                 if self.compute_optimal else None,
-                "hyper_laws": [h.to_dict() for h in self.hyper_laws]}
+                "hyper_laws": [h.to_dict() for h in self.hyper_laws],
+                "search": self.search.to_dict() if self.search else None}
 
 
 def per_shape_optimum(records: Sequence[dict[str, Any]], meta: StudyMeta
@@ -211,9 +215,16 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
     transfers = transfer(records, scientific, nuisance, sizes[0], grid) if sizes else []
     method_axis = next((a for a in scientific if axes[a] == METHOD_PATH), None)
     fits, optimal = _laws(selected, meta, metric, n_resamples, curves, notes, progress, workers)
-    if nuisance and progress:
+    search = analyze_search(records, meta)
+    if nuisance and progress and not search:
         progress(f"hyperparameter laws: {n_resamples:,} seed resamples …")
-    hyper = study_hyper_laws(records, meta, n_resamples=n_resamples) if nuisance else []
+    hyper = study_hyper_laws(records, meta, n_resamples=n_resamples) \
+        if nuisance and not search else []
+    if search:
+        notes.append("The nuisance settings were searched by successive halving: only each "
+                     "shape's best settings trained to the end, so no shape's optimum can be "
+                     "interpolated between neighbours and no law of the best setting against "
+                     "size is fitted (train the grid for that).")
 
     comparisons: list[Comparison] = []
     roles = meta.roles
@@ -243,7 +254,7 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
         excluded=[{"run_id": r["run_id"], "status": r.get("status"),
                    "point": {a: r.get(a) for a in [*axes, "seed"] if a in r}} for r in excluded],
         transfers=transfers, ledger=ledger, platforms=platforms(records), evaluations=evaluated,
-        compute_optimal=optimal, hyper_laws=hyper,
+        compute_optimal=optimal, hyper_laws=hyper, search=search,
     )
 
 

@@ -276,7 +276,7 @@ def _rung(strategy: Strategy, states: list[RunState], gate, rung: int, step: int
     for r in sorted(gate.decide(rung, step, live)):
         _end(strategy, states[r], r, step, diverged=False)
         states[r].status = PRUNED
-        states[r].metrics["pruned_rung"] = rung
+        states[r].metrics.update(pruned_rung=rung, budget_steps=strategy.total_steps)
 
 
 def _end(strategy: Strategy, state: RunState, r: int, step: int, diverged: bool) -> None:

@@ -107,7 +107,7 @@ def main() -> None:
                          "worst_gap_in_stds": max(
                              (_in_stds(gap, std) for gap, std in gaps.values()),
                              key=lambda v: float("inf") if v is None else v)}
-        for shape, (gap, std) in sorted(gaps.items()):
+        for shape, (_gap, std) in sorted(gaps.items()):
             print(f"{name} width={shape[0]} num_train={shape[1]}: lr {chosen[shape][0]:g} "
                   f"(grid {grid[shape][0]:g}), test loss {chosen[shape][1]:.4f} vs "
                   f"{grid[shape][1]:.4f} ± {std:.4f}", flush=True)

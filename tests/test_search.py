@@ -10,8 +10,7 @@ import torch
 
 from scalelab.analysis.nuisance import best_over_nuisance
 from scalelab.records import COMPLETED, PRUNED, RunResult
-from scalelab.search import (RungPlan, StoreBoard, fit_seed_law, promote, rung_steps,
-                             widen, window)
+from scalelab.search import RungPlan, StoreBoard, fit_seed_law, promote, rung_steps, widen, window
 from scalelab.spec import TrainConfig
 from scalelab.store import Store
 from scalelab.train.loop import Batch, Hooks, Strategy, train_loop
@@ -27,18 +26,36 @@ def test_rungs_are_eta_apart_on_the_evaluation_cadence():
 
 
 def test_the_best_floor_n_over_eta_go_on_and_the_first_arrival_always_does():
-    assert promote({"a": 1.0}, "a", 3) == (True, 1, 1)
-    assert promote({"a": 1.0, "b": 2.0}, "b", 3) == (False, 2, 2)
-    assert promote({"a": 1.0, "b": 0.5}, "b", 3) == (True, 1, 2)
-    scores = {k: v for k, v in zip("abcdefg", [7, 6, 5, 4, 3, 2, 1])}
+    assert promote({"a": [1.0]}, "a", 3) == (True, 1, 1)
+    assert promote({"a": [1.0], "b": [2.0]}, "b", 3) == (False, 2, 2)
+    assert promote({"a": [1.0], "b": [0.5]}, "b", 3) == (True, 1, 2)
+    scores = {k: [v] for k, v in zip("abcdefg", [7, 6, 5, 4, 3, 2, 1])}
     kept = [k for k in scores if promote(scores, k, 3)[0]]
     assert kept == ["f", "g"]                               # floor(7/3) = 2
-    assert promote({"a": math.inf, "b": math.inf}, "a", 2) == (True, 1, 2)  # ties: name
+    assert promote({"a": [math.inf], "b": [math.inf]}, "a", 2) == (True, 1, 2)  # ties: name
+
+
+def test_seeds_that_cannot_tell_two_settings_apart_do_not_decide_between_them():
+    # 1.05 ± 0.05 (sd over 3 seeds) against 1.06 ± 0.02: a gap of 0.01, standard error of the
+    # difference sqrt(0.05^2/3 + 0.02^2/3) = 0.031: both go on; plain ASHA keeps one
+    close = {"lo": [1.0, 1.05, 1.1], "hi": [1.04, 1.06, 1.08]}
+    assert promote(close, "hi", 3) == (True, 2, 2)
+    assert promote(close, "hi", 3, margin=0) == (False, 2, 2)
+    # a gap of 0.2 is 6 standard errors: pruned
+    far = {"lo": [1.0, 1.05, 1.1], "hi": [1.24, 1.26, 1.28]}
+    assert promote(far, "hi", 3) == (False, 2, 2)
+    # one seed each: no spread is known, the plain rule decides
+    assert promote({"lo": [1.0], "hi": [1.0001]}, "hi", 3) == (False, 2, 2)
+    # the standard error is scipy's sem, squared and summed
+    from scipy import stats
+    spread = math.hypot(stats.sem(close["lo"]), stats.sem(close["hi"]))
+    assert promote(close, "hi", 3, margin=0.01 / spread * 0.99)[0] is False
+    assert promote(close, "hi", 3, margin=0.01 / spread * 1.01)[0] is True
 
 
 def test_a_settings_decision_is_made_once_and_followed(tmp_path):
     with Store.open(tmp_path, create=True) as store:
-        rule = lambda scores, setting: promote(scores, setting, 2)  # noqa: E731
+        rule = lambda losses, setting: promote(losses, setting, 2)  # noqa: E731
         # seed 0 of two settings arrives together: the better one goes on
         assert store.record_rung(1, 10, [("r1", "S", "lo", 1.0), ("r2", "S", "hi", 2.0)],
                                  rule) == {"r1": True, "r2": False}

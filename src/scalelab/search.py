@@ -6,7 +6,8 @@ every setting of a shape starts; at rungs ``eta`` times apart in steps (the firs
 budget / eta^rungs, each on the evaluation cadence, so a survivor is evaluated exactly as a
 run trained without the search), a run's setting trains on only if its mean validation loss
 over the seeds recorded there is among the best ``max(1, floor(n / eta))`` of the ``n``
-settings of its shape that have reached that rung; the rest stop and are stored ``pruned``
+settings of its shape that have reached that rung, or within ``margin`` standard errors
+over seeds of the last one kept (:func:`promote`); the rest stop and are stored ``pruned``
 with their curve up to the rung. The store holds the rung records and each setting's
 decision, made once, so every runner, executor and retry after a kill follows the same one.
 
@@ -63,20 +64,39 @@ def rung_steps(total: int, eval_every: int, eta: int, rungs: int) -> dict[int, i
     return out
 
 
-def promote(scores: Mapping[str, float], setting: str, eta: int) -> tuple[bool, int, int]:
-    """(whether ``setting`` trains on, its rank from 1, the cohort's size): the best
-    ``max(1, floor(n / eta))`` of the ``n`` settings' mean losses go on (ties: setting
-    order); the first to reach a rung always does."""
-    order = sorted(scores, key=lambda k: (scores[k], k))
-    rank = order.index(setting)
-    return rank < max(1, len(order) // eta), rank + 1, len(order)
+def promote(losses: Mapping[str, Sequence[float]], setting: str, eta: int,
+            margin: float = 1.0) -> tuple[bool, int, int]:
+    """(whether ``setting`` trains on, its rank from 1 by mean loss, the cohort's size).
+
+    The best ``max(1, floor(n / eta))`` of the ``n`` settings go on (ties: setting order;
+    the first to reach a rung always does), and so does any setting whose mean is within
+    ``margin`` standard errors (over seeds) of the last one kept: seeds that cannot tell two
+    settings apart at a rung do not decide between them. Early in training a larger learning
+    rate often trails a smaller one it later beats (the short-horizon bias), by less than
+    the seeds' spread; plain ASHA (``margin`` 0) prunes it there."""
+    means = {k: float(np.mean(v)) for k, v in losses.items()}
+    order = sorted(means, key=lambda k: (means[k], k))
+    rank, keep = order.index(setting), max(1, len(order) // eta)
+    if rank < keep:
+        return True, rank + 1, len(order)
+    last = order[keep - 1]
+    gap = means[setting] - means[last]
+    spread = math.sqrt(_sq_error(losses[setting]) + _sq_error(losses[last]))
+    return bool(margin and math.isfinite(gap) and gap <= margin * spread), rank + 1, len(order)
+
+
+def _sq_error(values: Sequence[float]) -> float:
+    """The squared standard error of a mean over seeds (0 with one seed: no spread known)."""
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return 0.0
+    return float(np.var(values, ddof=1)) / len(values)
 
 
 class Board(Protocol):
     """Where a search's rung records are kept and its decisions made."""
 
     def record_rung(self, rung: int, step: int, entries: list[tuple[str, str, str, float]],
-                    eta: int) -> dict[str, bool]: ...
+                    eta: int, margin: float) -> dict[str, bool]: ...
 
 
 @dataclass(frozen=True)
@@ -87,20 +107,22 @@ class StoreBoard:
     path: Path
 
     def record_rung(self, rung: int, step: int, entries: list[tuple[str, str, str, float]],
-                    eta: int) -> dict[str, bool]:
+                    eta: int, margin: float) -> dict[str, bool]:
         with Store(self.path) as store:
-            return store.record_rung(rung, step, entries, partial(promote, eta=eta))
+            return store.record_rung(rung, step, entries,
+                                     partial(promote, eta=eta, margin=margin))
 
 
 @dataclass(frozen=True)
 class RungPlan:
     """What a training needs to take part in a halving search: the board, the rule's
-    ``eta``, the number of rungs, and each run's (shape, setting)."""
+    ``eta`` and ``margin``, the number of rungs, and each run's (shape, setting)."""
 
     board: Board
     eta: int
     rungs: int
     keys: Mapping[str, tuple[str, str]]
+    margin: float = 1.0
 
     def gate(self, run_ids: Sequence[str]) -> RungGate:
         return RungGate(self, list(run_ids))
@@ -121,16 +143,17 @@ class RungGate:
         """Report the runs' (by index) best validation losses so far; the indices to stop."""
         entries = [(self.run_ids[r], *self.plan.keys[self.run_ids[r]], loss)
                    for r, loss in losses.items()]
-        keep = self.plan.board.record_rung(rung, step, entries, self.plan.eta)
+        keep = self.plan.board.record_rung(rung, step, entries, self.plan.eta,
+                                           self.plan.margin)
         return {r for r in losses if not keep[self.run_ids[r]]}
 
 
 def plan_for(runs: Iterable[RunSpec], nuisance: Sequence[str], board: Board, eta: int,
-             rungs: int) -> RungPlan:
+             rungs: int, margin: float = 1.0) -> RungPlan:
     """The rung plan of ``runs`` (every run of the study: keys are looked up by id)."""
     return RungPlan(board, eta, rungs, {r.run_id: (shape_key(r.point, nuisance),
                                                    setting_key(r.point, nuisance))
-                                        for r in runs})
+                                        for r in runs}, margin)
 
 
 def not_started(run: RunSpec, why: str) -> RunResult:

@@ -238,6 +238,9 @@ class NuisanceSearch(StrictModel):
                                           "are eta times apart in steps")
     rungs: int = Field(2, ge=1, description="halving: rungs before the full budget (the first "
                                             "at budget / eta^rungs)")
+    margin: float = Field(1.0, ge=0, description="halving: also keep a setting within this "
+                          "many standard errors (over seeds) of the last one kept (0: plain "
+                          "ASHA)")
     start: Literal["grid", "law"] = Field(
         "grid", description="halving: which settings start: every grid value, or the `window` "
                             "values nearest the learning-rate law's prediction for the shape "

@@ -215,16 +215,7 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
     transfers = transfer(records, scientific, nuisance, sizes[0], grid) if sizes else []
     method_axis = next((a for a in scientific if axes[a] == METHOD_PATH), None)
     fits, optimal = _laws(selected, meta, metric, n_resamples, curves, notes, progress, workers)
-    search = analyze_search(records, meta)
-    if nuisance and progress and not search:
-        progress(f"hyperparameter laws: {n_resamples:,} seed resamples …")
-    hyper = study_hyper_laws(records, meta, n_resamples=n_resamples) \
-        if nuisance and not search else []
-    if search:
-        notes.append("The nuisance settings were searched by successive halving: only each "
-                     "shape's best settings trained to the end, so no shape's optimum can be "
-                     "interpolated between neighbours and no law of the best setting against "
-                     "size is fitted (train the grid for that).")
+    search, hyper = _tuning(records, meta, n_resamples, notes, progress)
 
     comparisons: list[Comparison] = []
     roles = meta.roles
@@ -256,6 +247,25 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
         transfers=transfers, ledger=ledger, platforms=platforms(records), evaluations=evaluated,
         compute_optimal=optimal, hyper_laws=hyper, search=search,
     )
+
+
+def _tuning(records: Sequence[dict[str, Any]], meta: StudyMeta, n_resamples: int,
+            notes: list[str], progress: Progress) -> tuple[SearchAnalysis | None,
+                                                          list[HyperLaw]]:
+    """What a halving search did, or (every setting trained to the end) the laws of each
+    tuned setting's best value against size."""
+    search = analyze_search(records, meta)
+    if search:
+        notes.append("The nuisance settings were searched by successive halving: only each "
+                     "shape's best settings trained to the end, so no shape's optimum can be "
+                     "interpolated between neighbours and no law of the best setting against "
+                     "size is fitted (train the grid for that).")
+        return search, []
+    if not meta.nuisance:
+        return None, []
+    if progress:
+        progress(f"hyperparameter laws: {n_resamples:,} seed resamples …")
+    return None, study_hyper_laws(records, meta, n_resamples=n_resamples)
 
 
 def _laws(selected: Sequence[dict[str, Any]], meta: StudyMeta, metric: str, n_resamples: int,

@@ -31,6 +31,7 @@ from ..outdir import OutDir
 from ..store import Store
 from . import plots
 from .provenance import provenance_blocks
+from .search import search_blocks
 from .tables import EMPTY, MeanStd, Percent, format_table, is_number, number, pm_caption
 
 #: Adds a figure to the page: (matplotlib figure, file stem, caption).
@@ -82,6 +83,8 @@ def write_report(out_dir: str | Path, n_resamples: int = 1000,
     _render_laws(analysis, blocks, figure)
     _render_compute_optimal(analysis, blocks, figure)
     _render_methods(analysis, curves, blocks, figure)
+    if analysis.search:
+        search_blocks(analysis.search, curves, blocks, figure)
     _render_figures(analysis, records, curves, blocks, figure, meta.design)
     _render_closing(analysis, blocks)
     if pending and progress:

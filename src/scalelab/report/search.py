@@ -25,7 +25,7 @@ def search_blocks(search: SearchAnalysis, curves: Sequence[dict[str, Any]], bloc
     saving = search.grid_flops / search.spent_flops if search.spent_flops else math.nan
     blocks.append(("h2", "Nuisance search (successive halving)"))
     blocks.append(("p", f"Every setting of a shape started; at each rung only the best 1/η of "
-                        f"the settings that had reached it trained on; the rest were stopped "
+                        f"the settings that had reached it (η: the study's `nuisance_search.eta`) trained on; the rest were stopped "
                         f"(pruned), and a pruned setting never wins. Compute spent: "
                         f"{search.spent_flops:.3g} training FLOPs against "
                         f"{search.grid_flops:.3g} for every setting to the end ({saving:.2f}× "
@@ -97,7 +97,7 @@ def search_figure(shapes: Sequence[ShapeSearch], curves: Sequence[dict[str, Any]
                 drawn = True
                 if setting.fate.startswith("pruned"):
                     ax.plot(steps[-1:], values[-1:], "x", color=colour, ms=4)
-        ax.set_yscale("log")
+        plots.log_axis(ax, "y", "metric")
         ax.set_title(_words(shape.point), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(True, which="both", alpha=0.25)

@@ -20,7 +20,8 @@ def rung_plan(study: Study, board: Any):
     search = study.spec.nuisance_search
     if search.method != "halving":
         return None
-    return plan_for(study.runs, study.nuisance_labels(), board, search.eta, search.rungs)
+    return plan_for(study.runs, study.nuisance_labels(), board, search.eta, search.rungs,
+                    search.margin)
 
 
 def waves(study: Study, todo: list[RunSpec], store: BaseStore, output: Output,

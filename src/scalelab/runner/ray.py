@@ -152,7 +152,8 @@ class RayBoard:
 
     actor: Any
 
-    def record_rung(self, rung: int, step: int, entries: list, eta: int) -> dict[str, bool]:
+    def record_rung(self, rung: int, step: int, entries: list, eta: int,
+                    margin: float) -> dict[str, bool]:
         import ray
 
-        return ray.get(self.actor.record_rung.remote(rung, step, entries, eta))
+        return ray.get(self.actor.record_rung.remote(rung, step, entries, eta, margin))

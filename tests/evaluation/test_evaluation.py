@@ -310,3 +310,36 @@ def test_a_deleted_checkpoint_is_trained_again_with_the_same_numbers(tmp_path):
         assert len(store.evaluations()) == 9  # and the study's evaluations then ran
     for key in ("test_loss", "val_loss", "steps"):
         assert after[lost.stem][key] == before[lost.stem][key]
+
+
+def test_a_weight_sweep_makes_each_view_forward_once_and_scores_as_each_alone():
+    """The settings of one model share its forward passes (a sweep of TTA weights made every
+    view's forward once per weight before): the same numbers, to the bit, as each setting
+    scored alone, and as the views summed batch by batch."""
+    from types import SimpleNamespace
+
+    from scalelab.evaluation._base import Forwards
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GELU(), nn.Flatten(),
+                        nn.Linear(4 * 6 * 6, 5))
+    calls = []
+    net.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    data = SimpleNamespace(x_val=torch.randn(9, 3, 6, 6), y_val=torch.randint(0, 5, (9,)),
+                           x_test=torch.randn(11, 3, 6, 6), y_test=torch.randint(0, 5, (11,)),
+                           num_classes=5)
+    settings = [TTA(TTA.Config(level=2, untranslated_weight=w)) for w in (0.5, 0.3, 0.7)]
+    settings += [TTA(TTA.Config(level=1)), TTA(TTA.Config(level=0))]
+    forwards = Forwards()
+    shared = [s.evaluate(net, data, 4, forwards) for s in settings]
+    assert forwards.made == 2 * 6  # six views of each split, once: levels 1 and 0 reuse them
+    assert len(calls) == 2 * 6 * 3  # in batches of 4: 3 per split
+    alone = [s.evaluate(net, data, 4) for s in settings]
+    for a, b in zip(shared, alone):
+        assert a.pop("eval_time_s") > 0 and b.pop("eval_time_s") > 0
+        assert a == b
+    level2 = settings[1]
+    with torch.no_grad():
+        by_batch = torch.cat([level2.logits(net, data.x_test[i:i + 4]) for i in (0, 4, 8)])
+        whole, _ = level2.split_logits(net, "test", data.x_test, 4, Forwards())
+    assert torch.equal(by_batch, whole)

@@ -19,6 +19,7 @@ from ..registry import evaluators, tasks
 from ..spec import Study, load_study
 from ..store import Store, Stores
 from ..train import load_checkpoint
+from ._base import Forwards
 
 
 @dataclass
@@ -35,12 +36,15 @@ class EvaluationRun:
 
 def score_checkpoint(config: dict, checkpoint: Path, settings: list[tuple[str, dict]],
                      device: str = "cpu", data=None) -> dict[str, dict]:
-    """One trained run's checkpoint scored under each (eval id, setting): eval id -> metrics."""
+    """One trained run's checkpoint scored under each (eval id, setting): eval id -> metrics.
+    The settings share the model's forward passes (a TTA weight sweep makes each view's
+    forward once); each setting's ``eval_time_s`` is still what it takes alone."""
     if data is None:
         data = instantiate(tasks, config["task"]).load().to(device)
     model = load_checkpoint(config, checkpoint, device)
     batch = config["train"]["eval_batch_size"]
-    return {eval_id: instantiate(evaluators, setting).evaluate(model, data, batch)
+    forwards = Forwards()
+    return {eval_id: instantiate(evaluators, setting).evaluate(model, data, batch, forwards)
             for eval_id, setting in settings}
 
 
@@ -59,7 +63,7 @@ def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
             source = study or meta.source
             if not source or not Path(source).exists():
                 raise ScalelabError(f"{out}: its study file {source!r} is gone; pass --study FILE")
-            study = load_study(source)
+            study = load_study(source, quick=meta.quick)  # as it was run (--quick too)
         settings = study.evaluations
         if not settings:
             raise ScalelabError(f"{study.source}: evaluations: the study declares no evaluation "
@@ -83,6 +87,11 @@ def evaluate_study(out_dir: str | Path, study: str | Path | Study | None = None,
         by_record = {r["run_id"]: r for r in runs}
         by_run = {i: c for i, c in store.configs().items() if i in completed}
         data_cache: dict[str, object] = {}
+        todo_count = sum((run_id, i) not in done for run_id in by_run for i, _ in settings)
+        if todo_count:
+            output.info(f"evaluating: {todo_count} scores to make ({len(by_run)} checkpoints "
+                        f"x {len(settings)} settings; each model's forward passes shared by "
+                        "its settings) …")
         with output.progress(len(runs) * len(settings), "evaluate") as progress:
             for run_id, config in by_run.items():
                 todo = [(i, c) for i, c in settings if (run_id, i) not in done]

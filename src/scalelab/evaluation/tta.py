@@ -10,7 +10,8 @@ unshifted view gets ``untranslated_weight``, the shifted ones share the rest.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -19,9 +20,7 @@ from pydantic import Field
 
 from ..plugin import PluginConfig
 from ..registry import evaluators
-from ._base import Evaluator
-
-View = Callable[[torch.Tensor], torch.Tensor]
+from ._base import Evaluator, Forwards
 
 
 def shift(x: torch.Tensor, offsets: tuple[int, ...]) -> torch.Tensor:
@@ -40,24 +39,37 @@ def flip(x: torch.Tensor) -> torch.Tensor:
     return x.flip(-1)
 
 
+@dataclass(frozen=True)
+class View:
+    """One view of the inputs: translated by ``offsets`` (none: untranslated), then mirrored
+    when ``mirror``. Equal views are one view: the settings of a model share its forward."""
+
+    offsets: tuple[int, ...] = ()
+    mirror: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        moved = shift(x, self.offsets) if self.offsets else x
+        return flip(moved) if self.mirror else moved
+
+
 def views(input_dims: int, level: int, untranslated_weight: float | None
           ) -> list[tuple[float, View]]:
     """(weight, view) pairs of a TTA level for inputs with 1 (signals) or 2 (images) spatial
     dims; weights sum to 1."""
-    identity: View = lambda x: x  # noqa: E731
+    identity = View()
     if level == 0:
         return [(1.0, identity)]
     if input_dims == 2:
         if level == 1:
-            return [(0.5, identity), (0.5, flip)]
+            return [(0.5, identity), (0.5, View(mirror=True))]
         w = 0.5 if untranslated_weight is None else untranslated_weight
-        moved = [lambda x, o=o: shift(x, o) for o in ((1, 1), (-1, -1))]
-        translated = moved + [lambda x, m=m: flip(m(x)) for m in moved]
-        return [(w / 2, identity), (w / 2, flip)] + [((1 - w) / 4, v) for v in translated]
+        moved = [(1, 1), (-1, -1)]
+        translated = [View(o) for o in moved] + [View(o, mirror=True) for o in moved]
+        return [(w / 2, identity), (w / 2, View(mirror=True))] + [((1 - w) / 4, v)
+                                                                  for v in translated]
     offsets = (1, -1) if level == 1 else (1, -1, 2, -2)
     w = 0.5 if untranslated_weight is None else untranslated_weight
-    return [(w, identity)] + [((1 - w) / len(offsets), lambda x, o=o: shift(x, (o,)))
-                              for o in offsets]
+    return [(w, identity)] + [((1 - w) / len(offsets), View((o,))) for o in offsets]
 
 
 @evaluators.register("tta")
@@ -72,14 +84,28 @@ class TTA(Evaluator):
                                           "0.5; signals, levels 1-2: 0.5)")
 
     def logits(self, model, x):
+        return self._weighted(model, "", x, max(1, len(x)), Forwards(limit_bytes=0))[0]
+
+    def split_logits(self, model, split, x, batch_size, forwards):
+        """Each view's forward over the split (in batches) taken from ``forwards`` when
+        another setting of the model made it, and kept there for the next; the weighted sum
+        is the same, to the bit, as summing the views batch by batch."""
+        return self._weighted(model, split, x, batch_size, forwards)
+
+    def _weighted(self, model, split: str, x: torch.Tensor, batch_size: int,
+                  forwards: Forwards) -> tuple[torch.Tensor, float]:
         spatial = x.dim() - 2  # (N, C, L) or (N, C, H, W)
-        total = None
+        total, seconds = None, 0.0
         for weight, view in views(spatial, self.config.level, self.config.untranslated_weight):
             if weight == 0:
                 continue
-            part = weight * model(view(x)).float()
+            logits, took = forwards.get((split, view), lambda view=view: torch.cat(
+                [model(view(x[i:i + batch_size])).float() for i in range(0, len(x), batch_size)]))
+            started = time.perf_counter()
+            part = weight * logits
             total = part if total is None else total + part
-        return total
+            seconds += took + time.perf_counter() - started
+        return total, seconds
 
 
 @evaluators.register("plain")

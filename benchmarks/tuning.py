@@ -16,7 +16,8 @@ standard deviation of the grid winner's (the grid winner's std over its 3 seeds)
 training budget is the quickstart's shortened to 1000 steps (its `quick:` budget is 500) so
 the three searches fit in about ten minutes on 2 cores; it is a setting (`--steps`).
 
-Last line: one JSON object (metric, value, goal, and both figures for both variants).
+The wall time of each search is printed beside (the same process, one after another; a
+ratio, not a goal). Last line: one JSON object (metric, value, goal, and both figures for both variants).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from _common import ROOT, machine
@@ -83,7 +85,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 shapes, 1 seed (a smoke test)")
     args = parser.parse_args()
     print(json.dumps(machine()), flush=True)
-    results = {}
+    results, walls = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, search in SEARCHES.items():
             spec = searched(search, args.steps, args.quick)
@@ -91,9 +93,11 @@ def main() -> None:
             path = Path(tmp) / f"{name}.yaml"
             path.write_text(json.dumps(spec))
             out = Path(tmp) / name
+            started = time.perf_counter()
             api.run(path, out=out)
+            walls[name] = time.perf_counter() - started
             results[name] = outcome(out)
-            print(f"{name}: {results[name][0]:.4g} train FLOPs", flush=True)
+            print(f"{name}: {results[name][0]:.4g} train FLOPs, {walls[name]:.0f} s", flush=True)
     grid_flops, grid = results["grid"]
     summary = {}
     for name in ("halving", "halving_law"):
@@ -101,7 +105,8 @@ def main() -> None:
         gaps = {shape: (chosen[shape][1] - grid[shape][1], grid[shape][2])
                 for shape in grid if shape in chosen}
         within = sum(gap <= std for gap, std in gaps.values())
-        summary[name] = {"compute_saving": grid_flops / flops, "shapes": len(grid),
+        summary[name] = {"compute_saving": grid_flops / flops,
+                         "wall_time_saving": walls["grid"] / walls[name], "shapes": len(grid),
                          "shapes_within_one_std": within,
                          "missing_shapes": len(grid) - len(gaps),
                          "worst_gap_in_stds": max(

@@ -35,6 +35,14 @@ def test_the_best_floor_n_over_eta_go_on_and_the_first_arrival_always_does():
     assert promote({"a": [math.inf], "b": [math.inf]}, "a", 2) == (True, 1, 2)  # ties: name
 
 
+def test_settings_a_law_left_unstarted_count_as_the_rungs_losers():
+    three = {"a": [1.0], "b": [1.1], "c": [1.2]}
+    assert [promote(three, k, 3)[0] for k in "abc"] == [True, False, False]
+    # the shape's 7 settings, 4 never started: keep floor(7/3) = 2 of the 3 that ran
+    assert [promote(three, k, 3, unstarted=4)[0] for k in "abc"] == [True, True, False]
+    assert promote(three, "c", 3, unstarted=4) == (False, 3, 3)
+
+
 def test_seeds_that_cannot_tell_two_settings_apart_do_not_decide_between_them():
     # 1.05 ± 0.05 (sd over 3 seeds) against 1.06 ± 0.02: a gap of 0.01, standard error of the
     # difference sqrt(0.05^2/3 + 0.02^2/3) = 0.031: both go on; plain ASHA keeps one
@@ -55,7 +63,7 @@ def test_seeds_that_cannot_tell_two_settings_apart_do_not_decide_between_them():
 
 def test_a_settings_decision_is_made_once_and_followed(tmp_path):
     with Store.open(tmp_path, create=True) as store:
-        rule = lambda losses, setting: promote(losses, setting, 2)  # noqa: E731
+        rule = lambda losses, setting, shape: promote(losses, setting, 2)  # noqa: E731
         # seed 0 of two settings arrives together: the better one goes on
         assert store.record_rung(1, 10, [("r1", "S", "lo", 1.0), ("r2", "S", "hi", 2.0)],
                                  rule) == {"r1": True, "r2": False}
@@ -168,3 +176,21 @@ def test_the_seed_law_is_a_power_law_through_the_smaller_shapes_winners():
     assert law.predict(64000) == pytest.approx(0.005)
     assert fit_seed_law(records, ["width"], ["lr"], "lr", below=2000) is None
     assert RunResult(PRUNED).status == "pruned"
+
+
+def test_tpe_finds_a_planted_optimum_and_proposes_the_same_from_the_same_history():
+    from scalelab.search import suggest
+    from scalelab.spec import ValueRange
+
+    ranges = {"lr": ValueRange(log_range=(1e-4, 1.0))}
+    history = []
+    for trial in range(14):
+        proposed = suggest(history, ranges, seed=trial, startup=4)
+        assert suggest(history, ranges, seed=trial, startup=4) == proposed
+        lr = proposed["lr"]
+        assert 1e-4 <= lr <= 1.0 and float(f"{lr:.3g}") == lr
+        history.append((proposed, (math.log10(lr) + 2) ** 2))
+    best = min(history, key=lambda h: h[1])[0]["lr"]
+    assert abs(math.log10(best) + 2) < 0.3          # within a factor 2 of 0.01
+    # a diverged trial (None) is told to the sampler as failed
+    assert suggest([({"lr": 0.5}, None)] + history[:3], ranges, seed=1, startup=4)

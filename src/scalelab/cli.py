@@ -133,6 +133,7 @@ def run(
     if dry_run:
         loaded = api.load_study(study, set_, quick)
         _print_design(output, loaded)
+        _print_search(output, loaded)
         _print_dry_run(output, api.dry_run(loaded, out=out, shard=shard))
         return 0
     result = api.run(study, out=out, workers=workers, device=device, overrides=set_,
@@ -696,6 +697,16 @@ def _print_design(output: Output, study) -> None:
                        f"{c.flops:.4g}", f"{c.error:+.2%}"] for c in cells])
     for w in warnings:
         output.warn(w.message)
+
+
+def _print_search(output: Output, study) -> None:
+    """What a dry run cannot list of a tpe search: its values come as results arrive."""
+    if study.ranges:
+        search, labels = study.spec.nuisance_search, study.axis_labels()
+        output.info(f"tpe proposes {', '.join(labels[p] for p in study.ranges)} per shape as "
+                    f"results arrive: {search.trials} trials of every shape, each over every "
+                    "seed; the runs below hold each range at its middle (they are what "
+                    "validation checked), not the values that will train")
 
 
 def _print_dry_run(output: Output, planned) -> None:

@@ -27,7 +27,6 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from numbers import Real
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .analysis.nuisance import best_over_nuisance
+from .errors import ScalelabError
 from .records import PRUNED, RunResult, RunSpec
 from .store import Store
 
@@ -65,20 +65,23 @@ def rung_steps(total: int, eval_every: int, eta: int, rungs: int) -> dict[int, i
 
 
 def promote(losses: Mapping[str, Sequence[float]], setting: str, eta: int,
-            margin: float = 1.0) -> tuple[bool, int, int]:
+            margin: float = 1.0, unstarted: int = 0) -> tuple[bool, int, int]:
     """(whether ``setting`` trains on, its rank from 1 by mean loss, the cohort's size).
 
     The best ``max(1, floor(n / eta))`` of the ``n`` settings go on (ties: setting order;
-    the first to reach a rung always does), and so does any setting whose mean is within
-    ``margin`` standard errors (over seeds) of the last one kept: seeds that cannot tell two
-    settings apart at a rung do not decide between them. Early in training a larger learning
-    rate often trails a smaller one it later beats (the short-horizon bias), by less than
-    the seeds' spread; plain ASHA (``margin`` 0) prunes it there."""
+    the first to reach a rung always does; ``unstarted``: settings of the shape a law-seeded
+    start left out, counted in ``n`` as the rung-0 losers they are), and so does any
+    setting whose mean is within ``margin`` standard errors (over seeds) of the last one
+    kept: seeds that cannot tell two settings apart at a rung do not decide between them.
+    Early in training a larger learning rate often trails a smaller one it later beats (the
+    short-horizon bias), by less than the seeds' spread; plain ASHA (``margin`` 0) prunes it
+    there."""
     means = {k: float(np.mean(v)) for k, v in losses.items()}
     order = sorted(means, key=lambda k: (means[k], k))
-    rank, keep = order.index(setting), max(1, len(order) // eta)
+    rank, keep = order.index(setting), max(1, (len(order) + unstarted) // eta)
     if rank < keep:
         return True, rank + 1, len(order)
+    keep = min(keep, len(order))
     last = order[keep - 1]
     gap = means[setting] - means[last]
     spread = math.sqrt(_sq_error(losses[setting]) + _sq_error(losses[last]))
@@ -96,7 +99,8 @@ class Board(Protocol):
     """Where a search's rung records are kept and its decisions made."""
 
     def record_rung(self, rung: int, step: int, entries: list[tuple[str, str, str, float]],
-                    eta: int, margin: float) -> dict[str, bool]: ...
+                    eta: int, margin: float, unstarted: Mapping[str, int]
+                    ) -> dict[str, bool]: ...
 
 
 @dataclass(frozen=True)
@@ -107,22 +111,27 @@ class StoreBoard:
     path: Path
 
     def record_rung(self, rung: int, step: int, entries: list[tuple[str, str, str, float]],
-                    eta: int, margin: float) -> dict[str, bool]:
+                    eta: int, margin: float, unstarted: Mapping[str, int]
+                    ) -> dict[str, bool]:
+        def decide(losses, setting, shape):
+            return promote(losses, setting, eta, margin, unstarted.get(shape, 0))
+
         with Store(self.path) as store:
-            return store.record_rung(rung, step, entries,
-                                     partial(promote, eta=eta, margin=margin))
+            return store.record_rung(rung, step, entries, decide)
 
 
 @dataclass(frozen=True)
 class RungPlan:
     """What a training needs to take part in a halving search: the board, the rule's
-    ``eta`` and ``margin``, the number of rungs, and each run's (shape, setting)."""
+    ``eta`` and ``margin``, the number of rungs, each run's (shape, setting), and how many
+    settings of each shape a law-seeded start left out."""
 
     board: Board
     eta: int
     rungs: int
     keys: Mapping[str, tuple[str, str]]
     margin: float = 1.0
+    unstarted: Mapping[str, int] = field(default_factory=dict)
 
     def gate(self, run_ids: Sequence[str]) -> RungGate:
         return RungGate(self, list(run_ids))
@@ -144,7 +153,7 @@ class RungGate:
         entries = [(self.run_ids[r], *self.plan.keys[self.run_ids[r]], loss)
                    for r, loss in losses.items()]
         keep = self.plan.board.record_rung(rung, step, entries, self.plan.eta,
-                                           self.plan.margin)
+                                           self.plan.margin, self.plan.unstarted)
         return {r for r in losses if not keep[self.run_ids[r]]}
 
 
@@ -251,3 +260,35 @@ def law_starts(runs: Sequence[RunSpec], records: Sequence[dict[str, Any]],
         started = window(values, predicted, width) if predicted else values
         out[shape] = LawStart(shape, predicted, started, members)
     return out
+
+
+# ------------------------------------------------------------------ model-based (tpe)
+
+
+def suggest(history: Sequence[tuple[dict[str, float], float | None]],
+            ranges: Mapping[str, Any], seed: int, startup: int) -> dict[str, float]:
+    """The values Optuna's TPE sampler proposes next for a shape, given its finished trials
+    ((values, mean validation loss over seeds); None: a trial that diverged), each value
+    kept to 3 significant digits (a run's config, and its id, read as a person would write
+    it). ``ranges``: label -> :class:`scalelab.spec.ValueRange`. The sampler is seeded, so
+    the same history gives the same proposal: the store is the source of truth."""
+    try:
+        import optuna
+    except ImportError:
+        raise ScalelabError("nuisance_search: tpe needs Optuna: pip install "
+                            "'scalelab[tune]'") from None
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = {label: FloatDistribution(*r.bounds, log=r.log) for label, r in ranges.items()}
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=startup))
+    for params, loss in history:
+        ok = loss is not None and math.isfinite(loss)
+        study.add_trial(create_trial(params=params, distributions=dists,
+                                     value=loss if ok else None,
+                                     state=TrialState.COMPLETE if ok else TrialState.FAIL))
+    proposed = study.ask(dists).params
+    return {label: min(max(float(f"{value:.3g}"), ranges[label].bounds[0]),
+                       ranges[label].bounds[1]) for label, value in proposed.items()}

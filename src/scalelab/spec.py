@@ -10,6 +10,7 @@ its id is a hash of that config, so an edited study reruns only the cells that c
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import itertools
 import math
@@ -227,13 +228,49 @@ class IsoflopDesign(StrictModel):
         return sizes
 
 
+class ValueRange(StrictModel):
+    """A continuous nuisance axis (``nuisance_search: tpe``): its values are chosen per shape
+    as results arrive, ``log_range`` uniformly in the logarithm."""
+
+    range: tuple[float, float] | None = None
+    log_range: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_ordered_range(self):
+        if (self.range is None) == (self.log_range is None):
+            raise ValueError("give exactly one of range: [low, high] or log_range: [low, high]")
+        low, high = self.bounds
+        if not low < high:
+            raise ValueError("the low end must be below the high end")
+        if self.log_range is not None and low <= 0:
+            raise ValueError("log_range needs positive ends")
+        return self
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.log_range if self.log_range is not None else self.range
+
+    @property
+    def log(self) -> bool:
+        return self.log_range is not None
+
+    @property
+    def middle(self) -> float:
+        """A value the range's runs are validated with (the geometric middle of a log range)."""
+        low, high = self.bounds
+        return math.sqrt(low * high) if self.log else (low + high) / 2
+
+
 class NuisanceSearch(StrictModel):
     """How each shape's nuisance settings are searched (``search.py``): every setting trained
-    to the end (``grid``), or asynchronous successive halving (``halving``)."""
+    to the end (``grid``), asynchronous successive halving (``halving``), or Optuna's TPE
+    sampler over continuous ranges (``tpe``)."""
 
-    method: Literal["grid", "halving"] = Field(
+    method: Literal["grid", "halving", "tpe"] = Field(
         "grid", description="grid: every setting to the end; halving: a setting trains on "
-                            "past each rung only if it is among the best 1/eta of its shape's")
+                            "past each rung only if it is among the best 1/eta of its shape's; "
+                            "tpe: `trials` values per shape from ranges, each chosen by Optuna's "
+                            "TPE sampler from the shape's results so far")
     eta: int = Field(3, ge=2, description="halving: keep the best 1/eta at each rung; rungs "
                                           "are eta times apart in steps")
     rungs: int = Field(2, ge=1, description="halving: rungs before the full budget (the first "
@@ -247,6 +284,9 @@ class NuisanceSearch(StrictModel):
                             "(fitted on the smaller shapes; the grid until there is a law)")
     window: int = Field(3, ge=2, description="start: law: grid values started per shape; one "
                                              "more beyond an edge the winner lands on")
+    trials: int = Field(8, ge=2, le=1000, description="tpe: values tried per shape")
+    startup: int = Field(3, ge=1, description="tpe: trials drawn at random before the sampler "
+                                              "models the results")
 
     @model_validator(mode="before")
     @classmethod
@@ -270,7 +310,7 @@ class StudySpec(StrictModel):
     model: dict[str, Any]
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "standard"})
     train: dict[str, Any]
-    grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = Field(
+    grid: dict[str, list[Any] | ValueRange] | list[dict[str, list[Any] | ValueRange]] = Field(
         default_factory=dict,
         description="axes -> values (their product), or a list of such grids (the union)")
     seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(default_factory=lambda: [0])
@@ -344,6 +384,25 @@ class StudySpec(StrictModel):
             raise ValueError("seeds must be distinct")
         return value
 
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _ranges(cls, grid):
+        """An axis given as a mapping is a range (its own message when it is a bad one)."""
+        def ranged(sub):
+            if not isinstance(sub, dict):
+                return sub
+            out = dict(sub)
+            for axis, values in sub.items():
+                if isinstance(values, dict):
+                    try:
+                        out[axis] = ValueRange.model_validate(values)
+                    except ValidationError as exc:
+                        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                        raise ValueError(f"{axis}: {reason} (a range is {{log_range: [low, "
+                                         "high]}} or {range: [low, high]})") from None
+            return out
+        return [ranged(sub) for sub in grid] if isinstance(grid, list) else ranged(grid)
+
     @field_validator("grid")
     @classmethod
     def _non_empty_axes(cls, grid):
@@ -371,6 +430,9 @@ class Study:
     marks: list[dict[str, Any]] = field(default_factory=list)
     design_cells: list[Any] = field(default_factory=list)  # design.IsoflopCell of each cell
     quick: bool = False  # its `quick:` overrides applied (results go to their own directory)
+    # continuous nuisance axes (path -> range) whose values a tpe search chooses; the grids
+    # hold each at the range's middle until with_trials() puts the chosen values there
+    ranges: dict[str, ValueRange] = field(default_factory=dict)
     # Each distinct section setting validated once: (section, settings) -> resolved section.
     _memo: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -461,6 +523,30 @@ class Study:
             runs = [RunSpec(r.run_id, r.config, r.point | {"matched_to": None}) for r in runs]
             runs += self._baseline_runs(runs, self.axis_labels())
         return runs
+
+    def with_trials(self, trials: Mapping[str, list[dict[str, float]]]) -> Study:
+        """This tpe study with the values a search chose: ``trials`` maps each shape (the
+        key of a held run's point, :func:`scalelab.search.shape_key`) to its trials (range
+        label -> value). Each shape becomes a grid of its own, so its runs are ordinary runs
+        whose ids are hashes of their configs."""
+        from .search import shape_key
+
+        labels = self.axis_labels()
+        nuisance = [labels[p] for p in self.ranges]
+        grids, marks, done = [], [], set()
+        for g, grid in enumerate(self.grids):
+            for values in itertools.product(*grid.values()):
+                point = {labels[p]: v for p, v in zip(grid, values)}
+                shape = shape_key(point, nuisance)
+                if (g, shape) in done or not trials.get(shape):
+                    continue
+                done.add((g, shape))
+                fixed = {p: [v] for p, v in zip(grid, values) if p not in self.ranges}
+                for trial in trials[shape]:
+                    grids.append(fixed | {p: [trial[labels[p]]] for p in self.ranges})
+                    marks.append(self.marks[g] if self.marks else {})
+        return dataclasses.replace(self, grids=grids, marks=marks if self.marks else [],
+                                   _memo=self._memo)
 
     def iter_runs(self) -> Iterator[RunSpec]:
         """The runs of :attr:`runs`, in its order, resolved one at a time and not kept: a
@@ -616,18 +702,19 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
     if data_kind != "classification" and spec.train.get("augment"):
         raise StudyError(source, "train.augment", f"only for image or signal inputs; task "
                          f"{spec.task['name']} provides {data_kind} data")
-    planned = sum(math.prod(len(v) for v in grid.values()) for grid in spec.grids) \
-        * len(spec.seeds)
+    planned = sum(math.prod(spec.nuisance_search.trials if isinstance(v, ValueRange) else len(v)
+                            for v in grid.values()) for grid in spec.grids) * len(spec.seeds)
     if planned > spec.max_runs:
         raise StudyError(source, "grid", f"{planned:,} runs (cells x seeds) exceed max_runs = "
                                          f"{spec.max_runs:,}; set `max_runs: {planned}` in the "
                                          "study to expand them all")
-    grids = []
+    grids, ranges = [], {}
     for g, grid in enumerate(spec.grids):
         prefix = f"grid[{g}]" if isinstance(spec.grid, list) else "grid"
         axes = {_axis_path(spec, axis, source, prefix): values for axis, values in grid.items()}
         if len(axes) != len(grid):
             raise StudyError(source, prefix, "two axes name the same setting")
+        axes = _ranges_held(spec, axes, ranges, source, prefix)
         grids.append(axes)
         # The base config (first value of every axis), then every axis value on its own, so
         # an error names the axis and value that caused it; then every cell.
@@ -642,7 +729,7 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
             for i, value in enumerate(values[1:], start=1):
                 resolve(spec, first | {path: value}, spec.seeds[0], source,
                         f"{prefix}.{path}[{i}]")
-    study = Study(spec, source, grids)
+    study = Study(spec, source, grids, ranges=ranges)
     if spec.design:
         study.grids, study.marks, study.design_cells = _isoflop_grids(spec, grids, source)
     labels = study.axis_labels()
@@ -650,9 +737,7 @@ def validate_study(raw: Mapping[str, Any], source: str = "<study>") -> Study:
         if name not in study.axes and name not in labels.values():
             raise StudyError(source, f"nuisance[{i}]",
                              f"{name!r} is not a grid axis (axes: {', '.join(labels.values())})")
-    if spec.nuisance_search.method == "halving" and not spec.nuisance:
-        raise StudyError(source, "nuisance_search.method", "halving searches the nuisance axes "
-                         "of each shape, and this study has none: list them under `nuisance:`")
+    _check_search(study)
     _ = study.evaluations
     _check_runs(study)
     return study
@@ -694,6 +779,51 @@ def _isoflop_grids(spec: StudySpec, grids: list[dict[str, list[Any]]], source: s
 #: A validated study keeps its resolved runs when it has at most this many; a larger one
 #: resolves them again, one at a time, wherever they are used (see :meth:`Study.iter_runs`).
 KEEP_RUNS = 10_000
+
+
+def _ranges_held(spec: StudySpec, axes: dict[str, Any], ranges: dict[str, ValueRange],
+                 source: str, prefix: str) -> dict[str, list[Any]]:
+    """A grid's axes with every range held at its middle (its values come from the search),
+    each range recorded in ``ranges``; a range is refused where no tpe search chooses them."""
+    held = {}
+    for path, values in axes.items():
+        if not isinstance(values, ValueRange):
+            held[path] = values
+            continue
+        if spec.nuisance_search.method != "tpe":
+            raise StudyError(source, f"{prefix}.{path}", "a range of values needs a search that "
+                             "chooses them: set `nuisance_search: {method: tpe, trials: 8}` "
+                             "(or give a list of values)")
+        ranges[path] = values
+        held[path] = [values.middle]
+    return held
+
+
+def _check_search(study: Study) -> None:
+    """What each nuisance search needs of the study."""
+    spec, source = study.spec, study.source
+    method = spec.nuisance_search.method
+    if method == "halving" and not spec.nuisance:
+        raise StudyError(source, "nuisance_search.method", "halving searches the nuisance axes "
+                         "of each shape, and this study has none: list them under `nuisance:`")
+    if method != "tpe":
+        return
+    if not study.ranges:
+        raise StudyError(source, "nuisance_search.method", "tpe chooses values from ranges: "
+                         "give a nuisance axis as {log_range: [low, high]} (or {range: ...})")
+    labels = study.axis_labels()
+    tuned = {labels.get(name, name) for name in spec.nuisance} | set(spec.nuisance)
+    for path in study.axes:
+        is_range = path in study.ranges
+        if is_range != (path in tuned or labels[path] in tuned):
+            raise StudyError(source, f"grid.{labels[path]}",
+                             "under tpe every nuisance axis is a range and every range a "
+                             "nuisance axis (list it under `nuisance:`)" if is_range else
+                             "under tpe every nuisance axis is a range: give it as "
+                             "{log_range: [low, high]}")
+    if spec.design:
+        raise StudyError(source, "nuisance_search.method", "tpe with an IsoFLOP design is not "
+                         "supported yet; use a grid of values (nuisance_search: grid or halving)")
 
 
 def _check_runs(study: Study) -> None:

@@ -356,7 +356,7 @@ class BaseStore(ABC):
 
     @abstractmethod
     def record_rung(self, rung: int, step: int, entries: Iterable[tuple[str, str, str, float]],
-                    decide: Callable[[dict[str, list[float]], str], tuple[bool, int, int]]
+                    decide: Callable[[dict[str, list[float]], str, str], tuple[bool, int, int]]
                     ) -> dict[str, bool]:
         """Record runs' validation losses at a rung of a halving search and return whether
         each run's setting trains on (see :meth:`Store.record_rung`)."""
@@ -787,11 +787,12 @@ class Store(BaseStore):
                 [(time.time(), json.dumps(p["run_ids"]), json.dumps(p)) for p in predictions])
 
     def record_rung(self, rung: int, step: int, entries: Iterable[tuple[str, str, str, float]],
-                    decide: Callable[[dict[str, list[float]], str], tuple[bool, int, int]]
+                    decide: Callable[[dict[str, list[float]], str, str], tuple[bool, int, int]]
                     ) -> dict[str, bool]:
         """Record each (run id, shape, setting, validation loss) at rung ``rung`` (reached at
         ``step``), and return for each run whether its setting trains on. A setting's
-        decision at a rung is made once, in this transaction, by ``decide(losses, setting)``
+        decision at a rung is made once, in this transaction, by ``decide(losses, setting,
+        shape)``
         over the losses of every setting of its shape recorded at the rung so far (setting ->
         its seeds' losses; one that is not finite counts as infinite), and kept: a run that reaches the rung
         later (another seed, a retrain after a kill, another runner) follows it."""
@@ -813,7 +814,7 @@ class Store(BaseStore):
                             "SELECT setting, val_loss FROM rungs WHERE shape = ? AND rung = ?",
                             (shape, rung)):
                         losses.setdefault(other, []).append(math.inf if loss is None else loss)
-                    promoted, rank, cohort = decide(losses, setting)
+                    promoted, rank, cohort = decide(losses, setting, shape)
                     self._db.execute("INSERT INTO promotions VALUES (?,?,?,?,?,?)",
                                      (shape, setting, rung, int(promoted), rank, cohort))
                     row = (promoted,)

@@ -55,9 +55,10 @@ def test_stacked_survivors_match_runs_trained_alone_and_the_grids(tmp_path):
     survivors = [k for k, v in a.items() if v[0] == "completed"]
     pruned = [k for k, v in a.items() if v[0] == "pruned"]
     assert 2 <= len(survivors) < len(pruned)
-    for k in survivors:
-        assert a[k][2] == pytest.approx(b[k][2], rel=1e-4)   # as if trained alone
-        assert a[k][2] == g[k][2]   # the same run id, trained as in the grid's stacked group
+    for k in survivors:   # as if trained alone, or in the grid's full stacked group (the
+        # pruned rows dropped from the group change only batched kernels' summation order)
+        assert a[k][2] == pytest.approx(b[k][2], rel=1e-4)
+        assert a[k][2] == pytest.approx(g[k][2], rel=1e-4)
     with Store.open(stacked) as store:
         rungs, decisions = store.rung_records()
     assert {r["step"] for r in rungs} == {10, 30}

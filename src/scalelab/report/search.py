@@ -25,8 +25,10 @@ def search_blocks(search: SearchAnalysis, curves: Sequence[dict[str, Any]], bloc
     saving = search.grid_flops / search.spent_flops if search.spent_flops else math.nan
     blocks.append(("h2", "Nuisance search (successive halving)"))
     blocks.append(("p", f"Every setting of a shape started; at each rung only the best 1/η of "
-                        f"the settings that had reached it (η: the study's `nuisance_search.eta`) trained on; the rest were stopped "
-                        f"(pruned), and a pruned setting never wins. Compute spent: "
+                        "the settings that had reached it (η: the study's "
+                        "`nuisance_search.eta`), and those within its `margin` of standard "
+                        "errors over seeds, trained on; the rest were stopped (pruned), and a "
+                        f"pruned setting never wins. Compute spent: "
                         f"{search.spent_flops:.3g} training FLOPs against "
                         f"{search.grid_flops:.3g} for every setting to the end ({saving:.2f}× "
                         "less). The full grid's figure counts each pruned run to the end of "

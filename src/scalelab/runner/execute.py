@@ -26,7 +26,7 @@ from ..spec import Study
 from ..store import KEPT, LOST, Store, shard_writing, token
 from ..tracking._base import Tracking
 from ._base import Executor, Group
-from .halving import rung_plan, waves
+from .searches import rung_plan, waves
 from .shard import parse_shard, select_shard
 
 
@@ -98,6 +98,9 @@ def execute_study(study: Study, out_dir: Path, workers: int | None = None, devic
     if shard_store and study.spec.nuisance_search.method == "halving":
         raise ScalelabError("--shard-store: a halving search keeps its rungs in the one shared "
                             "store; run the shards without --shard-store")
+    if shard and study.ranges:
+        raise ScalelabError("--shard: a tpe search proposes each trial from the ones before "
+                            "it, so its runs cannot be sliced ahead; run it without --shard")
     # Everything that can be refused is refused here, before anything is written.
     executor = make_executor(backend, device, workers, study.spec.save_checkpoints, address)
     executor.check(study)
@@ -156,29 +159,39 @@ def _execute(study: Study, out_dir: Path, shard: str | None, output: Output,
             pass
         return result
     search = rung_plan(study, executor.board(store.path))
-    with Heartbeat(store.path) as beating, output.progress(len(todo), study.name) as progress:
+    trials = study.spec.nuisance_search.trials if study.ranges else 1  # tpe: a round each
+    with Heartbeat(store.path) as beating, \
+            output.progress(len(todo) * trials, study.name) as progress:
         training = _Training(result, executor, store, tracking, output, out_dir, retrain,
                              beating, progress)
-        for number, wave in enumerate(waves(study, todo, store, output, _size_counter(),
-                                            training.skipped)):
+        announced = False
+        for what, wave, unstarted in waves(study, todo, store, output, _size_counter(),
+                                           training.skipped):
+            if not wave:
+                continue
             groups = training_groups(wave, study) if executor.stacks else \
                 [Group((r,), stacked=False) for r in wave]
             stacked = sum(len(g.runs) > 1 for g in groups)
             grouped = f" as {len(groups)} group{'s' * (len(groups) != 1)} ({stacked} stacked)" \
                 if stacked else ""
-            if number == 0:
-                output.info(f"training {len(wave)} of {len(selected)} runs{grouped} "
+            if not announced:
+                output.info(f"training {len(wave)} of {len(selected) * trials} runs{grouped} "
                             f"{executor.describe(len(groups))} -> {out_dir}"
                             + (f"; {len(elsewhere)} more are being trained by another runner"
                                if elsewhere else "") + _search_words(study, len(todo)))
-            elif wave:
-                output.info(f"next wave: {len(wave)} runs{grouped}")
-            training.train([replace(g, search=search) for g in groups])
+                announced = True
+            else:
+                output.info(f"{what}: {len(wave)} runs{grouped}")
+            rungs = replace(search, unstarted=unstarted) if search else None
+            training.train([replace(g, search=rungs) for g in groups])
     return result
 
 
 def _search_words(study: Study, todo: int) -> str:
     search = study.spec.nuisance_search
+    if search.method == "tpe":
+        return (f" (tpe over {', '.join(study.nuisance_labels())}: {search.trials} trials per "
+                "shape in rounds, each proposed from the shape's results so far)")
     if search.method != "halving":
         return ""
     return (f" (successive halving over {', '.join(study.nuisance_labels())}: eta "

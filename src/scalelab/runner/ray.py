@@ -152,8 +152,9 @@ class RayBoard:
 
     actor: Any
 
-    def record_rung(self, rung: int, step: int, entries: list, eta: int,
-                    margin: float) -> dict[str, bool]:
+    def record_rung(self, rung: int, step: int, entries: list, eta: int, margin: float,
+                    unstarted: dict[str, int]) -> dict[str, bool]:
         import ray
 
-        return ray.get(self.actor.record_rung.remote(rung, step, entries, eta, margin))
+        return ray.get(self.actor.record_rung.remote(rung, step, entries, eta, margin,
+                                                     unstarted))

@@ -44,8 +44,9 @@ class TorchrunExecutor(Executor):
         self.dev = dev
 
     def check(self, study: Study) -> None:
-        if study.spec.nuisance_search.method == "halving":
-            raise ScalelabError(f"{study.source}: nuisance_search: halving is not supported "
+        if study.spec.nuisance_search.method != "grid":
+            raise ScalelabError(f"{study.source}: nuisance_search: "
+                                f"{study.spec.nuisance_search.method} is not supported "
                                 "under torchrun yet (its ranks would have to agree on every "
                                 "rung); use the grid, or plain `scalelab run`")
         not_lm = sorted({r.config["task"]["name"] for r in study.runs

@@ -131,6 +131,10 @@ class Strategy(ABC):
     def stop(self, run: int, diverged: bool) -> None:  # noqa: B027  (a do-nothing default)
         """Run ``run`` trains no further (a stacked group keeps its mates going)."""
 
+    def drop(self, run: int) -> None:  # noqa: B027  (a do-nothing default)
+        """Run ``run``, stopped, will be read again only for its final weights: a stacked
+        group may stop computing it."""
+
     def synchronize(self) -> None:  # noqa: B027  (a do-nothing default)
         """Wait for the device's queued work (so the clock times steps and evaluations
         apart on a GPU)."""
@@ -232,7 +236,7 @@ def train_loop(strategy: Strategy, cfg: TrainConfig, hooks: Hooks | None = None)
                 _observe(strategy, cfg, state, r, step, train_loss[r], values[r], lrs[r],
                          scored, hooks)
         if step in rung_at:
-            _rung(strategy, states, hooks.rungs, rung_at[step], step)
+            _rung(strategy, states, hooks, rung_at[step], step)
         eval_time += time.perf_counter() - eval_started
         if batch.last or not any(t.active for t in states):
             break
@@ -267,14 +271,19 @@ def _observe(strategy: Strategy, cfg: TrainConfig, state: RunState, r: int, step
         _end(strategy, state, r, step, diverged=False)
 
 
-def _rung(strategy: Strategy, states: list[RunState], gate, rung: int, step: int) -> None:
-    """Report the live runs' best validation losses at a rung; stop those the search prunes."""
+def _rung(strategy: Strategy, states: list[RunState], hooks: Hooks, rung: int,
+          step: int) -> None:
+    """Report the live runs' best validation losses at a rung; stop those the search prunes
+    (and drop them from a stacked group, unless a hook keeps per-run state by row)."""
     live = {r: state.best_loss for r, state in enumerate(states) if state.active}
     if live and all(math.isinf(loss) for loss in live.values()):
         raise ScalelabError("nuisance_search: halving ranks settings by validation loss, and "
                             "this task has no validation split (set its num_val)")
-    for r in sorted(gate.decide(rung, step, live)):
+    by_row = hooks.batch_transform is not None or bool(hooks.post_step)
+    for r in sorted(hooks.rungs.decide(rung, step, live)):
         _end(strategy, states[r], r, step, diverged=False)
+        if not by_row:
+            strategy.drop(r)
         states[r].status = PRUNED
         states[r].metrics.update(pruned_rung=rung, budget_steps=strategy.total_steps)
 

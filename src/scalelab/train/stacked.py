@@ -96,6 +96,10 @@ class Stacked(Strategy):
         self.active = torch.ones(self.runs, dtype=torch.bool, device=dev)
         self.generators = [torch.Generator().manual_seed(c["seed"]) for c in configs]
         self.orders, self.cursor, self.epoch = None, self.n, 0
+        # The runs still in the tensors, by row (drop() takes a run's row out), and the final
+        # weights of the runs dropped.
+        self.live = list(range(self.runs))
+        self.dropped: dict[int, dict[str, torch.Tensor]] = {}
 
     def views(self, source: torch.Tensor) -> dict[str, torch.Tensor]:
         out, offset = {}, 0
@@ -119,7 +123,7 @@ class Stacked(Strategy):
         pieces = self.views(self.flat)
         logits = self.forward(pieces, self.buffers, batch.x)
         losses = self.criterion(logits.flatten(0, 1), batch.y.flatten(),
-                                reduction="none").view(self.runs, self.batch).mean(1)
+                                reduction="none").view(len(self.live), self.batch).mean(1)
         # Gradients of the views, joined once (cheaper than each view's backward filling a
         # zero copy of the whole flat tensor).
         grad = torch.cat([g.flatten(1) for g in torch.autograd.grad(
@@ -134,36 +138,72 @@ class Stacked(Strategy):
             _update(cfg.optimizer, self.flat, grad, self.state, self.state2, step, step_lr,
                     self.decay, hyper["beta1"], hyper["beta2"], hyper["momentum"],
                     cfg.nesterov)
-        return losses.detach(), {}
+        if len(self.live) == self.runs:
+            return losses.detach(), {}
+        every = torch.zeros(self.runs, dtype=losses.dtype, device=losses.device)
+        every[self.live] = losses.detach()
+        return every, {}
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.flat]
 
     def lrs(self, batch: Batch) -> list[float]:
-        return (self.hyper["lr"] * lr_factor(batch.progress, self.total_steps, self.cfg)).tolist()
+        factor = lr_factor(batch.progress, self.total_steps, self.cfg)
+        return [c.lr * factor for c in self.cfgs]
 
     def evaluate(self):
         if not len(self.data.y_val):  # no validation split: the curves have train_loss only
             return [{} for _ in range(self.runs)], 0
         params = self.views(self.flat.detach())
         val_loss, val_acc = evaluate_stacked(
-            lambda x: self.forward(params, self.buffers, x), self.runs, self.data.x_val,
+            lambda x: self.forward(params, self.buffers, x), len(self.live), self.data.x_val,
             self.data.y_val, self.cfg.eval_batch_size)
-        return ([{"val_loss": loss, "val_acc": acc} for loss, acc in zip(val_loss, val_acc)],
-                len(self.data.y_val))
+        values: list[dict[str, float]] = [{} for _ in range(self.runs)]
+        for run, loss, acc in zip(self.live, val_loss, val_acc):
+            values[run] = {"val_loss": loss, "val_acc": acc}
+        return values, len(self.data.y_val)
+
+    def _weights(self, run: int) -> dict[str, torch.Tensor]:
+        """Run ``run``'s (padded) parameters and buffers: its row, or as it was dropped."""
+        if run in self.dropped:
+            return self.dropped[run]
+        row = self.live.index(run)
+        params = self.views(self.flat.detach())
+        return {k: v[row] for k, v in (*params.items(), *self.buffers.items())}
 
     def snapshot(self, run: int) -> dict[str, torch.Tensor]:
-        params = self.views(self.flat.detach())
-        return {k: v[run][_leading(self.own_shapes[run][k])].detach().clone()
-                for k, v in (*params.items(), *self.buffers.items())}
+        return {k: v[_leading(self.own_shapes[run][k])].detach().clone()
+                for k, v in self._weights(run).items()}
 
     def stop(self, run: int, diverged: bool) -> None:
-        self.active[run] = False
+        row = self.live.index(run)
+        self.active[row] = False
         if diverged:  # back to finite values, so group-mates never see NaN
             with torch.no_grad():
-                self.flat[run].copy_(self.initial[run])
-            self.state[run].zero_()
-            self.state2[run].zero_()
+                self.flat[row].copy_(self.initial[row])
+            self.state[row].zero_()
+            self.state2[row].zero_()
+
+    def drop(self, run: int) -> None:
+        """Take a stopped run's row out of every per-run tensor (its weights kept for
+        :meth:`finalize`): the group's later steps no longer compute it. Each remaining
+        run's numbers are its own as before, up to the summation order of batched
+        kernels over a different number of rows."""
+        row = self.live.index(run)
+        self.dropped[run] = {k: v.clone() for k, v in self._weights(run).items()}
+        keep = torch.tensor([i for i in range(len(self.live)) if i != row], dtype=torch.long,
+                            device=self.dev)
+        self.flat = self.flat.detach()[keep].clone().requires_grad_()
+        self.state, self.state2 = self.state[keep], self.state2[keep]
+        self.initial, self.active = self.initial[keep], self.active[keep]
+        self.hyper = {k: v[keep] for k, v in self.hyper.items()}
+        self.decay = self.decay[keep]
+        if self.lr_scale is not None:
+            self.lr_scale = self.lr_scale[keep]
+        self.buffers = {k: v[keep] for k, v in self.buffers.items()}
+        if self.orders is not None:
+            self.orders = self.orders[keep]
+        del self.generators[row], self.live[row]
 
     def check_every(self) -> int:
         return 1 if self.dev.type == "cpu" else self.cfg.eval_every
@@ -179,10 +219,9 @@ class Stacked(Strategy):
     def finalize(self, result: RunResult, run: int, outcome: Outcome, checkpoint: bool) -> None:
         """The run's slice of the stacked weights copied into its own model, then scored as
         a run trained alone is."""
-        params = self.views(self.flat.detach())
         with torch.no_grad():
-            for k, v in (*params.items(), *self.buffers.items()):
-                _assign(self.modules[run], k, v[run])
+            for k, v in self._weights(run).items():
+                _assign(self.modules[run], k, v)
         classifier_metrics(result, self.modules[run], self.data, self.cfgs[run],
                            outcome.states[run], outcome.steps(run), checkpoint,
                            self.counted[run][1])

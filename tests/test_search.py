@@ -194,3 +194,11 @@ def test_tpe_finds_a_planted_optimum_and_proposes_the_same_from_the_same_history
     assert abs(math.log10(best) + 2) < 0.3          # within a factor 2 of 0.01
     # a diverged trial (None) is told to the sampler as failed
     assert suggest([({"lr": 0.5}, None)] + history[:3], ranges, seed=1, startup=4)
+
+
+def test_without_nuisance_axes_every_completed_run_is_kept_validation_or_not():
+    records = [{"width": 8, "seed": 0, "status": COMPLETED, "test_loss": 1.0},  # no val split
+               {"width": 8, "seed": 1, "status": COMPLETED, "val_loss": 0.5},
+               {"width": 8, "seed": 2, "status": PRUNED, "val_loss": 0.1}]
+    selected, winners = best_over_nuisance(records, ["width"], [])
+    assert [r["seed"] for r in selected] == [0, 1] and winners == []

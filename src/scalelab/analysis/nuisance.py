@@ -45,9 +45,8 @@ def best_over_nuisance(
     values it ran (stored in any state), so values another point added (a bracket `next`
     proposed) do not move its edge.
     """
-    done = [r for r in records if r.get("status") == "completed" and r.get(metric) is not None]
-    if not nuisance:
-        return done, []
+    if not nuisance:  # nothing to choose on validation: every completed run (with or without it)
+        return [r for r in records if r.get("status") == "completed"], []
     seen: dict[str, set] = defaultdict(set)
     ran: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
     cells: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))

@@ -23,7 +23,7 @@ from . import api
 from .analysis import Summary
 from .analysis.approaches import ComputeOptimal, estimate_rows
 from .analysis.fitting import parse_holdout
-from .analysis.summary import format_params, law_rows
+from .analysis.summary import format_params, law_rows, settings_label
 from .errors import RenamedSetting, ScalelabError, log_crash, os_error_line
 from .outdir import OutDir
 from .output import Output, fmt_bytes
@@ -232,7 +232,7 @@ def status(
                  [[c["run_id"] + (" (retraining)" if c["retraining"] else ""), c["owner"],
                    round(c["running_s"]), c["heartbeats"],
                    None if c["heartbeat_s"] is None else round(c["heartbeat_s"])]
-                  for c in claims])
+                  for c in claims], keep=["unchanged here for (s)"])
     failed = [r for r in rows if r["status"] == "failed"]
     for r in failed:
         last = (r["error"] or "").strip().splitlines()[-1:] or [""]
@@ -270,7 +270,8 @@ def list_(
     if settings:
         for e in listing:
             output.table(f"{e['family']} {e['name']}", ["setting", "default", "meaning"],
-                         [[k, v["default"], v["description"]] for k, v in e["settings"].items()])
+                         [[k, v["default"], v["description"]] for k, v in e["settings"].items()],
+                         keep=["default"])
     output.emit(listing)
     return 0
 
@@ -763,7 +764,7 @@ def _print_laws(output: Output, laws: dict | None) -> None:
         return
     fits = laws["fits"]
     if not fits:
-        output.info("no law fitted" + (f" ({' '.join(laws['notes'])})" if laws["notes"] else ""))
+        output.info("no law fitted" + (f" ({'; '.join(laws['notes'])})" if laws["notes"] else ""))
         return
     formulas = dict.fromkeys(f"{law['form']}: {law['formula']}" for law in fits
                              if law["formula"])
@@ -789,7 +790,8 @@ def _report_laws(scaling_law: Path) -> dict | None:
 
 
 def _point(point: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in point.items())
+    """A grid point as words, without the settings that do not apply to its run (None)."""
+    return settings_label(point, sep=" ")
 
 
 def main() -> None:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -57,16 +61,33 @@ class Output:
     def error(self, message: str) -> None:
         self.err.print(Text.assemble(("error:", "red"), " ", message))
 
-    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+              keep: Iterable[str] = ()) -> None:
+        """A table that fits the console's width (see :func:`layout`). A column that is None
+        in every row (a setting no run has) is left out, unless named in ``keep``; the first
+        column, which names the rows, always stays."""
         if self.is_json or not rows:
             return
-        table = Table(title=Text(title), title_justify="left")
-        for i, column in enumerate(columns):
-            numeric = all(isinstance(row[i], int | float) or row[i] is None for row in rows)
-            table.add_column(Text(str(column)), justify="right" if numeric and i > 0 else "left")
-        for row in rows:
-            table.add_row(*(Text(fmt_value(v)) for v in row))
-        self.out.print(table)
+        columns, rows = drop_empty_columns(columns, rows, keep)
+        cells = [_Cells(str(column), [fmt_value(row[i]) for row in rows],
+                        i > 0 and all(isinstance(row[i], int | float) or row[i] is None
+                                      for row in rows))
+                 for i, column in enumerate(columns)]
+        width = self.out.width
+        parts = layout(cells, width)
+        for n, (chosen, widths) in enumerate(parts):
+            self.out.print(Text(title if n == 0 else "(continued)", style="table.title"),
+                           soft_wrap=False, overflow="fold")
+            table = Table()
+            for i, w in zip(chosen, widths):
+                column = cells[i]
+                table.add_column(Text(wrap_header(column.header, w)), width=w,
+                                 justify="right" if column.numeric else "left",
+                                 overflow="fold")
+            for r in range(len(rows)):
+                table.add_row(*(Text(wrap_cell(cells[i].cells[r], w))
+                                for i, w in zip(chosen, widths)))
+            self.out.print(table)
 
     def emit(self, payload: Any) -> None:
         """The machine-readable result of a command (json mode only)."""
@@ -105,10 +126,153 @@ class Output:
             transfer.close()
 
 
+#: The width of tables written off a terminal (a pipe, a log, CI) unless ``COLUMNS`` is set.
+PIPE_WIDTH = 100
+
+
 def _console(file: TextIO) -> Console:
-    # Off a terminal (logs, pipes, CI) tables get room instead of rich's 80-column default.
-    width = None if file.isatty() else 200
+    """On a terminal rich's width (its size, or ``COLUMNS``); elsewhere ``COLUMNS`` or
+    :data:`PIPE_WIDTH`, never the terminal another stream of this process may be on."""
+    width = None
+    if not file.isatty():
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH
     return Console(file=file, highlight=False, soft_wrap=True, width=width)
+
+
+def drop_empty_columns(columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                       keep: Iterable[str] = ()) -> tuple[list[str], list[list[Any]]]:
+    """``columns`` and ``rows`` without the columns that are None in every row (but the
+    first and those in ``keep``)."""
+    keep = set(keep)
+    chosen = [i for i, column in enumerate(columns)
+              if i == 0 or column in keep or any(row[i] is not None for row in rows)]
+    return [columns[i] for i in chosen], [[row[i] for i in chosen] for row in rows]
+
+
+@dataclass
+class _Cells:
+    """One column's header and cell texts, and the narrowest widths it prints at."""
+
+    header: str
+    cells: list[str]
+    numeric: bool
+
+    @property
+    def natural(self) -> int:
+        return max([cell_len(self.header), *(_text_width(c) for c in self.cells)])
+
+    @property
+    def unbroken(self) -> int:
+        """The narrowest width that breaks no number and no word (cells wrap at spaces)."""
+        if self.numeric:
+            return max((_text_width(c) for c in self.cells), default=1)
+        return max((cell_len(word) for c in self.cells for word in c.split()), default=1)
+
+    def tightened(self, width: int) -> int:
+        """``width``, or less where a header wrapped to fit it needs less (and the cells)."""
+        header = _text_width(wrap_header(self.header, width))
+        return max(header, min(width, max((_text_width(c) for c in self.cells), default=0)), 1)
+
+    def floor(self, wrap_cells: bool) -> int:
+        """The narrowest width with the header wrapped and the cells whole (or wrapped)."""
+        header = max(cell_len(p.rstrip()) for p in _header_pieces(self.header))
+        cells = self.unbroken if wrap_cells else max(map(_text_width, self.cells), default=0)
+        return max(header, cells, 1)
+
+
+def _text_width(text: str) -> int:
+    return max((cell_len(line) for line in text.splitlines()), default=0)
+
+
+def _header_pieces(header: str) -> list[str]:
+    """A header cut where it may wrap: after spaces and after underscores."""
+    return [p for p in re.findall(r"[^\s_]*(?:[\s_]+|$)", header) if p] or [header]
+
+
+def _fill(pieces: list[str], width: int) -> str:
+    """``pieces`` in lines of at most ``width`` cells (a longer piece keeps its own line)."""
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and cell_len(lines[-1] + piece.rstrip()) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def wrap_header(header: str, width: int) -> str:
+    """``header`` in lines of at most ``width`` cells, broken after spaces and underscores
+    (``target_rate`` -> ``target_`` / ``rate``); a piece wider than ``width`` keeps its line."""
+    return header if cell_len(header) <= width else _fill(_header_pieces(header), width)
+
+
+def wrap_cell(text: str, width: int) -> str:
+    """``text`` broken after its commas where it can (``E = 0.17, A = 29.3`` keeps each
+    ``k = v`` whole), else after spaces; a word wider than ``width`` is left to rich."""
+    if _text_width(text) <= width or "\n" in text:
+        return text
+    parts = text.split(", ")
+    parts = [p + ", " for p in parts[:-1]] + parts[-1:]
+    return _fill([piece for part in parts for piece in (
+        [part] if cell_len(part.rstrip()) <= width else re.findall(r"\S+\s*", part))], width)
+
+
+def _room(width: int, columns: int) -> int:
+    """The cells' share of ``width`` in a rich table of ``columns`` columns (a border
+    between columns and at each edge, a space of padding either side of each cell)."""
+    return width - 3 * columns - 1
+
+
+def _shrink(widths: list[int], floors: list[int], room: int) -> list[int] | None:
+    """``widths`` narrowed, the widest first and none below its floor, until they sum to
+    ``room`` at most; None when the floors alone exceed it."""
+    if sum(floors) > room:
+        return None
+    widths = [max(w, f) for w, f in zip(widths, floors)]
+    for _ in range(sum(widths) - room):
+        i = max((i for i, w in enumerate(widths) if w > floors[i]), key=widths.__getitem__)
+        widths[i] -= 1
+    return widths
+
+
+def _fit(columns: list[_Cells], width: int) -> list[int] | None:
+    """Column widths that fit ``width``: as wide as their text, else with headers wrapped
+    (after spaces and underscores), then text cells too (at spaces); None when that is not
+    enough. Numbers and words are never broken."""
+    natural, room = [c.natural for c in columns], _room(width, len(columns))
+    for wrap_cells in (False, True):
+        widths = _shrink(natural, [c.floor(wrap_cells) for c in columns], room)
+        if widths is not None:
+            return [c.tightened(w) for c, w in zip(columns, widths)]
+    return None
+
+
+def layout(columns: list[_Cells], width: int) -> list[tuple[list[int], list[int]]]:
+    """How a table prints within ``width``: parts, each (the columns it shows, their widths).
+
+    One part when the columns fit (wrapping text and headers as :func:`_fit` does); else
+    the columns in consecutive parts that fit, each beginning with the first column (which
+    names the rows), as pandas prints a wide frame. Only a column that cannot fit beside the
+    first even alone has its text folded across lines: a number is split, never dropped."""
+    everything = list(range(len(columns)))
+    widths = _fit(columns, width)
+    if widths is not None:
+        return [(everything, widths)]
+    parts, current = [], [0]
+    for i in everything[1:]:
+        trial = current + [i]
+        if len(current) > 1 and _fit([columns[j] for j in trial], width) is None:
+            parts.append(current)
+            trial = [0, i]
+        current = trial
+    parts.append(current)
+    laid = []
+    for part in parts:
+        chosen = [columns[j] for j in part]
+        widths = _fit(chosen, width) or _shrink([c.natural for c in chosen], [1] * len(part),
+                                                max(_room(width, len(part)), len(part)))
+        laid.append((part, widths))
+    return laid
 
 
 class _RunCounter:

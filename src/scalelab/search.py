@@ -70,7 +70,7 @@ def promote(losses: Mapping[str, Sequence[float]], setting: str, eta: int,
 
     The best ``max(1, floor(n / eta))`` of the ``n`` settings go on (ties: setting order;
     the first to reach a rung always does; ``unstarted``: settings of the shape a law-seeded
-    start left out, counted in ``n`` as the rung-0 losers they are), and so does any
+    start left out, counted in the first rung's ``n`` as the losers they are), and so does any
     setting whose mean is within ``margin`` standard errors (over seeds) of the last one
     kept: seeds that cannot tell two settings apart at a rung do not decide between them.
     Early in training a larger learning rate often trails a smaller one it later beats (the
@@ -113,8 +113,9 @@ class StoreBoard:
     def record_rung(self, rung: int, step: int, entries: list[tuple[str, str, str, float]],
                     eta: int, margin: float, unstarted: Mapping[str, int]
                     ) -> dict[str, bool]:
-        def decide(losses, setting, shape):
-            return promote(losses, setting, eta, margin, unstarted.get(shape, 0))
+        def decide(losses, setting, shape):  # the unstarted lost at the first rung only
+            return promote(losses, setting, eta, margin,
+                           unstarted.get(shape, 0) if rung == 1 else 0)
 
         with Store(self.path) as store:
             return store.record_rung(rung, step, entries, decide)

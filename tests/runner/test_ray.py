@@ -192,3 +192,26 @@ def test_a_killed_driver_is_resumed_training_only_what_is_missing(tmp_path, clus
     assert report["already_done"] == done and report["trained"] == {"completed": 9 - done}
     with Store.open(out) as store:
         assert set(store.statuses().values()) == {"completed"} and len(store.statuses()) == 9
+
+
+def test_a_halving_search_on_ray_decides_through_the_drivers_store(tmp_path, cluster):
+    """Workers on other nodes never open the store: their rungs go through one actor on the
+    driver's node, and every setting is decided once."""
+    made, *_ = cluster
+    path = study_file(tmp_path, grid={"width": [4], "lr": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]},
+                      seeds=[0, 1], nuisance=["lr"], nuisance_search="halving",
+                      train={**TINY["train"], "max_steps": 90, "eval_every": 10})
+    proc = scalelab_run(path, tmp_path / "ray", made.address)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    trained = json.loads(stdout)["trained"]
+    assert trained.get("pruned", 0) >= 6 and sum(trained.values()) == 12
+    with Store.open(tmp_path / "ray") as store:
+        rungs, decisions = store.rung_records()
+        records = store.records()
+    keys = [(d["setting"], d["rung"]) for d in decisions]
+    assert len(keys) == len(set(keys))
+    decided = {k: d["promoted"] for k, d in zip(keys, decisions)}
+    for r in records:
+        if r["status"] == "pruned":
+            assert decided[(f'{{"lr": {r["lr"]}}}', r["pruned_rung"])] == 0

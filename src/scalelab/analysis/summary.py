@@ -57,22 +57,37 @@ def summarize(records: list[dict[str, Any]], axes: dict[str, str], metric: str =
     parametrization included, makes columns, so two models of one size never share a row."""
     done = [r for r in records if r["status"] == "completed" and r.get(metric) is not None
             and r.get(size) is not None]
+    # A numeric model axis some runs lack (a list of grids: patch_size of the ViTs, None for
+    # the ResNets) still names sizes; settings a run lacks are left out of its labels.
     model_axes = [label for label, path in axes.items() if path.startswith("model.")
-                  and all(isinstance(r.get(label), int | float) for r in done)]
+                  and all(isinstance(r.get(label), int | float | None) for r in done)
+                  and any(r.get(label) is not None for r in done)]
     other_axes = [label for label in axes if label not in model_axes]
     groups: dict[tuple[int, str], list[float]] = defaultdict(list)
     row_names: dict[int, str] = {}
     for r in done:
         n = r[size]
-        column = ", ".join(f"{a}={r[a]:g}" if isinstance(r[a], float) else f"{a}={r[a]}"
-                           for a in other_axes) or metric
+        column = settings_label({a: r.get(a) for a in other_axes}) or metric
         groups[(n, column)].append(r[metric])
-        row_names[n] = ", ".join(f"{a}={r[a]}" for a in model_axes)
+        row_names[n] = settings_label({a: r.get(a) for a in model_axes})
     sizes = sorted(row_names)
     columns = list(dict.fromkeys(c for _, c in groups))
     cells = {key: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None, len(v))
              for key, v in groups.items()}
     return Summary(metric, [row_names[n] for n in sizes], columns, cells, sizes, size)
+
+
+def settings_label(point: Mapping[str, Any], sep: str = ", ") -> str:
+    """A run's grid settings as ``axis=value`` words, leaving out those that do not apply to
+    it: None, as a list of grids gives a run the axes of the other grids (``patch_size`` of
+    the ViTs on a ResNet run). Floats as ``%g`` where that is exact (``1e-05``, ``0.3``)."""
+    return sep.join(f"{k}={_value(v)}" for k, v in point.items() if v is not None)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float) and float(f"{v:g}") == v:
+        return f"{v:g}"
+    return str(v)
 
 
 def law_rows(fits: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -171,9 +171,9 @@ def test_the_seed_law_is_a_power_law_through_the_smaller_shapes_winners():
             records.append({"width": n, "lr": lr, "seed": 0, "status": COMPLETED,
                             "n_params": n, "val_loss": abs(math.log(lr / best))})
     law = fit_seed_law(records, ["width"], ["lr"], "lr", below=20000)
-    assert law.sizes == 3
-    assert law.b == pytest.approx(-0.5)                    # halves for every 4x in size
-    assert law.predict(64000) == pytest.approx(0.005)
+    assert law.points == 3
+    assert law.p == pytest.approx(-0.5)                    # halves for every 4x in size
+    assert law.predict(64000)["value"] == pytest.approx(0.005)
     assert fit_seed_law(records, ["width"], ["lr"], "lr", below=2000) is None
     assert RunResult(PRUNED).status == "pruned"
 

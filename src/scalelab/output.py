@@ -127,7 +127,7 @@ class Output:
 
 
 #: The width of tables written off a terminal (a pipe, a log, CI) unless ``COLUMNS`` is set.
-PIPE_WIDTH = 100
+PIPE_WIDTH = 120
 
 
 def _console(file: TextIO) -> Console:

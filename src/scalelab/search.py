@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .analysis.hyperlaws import PowerLaw, fit_power
 from .analysis.nuisance import best_over_nuisance
 from .errors import ScalelabError
 from .records import PRUNED, RunResult, RunSpec
@@ -186,34 +187,22 @@ def law_axis(grid: Mapping[str, Sequence[Any]], nuisance: Sequence[str]) -> str 
     return None
 
 
-@dataclass
-class SeedLaw:
-    """log(best value) = a + b·log(N), through the winners of the searched shapes."""
-
-    a: float
-    b: float
-    sizes: int
-
-    def predict(self, n: float) -> float:
-        return math.exp(self.a + self.b * math.log(n))
-
-
 def fit_seed_law(records: Sequence[dict[str, Any]], scientific: Sequence[str],
-                 nuisance: Sequence[str], axis: str, below: float) -> SeedLaw | None:
-    """The law through the winning ``axis`` value of every stored shape with fewer than
-    ``below`` parameters (least squares in log-log); None with fewer than two sizes."""
+                 nuisance: Sequence[str], axis: str, below: float) -> PowerLaw | None:
+    """The hyperparameter law (value = k·N^p, :func:`.analysis.hyperlaws.fit_power`) through
+    the winning ``axis`` value of every stored shape with fewer than ``below`` parameters;
+    None with fewer than two sizes. Winners, not interpolated optima: under halving only the
+    winner of a shape trains to the end, so there are no neighbours to interpolate through."""
     smaller = [r for r in records if r.get("n_params") and r["n_params"] < below]
     _, winners = best_over_nuisance(smaller, scientific, nuisance)
-    sizes: dict[tuple, float] = {}
-    for r in smaller:
-        sizes[tuple(r.get(a) for a in scientific)] = float(r["n_params"])
+    sizes = {tuple(r.get(a) for a in scientific): float(r["n_params"]) for r in smaller}
     points = [(sizes[tuple(w.point.get(a) for a in scientific)], float(w.nuisance[axis]))
               for w in winners]
     if len({n for n, _ in points}) < 2:
         return None
-    x, y = np.log([n for n, _ in points]), np.log([v for _, v in points])
-    b, a = np.polyfit(x, y, 1)
-    return SeedLaw(float(a), float(b), len({n for n, _ in points}))
+    n, value = (np.array(column) for column in zip(*points))
+    return fit_power(n, value, np.empty((0, len(n))), "n_params", 0.95,
+                     np.random.default_rng(0))
 
 
 def window(values: Sequence[float], centre: float, width: int) -> list[float]:
@@ -257,7 +246,7 @@ def law_starts(runs: Sequence[RunSpec], records: Sequence[dict[str, Any]],
     for shape, members in by_shape.items():
         values = sorted({float(r.point[axis]) for r in members})
         law = fit_seed_law(records, scientific, nuisance, axis, size_of(members[0]))
-        predicted = law.predict(size_of(members[0])) if law else None
+        predicted = law.predict(size_of(members[0]))["value"] if law else None
         started = window(values, predicted, width) if predicted else values
         out[shape] = LawStart(shape, predicted, started, members)
     return out

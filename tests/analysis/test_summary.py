@@ -5,7 +5,7 @@ import pytest
 
 from scalelab.analysis import summarize
 from scalelab.analysis.study_analysis import fit_rows
-from scalelab.analysis.summary import format_params, law_rows
+from scalelab.analysis.summary import format_params, law_rows, settings_label
 
 
 def test_summarize_groups_by_parameters_and_other_axes():
@@ -52,3 +52,26 @@ def test_law_rows_are_the_analysis_fits_in_their_chosen_form():
     assert law["params"] == entry.fit.params and law["points"] == 16
     assert law["verdict"] == entry.fit.verdict[0]
     assert format_params({"E": 0.51234, "alpha": 0.4}) == "E = 0.5123, alpha = 0.4"
+
+
+def test_a_list_of_grids_labels_each_run_by_the_settings_it_has():
+    """ResNets and ViTs in one study: a grid point carries every grid's axes, None where its
+    own grid lacks one; the labels leave those out (they had read ``patch_size=None``)."""
+    axes = {"depth": "model.depth", "width": "model.width", "stem": "model.stem",
+            "model": "model.name", "patch_size": "model.patch_size",
+            "method": "method.name", "target_rate": "method.target_rate"}
+    resnet = {"depth": 18, "width": 8, "stem": "cifar", "model": None, "patch_size": None,
+              "n_params": 176012}
+    vit = {"depth": 2, "width": 32, "stem": None, "model": "vit", "patch_size": 8,
+           "n_params": 32356}
+    records = [{"status": "completed", "test_loss": 1.0 + s, "seed": s, **arch,
+                "method": method, "target_rate": rate}
+               for arch in (resnet, vit) for method, rate in (("ast", 0.3), ("full", None))
+               for s in (0, 1)]
+    summary = summarize(records, axes)
+    assert summary.row_labels == ["depth=2, width=32, patch_size=8", "depth=18, width=8"]
+    assert summary.column_labels == [
+        "stem=cifar, method=ast, target_rate=0.3", "stem=cifar, method=full",
+        "model=vit, method=ast, target_rate=0.3", "model=vit, method=full"]
+    assert settings_label({"lr": 1e-05, "x": 0.1 + 0.2, "n": None, "s": "a"}) == \
+        "lr=1e-05, x=0.30000000000000004, s=a"

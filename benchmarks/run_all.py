@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ORDER = ["overhead", "batched", "padding", "time_to_accuracy", "fit", "report", "next_refusal",
-         "isoflop", "selection", "ttt", "rescore", "lm", "cluster", "vision"]
+         "isoflop", "tuning", "selection", "ttt", "rescore", "lm", "cluster", "vision"]
 
 
 def scripts() -> list[Path]:

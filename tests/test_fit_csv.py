@@ -43,6 +43,11 @@ def write_runs(path, budget_column: bool = True, jitter: float = 0.0, noise: flo
     return path
 
 
+#: Wide enough that each approach's row is one line (tables wrap to fit 120 columns off a
+#: terminal, and this one is wider).
+WIDE = {"COLUMNS": "200"}
+
+
 def table_row(text: str, name: str) -> list[tuple[float, float, float]]:
     """The (value, low, high) cells of the agreement table's row for approach ``name``."""
     line = next(line for line in text.splitlines() if name in line)
@@ -53,7 +58,7 @@ def table_row(text: str, name: str) -> list[tuple[float, float, float]]:
 def test_a_csv_of_isoflop_runs_round_trips_through_the_cli_and_the_api(tmp_path):
     path = write_runs(tmp_path / "runs.csv")
     result = CliRunner().invoke(app, ["fit", "--csv", str(path), "--resamples", "100",
-                                      "--target", "1e21"])
+                                      "--target", "1e21"], env=WIDE)
     assert result.exit_code == 0, result.output
     for name in ("Approach 2 (IsoFLOP parabolas)", "Approach 3 (L(N, D), variable projection)"):
         (a, lo, hi), _, _ = table_row(result.stdout, name)
@@ -85,7 +90,7 @@ def test_without_a_budget_column_k_gives_each_run_its_budget(tmp_path):
     assert grouped.approach2.a_interval[0] <= TRUE_A <= grouped.approach2.a_interval[1]
     assert grouped.k == pytest.approx(6, rel=0.01)
     result = CliRunner().invoke(app, ["fit", "--csv", str(path), "--resamples", "50",
-                                      "--flops-per-param-token", "6"])
+                                      "--flops-per-param-token", "6"], env=WIDE)
     assert result.exit_code == 0 and "Approach 2 (IsoFLOP parabolas)" in result.stdout
     # a run whose k·N·D matches no other run's is left out of Approach 2, and said so
     with path.open("a") as f:
@@ -160,7 +165,9 @@ def isoflop_store(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_fit_on_a_stored_isoflop_study_prints_the_agreement(isoflop_store, run_cli):
+def test_fit_on_a_stored_isoflop_study_prints_the_agreement(isoflop_store, run_cli,
+                                                             monkeypatch):
+    monkeypatch.setenv("COLUMNS", WIDE["COLUMNS"])
     result = run_cli("fit", isoflop_store, "--bootstrap", "30", "--target", "1e9")
     assert result.exit_code == 0, result.output
     assert "how big a model for C = 1e+09 FLOPs" in result.stdout

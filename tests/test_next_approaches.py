@@ -39,7 +39,9 @@ def tuned_study(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_next_names_the_recommended_approach_and_the_predicted_lr(tuned_study, run_cli):
+def test_next_names_the_recommended_approach_and_the_predicted_lr(tuned_study, run_cli,
+                                                                  monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # the proposals' headers on one line each, unwrapped
     out, budget = tuned_study
     result = run_cli("next", out, "--budget", budget, "--bootstrap", "100", "--format", "json")
     assert result.exit_code == 0, result.output

@@ -170,9 +170,18 @@ class _Cells:
         return max((cell_len(word) for c in self.cells for word in c.split()), default=1)
 
     def tightened(self, width: int) -> int:
-        """``width``, or less where a header wrapped to fit it needs less (and the cells)."""
+        """``width``, or less where the header and cells wrapped to fit it need less."""
         header = _text_width(wrap_header(self.header, width))
-        return max(header, min(width, max((_text_width(c) for c in self.cells), default=0)), 1)
+        cells = max((min(width, _text_width(wrap_cell(c, width))) for c in self.cells),
+                    default=0)
+        return max(header, cells, 1)
+
+    def lines(self, width: int) -> int:
+        """The lines the header and cells take at ``width`` (rich folds a longer word)."""
+        texts = Counter(wrap_cell(c, width) for c in self.cells)
+        texts[wrap_header(self.header, width)] += 1
+        return sum(n * (-(-cell_len(line) // width) or 1)
+                   for t, n in texts.items() for line in t.split("\n"))
 
     def floor(self, wrap_cells: bool) -> int:
         """The narrowest width with the header wrapped and the cells whole (or wrapped)."""
@@ -201,20 +210,38 @@ def _fill(pieces: list[str], width: int) -> str:
 
 
 def wrap_header(header: str, width: int) -> str:
-    """``header`` in lines of at most ``width`` cells, broken after spaces and underscores
-    (``target_rate`` -> ``target_`` / ``rate``); a piece wider than ``width`` keeps its line."""
-    return header if cell_len(header) <= width else _fill(_header_pieces(header), width)
+    """``header`` in lines of at most ``width`` cells, broken after spaces, and after
+    underscores in a word still too wide (``target_rate`` -> ``target_`` / ``rate``); a
+    piece wider than ``width`` keeps its line."""
+    if cell_len(header) <= width:
+        return header
+    words = re.findall(r"\S+\s*", header) or [header]
+    return _fill([piece for word in words for piece in (
+        [word] if cell_len(word.rstrip()) <= width else _header_pieces(word))], width)
 
 
 def wrap_cell(text: str, width: int) -> str:
-    """``text`` broken after its commas where it can (``E = 0.17, A = 29.3`` keeps each
-    ``k = v`` whole), else after spaces; a word wider than ``width`` is left to rich."""
+    """``text`` broken where it reads best: after its commas (``E = 0.17, A = 29.3`` keeps
+    each ``k = v`` whole), then after its spaces, outside brackets first (``1.9e+09`` /
+    ``[1.3e+09, 2.3e+09]``); a word wider than ``width`` is left to rich."""
     if _text_width(text) <= width or "\n" in text:
         return text
-    parts = text.split(", ")
-    parts = [p + ", " for p in parts[:-1]] + parts[-1:]
-    return _fill([piece for part in parts for piece in (
-        [part] if cell_len(part.rstrip()) <= width else re.findall(r"\S+\s*", part))], width)
+    pieces = [text]
+    for pattern, anywhere in ((r",\s+", False), (r"\s+", False), (r"\s+", True)):
+        pieces = [q for p in pieces for q in
+                  ([p] if cell_len(p.rstrip()) <= width else _split(p, pattern, anywhere))]
+    return _fill(pieces, width)
+
+
+def _split(text: str, pattern: str, anywhere: bool) -> list[str]:
+    """``text`` cut after each match of ``pattern`` (unless ``anywhere``, only those outside
+    brackets), every piece keeping its separator."""
+    depth, level = [], 0
+    for char in text:
+        level += (char in "([{") - (char in ")]}")
+        depth.append(level)
+    ends = [m.end() for m in re.finditer(pattern, text) if anywhere or depth[m.start()] <= 0]
+    return [text[a:b] for a, b in zip([0, *ends], [*ends, len(text)]) if text[a:b]]
 
 
 def _room(width: int, columns: int) -> int:
@@ -235,24 +262,47 @@ def _shrink(widths: list[int], floors: list[int], room: int) -> list[int] | None
     return widths
 
 
-def _fit(columns: list[_Cells], width: int) -> list[int] | None:
+def _fit(columns: list[_Cells], width: int, wrap_cells: bool = True) -> list[int] | None:
     """Column widths that fit ``width``: as wide as their text, else with headers wrapped
-    (after spaces and underscores), then text cells too (at spaces); None when that is not
-    enough. Numbers and words are never broken."""
+    (see :func:`wrap_header`), then (``wrap_cells``) text cells too (see :func:`wrap_cell`);
+    None when that is not enough. Numbers and words are never broken."""
     natural, room = [c.natural for c in columns], _room(width, len(columns))
-    for wrap_cells in (False, True):
-        widths = _shrink(natural, [c.floor(wrap_cells) for c in columns], room)
+    for wrap in (False, True)[:1 + wrap_cells]:
+        widths = _shrink(natural, [c.floor(wrap) for c in columns], room)
         if widths is not None:
-            return [c.tightened(w) for c, w in zip(columns, widths)]
+            return _spend(columns, [c.tightened(w) for c, w in zip(columns, widths)], room)
     return None
+
+
+def _spend(columns: list[_Cells], widths: list[int], room: int) -> list[int]:
+    """``widths`` with the room that wrapping freed given back where it saves most lines."""
+    known: dict[tuple[int, int], int] = {}
+
+    def lines(i: int, w: int) -> int:
+        if (i, w) not in known:
+            known[i, w] = columns[i].lines(w)
+        return known[i, w]
+
+    while (spare := room - sum(widths)) > 0:
+        best = None  # (lines saved per column of width, column, width)
+        for i, c in enumerate(columns):
+            for w in range(widths[i] + 1, min(widths[i] + spare, c.natural) + 1):
+                saved = lines(i, widths[i]) - lines(i, w)
+                if saved > 0 and (best is None or saved / (w - widths[i]) > best[0]):
+                    best = (saved / (w - widths[i]), i, w)
+        if best is None:
+            return widths
+        _, i, widths[i] = best
+    return widths
 
 
 def layout(columns: list[_Cells], width: int) -> list[tuple[list[int], list[int]]]:
     """How a table prints within ``width``: parts, each (the columns it shows, their widths).
 
     One part when the columns fit (wrapping text and headers as :func:`_fit` does); else
-    the columns in consecutive parts that fit, each beginning with the first column (which
-    names the rows), as pandas prints a wide frame. Only a column that cannot fit beside the
+    the columns in consecutive parts that fit with their cells whole (headers may wrap),
+    each beginning with the first column (which names the rows), as pandas prints a wide
+    frame. Only a column that cannot fit beside the
     first even alone has its text folded across lines: a number is split, never dropped."""
     everything = list(range(len(columns)))
     widths = _fit(columns, width)
@@ -261,7 +311,8 @@ def layout(columns: list[_Cells], width: int) -> list[tuple[list[int], list[int]
     parts, current = [], [0]
     for i in everything[1:]:
         trial = current + [i]
-        if len(current) > 1 and _fit([columns[j] for j in trial], width) is None:
+        if len(current) > 1 and _fit([columns[j] for j in trial], width,
+                                     wrap_cells=False) is None:
             parts.append(current)
             trial = [0, i]
         current = trial

@@ -4,7 +4,7 @@ import pytest
 
 from scalelab.errors import ScalelabError
 from scalelab.spec import RunSpec
-from scalelab.store import Store
+from scalelab.store import SCHEMA_VERSION, Store
 from scalelab.train import COMPLETED, FAILED, RunResult
 
 
@@ -199,6 +199,7 @@ def test_a_store_of_schema_5_opens_and_its_claims_read_as_interrupted(tmp_path):
                                                 f"{socket.gethostname()}:1"))
     with Store.open(tmp_path) as store:
         assert store.statuses() == {spec(1).run_id: COMPLETED, spec(2).run_id: "interrupted"}
-        assert store.meta()["schema_version"] == "6"
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION)
+        assert store.rung_records() == ([], [])   # schema 7's tables, added empty
         assert store.claim([spec(1), spec(2)]) == [spec(2)]
         assert store.records()[0]["test_loss"] == 0.5

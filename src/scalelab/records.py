@@ -29,8 +29,9 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        """The run's grid coordinates as ``axis=value`` words."""
-        return " ".join(f"{k}={v}" for k, v in self.point.items())
+        """The run's grid coordinates as ``axis=value`` words (a setting its sub-grid does
+        not have, None, left out)."""
+        return " ".join(f"{k}={v}" for k, v in self.point.items() if v is not None)
 
 
 @dataclass

@@ -135,8 +135,8 @@ def test_a_baseline_without_a_value_on_a_within_axis_serves_every_value_of_it():
                              within=["target_rate"])
     assert [c.candidate for c in against_random] == ["ast [target_rate=0.1]"]
     assert sorted(against_random.skipped) == [
-        "[target_rate=0.2]: no method=random to compare with (values: ast)",
-        "[target_rate=None]: no method=random to compare with (values: full)"]
+        "[no target_rate]: no method=random to compare with (values: full)",
+        "[target_rate=0.2]: no method=random to compare with (values: ast)"]
 
 
 def test_a_cell_s_own_baseline_runs_win_over_the_shared_ones():

@@ -46,6 +46,7 @@ def winners(out: Path) -> dict:
     return {w.point["width"]: w.nuisance["lr"] for w in found}
 
 
+@pytest.mark.slow
 def test_stacked_survivors_match_runs_trained_alone_and_the_grids(tmp_path):
     stacked, alone, grid = tmp_path / "stacked", tmp_path / "alone", tmp_path / "grid"
     api.run(study(tmp_path), out=stacked)

@@ -26,6 +26,7 @@ def study(tmp_path: Path, **changes) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_trials_are_stored_runs_and_a_rerun_trains_nothing(tmp_path):
     path, out = study(tmp_path), tmp_path / "out"
     first = api.run(path, out=out)

@@ -207,7 +207,10 @@ def compare(records: Sequence[dict[str, Any]], metric: str, by: str, baseline: s
     comparisons, skipped = Comparisons(), []
     for key in values:
         labels = values[key]
-        cell = "".join(f" [{w}={k}]" for w, k in zip(within, key))
+        # a setting these runs do not have (None) is left out of their names
+        cell = "".join(f" [{w}={k}]" if k is not None else f" [no {w}]"
+                       for w, k in zip(within, key))
+        named = "".join(f" [{w}={k}]" for w, k in zip(within, key) if k is not None)
         if set(labels) == {baseline}:
             continue  # baseline runs only (a baseline's own cell): nothing to compare
         if baseline not in labels:
@@ -217,7 +220,7 @@ def compare(records: Sequence[dict[str, Any]], metric: str, by: str, baseline: s
         for label in labels:
             if label == baseline:
                 continue
-            name = label + cell
+            name = label + named
             if paired_by is not None:
                 units = sorted(set(groups[key][label]) & set(groups[key][baseline]), key=str)
                 comparisons.append(paired(

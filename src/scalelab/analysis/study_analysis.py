@@ -397,7 +397,7 @@ def _groups(rows: Sequence[dict], keys: Sequence[str]) -> dict[tuple, list[dict]
 
 def _fmt_point(point) -> str:
     items = point.items() if isinstance(point, dict) else point
-    return ", ".join(f"{k}={v}" for k, v in items) or "all runs"
+    return ", ".join(f"{k}={v}" for k, v in items if v is not None) or "all runs"
 
 
 def fit_rows(rows: Sequence[dict[str, Any]], x_names: Sequence[str], metric: str,

@@ -99,6 +99,7 @@ class Stacked(Strategy):
         # The runs still in the tensors, by row (drop() takes a run's row out), and the final
         # weights of the runs dropped.
         self.live = list(range(self.runs))
+        self.lr_all = self.hyper["lr"].clone()  # every run's, dropped ones too (the lr curve)
         self.dropped: dict[int, dict[str, torch.Tensor]] = {}
 
     def views(self, source: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -148,8 +149,7 @@ class Stacked(Strategy):
         return [self.flat]
 
     def lrs(self, batch: Batch) -> list[float]:
-        factor = lr_factor(batch.progress, self.total_steps, self.cfg)
-        return [c.lr * factor for c in self.cfgs]
+        return (self.lr_all * lr_factor(batch.progress, self.total_steps, self.cfg)).tolist()
 
     def evaluate(self):
         if not len(self.data.y_val):  # no validation split: the curves have train_loss only

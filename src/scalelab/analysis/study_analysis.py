@@ -212,7 +212,10 @@ def analyze_study(records: Sequence[dict[str, Any]], meta: StudyMeta,
     model_axes = [a for a in scientific if axes[a].startswith("model.")]
     sizes = [a for a in model_axes if all(isinstance(v, int | float) and not isinstance(v, bool)
                                           for v in grid.get(a, [None]))]
-    transfers = transfer(records, scientific, nuisance, sizes[0], grid) if sizes else []
+    # a halving search trains only winners to the end: no neighbours to interpolate through
+    searched = any(r.get("status") == "pruned" for r in records)
+    transfers = transfer(records, scientific, nuisance, sizes[0], grid) \
+        if sizes and not searched else []
     method_axis = next((a for a in scientific if axes[a] == METHOD_PATH), None)
     fits, optimal = _laws(selected, meta, metric, n_resamples, curves, notes, progress, workers)
     search, hyper = _tuning(records, meta, n_resamples, notes, progress)
@@ -258,8 +261,9 @@ def _tuning(records: Sequence[dict[str, Any]], meta: StudyMeta, n_resamples: int
     if search:
         notes.append("The nuisance settings were searched by successive halving: only each "
                      "shape's best settings trained to the end, so no shape's optimum can be "
-                     "interpolated between neighbours and no law of the best setting against "
-                     "size is fitted (train the grid for that).")
+                     "interpolated between neighbours: neither the transfer of tuned settings "
+                     "across widths nor a law of the best setting against size is shown "
+                     "(train the grid for those).")
         return search, []
     if not meta.nuisance:
         return None, []

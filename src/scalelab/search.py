@@ -17,6 +17,10 @@ count, fitted on the already searched smaller shapes, predicts for it (the grid 
 than two sizes are searched); a winner on the window's edge brings in the next grid value
 beyond it. Values never started are stored ``pruned`` at rung 0.
 
+``tpe`` searches continuous ranges (``lr: {log_range: [lo, hi]}``) with Optuna's TPE
+sampler (:func:`suggest`): in rounds, one trial per shape each, proposed from that shape's
+stored trials; the runner's side is ``runner/searches.py``.
+
 Run ids do not change: a search decides which runs train how far, never what a run is.
 """
 
@@ -39,7 +43,8 @@ from .errors import ScalelabError
 from .records import PRUNED, RunResult, RunSpec
 from .store import Store
 
-#: The curve name a pruned run's rung is kept under in its metrics.
+#: The metric a pruned run's rung is stored under (0: a law-seeded start never started it;
+#: the training loop writes the same name).
 PRUNED_RUNG = "pruned_rung"
 
 

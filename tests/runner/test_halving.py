@@ -151,3 +151,29 @@ def test_halving_needs_nuisance_axes(tmp_path, run_cli):
     assert "nuisance_search.method" in result.stderr
     assert "list them under `nuisance:`" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_law_seeded_search_starts_larger_shapes_near_the_law_and_resumes(tmp_path):
+    path = study(tmp_path, grid={"width": [4, 8, 16, 32], "lr": LRS},
+                 nuisance_search={"method": "halving", "start": "law", "window": 3})
+    out = tmp_path / "law"
+    first = api.run(path, out=out)
+    records = api.records(out)
+    assert len(records) == 48 and sum(first.trained.values()) == 48
+    unstarted = [r for r in records if r["status"] == "pruned" and r["pruned_rung"] == 0]
+    # widths 4 and 8 search the whole grid; 16 and 32 start 3 of the 6 values (more only
+    # where a winner sat on the window's edge), the rest stored as never started
+    assert {r["width"] for r in unstarted} <= {16, 32} and len(unstarted) >= 2 * 2
+    assert all(r["steps"] == 0 and r["train_flops"] == 0 for r in unstarted)
+    for width in (16, 32):
+        started = {r["lr"] for r in records if r["width"] == width
+                   and not (r["status"] == "pruned" and r["pruned_rung"] == 0)}
+        assert 3 <= len(started) < 6
+        ordered = [lr for lr in LRS if lr in started]        # a contiguous window
+        assert ordered == LRS[LRS.index(ordered[0]):LRS.index(ordered[0]) + len(ordered)]
+    # the search's analysis counts them, and never as searched
+    search = api.search(out)
+    fates = [f.fate for s in search.shapes for f in s.settings]
+    assert fates.count("not started") == len(unstarted) // 2   # two seeds per setting
+    assert sum(api.run(path, out=out).trained.values()) == 0  # a rerun trains nothing

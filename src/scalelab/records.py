@@ -17,6 +17,8 @@ RUNNING = "running"
 INTERRUPTED = "interrupted"  # read-only view of a `running` row whose runner is gone
 #: Runs in these states are never trained again; ``failed`` and ``running`` ones are retried.
 FINISHED = frozenset({COMPLETED, DIVERGED, PRUNED})
+#: The metric a pruned run's rung is stored under (0: a law-seeded start never started it).
+PRUNED_RUNG = "pruned_rung"
 
 
 @dataclass(frozen=True)

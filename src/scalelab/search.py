@@ -40,12 +40,8 @@ import numpy as np
 from .analysis.hyperlaws import PowerLaw, fit_power
 from .analysis.nuisance import best_over_nuisance
 from .errors import ScalelabError
-from .records import PRUNED, RunResult, RunSpec
+from .records import PRUNED, PRUNED_RUNG, RunResult, RunSpec
 from .store import Store
-
-#: The metric a pruned run's rung is stored under (0: a law-seeded start never started it;
-#: the training loop writes the same name).
-PRUNED_RUNG = "pruned_rung"
 
 
 def shape_key(point: Mapping[str, Any], nuisance: Sequence[str]) -> str:
@@ -247,11 +243,15 @@ def law_starts(runs: Sequence[RunSpec], records: Sequence[dict[str, Any]],
     by_shape: dict[str, list[RunSpec]] = defaultdict(list)
     for r in runs:
         by_shape[shape_key(r.point, nuisance)].append(r)
+    laws: dict[float, PowerLaw | None] = {}  # one fit per size (a wave's shapes share it)
     out = {}
     for shape, members in by_shape.items():
         values = sorted({float(r.point[axis]) for r in members})
-        law = fit_seed_law(records, scientific, nuisance, axis, size_of(members[0]))
-        predicted = law.predict(size_of(members[0]))["value"] if law else None
+        size = size_of(members[0])
+        if size not in laws:
+            laws[size] = fit_seed_law(records, scientific, nuisance, axis, size)
+        law = laws[size]
+        predicted = law.predict(size)["value"] if law else None
         started = window(values, predicted, width) if predicted else values
         out[shape] = LawStart(shape, predicted, started, members)
     return out

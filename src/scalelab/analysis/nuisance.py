@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..records import PRUNED, PRUNED_RUNG
+
 
 @dataclass
 class Winner:
@@ -51,12 +53,12 @@ def best_over_nuisance(
     ran: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
     cells: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
     pruned = {(tuple(r.get(a) for a in scientific), tuple(r.get(a) for a in nuisance))
-              for r in records if r.get("status") == "pruned"}
+              for r in records if r.get("status") == PRUNED}
     for r in records:
-        if r.get("status") != "pruned" or r.get("pruned_rung"):  # never started: not searched
+        if r.get("status") != PRUNED or r.get(PRUNED_RUNG):  # never started: not searched
             for a in nuisance:
                 ran[tuple(r.get(x) for x in scientific)][a].add(r.get(a))
-                if r.get("status") == "pruned":
+                if r.get("status") == PRUNED:
                     seen[a].add(r.get(a))
         if r.get("status") not in ("completed", "diverged") or (
                 (tuple(r.get(a) for a in scientific), tuple(r.get(a) for a in nuisance))

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..records import PRUNED, PRUNED_RUNG
 from ..store import StudyMeta
 from .nuisance import best_over_nuisance, value_order
 
@@ -73,7 +74,7 @@ def analyze_search(records: Sequence[dict[str, Any]], meta: StudyMeta | dict
                    ) -> SearchAnalysis | None:
     """The search of a study whose runs a halving search pruned (None: nothing pruned)."""
     meta = StudyMeta.coerce(meta)
-    if not meta.nuisance or not any(r.get("status") == "pruned" for r in records):
+    if not meta.nuisance or not any(r.get("status") == PRUNED for r in records):
         return None
     scientific = meta.shape_axes
     _, winners = best_over_nuisance(records, scientific, meta.nuisance)
@@ -107,15 +108,15 @@ def _shape(point: dict[str, Any], runs: list[dict], nuisance: Sequence[str], win
                                  sum(losses) / len(losses) if losses else None,
                                  [r["run_id"] for r in members]))
     spent = sum(r.get("train_flops") or 0.0 for r in runs)
-    grid = sum(r.get("train_flops") or 0.0 for r in runs if r.get("status") != "pruned") + \
-        sum(per_step * budget for r in runs if r.get("status") == "pruned")
+    grid = sum(r.get("train_flops") or 0.0 for r in runs if r.get("status") != PRUNED) + \
+        sum(per_step * budget for r in runs if r.get("status") == PRUNED)
     return ShapeSearch(point, fates, spent, grid, winner.at_edge if winner else [])
 
 
 def _fate(members: list[dict], won: bool) -> str:
     if won:
         return "won"
-    pruned = [r.get("pruned_rung") for r in members if r.get("status") == "pruned"]
+    pruned = [r.get(PRUNED_RUNG) for r in members if r.get("status") == PRUNED]
     if pruned and all(rung == 0 for rung in pruned):
         return "not started"
     if pruned:

@@ -71,10 +71,11 @@ def waves(study: Study, todo: list[RunSpec], store: BaseStore, output: Output,
                 and statuses.get(r.run_id) not in FINISHED], _unstarted(starts, nuisance, axis)
             if not _widen(starts, store.records(), scientific, nuisance, axis, output):
                 break
+        statuses = store.statuses()
         for start in starts.values():
             for r in start.runs:
                 if float(r.point[axis]) not in start.started and r.run_id in wanted \
-                        and store.statuses().get(r.run_id) not in FINISHED:
+                        and statuses.get(r.run_id) not in FINISHED:
                     store.write_result(r, not_started(r, _why(start, axis)))
                     skipped(r)
 
@@ -126,7 +127,8 @@ def _why(start, axis: str) -> str:
             f"prediction {start.predicted:.3g}")
 
 
-def _tpe_rounds(study: Study, store: BaseStore, output: Output) -> Iterator[list[RunSpec]]:
+def _tpe_rounds(study: Study, store: BaseStore, output: Output
+                ) -> Iterator[tuple[str, list[RunSpec]]]:
     """``trials`` rounds; in each, every shape short of that many trials gets one more,
     proposed from its finished ones, and its runs (every seed) train together. A trial
     stored in part (a kill) is finished first; the stored trials are the search's state."""

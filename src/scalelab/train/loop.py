@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ScalelabError
-from ..records import COMPLETED, DIVERGED, PRUNED, RunResult
+from ..records import COMPLETED, DIVERGED, PRUNED, PRUNED_RUNG, RunResult
 from ..spec import TrainConfig
 
 
@@ -285,7 +285,7 @@ def _rung(strategy: Strategy, states: list[RunState], hooks: Hooks, rung: int,
         if not by_row:
             strategy.drop(r)
         states[r].status = PRUNED
-        states[r].metrics.update(pruned_rung=rung, budget_steps=strategy.total_steps)
+        states[r].metrics.update({PRUNED_RUNG: rung, "budget_steps": strategy.total_steps})
 
 
 def _end(strategy: Strategy, state: RunState, r: int, step: int, diverged: bool) -> None:

@@ -1,8 +1,10 @@
 """Nuisance search: how the nuisance settings (learning rate, ...) of each shape are tried.
 
 ``grid`` trains every setting to the end. ``halving`` is asynchronous successive halving
-(ASHA, Li et al. 2018, in the stop-early form Ray Tune's ``AsyncHyperBandScheduler`` uses):
-every setting of a shape starts; at rungs ``eta`` times apart in steps (the first at the
+(ASHA, Li et al. 2018) in the stop-early form of Ray Tune's ``AsyncHyperBandScheduler`` (a
+run is stopped at a rung, never paused), with its own cutoff: Ray keeps a trial whose result
+beats the ``1 - 1/eta`` percentile of those recorded before it (``np.nanpercentile``);
+here a setting, over its seeds, is kept by rank. Every setting of a shape starts; at rungs ``eta`` times apart in steps (the first at the
 budget / eta^rungs, each on the evaluation cadence, so a survivor is evaluated exactly as a
 run trained without the search), a run's setting trains on only if its mean validation loss
 over the seeds recorded there is among the best ``max(1, floor(n / eta))`` of the ``n``

@@ -4,14 +4,15 @@
 (ASHA, Li et al. 2018) in the stop-early form of Ray Tune's ``AsyncHyperBandScheduler`` (a
 run is stopped at a rung, never paused), with its own cutoff: Ray keeps a trial whose result
 beats the ``1 - 1/eta`` percentile of those recorded before it (``np.nanpercentile``);
-here a setting, over its seeds, is kept by rank. Every setting of a shape starts; at rungs ``eta`` times apart in steps (the first at the
-budget / eta^rungs, each on the evaluation cadence, so a survivor is evaluated exactly as a
-run trained without the search), a run's setting trains on only if its mean validation loss
-over the seeds recorded there is among the best ``max(1, floor(n / eta))`` of the ``n``
-settings of its shape that have reached that rung, or within ``margin`` standard errors
-over seeds of the last one kept (:func:`promote`); the rest stop and are stored ``pruned``
-with their curve up to the rung. The store holds the rung records and each setting's
-decision, made once, so every runner, executor and retry after a kill follows the same one.
+here a setting, over its seeds, is kept by rank. Every setting of a shape starts; at rungs
+``eta`` times apart in steps (the first at the budget / eta^rungs, each on the evaluation
+cadence, so a survivor is evaluated exactly as a run trained without the search), a run's
+setting trains on only if its mean validation loss over the seeds recorded there is among
+the best ``max(1, floor(n / eta))`` of the ``n`` settings of its shape that have reached
+that rung, or within ``margin`` standard errors over seeds of the last one kept
+(:func:`promote`); the rest stop and are stored ``pruned`` with their curve up to the rung.
+The store holds the rung records and each setting's decision, made once, so every runner,
+executor and retry after a kill follows the same one.
 
 ``start: law`` seeds the search with scale: a shape's settings start only within a
 ``window`` of grid values centred on what a power law of the best value against parameter
